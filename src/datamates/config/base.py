@@ -1,0 +1,327 @@
+"""Typed configs: dataclasses whose fields are declared with `knob(...)`.
+
+Every knob carries its help text and its allowed values next to its default, so validation errors
+and `datamates config show` are generated from the declaration:
+
+    lr: float = knob(1e-3, "peak learning rate", gt=0)
+
+`from_dict` turns nested YAML into dataclasses and rejects an unknown key, a wrong type or an
+out-of-range value with one line naming the key, the value and what is allowed. `--set a.b=c`
+overrides are applied to the raw dict first, so they get the same checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from datamates.errors import ConfigError
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def knob(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A config field with its documentation and allowed range (checked by `validate`)."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    if default is _MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`; convert int->float and nested dicts."""
+    origin = get_origin(tp)
+    bad = ConfigError(f"{where}{key} = {value!r}: expected {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(
+            f"{where}{key} = {value!r}: allowed values are {', '.join(repr(a) for a in get_args(tp))}"
+        )
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise bad
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, vt = get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, prefix=f"{key}.", where=where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", where: str = "") -> T:
+    """Build dataclass `cls` from a nested dict. `prefix` is the dotted key path for messages,
+    `where` names the source (e.g. "configs/tiny_cpu.yaml: ")."""
+    data = dict(data or {})
+    presets = getattr(cls, "PRESETS", None)
+    if presets is not None and "preset" in data:
+        name = data["preset"]
+        if name not in presets:
+            raise ConfigError(
+                f"{where}{prefix}preset = {name!r}: unknown preset; available: {', '.join(sorted(presets))}"
+            )
+        base = to_dict(presets[name])
+        base.update(data)
+        data = base
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{where}unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in data.items()}
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is _MISSING and f.default_factory is _MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}missing required key '{prefix}{missing[0]}'")
+    try:
+        obj = cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{prefix}{e}") from None
+    validate(obj, prefix=prefix, where=where)
+    return obj
+
+
+def validate(obj: Any, *, prefix: str = "", where: str = "") -> None:
+    """Check every knob's choices and bounds, then the class's own `check()` if it has one."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        meta = f.metadata
+        key = f"{where}{prefix}{f.name}"
+        if value is None:
+            continue
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            raise ConfigError(f"{key} = {value!r}: allowed values are {', '.join(map(repr, meta['choices']))}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            for op, bound, ok in (
+                (">=", meta.get("ge"), lambda v, b: v >= b),
+                (">", meta.get("gt"), lambda v, b: v > b),
+                ("<=", meta.get("le"), lambda v, b: v <= b),
+                ("<", meta.get("lt"), lambda v, b: v < b),
+            ):
+                if bound is not None and not ok(value, bound):
+                    raise ConfigError(f"{key} = {value!r}: must be {op} {bound}")
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}{prefix}{e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def config_hash(obj: Any) -> str:
+    """A short, stable hash of a config's values (for meta.json and compatibility checks)."""
+    blob = json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_set(expr: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], yaml-parsed c). `--set train.lr=3e-4`, `--set pool.inputs=[a,b]`."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    key, raw = expr.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {expr!r}: empty key")
+    try:
+        value = _floatify(yaml.safe_load(raw)) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for expr in sets:
+        keys, value = parse_set(expr)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {expr}: '{k}' is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def data_dir() -> Path:
+    """The sample data bundle: $DATAMATES_DATA, else `shared/data` beside the repository."""
+    env = os.environ.get("DATAMATES_DATA")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        cand = base.parent / "shared" / "data"
+        if cand.exists():
+            return cand
+    return Path.cwd().parent / "shared" / "data"
+
+
+def expand_vars(node: Any) -> Any:
+    """`${DATAMATES_DATA}` (with its default) and other environment variables in string values."""
+    if isinstance(node, dict):
+        return {k: expand_vars(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_vars(v) for v in node]
+    if isinstance(node, str) and "$" in node:
+        node = node.replace("${DATAMATES_DATA}", str(data_dir())).replace("$DATAMATES_DATA", str(data_dir()))
+        return os.path.expandvars(node)
+    return node
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return _floatify(data)
+
+
+def _floatify(node: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string; turn such strings into floats."""
+    if isinstance(node, dict):
+        return {k: _floatify(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floatify(v) for v in node]
+    if isinstance(node, str):
+        s = node.strip()
+        if s and s[0] in "+-.0123456789" and any(c in s for c in "eE") and " " not in s:
+            try:
+                return float(s)
+            except ValueError:
+                return node
+    return node
+
+
+def describe(cls: type, indent: int = 0, obj: Any = None) -> str:
+    """YAML text of a config with every knob's help as a comment (`datamates config show`)."""
+    obj = obj if obj is not None else cls()
+    hints = typing.get_type_hints(cls)
+    pad = "  " * indent
+    lines = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        help_ = f.metadata.get("help", "")
+        if dataclasses.is_dataclass(value):
+            if help_:
+                lines.append(f"{pad}# {help_}")
+            lines.append(f"{pad}{f.name}:")
+            lines.append(describe(type(value), indent + 1, value))
+            continue
+        rendered = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        if rendered.endswith("\n..."):
+            rendered = rendered[:-4].strip()
+        rendered = rendered.removesuffix("...").strip()
+        comment = f"  # {help_}" if help_ else ""
+        allowed = []
+        if f.metadata.get("choices"):
+            allowed.append("one of " + ", ".join(map(str, f.metadata["choices"])))
+        if get_origin(hints[f.name]) is Literal:
+            allowed.append("one of " + ", ".join(map(str, get_args(hints[f.name]))))
+        if allowed:
+            comment += f" [{'; '.join(allowed)}]"
+        lines.append(f"{pad}{f.name}: {rendered}{comment}")
+    return "\n".join(lines)

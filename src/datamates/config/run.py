@@ -1,0 +1,63 @@
+"""RunConfig: the whole run, used only at the top (pipelines, CLI). Stages get their own part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from datamates.config.ablation import AblationConfig
+from datamates.config.base import apply_sets, expand_vars, from_dict, knob, load_yaml
+from datamates.config.core import ModelConfig, PoolConfig, TrainConfig
+from datamates.config.evaluate import EvalConfig
+from datamates.config.mates import MatesConfig
+from datamates.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = knob("run", "run name; artifacts go to <runs_root>/<name>")
+    runs_root: str = knob("runs", "folder holding run directories")
+    pool: PoolConfig = knob(PoolConfig(), "the pool of training sequences")
+    model: ModelConfig = knob(ModelConfig(), "the language model")
+    train: TrainConfig = knob(TrainConfig(), "the training loop")
+    eval: EvalConfig = knob(EvalConfig(), "evaluation")
+    mates: MatesConfig = knob(MatesConfig(), "model-aware selection loop")
+    ablation: AblationConfig = knob(AblationConfig(), "data ablations by merging")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.name
+
+
+def config_search_path() -> list[Path]:
+    """Where `--config NAME` is looked up: ./configs, the repository's configs/ (editable
+    installs), and the copy bundled in the wheel."""
+    here = Path(__file__).resolve()
+    return [Path.cwd() / "configs", here.parents[3] / "configs", here.parents[1] / "configs"]
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        return p
+    for folder in config_search_path():
+        cand = folder / f"{name_or_path}.yaml"
+        if cand.exists():
+            return cand
+    names = sorted({c.stem for f in config_search_path() if f.is_dir() for c in f.glob("*.yaml")})
+    raise ConfigError(f"config '{name_or_path}' not found; named configs: {', '.join(names) or 'none'}")
+
+
+def load_config(config: str | None = None, sets: list[str] | None = None) -> RunConfig:
+    """YAML file (or named config) + `--set a.b=c` overrides -> validated RunConfig."""
+    data: dict = {}
+    where = ""
+    if config:
+        path = resolve_config_path(config)
+        data = load_yaml(path)
+        where = f"{path}: "
+        data.setdefault("name", path.stem)
+    data = expand_vars(apply_sets(data, sets or []))
+    return from_dict(RunConfig, data, where=where)

@@ -1,0 +1,172 @@
+"""Checkpoints: a Hugging Face model folder that also carries the full training state.
+
+    config.json, model.safetensors          -> AutoModelForCausalLM.from_pretrained(path)
+    tokenizer.json, tokenizer_config.json   -> AutoTokenizer.from_pretrained(path)
+    optimizer.safetensors                   AdamW moments per parameter name + step counts
+    rng.safetensors                         torch CPU / CUDA generator states
+    trainer_state.json                      global step, data cursor, lr, schedule, seeds
+    meta.json, DONE
+
+No pickles: every tensor is in safetensors, everything else is JSON. Weights are saved in fp32
+and load back bit-exactly, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, GPTNeoXForCausalLM, PreTrainedModel
+
+from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
+
+MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict[str, Any],
+    *,
+    tokenizer_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (a `.partial` folder renamed into place, then DONE)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per checkpoint
+    path = Path(path)
+    model = getattr(model, "module", model)  # unwrap DDP
+    with atomic_dir(path, meta=meta) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if optimizer is not None:
+            save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda_{i}"] = s
+        save_file(rng, str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "trainer_state.json", trainer_state)
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                src = Path(tokenizer_dir) / name
+                if src.exists():
+                    shutil.copy2(src, tmp / name)
+    return path
+
+
+def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state keyed `<moment>.<parameter name>` (moment in exp_avg, exp_avg_sq, step)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for p, st in optimizer.state.items():
+        name = names[id(p)]
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"{k}.{name}"] = v.detach().to("cpu").contiguous()
+            else:
+                out[f"{k}.{name}"] = torch.tensor(float(v), dtype=torch.float32)
+    return out
+
+
+def load_optimizer_state(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Fill `optimizer.state` from `optimizer.safetensors` (parameters matched by name)."""
+    path = Path(path)
+    f = path / "optimizer.safetensors"
+    if not f.exists():
+        raise ArtifactMissing(
+            f"{path}: checkpoint has no optimizer state (optimizer.safetensors); it was exported weights-only"
+        )
+    tensors = load_file(str(f))
+    by_name: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        moment, name = key.split(".", 1)
+        by_name.setdefault(name, {})[moment] = t
+    for name, p in model.named_parameters():
+        if name not in by_name:
+            continue
+        st = by_name[name]
+        state: dict[str, Any] = {}
+        for k, v in st.items():
+            if k == "step":
+                state[k] = v.clone().to(torch.float32)  # torch keeps `step` as a CPU float tensor
+            else:
+                if v.shape != p.shape:
+                    raise IncompatibleArtifacts(
+                        f"{f}: {k} of '{name}' has shape {tuple(v.shape)}, the model's parameter {tuple(p.shape)}"
+                    )
+                state[k] = v.to(device=p.device, dtype=p.dtype).clone()
+        optimizer.state[p] = state
+
+
+def has_optimizer_state(path: str | Path) -> bool:
+    return (Path(path) / "optimizer.safetensors").exists()
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        if (path / "checkpoint").is_dir():  # a stage folder: use its checkpoint
+            return check_checkpoint(path / "checkpoint")
+        raise ArtifactMissing(f"{path}: not a checkpoint (needs config.json and model.safetensors)")
+    if (path / "trainer_state.json").exists() and not is_done(path):
+        raise ArtifactMissing(f"{path}: checkpoint is incomplete (no {DONE} marker); re-run the stage that writes it")
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPTNeoXForCausalLM:
+    """Weights in fp32 on `device`, exactly as saved."""
+    path = check_checkpoint(path)
+    config = AutoConfig.from_pretrained(str(path))
+    model = GPTNeoXForCausalLM(config) if config.model_type == "gpt_neox" else None
+    if model is None:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and "embed_out" in m)]
+    if missing or unexpected:
+        raise IncompatibleArtifacts(
+            f"{path}/model.safetensors does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(device)
+
+
+def trainer_state(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / "trainer_state.json"
+    return read_json(f) if f.exists() else {}
+
+
+def load_rng(path: str | Path) -> None:
+    f = Path(path) / "rng.safetensors"
+    if not f.exists():
+        return
+    rng = load_file(str(f))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def export_hf(path: str | Path, out: str | Path) -> Path:
+    """Weights + config + tokenizer only: a plain Hugging Face model folder."""
+    path = check_checkpoint(path)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for name in MODEL_FILES + TOKENIZER_FILES:
+            if (path / name).exists():
+                shutil.copy2(path / name, tmp / name)
+    (out / DONE).unlink(missing_ok=True)  # an export is a plain HF folder
+    return out

@@ -1,0 +1,671 @@
+"""The pool: documents -> fixed-length token sequences, MATES's selection unit.
+
+`build_pool` streams JSONL / JSONL.gz / Parquet records, tokenizes them, appends EOS to every
+document and cuts each domain's token stream into `seq_len`-token rows (memory stays
+O(domains x seq_len) whatever the pool size). On disk (`<run>/pool/`):
+
+    tokens_00000.bin ...   uint16/uint32 rows of seq_len tokens, memory-mapped
+    seq_domain.npy         [n_seq] int16   domain id of each sequence
+    seq_bytes.npy          [n_seq] float32 UTF-8 bytes of text behind each sequence (for bits/byte)
+    seq_doc_ptr.npy        [n_seq+1] int64 CSR pointers into seq_doc_idx
+    seq_doc_idx.npy        [nnz] int64     documents overlapping each sequence
+    docs.parquet           doc index -> id, domain, file, line, n_tokens, n_bytes
+    tokenizer.json, meta.json (counts, tokens per domain, what was skipped and why), DONE
+
+A killed build resumes after the last fully processed input file (`progress.json` in the
+`.partial` folder records the file sizes to truncate back to and the per-domain carry-over).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datamates.config.base import config_hash, to_dict
+from datamates.config.core import PoolConfig
+from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
+from datamates.errors import ArtifactMissing, InputError
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, meta_record, read_json
+
+log = get_logger(__name__)
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
+
+
+# ----------------------------------------------------------------------------- reading inputs
+
+
+@dataclass
+class InputFile:
+    path: Path
+    rel: str  # path shown in ids and messages
+    folder_domain: str
+    file_domain: str
+
+
+def _strip_suffix(name: str) -> str:
+    for s in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def discover_inputs(inputs: list[str]) -> list[InputFile]:
+    """Expand files, folders (recursive) and globs into a sorted, de-duplicated file list."""
+    if not inputs:
+        raise InputError("pool.inputs is empty: give files, folders or glob patterns of JSONL / Parquet")
+    found: list[InputFile] = []
+    for spec in inputs:
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
+            if not files:
+                raise InputError(f"{spec}: no {', '.join(SUFFIXES)} files in this folder")
+            for f in files:
+                rel = f.relative_to(p)
+                folder = rel.parts[0] if len(rel.parts) > 1 else p.resolve().name
+                found.append(InputFile(f, str(Path(p.name) / rel), folder, _strip_suffix(f.name)))
+        elif p.is_file():
+            if not p.name.endswith(SUFFIXES):
+                raise InputError(f"{spec}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+            found.append(InputFile(p, p.name, p.resolve().parent.name, _strip_suffix(p.name)))
+        else:
+            matches = sorted(m for m in globlib.glob(spec, recursive=True) if m.endswith(SUFFIXES))
+            if not matches:
+                raise InputError(f"{spec}: no such file or folder, and no matching {', '.join(SUFFIXES)} files")
+            for m in matches:
+                mp = Path(m)
+                found.append(InputFile(mp, m, mp.resolve().parent.name, _strip_suffix(mp.name)))
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+@dataclass
+class Record:
+    line: int
+    text: str
+    id: str
+    domain: str
+
+
+def _get(record: dict, dotted: str) -> Any:
+    node: Any = record
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def iter_records(f: InputFile, cfg: PoolConfig, counters: dict[str, int]) -> Iterator[Record]:
+    """Records of one file. Bad JSON, a missing text field or a non-string text raise InputError
+    naming file and line; empty texts and undecodable lines are skipped and counted."""
+    for line_no, obj in _raw_records(f, counters):
+        if not isinstance(obj, dict):
+            raise InputError(f"{f.rel}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+        text = _get(obj, cfg.text_field)
+        if text is None:
+            raise InputError(
+                f"{f.rel}:{line_no}: no field '{cfg.text_field}' (set pool.text_field to the text field's name)"
+            )
+        if not isinstance(text, str):
+            raise InputError(f"{f.rel}:{line_no}: field '{cfg.text_field}' is {type(text).__name__}, not text")
+        if not text.strip():
+            counters["skipped_empty"] += 1
+            continue
+        rid = _get(obj, cfg.id_field) if cfg.id_field else None
+        doc_id = str(rid) if rid is not None else f"{f.rel}:{line_no}"
+        if cfg.domain_from == "field":
+            if not cfg.domain_field:
+                raise InputError("pool.domain_from = 'field' needs pool.domain_field")
+            d = _get(obj, cfg.domain_field)
+            domain = str(d) if d is not None else "unknown"
+            if d is None:
+                counters["missing_domain"] += 1
+        elif cfg.domain_from == "folder":
+            domain = f.folder_domain
+        elif cfg.domain_from == "file":
+            domain = f.file_domain
+        else:
+            domain = "default"
+        yield Record(line_no, text, doc_id, domain)
+
+
+def _raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+    if f.path.name.endswith(".parquet"):
+        try:
+            pf = pq.ParquetFile(f.path)
+        except Exception as e:
+            raise InputError(f"{f.rel}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        row = 0
+        for batch in pf.iter_batches(batch_size=4096):
+            for rec in batch.to_pylist():
+                row += 1
+                yield row, rec
+        return
+    opener = gzip.open if f.path.name.endswith(".gz") else open
+    try:
+        with opener(f.path, "rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    counters["blank_lines"] += 1
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    counters["skipped_undecodable"] += 1
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{f.rel}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except (OSError, EOFError) as e:
+        if isinstance(e, gzip.BadGzipFile) or "gzip" in str(e).lower() or isinstance(e, EOFError):
+            raise InputError(f"{f.rel}: corrupt or truncated gzip file ({e})") from None
+        raise
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class _Appender:
+    """Append-only binary column; resumable by truncating to a recorded length."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.fh = open(path, "ab")
+
+    def write(self, arr: Any) -> None:
+        self.fh.write(np.asarray(arr, dtype=self.dtype).tobytes())
+
+    def size(self) -> int:
+        self.fh.flush()
+        return self.fh.tell()
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def to_npy(self, out: Path) -> int:
+        self.close()
+        n = os.path.getsize(self.path) // self.dtype.itemsize
+        arr = np.lib.format.open_memmap(out, mode="w+", dtype=self.dtype, shape=(n,))
+        if n:
+            src = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(n,))
+            step = 1 << 24
+            for i in range(0, n, step):
+                arr[i : i + step] = src[i : i + step]
+        arr.flush()
+        del arr
+        self.path.unlink()
+        return n
+
+
+@dataclass
+class _Segment:
+    doc: int
+    tokens: np.ndarray
+    bytes_per_token: float
+    domain: int
+
+
+@dataclass
+class _Packer:
+    """Carry-over buffer of one domain: document segments not yet cut into a full sequence."""
+
+    segments: list[_Segment] = field(default_factory=list)
+    n: int = 0
+
+    def add(self, seg: _Segment) -> None:
+        self.segments.append(seg)
+        self.n += len(seg.tokens)
+
+    def pop_sequence(self, L: int) -> tuple[np.ndarray, list[int], float, list[tuple[int, int]]]:
+        """Cut L tokens: (tokens, overlapping docs, bytes, [(domain, n_tokens)])."""
+        parts, docs, need, nbytes = [], [], L, 0.0
+        shares = []
+        while need:
+            seg = self.segments[0]
+            take = min(need, len(seg.tokens))
+            parts.append(seg.tokens[:take])
+            docs.append(seg.doc)
+            shares.append((seg.domain, take))
+            nbytes += take * seg.bytes_per_token
+            if take == len(seg.tokens):
+                self.segments.pop(0)
+            else:
+                self.segments[0] = _Segment(seg.doc, seg.tokens[take:], seg.bytes_per_token, seg.domain)
+            need -= take
+        self.n -= L
+        return np.concatenate(parts), docs, nbytes, shares
+
+
+def _tokenizer_for_build(cfg: PoolConfig, files: list[InputFile], work: Path, counters: dict[str, int]):
+    tok_path = work / "tokenizer.json"
+    if tok_path.exists():
+        return load_tokenizer(tok_path), json.loads((work / "tokenizer_source.json").read_text())
+    if cfg.tokenizer.name_or_path is not None:
+        tok = load_tokenizer(cfg.tokenizer.name_or_path)
+        source = {"kind": "given", "name_or_path": cfg.tokenizer.name_or_path}
+    else:
+        budget = cfg.tokenizer.train_max_bytes
+        scratch = {k: 0 for k in counters}
+
+        def texts() -> Iterator[str]:
+            used = 0
+            for f in files:
+                for rec in iter_records(f, cfg, scratch):
+                    yield rec.text
+                    used += len(rec.text.encode())
+                    if used >= budget:
+                        return
+
+        log.info("training a byte-level BPE tokenizer (vocab %d) on up to %d bytes", cfg.tokenizer.vocab_size, budget)
+        tok = train_bpe(texts(), cfg.tokenizer.vocab_size, cfg.tokenizer.eos_token)
+        source = {"kind": "trained_bpe", "vocab_size": cfg.tokenizer.vocab_size, "train_max_bytes": budget}
+    tok.save(str(tok_path))
+    atomic_write_json(work / "tokenizer_source.json", source)
+    return tok, source
+
+
+_COLUMNS = {
+    "seq_domain": "int16", "seq_bytes": "float32", "seq_doc_end": "int64", "seq_doc_idx": "int64",
+    "doc_ntok": "int64", "doc_nbytes": "int64", "doc_domain": "int16", "doc_file": "int32",
+    "doc_line": "int64", "doc_hash": "uint64",
+}
+
+
+def build_pool(cfg: PoolConfig, out: str | Path) -> Path:
+    """Build (or resume, or skip if done) the pool at `out`. Returns `out`."""
+    out = Path(out)
+    if is_done(out):
+        log.info("pool %s is already built; skipping", out)
+        return out
+    files = discover_inputs(cfg.inputs)
+    with atomic_dir(out, resume=True) as work:
+        meta = _build_into(cfg, files, work)
+        _finalize(work, meta)
+        # tokenizer_config.json etc., so checkpoints built on this pool load with AutoTokenizer
+        save_hf_tokenizer(load_tokenizer(work / "tokenizer.json"), work, cfg.tokenizer.eos_token)
+        atomic_write_json(work / "meta.json", meta)
+    log.info(_summary(meta))
+    return out
+
+
+def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str, Any]:
+    counters = {"documents_read": 0, "documents_kept": 0, "skipped_empty": 0, "skipped_undecodable": 0,
+                "blank_lines": 0, "missing_domain": 0}
+    tok, tok_source = _tokenizer_for_build(cfg, files, work, counters)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    eos = eos_id(tok, cfg.tokenizer.eos_token)
+    dtype = "uint16" if vocab <= 65535 else "uint32"
+    L = cfg.seq_len
+
+    prog_path = work / "progress.json"
+    state: dict[str, Any] = {"files_done": 0, "counters": counters, "domains": [], "shard": 0,
+                             "shard_rows": 0, "n_seq": 0, "n_docs": 0, "sizes": {}, "per_domain": {}}
+    if prog_path.exists():
+        state = read_json(prog_path)
+        counters = state["counters"]
+        log.info("resuming pool build after %d of %d files", state["files_done"], len(files))
+    # truncate every append-only file back to the last consistent point
+    for name in list(_COLUMNS) + ["doc_ids"]:
+        p = work / f"{name}.bin"
+        size = state["sizes"].get(name, 0)
+        with open(p, "ab") as fh:
+            fh.truncate(size)
+    shard_file = work / f"tokens_{state['shard']:05d}.bin"
+    with open(shard_file, "ab") as fh:
+        fh.truncate(state["shard_rows"] * L * np.dtype(dtype).itemsize)
+    for stale in work.glob("tokens_*.bin"):
+        if int(stale.stem.split("_")[1]) > state["shard"]:
+            stale.unlink()
+
+    cols = {name: _Appender(work / f"{name}.bin", dt) for name, dt in _COLUMNS.items()}
+    ids_fh = open(work / "doc_ids.bin", "ab")
+    domains: list[str] = state["domains"]
+    dom_index = {d: i for i, d in enumerate(domains)}
+    per_domain: dict[str, dict[str, int]] = state["per_domain"]
+    packers: dict[str, _Packer] = {}
+    carry = work / "carry.npz"
+    if carry.exists() and state["files_done"]:
+        packers = _load_carry(carry)
+
+    shard_fh = open(shard_file, "ab")
+
+    def emit(key: str) -> None:
+        packer = packers[key]
+        while packer.n >= L:
+            toks, docs, nbytes, shares = packer.pop_sequence(L)
+            if cfg.pack_by_domain:
+                dom = dom_index[key]
+            else:  # majority domain of the sequence's tokens
+                by: dict[int, int] = {}
+                for dd, n in shares:
+                    by[dd] = by.get(dd, 0) + n
+                dom = max(by, key=lambda k: by[k])
+            shard_fh.write(toks.astype(dtype).tobytes())
+            state["shard_rows"] += 1
+            state["n_seq"] += 1
+            cols["seq_domain"].write([dom])
+            cols["seq_bytes"].write([nbytes])
+            cols["seq_doc_idx"].write(docs)
+            state["nnz"] = state.get("nnz", 0) + len(docs)
+            cols["seq_doc_end"].write([state["nnz"]])
+            pd = per_domain[domains[dom]]
+            pd["sequences"] += 1
+            pd["tokens"] += L
+            if state["shard_rows"] >= cfg.shard_sequences:
+                _next_shard()
+
+    def _next_shard() -> None:
+        nonlocal shard_fh
+        shard_fh.close()
+        state["shard"] += 1
+        state["shard_rows"] = 0
+        shard_fh = open(work / f"tokens_{state['shard']:05d}.bin", "ab")
+
+    total_bytes = sum(f.path.stat().st_size for f in files)
+    done_bytes = sum(f.path.stat().st_size for f in files[: state["files_done"]])
+    bar = progress_bar("pool build", total=total_bytes, unit="B")
+    bar.update(done_bytes)
+    for fi in range(state["files_done"], len(files)):
+        f = files[fi]
+        batch: list[Record] = []
+
+        def flush(batch: list[Record]) -> None:
+            encs = tok.encode_batch([r.text for r in batch], add_special_tokens=False)
+            for rec, enc in zip(batch, encs):
+                ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
+                ids = np.append(ids, eos)
+                if rec.domain not in dom_index:
+                    dom_index[rec.domain] = len(domains)
+                    domains.append(rec.domain)
+                    per_domain[rec.domain] = {"documents": 0, "sequences": 0, "tokens": 0, "bytes": 0,
+                                              "tail_tokens_dropped": 0}
+                d = dom_index[rec.domain]
+                nbytes = len(rec.text.encode("utf-8"))
+                doc = state["n_docs"]
+                state["n_docs"] += 1
+                cols["doc_ntok"].write([len(ids)])
+                cols["doc_nbytes"].write([nbytes])
+                cols["doc_domain"].write([d])
+                cols["doc_file"].write([fi])
+                cols["doc_line"].write([rec.line])
+                h = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little")
+                cols["doc_hash"].write(np.array([h], dtype=np.uint64))
+                ids_fh.write((json.dumps(rec.id) + "\n").encode())
+                per_domain[rec.domain]["documents"] += 1
+                per_domain[rec.domain]["bytes"] += nbytes
+                counters["documents_kept"] += 1
+                key = rec.domain if cfg.pack_by_domain else "__all__"
+                packers.setdefault(key, _Packer()).add(_Segment(doc, ids, nbytes / len(ids), d))
+                emit(key)
+
+        for rec in iter_records(f, cfg, counters):
+            counters["documents_read"] += 1
+            batch.append(rec)
+            if len(batch) >= cfg.read_batch:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        # checkpoint: everything up to this file is durable
+        shard_fh.flush()
+        ids_fh.flush()
+        state["files_done"] = fi + 1
+        state["sizes"] = {name: c.size() for name, c in cols.items()}
+        state["sizes"]["doc_ids"] = ids_fh.tell()
+        _save_carry(carry, packers)
+        atomic_write_json(prog_path, state)
+        bar.update(f.path.stat().st_size)
+    bar.close()
+    shard_fh.close()
+    ids_fh.close()
+
+    for key, packer in packers.items():
+        if packer.n:
+            if cfg.pack_by_domain:
+                per_domain[key]["tail_tokens_dropped"] += packer.n
+            counters["tail_tokens_dropped"] = counters.get("tail_tokens_dropped", 0) + packer.n
+
+    if counters["documents_kept"] == 0:
+        raise InputError(
+            f"the pool is empty: {counters['documents_read']} records read from {len(files)} files, none with text"
+        )
+    if state["n_seq"] == 0:
+        raise InputError(
+            f"the pool is empty: {counters['documents_kept']} documents hold fewer than seq_len = {L} tokens "
+            "per domain; lower pool.seq_len or add data"
+        )
+    for name, c in cols.items():
+        c.close()
+    return {
+        "n_sequences": state["n_seq"],
+        "n_documents": state["n_docs"],
+        "n_shards": state["shard"] + (1 if state["shard_rows"] else 0),
+        "shard_sequences": cfg.shard_sequences,
+        "seq_len": L,
+        "dtype": dtype,
+        "tokens": state["n_seq"] * L,
+        "domains": domains,
+        "per_domain": per_domain,
+        "counters": counters,
+        "tokenizer": {"source": tok_source, "hash": tokenizer_hash(tok), "vocab_size": vocab, "eos_id": eos,
+                      "eos_token": cfg.tokenizer.eos_token},
+        "inputs": [{"path": str(f.path), "rel": f.rel, "bytes": f.path.stat().st_size} for f in files],
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+    }
+
+
+def _save_carry(path: Path, packers: dict[str, _Packer]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    index = []
+    for key, p in packers.items():
+        for j, s in enumerate(p.segments):
+            name = f"s{len(index)}"
+            arrays[name] = s.tokens
+            index.append([key, s.doc, s.bytes_per_token, s.domain, name])
+    arrays["index"] = np.array(json.dumps(index))
+    tmp = path.with_name(".carry.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_carry(path: Path) -> dict[str, _Packer]:
+    z = np.load(path)
+    packers: dict[str, _Packer] = {}
+    for key, doc, bpt, dom, name in json.loads(str(z["index"])):
+        packers.setdefault(key, _Packer()).add(_Segment(doc, z[name], bpt, dom))
+    return packers
+
+
+def _finalize(work: Path, meta: dict[str, Any]) -> None:
+    """Append-only columns -> .npy arrays and docs.parquet; check ids are unique."""
+    n_seq = meta["n_sequences"]
+    cols = {name: _Appender(work / f"{name}.bin", dt) for name, dt in _COLUMNS.items()}
+    for c in cols.values():
+        c.close()
+    for name in ("seq_domain", "seq_bytes", "seq_doc_idx"):
+        cols[name].to_npy(work / f"{name}.npy")
+    ends = np.fromfile(work / "seq_doc_end.bin", dtype=np.int64)
+    np.save(work / "seq_doc_ptr.npy", np.concatenate([[0], ends]).astype(np.int64))
+    (work / "seq_doc_end.bin").unlink()
+    assert len(ends) == n_seq
+    hashes = np.fromfile(work / "doc_hash.bin", dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    dup = np.nonzero(hashes[order][1:] == hashes[order][:-1])[0]
+    docs = {name: np.fromfile(work / f"{name}.bin", dtype=_COLUMNS[name]) for name in
+            ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line")}
+    with open(work / "doc_ids.bin", "rb") as fh:
+        ids = [json.loads(line) for line in fh]
+    if len(dup):
+        a, b = int(order[dup[0]]), int(order[dup[0] + 1])
+        a, b = min(a, b), max(a, b)
+        fa = meta["inputs"][docs["doc_file"][a]]["rel"]
+        fb = meta["inputs"][docs["doc_file"][b]]["rel"]
+        raise InputError(
+            f"{fb}:{docs['doc_line'][b]}: duplicate document id {ids[b]!r} (first seen at {fa}:{docs['doc_line'][a]}); "
+            f"ids must be unique ({len(dup)} duplicates in all) - fix the data or set pool.id_field: null"
+        )
+    table = pa.table({
+        "id": pa.array(ids, pa.string()),
+        "domain": pa.array(docs["doc_domain"]),
+        "file": pa.array(docs["doc_file"]),
+        "line": pa.array(docs["doc_line"]),
+        "n_tokens": pa.array(docs["doc_ntok"]),
+        "n_bytes": pa.array(docs["doc_nbytes"]),
+    })
+    pq.write_table(table, work / "docs.parquet", row_group_size=1 << 20)
+    for name in ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line", "doc_hash", "doc_ids"):
+        (work / f"{name}.bin").unlink()
+    for name in ("progress.json", "carry.npz"):
+        (work / name).unlink(missing_ok=True)
+    # empty trailing shard (the last one filled exactly)
+    for shard in work.glob("tokens_*.bin"):
+        if shard.stat().st_size == 0:
+            shard.unlink()
+
+
+def _summary(meta: dict[str, Any]) -> str:
+    c = meta["counters"]
+    lines = [
+        f"pool: {meta['n_documents']:,} documents -> {meta['n_sequences']:,} sequences x {meta['seq_len']} "
+        f"= {meta['tokens']:,} tokens",
+        f"  {'domain':<20} {'docs':>9} {'sequences':>10} {'tokens':>13} {'MB text':>9} {'tail dropped':>13}",
+    ]
+    for d in meta["domains"]:
+        p = meta["per_domain"][d]
+        lines.append(
+            f"  {d:<20} {p['documents']:>9,} {p['sequences']:>10,} {p['tokens']:>13,} "
+            f"{p['bytes'] / 1e6:>9.2f} {p['tail_tokens_dropped']:>13,}"
+        )
+    lines.append(
+        f"  skipped: {c['skipped_empty']:,} empty documents, {c['skipped_undecodable']:,} undecodable lines, "
+        f"{c['blank_lines']:,} blank lines; {c.get('tail_tokens_dropped', 0):,} tail tokens dropped "
+        f"(shorter than one sequence at the end of a domain)"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reading a pool
+
+
+class Pool:
+    """Read-only view of a built pool. Sequence ids are row numbers 0..len-1."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not is_done(self.path):
+            raise ArtifactMissing(f"{self.path}: no built pool here (missing {DONE}); run `datamates pool build` first")
+        self.meta: dict[str, Any] = read_json(self.path / "meta.json")
+        self.seq_len: int = self.meta["seq_len"]
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.domains: list[str] = self.meta["domains"]
+        self.vocab_size: int = self.meta["tokenizer"]["vocab_size"]
+        self.eos_id: int = self.meta["tokenizer"]["eos_id"]
+        self.tokenizer_hash: str = self.meta["tokenizer"]["hash"]
+        self._shards = []
+        self._offsets = [0]
+        for shard in sorted(self.path.glob("tokens_*.bin")):
+            n = shard.stat().st_size // (self.seq_len * self.dtype.itemsize)
+            self._shards.append(np.memmap(shard, dtype=self.dtype, mode="r", shape=(n, self.seq_len)))
+            self._offsets.append(self._offsets[-1] + n)
+        self._offsets_arr = np.array(self._offsets)
+        if self._offsets[-1] != self.meta["n_sequences"]:
+            raise ArtifactMissing(f"{self.path}: token shards hold {self._offsets[-1]} sequences, meta.json says "
+                                  f"{self.meta['n_sequences']}; rebuild the pool")
+        self.seq_domain = np.load(self.path / "seq_domain.npy", mmap_mode="r")
+        self.seq_bytes = np.load(self.path / "seq_bytes.npy", mmap_mode="r")
+        self._doc_ptr = np.load(self.path / "seq_doc_ptr.npy", mmap_mode="r")
+        self._doc_idx = np.load(self.path / "seq_doc_idx.npy", mmap_mode="r")
+        self._docs: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    @property
+    def pool_id(self) -> str:
+        """Identity of this pool's contents (tokenizer, length, inputs, counts)."""
+        m = self.meta
+        blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], m["inputs"],
+                           m["config"].get("pack_by_domain")], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def tokens(self, ids: Any) -> np.ndarray:
+        """[len(ids), seq_len] int64 token rows, in the order of `ids`."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            bad = ids[(ids < 0) | (ids >= len(self))][0]
+            raise InputError(f"sequence id {int(bad)} is not in the pool {self.path} (0..{len(self) - 1})")
+        out = np.empty((len(ids), self.seq_len), dtype=np.int64)
+        shard = np.searchsorted(self._offsets_arr, ids, side="right") - 1
+        for s in np.unique(shard):
+            m = shard == s
+            out[m] = self._shards[s][ids[m] - self._offsets[s]]
+        return out
+
+    def domain_of(self, ids: Any) -> np.ndarray:
+        return np.asarray(self.seq_domain)[np.asarray(ids, dtype=np.int64)]
+
+    def ids_in_domain(self, domain: str) -> np.ndarray:
+        if domain not in self.domains:
+            raise InputError(f"domain '{domain}' is not in the pool; domains: {', '.join(self.domains)}")
+        return np.nonzero(np.asarray(self.seq_domain) == self.domains.index(domain))[0]
+
+    def docs_of(self, seq_id: int) -> np.ndarray:
+        """Indices (rows of docs.parquet) of the documents overlapping sequence `seq_id`."""
+        return np.asarray(self._doc_idx[self._doc_ptr[seq_id] : self._doc_ptr[seq_id + 1]])
+
+    def docs_of_many(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        parts = [self.docs_of(int(i)) for i in ids]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    @property
+    def docs(self) -> pa.Table:
+        if self._docs is None:
+            self._docs = pq.read_table(self.path / "docs.parquet")
+        return self._docs
+
+    def tokenizer(self):
+        return load_tokenizer(self.path / "tokenizer.json")
+
+    def decode(self, seq_id: int) -> str:
+        return self.tokenizer().decode(self.tokens([seq_id])[0].tolist(), skip_special_tokens=False)
+
+
+def split_ids(ids: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
+    """Disjoint random subsets of `ids` with the given sizes (sorted), reproducible by seed."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if sum(sizes) > len(ids):
+        raise InputError(f"asked for {sum(sizes)} sequences ({sizes}) but only {len(ids)} are available")
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    out, start = [], 0
+    for n in sizes:
+        out.append(np.sort(ids[perm[start : start + n]]))
+        start += n
+    return out
+
+
+def remove_tree(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,360 @@
+"""The one optimizer loop: every LM training in datamates goes through `train`.
+
+AdamW with decoupled weight decay, a learning-rate schedule that is a pure function of the global
+step, global-norm clipping, gradient accumulation, and torchrun DDP (gloo on CPU, NCCL on GPU).
+The data order is a deterministic function of (seed, list of sequence ids): epoch e visits
+`permutation(seed, e)`, and a cursor counts the sequences consumed. A global batch of
+G = micro_batch_size x grad_accum x world_size sequences is cut from the cursor; rank r, micro-step
+a takes rows [(a * world + r) * micro, ... + micro), so 1 process x 2 accumulation steps and
+2 processes x 1 see the same global batch.
+
+Checkpoints carry weights, AdamW moments, step counts, RNG and the cursor, so a killed run resumes
+from `<out>.partial/step_XXXXXXXX` and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from datamates.config.base import to_dict
+from datamates.config.core import ModelConfig, TrainConfig
+from datamates.core.checkpoint import (
+    has_optimizer_state,
+    load_model,
+    load_optimizer_state,
+    load_rng,
+    save_checkpoint,
+    trainer_state,
+)
+from datamates.core.lm import autocast, build_model, flops_per_token, resolve_device
+from datamates.core.pool import Pool
+from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+from datamates.log import get_logger, is_main, progress_bar
+from datamates.run_dir import atomic_write_json, is_done, meta_record, partial_path
+
+log = get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------- schedule & data
+
+
+def lr_at(cfg: TrainConfig, step: int, start_step: int, end_step: int) -> float:
+    """Learning rate for the optimizer step with 0-based global index `step`.
+
+    warmup (linear, global steps 0..warmup-1) then
+      constant : lr
+      cosine   : min + (lr - min) * (1 + cos(pi * p)) / 2, p = (step - warmup) / (total - warmup)
+      wsd      : lr until total - decay_steps, then linear to min over decay_steps
+      exp_decay: lr * 0.5^((step - start_step) / half_life)  (MATES's 200-step pre-eval decay)
+    `total` is cfg.total_steps, or `end_step` (global step at the end of this call)."""
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "exp_decay":
+        return peak * 0.5 ** ((step - start_step) / cfg.decay_half_life)
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    total = cfg.total_steps or end_step
+    if cfg.schedule == "constant":
+        return peak
+    if cfg.schedule == "cosine":
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    decay_start = total - cfg.decay_steps
+    if step < decay_start:
+        return peak
+    p = min(1.0, (step - decay_start + 1) / cfg.decay_steps)
+    return peak + (floor - peak) * p
+
+
+class DataOrder:
+    """Sequence ids in a reproducible order: epoch e is a permutation drawn from (seed, e)."""
+
+    def __init__(self, ids: np.ndarray, seed: int):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            raise InputError("no training sequences: the list of sequence ids is empty")
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _epoch(self, e: int) -> np.ndarray:
+        if e not in self._cache:
+            self._cache = {e: self.ids[np.random.default_rng([self.seed, e]).permutation(len(self.ids))]}
+        return self._cache[e]
+
+    def take(self, cursor: int, n: int) -> np.ndarray:
+        out = []
+        while n:
+            e, i = divmod(cursor, len(self.ids))
+            chunk = self._epoch(e)[i : i + n]
+            out.append(chunk)
+            n -= len(chunk)
+            cursor += len(chunk)
+        return np.concatenate(out)
+
+
+def ids_hash(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_setup(device_spec: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on all parameters (MATES) unless decay_norm_and_bias is false."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False)
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over all positions of the [B, T] rows (T - 1 targets each)."""
+    logits = model(input_ids=x).logits  # [B, T, V]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
+
+
+def _latest_step_dir(work: Path) -> Path | None:
+    steps = sorted(p for p in work.glob("step_*") if is_done(p))
+    return steps[-1] if steps else None
+
+
+def train(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    pool: Pool,
+    ids: np.ndarray,
+    out: str | Path,
+    *,
+    init: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Path:
+    """Train for `cfg.steps` optimizer steps on `ids` (sequence ids of `pool`) and write the
+    final checkpoint to `out`. Starts from `init` (a checkpoint; its AdamW state and global step
+    too if cfg.init_optimizer) or from a fresh model; resumes from `<out>.partial` if a killed run
+    left one; returns at once if `out` is already complete. `callback(step, record)` runs after
+    every step (tests use it to interrupt a run)."""
+    out = Path(out)
+    if is_done(out):
+        log.info("%s is already trained; skipping", out)
+        return out
+    ids = np.asarray(ids, dtype=np.int64)
+    rank, world, device = dist_setup(cfg.device)
+    work = partial_path(out)
+    if is_main():
+        work.mkdir(parents=True, exist_ok=True)
+    _barrier(world)
+    resume = _latest_step_dir(work)
+
+    # ---- model, optimizer, state
+    if resume is not None:
+        model = load_model(resume, device)
+        state = trainer_state(resume)
+        if state["call"]["ids_hash"] != ids_hash(ids):
+            raise InputError(
+                f"{work}: the interrupted run trained on other sequence ids; delete this folder to start over"
+            )
+        log.info("resuming from %s (step %d of %d)", resume.name, state["call"]["done"], cfg.steps)
+    else:
+        start_step = 0
+        if init is not None:
+            model = load_model(init, device)
+            init_state = trainer_state(init)
+            if init_state.get("tokenizer_hash") not in (None, pool.tokenizer_hash):
+                raise IncompatibleArtifacts(
+                    f"{init}: checkpoint was trained with tokenizer {init_state.get('tokenizer_hash')}, "
+                    f"the pool {pool.path} uses {pool.tokenizer_hash}"
+                )
+            if cfg.init_optimizer:
+                start_step = int(init_state.get("global_step", 0))
+        else:
+            model = build_model(model_cfg, pool.vocab_size, pool.eos_id, cfg.seed).to(device)
+        state = {
+            "global_step": start_step,
+            "tokens_seen": 0,
+            "pool_id": pool.pool_id,
+            "tokenizer_hash": pool.tokenizer_hash,
+            "seq_len": pool.seq_len,
+            "call": {"start_step": start_step, "steps": cfg.steps, "done": 0, "cursor": 0, "seed": cfg.seed,
+                     "n_ids": int(len(ids)), "ids_hash": ids_hash(ids), "init": str(init) if init else None},
+            "train_config": to_dict(cfg),
+        }
+    if model.config.vocab_size < pool.vocab_size:
+        raise IncompatibleArtifacts(
+            f"model has {model.config.vocab_size} embedding rows, the pool's tokenizer {pool.vocab_size} tokens"
+        )
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    if resume is not None:
+        load_optimizer_state(resume, model, optimizer)
+        load_rng(resume)
+    elif init is not None and cfg.init_optimizer:
+        if not has_optimizer_state(init):
+            raise IncompatibleArtifacts(
+                f"{init}: checkpoint has no optimizer state; set train.init_optimizer: false to start "
+                "from its weights with fresh AdamW moments"
+            )
+        load_optimizer_state(init, model, optimizer)
+    torch.manual_seed(cfg.seed + rank)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(net) if cfg.compile else net
+
+    call = state["call"]
+    order = DataOrder(ids, call["seed"])
+    micro, accum = cfg.micro_batch_size, cfg.grad_accum
+    G = micro * accum * world
+    end_step = call["start_step"] + cfg.steps
+    fpt = flops_per_token(model, pool.seq_len)
+    log_path = work / "train_log.jsonl"
+    records = _read_log(log_path, call["done"]) if resume is not None else []
+    if is_main():
+        _write_log(log_path, records)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    t0, window_t, window_tokens = time.time(), time.time(), 0
+    bar = progress_bar(f"train {out.parent.name}/{out.name}", total=cfg.steps, unit="step")
+    bar.update(call["done"])
+    while call["done"] < cfg.steps:
+        gstep = call["start_step"] + call["done"]
+        lr = lr_at(cfg, gstep, call["start_step"], end_step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = order.take(call["cursor"], G)
+        loss_sum = torch.zeros((), device=device)
+        for a in range(accum):
+            lo = (a * world + rank) * micro
+            x = torch.from_numpy(pool.tokens(batch[lo : lo + micro])).to(device, non_blocking=True)
+            sync = contextlib.nullcontext() if (world == 1 or a == accum - 1) else net.no_sync()
+            with sync:
+                with autocast(device, cfg.precision):
+                    loss = lm_loss(fwd, x)
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_mean = loss_sum / accum
+        if world > 1:
+            dist.all_reduce(loss_mean, op=dist.ReduceOp.AVG)
+        call["done"] += 1
+        call["cursor"] += G
+        state["global_step"] = gstep + 1
+        state["tokens_seen"] += G * pool.seq_len
+        window_tokens += G * pool.seq_len
+        rec = {"step": call["done"], "global_step": gstep + 1, "loss": float(loss_mean), "lr": lr,
+               "grad_norm": float(grad_norm), "tokens": state["tokens_seen"],
+               "elapsed_s": round(time.time() - t0, 3)}
+        if not math.isfinite(rec["loss"]):
+            raise FloatingPointError(f"loss is {rec['loss']} at step {call['done']}; lower train.lr")
+        records.append(rec)
+        if is_main():
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        bar.update(1)
+        if call["done"] % cfg.log_every == 0 or call["done"] == cfg.steps:
+            dt = time.time() - window_t
+            log.info("step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %s tok/s", call["done"], cfg.steps,
+                     rec["loss"], lr, rec["grad_norm"], f"{window_tokens / max(dt, 1e-9):,.0f}")
+            window_t, window_tokens = time.time(), 0
+        state["lr"] = lr
+        if call["done"] % cfg.checkpoint_every == 0 and call["done"] < cfg.steps:
+            if is_main():
+                step_dir = work / f"step_{call['done']:08d}"
+                save_checkpoint(step_dir, model, optimizer, state)
+                for old in work.glob("step_*"):
+                    if old != step_dir:
+                        shutil.rmtree(old, ignore_errors=True)
+            _barrier(world)
+        if callback is not None:
+            callback(call["done"], rec)
+    bar.close()
+
+    seconds = time.time() - t0
+    summary = {"steps": cfg.steps, "global_step": state["global_step"], "tokens": cfg.steps * G * pool.seq_len,
+               "flops": fpt * cfg.steps * G * pool.seq_len, "flops_per_token": fpt, "seconds_this_process": seconds,
+               "final_loss": records[-1]["loss"] if records else None}
+    state["summary"] = summary
+    if is_main():
+        _write_final(out, work, model, optimizer, state, pool, meta or {}, records)
+    _barrier(world)
+    return out
+
+
+def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, meta: dict, records: list) -> None:
+    tmp_final = work / "final"
+    save_checkpoint(
+        tmp_final, model, optimizer, state, tokenizer_dir=pool.path,
+        meta=meta_record("train", pool_id=pool.pool_id, **meta),
+    )
+    _write_log(tmp_final / "train_log.jsonl", records)
+    atomic_write_json(tmp_final / "train_summary.json", state["summary"])
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp_final, out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if r["step"] <= upto]
+
+
+def _write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_train_log(checkpoint: str | Path) -> list[dict[str, Any]]:
+    p = Path(checkpoint) / "train_log.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    if cfg.steps == 0:
+        raise ConfigError("train.steps = 0: nothing to train")

@@ -1,0 +1,29 @@
+"""The exception hierarchy. Every user mistake is a DatamatesError: the CLI prints its message on
+one line and exits with code 2. Anything else is a bug and keeps its traceback."""
+
+
+class DatamatesError(Exception):
+    """Base class: a problem the user can fix. The message names the file, line or key and what
+    to do about it."""
+
+    exit_code = 2
+
+
+class ConfigError(DatamatesError):
+    """A config key is unknown, has the wrong type, or is out of range."""
+
+
+class InputError(DatamatesError):
+    """Input data is malformed: a bad JSON line, a missing field, an empty pool, duplicate ids."""
+
+
+class ArtifactMissing(DatamatesError):
+    """A stage needs an artifact that an earlier stage has not produced."""
+
+
+class IncompatibleArtifacts(DatamatesError):
+    """Two artifacts do not belong together: different pools, tokenizers or architectures."""
+
+
+class NumericalError(DatamatesError):
+    """A NaN or inf where a finite number is required; nothing was written."""
