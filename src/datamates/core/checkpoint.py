@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, GPTNeoXForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
 from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
@@ -122,24 +122,22 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPTNeoXForCausalLM:
-    """Weights in fp32 on `device`, exactly as saved."""
-    path = check_checkpoint(path)
-    config = AutoConfig.from_pretrained(str(path))
-    model = GPTNeoXForCausalLM(config) if config.model_type == "gpt_neox" else None
-    if model is None:
-        from transformers import AutoModelForCausalLM
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> PreTrainedModel:
+    """Weights in fp32 on `device`, exactly as saved (transformers maps legacy key names, e.g.
+    GPT-NeoX's `embed_out` <-> `lm_head`)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and "embed_out" in m)]
-    if missing or unexpected:
-        raise IncompatibleArtifacts(
-            f"{path}/model.safetensors does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    if config.tie_word_embeddings:
-        model.tie_weights()
+    path = check_checkpoint(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no "LOAD REPORT" for our own checkpoints
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise IncompatibleArtifacts(f"{path}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.to(device)
 
 

@@ -59,7 +59,7 @@ def n_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
     total = sum(p.numel() for p in model.parameters())
     if non_embedding:
         for name, p in model.named_parameters():
-            if "embed_in" in name or "embed_out" in name:
+            if "embed_in" in name or "embed_out" in name or "lm_head" in name:
                 total -= p.numel()
     return total
 
