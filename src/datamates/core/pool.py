@@ -511,31 +511,42 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
     np.save(work / "seq_doc_ptr.npy", np.concatenate([[0], ends]).astype(np.int64))
     (work / "seq_doc_end.bin").unlink()
     assert len(ends) == n_seq
+    # duplicate ids: sort the 8-byte id hashes (the only O(documents) memory of the build)
     hashes = np.fromfile(work / "doc_hash.bin", dtype=np.uint64)
     order = np.argsort(hashes, kind="stable")
     dup = np.nonzero(hashes[order][1:] == hashes[order][:-1])[0]
-    docs = {name: np.fromfile(work / f"{name}.bin", dtype=_COLUMNS[name]) for name in
+    docs = {name: np.memmap(work / f"{name}.bin", dtype=_COLUMNS[name], mode="r") for name in
             ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line")}
-    with open(work / "doc_ids.bin", "rb") as fh:
-        ids = [json.loads(line) for line in fh]
     if len(dup):
-        a, b = int(order[dup[0]]), int(order[dup[0] + 1])
-        a, b = min(a, b), max(a, b)
+        a, b = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
+        ids_ab = _read_ids(work / "doc_ids.bin", {a, b})
         fa = meta["inputs"][docs["doc_file"][a]]["rel"]
         fb = meta["inputs"][docs["doc_file"][b]]["rel"]
         raise InputError(
-            f"{fb}:{docs['doc_line'][b]}: duplicate document id {ids[b]!r} (first seen at {fa}:{docs['doc_line'][a]}); "
+            f"{fb}:{docs['doc_line'][b]}: duplicate document id {ids_ab[b]!r} (first seen at {fa}:{docs['doc_line'][a]}); "
             f"ids must be unique ({len(dup)} duplicates in all) - fix the data or set pool.id_field: null"
         )
-    table = pa.table({
-        "id": pa.array(ids, pa.string()),
-        "domain": pa.array(docs["doc_domain"]),
-        "file": pa.array(docs["doc_file"]),
-        "line": pa.array(docs["doc_line"]),
-        "n_tokens": pa.array(docs["doc_ntok"]),
-        "n_bytes": pa.array(docs["doc_nbytes"]),
-    })
-    pq.write_table(table, work / "docs.parquet", row_group_size=1 << 20)
+    del hashes, order
+    schema = pa.schema([("id", pa.string()), ("domain", pa.int16()), ("file", pa.int32()), ("line", pa.int64()),
+                        ("n_tokens", pa.int64()), ("n_bytes", pa.int64())])
+    chunk = 1 << 18
+    with pq.ParquetWriter(work / "docs.parquet", schema) as writer, open(work / "doc_ids.bin", "rb") as fh:
+        start = 0
+        while True:
+            ids = [json.loads(line) for _, line in zip(range(chunk), fh)]
+            if not ids:
+                break
+            sl = slice(start, start + len(ids))
+            writer.write_table(pa.table({
+                "id": pa.array(ids, pa.string()),
+                "domain": pa.array(np.asarray(docs["doc_domain"][sl])),
+                "file": pa.array(np.asarray(docs["doc_file"][sl])),
+                "line": pa.array(np.asarray(docs["doc_line"][sl])),
+                "n_tokens": pa.array(np.asarray(docs["doc_ntok"][sl])),
+                "n_bytes": pa.array(np.asarray(docs["doc_nbytes"][sl])),
+            }, schema=schema))
+            start += len(ids)
+    del docs
     for name in ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line", "doc_hash", "doc_ids"):
         (work / f"{name}.bin").unlink()
     for name in ("progress.json", "carry.npz"):
@@ -544,6 +555,17 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
     for shard in work.glob("tokens_*.bin"):
         if shard.stat().st_size == 0:
             shard.unlink()
+
+
+def _read_ids(path: Path, rows: set[int]) -> dict[int, str]:
+    out = {}
+    with open(path, "rb") as fh:
+        for i, line in enumerate(fh):
+            if i in rows:
+                out[i] = json.loads(line)
+                if len(out) == len(rows):
+                    break
+    return out
 
 
 def _summary(meta: dict[str, Any]) -> str:
