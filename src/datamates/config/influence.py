@@ -1,4 +1,4 @@
-"""Configs of the data influence model: fit, score, select (MATES §4, §2.4)."""
+"""Configs of the data influence model: fit, score, select (MATES §4, §2.4; mates.md §4.1, §2.4, §8.4)."""
 
 from __future__ import annotations
 
@@ -6,40 +6,90 @@ from dataclasses import dataclass
 from typing import Literal
 
 from datamates.config.base import knob
+from datamates.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class EncoderConfig:
+    """How a pool sequence becomes encoder input (shared by fit and score; part of the cache key)."""
+
+    backbone: str = knob("minilm", "encoder: 'minilm' (offline, bundled), a local folder, or a hub name "
+                                   "(MATES: bert-base-uncased)")
+    max_tokens: int = knob(1024, "encoder positions per sequence, specials included (MATES: 1024)", ge=8)
+    chunk_len: int = knob(512, "encoder positions per chunk; a sequence is max_tokens / chunk_len chunks "
+                               "encoded independently and mean-pooled together (MATES: 2 x 512)", ge=4)
+    chunking: Literal["specials", "mates"] = knob(
+        "specials",
+        "specials: every chunk is a well-formed encoder input ([CLS] text [SEP], positions from 0); "
+        "mates: the reference code's layout ([CLS] text [SEP] cut into chunks; chunk 2 has no [CLS])",
+    )
+
+    def check(self) -> None:
+        if self.max_tokens % self.chunk_len:
+            raise ConfigError(f"max_tokens = {self.max_tokens}: must be a multiple of chunk_len = {self.chunk_len}")
 
 
 @dataclass(kw_only=True)
 class FitConfig:
     mode: Literal["finetune", "frozen"] = knob(
-        "finetune", "finetune: the whole encoder (MATES); frozen: cached embeddings + a small head"
+        "finetune",
+        "finetune: the whole encoder + head, fresh from the backbone each stage (MATES); "
+        "frozen: cached mean-pooled embeddings of the frozen encoder + a ridge head (mates.md §8.4)",
     )
-    backbone: str = knob("minilm", "encoder: 'minilm' (offline, bundled), a local path, or a hub name")
-    max_tokens: int = knob(1024, "encoder tokens per sequence (split into chunks)", ge=8)
-    chunk_len: int = knob(512, "encoder tokens per chunk", ge=8)
-    lr: float = knob(5e-5, "learning rate", gt=0)
-    weight_decay: float = knob(0.01, "weight decay", ge=0)
+    encoder: EncoderConfig = knob(EncoderConfig(), "encoder input")
+    lr: float = knob(5e-5, "peak learning rate (linear decay to 0, as HF Trainer's default)", gt=0)
+    weight_decay: float = knob(0.01, "AdamW weight decay", ge=0)
+    warmup_steps: int = knob(0, "linear warmup steps (MATES: 0)", ge=0)
     epochs: int = knob(5, "passes over the training labels", ge=1)
-    batch_size: int = knob(32, "sequences per step", ge=1)
-    val_fraction: float = knob(0.1, "share of labels held out for validation", gt=0, lt=1)
-    split_seed: int = knob(1234, "seed of the train/validation split")
-    eval_every: int = knob(20, "validate every this many steps; keep the best Spearman", ge=1)
-    dropout: float = knob(0.1, "dropout before the linear head", ge=0, lt=1)
-    min_labels: int = knob(16, "refuse to fit on fewer labels", ge=2)
+    batch_size: int = knob(32, "sequences per optimizer step (MATES: 32 x 8 GPUs)", ge=1)
+    micro_batch_size: int | None = knob(None, "sequences per forward/backward (gradient accumulation); null: batch_size", ge=1)
+    val_fraction: float = knob(0.1, "share of labels held out for validation (MATES: 0.1)", gt=0, lt=1)
+    split_seed: int = knob(1234, "seed of the train/validation split (MATES: 1234)")
+    seed: int = knob(0, "seed of the head init, dropout and batch order")
+    eval_every: int = knob(20, "validate every this many steps, and at the end; keep the best Spearman", ge=1)
+    dropout: float = knob(0.1, "dropout before the linear head (MATES: 0.1)", ge=0, lt=1)
+    ridge_alphas: list[float] = knob(
+        [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0],
+        "frozen mode: ridge penalties tried (on standardized embeddings); the one with the lowest "
+        "leave-one-out error on the training split is kept",
+    )
+    embed_batch_size: int = knob(64, "chunks per encoder forward when embedding / validating", ge=1)
+    min_labels: int = knob(16, "refuse to fit on fewer labels", ge=4)
     device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
 
 
 @dataclass(kw_only=True)
 class ScoreConfig:
-    batch_size: int = knob(64, "sequences per forward pass", ge=1)
-    shard_size: int = knob(4096, "sequences per score shard (the unit of resume)", ge=1)
-    workers: int = knob(1, "parallel scoring workers", ge=1)
-    backend: Literal["local", "ray"] = knob("local", "where workers run")
-    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    batch_size: int = knob(64, "encoder chunks per forward pass (length-sorted, padded to the batch's longest)", ge=1)
+    shard_size: int = knob(65536, "sequences per score shard (the unit of resume and of parallel work)", ge=1)
+    workers: int = knob(1, "parallel scoring processes (local: one per GPU, or CPU processes; ray: actors)", ge=1)
+    backend: Literal["local", "ray"] = knob("local", "local processes, or Ray Data actors (pip install datamates[ray])")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N (local workers on CUDA use cuda:0..workers-1)")
+    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 weights on CUDA, fp32 on CPU")
+    threads_per_worker: int | None = knob(None, "torch CPU threads per worker; null: CPUs / workers", ge=1)
+    ray_address: str | None = knob(None, "Ray cluster address; null: connect to a running one or start a local one")
+    ray_cpus_per_actor: float = knob(1.0, "CPUs each Ray actor claims; leave CPUs for Ray's read tasks", gt=0)
+    ray_gpus_per_actor: float = knob(0.0, "GPUs each Ray actor claims (1 on a GPU cluster)", ge=0)
 
 
 @dataclass(kw_only=True)
 class SelectConfig:
+    method: Literal["gumbel", "topk", "random"] = knob(
+        "gumbel", "gumbel: Gumbel-top-k on the scores; topk: the k lowest scores; random: uniform, same noise"
+    )
     fraction: float = knob(0.2, "share of the candidate block kept (MATES: 0.2)", gt=0, le=1)
-    temperature: float = knob(0.5, "Gumbel-top-k temperature tau; 0 is exact top-k (MATES code: 0.5)", ge=0)
-    seed: int = knob(0, "seed of the Gumbel noise (keyed by sequence id)")
+    temperature: float = knob(0.5, "Gumbel-top-k temperature tau on z-scored scores; 0 is exact top-k "
+                                    "(MATES code: 0.5)", ge=0)
+    gumbel: Literal["exact", "mates"] = knob(
+        "exact",
+        "exact: the k largest of -z/tau + G, a sample without replacement from softmax(-z/tau); "
+        "mates: the k smallest of z/tau + G, the reference code's variant (mates.md §2.4)",
+    )
+    scale: Literal["label", "block", "none"] = knob(
+        "label",
+        "what z is: label: (score - label mean) / label std of the influence model (MATES: the DIM "
+        "predicts z-scored labels); block: standardized over the candidates; none: raw scores",
+    )
+    seed: int = knob(0, "seed of the Gumbel noise; the noise of a sequence depends only on (seed, id)")
     write_documents: bool = knob(False, "also write the selected documents in the input format")

@@ -1,0 +1,1 @@
+"""MATES, in data-flow order: probe -> fit -> score -> select (baselines in selectors/)."""

@@ -1,0 +1,237 @@
+"""The data influence model (MATES §3.2, mates.md §4.1): an encoder, mean pooling, dropout, a linear head.
+
+    chunks c_1..c_m of sequence x  (m = max_tokens / chunk_len, MATES: 2 x 512; empty chunks skipped)
+    h_j = Encoder(c_j)                                    [len(c_j), H] last hidden states
+    e(x) = sum_j sum_t mask_jt h_jt / sum_j sum_t mask_jt [H]  mean over every real position of all chunks
+    f(x) = w . dropout(e(x)) + b                          predicted z-scored ref_loss_delta
+
+The prediction is in z units of the labels it was fitted to; `predict_delta` maps it back:
+score = f(x) * label_std + label_mean, a predicted ref_loss_delta (lower is better).
+
+Folder layout (`stage_NN/influence_model/`):
+
+    influence_config.json  backbone (name, resolved path, hash), mode, encoder chunking, label mean/std,
+                           model_hash (identity of this model; scores record it)
+    head.safetensors       head.weight [1, H], head.bias [1]
+    encoder/               finetune mode only: the fine-tuned encoder (save_pretrained) + tokenizer
+    metrics.json, scatter.png, meta.json, DONE
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from datamates.config.base import from_dict
+from datamates.config.influence import EncoderConfig
+from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.run_dir import is_done, read_json
+from datamates.selection.encode import backbone_hash, check_encoder, resolve_backbone
+
+CONFIG_FILE = "influence_config.json"
+HEAD_FILE = "head.safetensors"
+
+
+def load_encoder(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """`AutoModel` of an encoder folder (checked to be an encoder), without the LOAD REPORT noise."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    check_encoder(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooling layer argument
+        model = AutoModel.from_pretrained(str(path), dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+class InfluenceModel(nn.Module):
+    """Encoder + mean pooling over all chunks of a sequence + dropout + Linear(H, 1)."""
+
+    def __init__(self, encoder: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, 1)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def pooled_sums(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per chunk: sum of last hidden states over real positions [N, H] (fp32) and their count [N]."""
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
+        m = attention_mask.unsqueeze(-1).float()  # [N, T, 1]
+        return (h.float() * m).sum(1), attention_mask.sum(1).float()
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+        """Mean-pooled embedding of each of `n` sequences [n, H]; chunk j belongs to sequence owner[j]."""
+        sums, counts = self.pooled_sums(input_ids, attention_mask)
+        tot = torch.zeros(n, sums.shape[1], device=sums.device).index_add_(0, owner, sums)  # [n, H]
+        cnt = torch.zeros(n, device=sums.device).index_add_(0, owner, counts)  # [n]
+        return tot / cnt.clamp_min(1).unsqueeze(1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+        """Predicted z-scored label of each sequence [n]."""
+        e = self.embed(input_ids, attention_mask, owner, n)
+        return self.head(self.dropout(e).to(self.head.weight.dtype))[:, 0].float()
+
+
+def pad_chunks(chunks: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest chunk: input_ids [N, T] int64, attention_mask [N, T] int64."""
+    T = max(len(c) for c in chunks)
+    ids = np.full((len(chunks), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(chunks), T), dtype=np.int64)
+    for j, c in enumerate(chunks):
+        ids[j, : len(c)] = c
+        mask[j, : len(c)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+@torch.inference_mode()
+def embed_chunks(
+    model: InfluenceModel,
+    chunks: Sequence[np.ndarray],
+    owner: np.ndarray,
+    n: int,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    bar: Any = None,
+) -> np.ndarray:
+    """Mean-pooled embeddings [n, H] float32 of n sequences given as chunks, computed in
+    length-sorted batches (longest first) padded only to the batch's longest chunk."""
+    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+    order = np.argsort(-lengths, kind="stable")
+    H = model.hidden_size
+    sums = torch.zeros(n, H, dtype=torch.float32, device=device)
+    counts = torch.zeros(n, dtype=torch.float32, device=device)
+    own = torch.as_tensor(owner, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        ids, mask = pad_chunks([chunks[i] for i in idx], pad_id)
+        csum, ccnt = model.pooled_sums(ids.to(device), mask.to(device))
+        o = own[torch.as_tensor(idx, device=device)]
+        sums.index_add_(0, o, csum)
+        counts.index_add_(0, o, ccnt)
+        if bar is not None:
+            bar.update(len(idx))
+    model.train(was_training)
+    return (sums / counts.clamp_min(1).unsqueeze(1)).cpu().numpy()
+
+
+@torch.inference_mode()
+def head_predict(model: InfluenceModel, emb: np.ndarray) -> np.ndarray:
+    """Head on embeddings (eval mode: dropout is the identity): z predictions [n] float64."""
+    w = model.head.weight.detach().double().cpu().numpy()[0]
+    b = float(model.head.bias.detach().double().cpu().numpy()[0])
+    return np.asarray(emb, dtype=np.float64) @ w + b
+
+
+# ----------------------------------------------------------------------------- saved model
+
+
+@dataclass
+class LoadedInfluenceModel:
+    model: InfluenceModel
+    config: dict[str, Any]
+    encoder_cfg: EncoderConfig
+    path: Path
+
+    @property
+    def mode(self) -> str:
+        return self.config["mode"]
+
+    @property
+    def model_hash(self) -> str:
+        return self.config["model_hash"]
+
+    @property
+    def label_mean(self) -> float:
+        return float(self.config["label_mean"])
+
+    @property
+    def label_std(self) -> float:
+        return float(self.config["label_std"])
+
+    @property
+    def backbone_path(self) -> Path:
+        return Path(self.config["backbone_path"])
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """Where the encoder tokenizer lives (the copy next to a fine-tuned encoder, else the backbone)."""
+        enc = self.path / "encoder"
+        return enc if (enc / "config.json").exists() else self.backbone_path
+
+    def to_delta(self, z: np.ndarray) -> np.ndarray:
+        """z prediction -> predicted ref_loss_delta."""
+        return np.asarray(z, dtype=np.float64) * self.label_std + self.label_mean
+
+
+def model_hash_of(folder: Path) -> str:
+    """Identity of a saved influence model: its head, config and (fine-tuned) encoder weights."""
+    from datamates.selection.encode import _file_digest
+
+    h = hashlib.sha256()
+    for rel in (HEAD_FILE, "encoder/model.safetensors"):
+        f = folder / rel
+        if f.exists():
+            h.update(rel.encode())
+            h.update(_file_digest(f).encode())
+    return h.hexdigest()[:16]
+
+
+def read_influence_config(path: str | Path) -> dict[str, Any]:
+    """`influence_config.json` of a finished influence model folder (no weights loaded)."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).exists():
+        raise ArtifactMissing(f"{path}: no influence model here (missing {CONFIG_FILE}); run `datamates fit` first")
+    if not is_done(path):
+        raise ArtifactMissing(f"{path}: influence model is incomplete (no DONE marker); re-run `datamates fit`")
+    return read_json(path / CONFIG_FILE)
+
+
+def load_influence_model(path: str | Path, device: torch.device | str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> LoadedInfluenceModel:
+    """Load an influence model folder written by `datamates fit`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_influence_config(path)
+    enc_cfg = from_dict(EncoderConfig, cfg["encoder"])
+    if cfg["mode"] == "finetune":
+        encoder = load_encoder(path / "encoder", dtype=dtype)
+    else:
+        bpath = Path(cfg["backbone_path"])
+        if not bpath.exists():
+            bpath = resolve_backbone(cfg["backbone"])
+        digest = backbone_hash(bpath)
+        if digest != cfg["backbone_hash"]:
+            raise IncompatibleArtifacts(
+                f"{path}: the frozen head was fitted on backbone {cfg['backbone']} with hash {cfg['backbone_hash']}, "
+                f"but {bpath} has hash {digest}; re-run `datamates fit`"
+            )
+        cfg["backbone_path"] = str(bpath)
+        encoder = load_encoder(bpath, dtype=dtype)
+    model = InfluenceModel(encoder, dropout=float(cfg.get("dropout", 0.1)))
+    head = load_file(str(path / HEAD_FILE))
+    model.head.load_state_dict({"weight": head["head.weight"].float(), "bias": head["head.bias"].float()})
+    model.head.to(dtype)
+    model.eval()
+    return LoadedInfluenceModel(model.to(device), cfg, enc_cfg, path)

@@ -1,0 +1,335 @@
+"""`datamates score`: predict every candidate's ref_loss_delta with the influence model (MATES §3.2
+step 3; mates.md §4.1 "pool inference", §8.4).
+
+    score(x) = label_std * f(x) + label_mean        predicted ref_loss_delta, lower is better
+
+What makes it fast (benchmarks/score.py measures each against MATES's way):
+- encoder tokens come from the pool-level cache (encode.py): no decode + re-tokenize per stage;
+- a shard's chunks are sorted by length and padded only to the longest chunk of their batch, and
+  chunks that would be all padding are never encoded (MATES pads every sequence to 2 x 512);
+- `torch.inference_mode`, bf16 weights on CUDA;
+- frozen-trunk models read cached embeddings, so a stage's scoring is one matrix-vector product.
+
+Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
+(scores_io.py). Shards are the unit of resume (a killed run recomputes only missing shards) and of
+parallel work: backend `local` runs `workers` processes (one per GPU on CUDA), backend `ray` runs
+Ray Data actors that hold the model (`map_batches(..., concurrency=workers)`); both give the same
+scores. With Ray on a small node leave CPUs free for Ray's own tasks (actors claiming every CPU
+hang the dataset: ray-project/ray#44687).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamates.config.base import config_hash, from_dict, to_dict, validate
+from datamates.config.influence import ScoreConfig
+from datamates.core.lm import resolve_device
+from datamates.core.pool import Pool
+from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.selection.encode import EmbeddingCache, TokenCache, load_encoder_tokenizer, make_chunks
+from datamates.selection.influence_model import (
+    embed_chunks,
+    head_predict,
+    load_influence_model,
+    read_influence_config,
+)
+from datamates.selection.scores_io import SIGN, read_scores, read_shard, shard_name, write_shard
+
+log = get_logger(__name__)
+
+__all__ = ["InfluenceScorer", "read_scores", "score"]
+
+
+class InfluenceScorer:
+    """An influence model ready to score pool sequences: `scorer(ids) -> [n] float64` predicted
+    ref_loss_delta. Used in-process, by local worker processes and inside Ray actors."""
+
+    def __init__(self, model_dir: str | Path, pool: Pool | str | Path, *, cache_dir: str | Path | None = None,
+                 batch_size: int = 64, device: str = "cpu", precision: str = "auto"):
+        self.pool = pool if isinstance(pool, Pool) else Pool(pool)
+        self.device = resolve_device(device)
+        bf16 = self.device.type == "cuda" and precision in ("auto", "bf16") or precision == "bf16"
+        self.lm = load_influence_model(model_dir, self.device, torch.bfloat16 if bf16 else torch.float32)
+        self.tok = load_encoder_tokenizer(str(self.lm.tokenizer_path))
+        self.cache = TokenCache(self.pool, self.lm.encoder_cfg, cache_dir, tokenizer_path=self.lm.tokenizer_path)
+        self.emb = (EmbeddingCache(self.pool, self.lm.encoder_cfg, self.lm.config["backbone_hash"], cache_dir)
+                    if self.lm.mode == "frozen" else None)
+        self.batch_size = batch_size
+
+    def embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """Mean-pooled embeddings [n, H] float32 (frozen models: from / into the embedding cache)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.emb is not None:
+            missing = self.emb.missing(ids)
+            if len(missing):
+                self.emb.add(missing, self._encode(missing))
+            return self.emb.get(ids)
+        return self._encode(ids)
+
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
+        content = self.cache.get(ids)
+        chunks, owner = make_chunks(content, self.lm.encoder_cfg, self.tok)
+        return embed_chunks(self.lm.model, chunks, owner, len(ids), batch_size=self.batch_size,
+                            pad_id=self.tok.pad_id, device=self.device)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return self.lm.to_delta(head_predict(self.lm.model, self.embeddings(ids)))
+
+
+def _check_ids(ids: np.ndarray, pool: Pool) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise InputError("no candidate sequences to score (the id list is empty)")
+    if ids.min() < 0 or ids.max() >= len(pool):
+        bad = ids[(ids < 0) | (ids >= len(pool))][0]
+        raise InputError(f"sequence id {int(bad)} is not in the pool {pool.path} (0..{len(pool) - 1})")
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"the candidate ids hold duplicates ({len(ids) - len(np.unique(ids))}); each sequence is scored once")
+    return ids
+
+
+def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, out: str | Path, *,
+          cache_dir: str | Path | None = None) -> Path:
+    """Score candidate sequences `ids` of `pool` with the influence model in `model_dir`; write the
+    score shards to `out` and return it. Resumes a killed run shard by shard; a finished `out` for
+    the same model, pool and ids is returned as it is; one for anything else is an error."""
+    validate(cfg)
+    out = Path(out)
+    ids = _check_ids(ids, pool)
+    icfg = read_influence_config(model_dir)
+    plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": config_hash(ids.tolist()),
+            "n": int(len(ids)), "shard_size": cfg.shard_size}
+    if icfg.get("pool_id") not in (None, pool.pool_id):
+        log.warning("influence model %s was fitted on pool %s; scoring pool %s", model_dir, icfg["pool_id"], pool.pool_id)
+    if is_done(out):
+        old = read_json(out / "meta.json")
+        if all(old.get(k) == v for k, v in plan.items()):
+            log.info("%s already holds these scores; skipping", out)
+            return out
+        diff = next(k for k, v in plan.items() if old.get(k) != v)
+        raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
+                                    "delete it or pass another --out")
+    t0 = time.time()
+    n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
+    with atomic_dir(out, resume=True) as work:
+        plan_f = work / "plan.json"
+        if plan_f.exists():
+            old = read_json(plan_f)
+            if any(old.get(k) != v for k, v in plan.items()):
+                diff = next(k for k, v in plan.items() if old.get(k) != v)
+                raise IncompatibleArtifacts(f"{work}: an interrupted run scored with another {diff}; delete this "
+                                            "folder to start over")
+        else:
+            atomic_write_json(plan_f, plan)
+        np.save(work / "ids.npy", ids)
+        todo = []
+        for i in range(n_shards):
+            f = work / shard_name(i)
+            if f.exists():
+                read_shard(f, pool_id=pool.pool_id, model_hash=icfg["model_hash"])  # refuses foreign shards
+            else:
+                todo.append(i)
+        if len(todo) < n_shards:
+            log.info("resuming: %d of %d score shards already done", n_shards - len(todo), n_shards)
+        if todo:
+            _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir)
+            args = (str(model_dir), str(pool.path), None if cache_dir is None else str(cache_dir), to_dict(cfg),
+                    str(work), pool.pool_id, icfg["model_hash"])
+            if cfg.backend == "ray":
+                _run_ray(todo, *args)
+            elif cfg.workers == 1:
+                _score_shards(0, todo, *args)
+            else:
+                _run_local(todo, *args)
+        seconds = time.time() - t0
+        ids_back, _ = _collect(work, n_shards, pool.pool_id, icfg["model_hash"])
+        if len(ids_back) != len(ids) or not np.array_equal(np.sort(ids_back), np.sort(ids)):
+            raise RuntimeError(f"{work}: score shards cover {len(ids_back)} ids, expected {len(ids)}")
+        (work / "ids.npy").unlink()
+        plan_f.unlink()
+        atomic_write_json(work / "meta.json", meta_record(
+            "score", sign=SIGN, **plan, mode=icfg["mode"], label_mean=icfg["label_mean"],
+            label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
+            backend=cfg.backend, workers=cfg.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
+            scored_this_call=int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size) for i in todo)),
+        ))
+    log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
+    return out
+
+
+def _collect(work: Path, n_shards: int, pool_id: str, model_hash: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = [read_shard(work / shard_name(i), pool_id=pool_id, model_hash=model_hash) for i in range(n_shards)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids: np.ndarray, todo: list[int],
+                    shard_size: int, cache_dir: str | Path | None) -> None:
+    """Fill the pool-level encoder-token cache for the shards to do, once, before workers start
+    (frozen models: only for sequences whose embedding is not cached yet)."""
+    from datamates.config.influence import EncoderConfig
+
+    enc = from_dict(EncoderConfig, icfg["encoder"])
+    need = np.concatenate([ids[i * shard_size : (i + 1) * shard_size] for i in todo])
+    if icfg["mode"] == "frozen":
+        need = EmbeddingCache(pool, enc, icfg["backbone_hash"], cache_dir).missing(need)
+    if len(need):
+        enc_dir = Path(model_dir) / "encoder"
+        tok_path = enc_dir if (enc_dir / "config.json").exists() else Path(icfg["backbone_path"])
+        if not tok_path.exists():
+            tok_path = None
+        TokenCache(pool, enc, cache_dir, tokenizer_path=tok_path).ensure(need, desc="encoder tokens (candidates)")
+
+
+def _worker_device(cfg: ScoreConfig, rank: int) -> tuple[str, int]:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{rank % max(1, torch.cuda.device_count())}", 1
+    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)
+    return str(device), threads
+
+
+def _score_shards(rank: int, shards: list[int], model_dir: str, pool_path: str, cache_dir: str | None,
+                  cfg_dict: dict, work: str, pool_id: str, model_hash: str, bar: bool = True) -> None:
+    cfg = from_dict(ScoreConfig, cfg_dict)
+    device, threads = _worker_device(cfg, rank)
+    if cfg.workers > 1 and device == "cpu":
+        torch.set_num_threads(threads)
+    scorer = InfluenceScorer(model_dir, pool_path, cache_dir=cache_dir, batch_size=cfg.batch_size, device=device,
+                             precision=cfg.precision)
+    ids = np.load(Path(work) / "ids.npy")
+    S = cfg.shard_size
+    pb = progress_bar("score", total=sum(len(ids[i * S : (i + 1) * S]) for i in shards), unit="seq") if bar else None
+    for i in shards:
+        part = ids[i * S : (i + 1) * S]
+        write_shard(Path(work) / shard_name(i), part, scorer(part), pool_id=pool_id, model_hash=model_hash)
+        if pb is not None:
+            pb.update(len(part))
+    if pb is not None:
+        pb.close()
+
+
+def _local_worker(rank: int, shards: list[int], *args: Any) -> None:
+    work = Path(args[4])
+    try:
+        _score_shards(rank, shards, *args, bar=False)
+    except DatamatesError as e:
+        (work / f"error-{rank}.txt").write_text(f"{type(e).__name__}\t{e}")
+        raise SystemExit(2) from None
+    except BaseException:
+        (work / f"error-{rank}.txt").write_text("RuntimeError\t" + traceback.format_exc())
+        raise
+
+
+def _run_local(todo: list[int], *args: Any) -> None:
+    """`workers` spawned processes, shard i -> worker i mod workers; each writes its shards."""
+    cfg = from_dict(ScoreConfig, args[3])
+    work = Path(args[4])
+    W = min(cfg.workers, len(todo))
+    ctx = mp.get_context("spawn")
+    procs = []
+    for r in range(W):
+        p = ctx.Process(target=_local_worker, args=(r, todo[r::W], *args), daemon=False)
+        p.start()
+        procs.append(p)
+    bar = progress_bar(f"score ({W} workers)", total=len(todo), unit="shard")
+    done_before = 0
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            n = sum((work / shard_name(i)).exists() for i in todo)
+            bar.update(n - done_before)
+            done_before = n
+    finally:
+        for p in procs:
+            p.join()
+        bar.close()
+    for r, p in enumerate(procs):
+        if p.exitcode != 0:
+            err = work / f"error-{r}.txt"
+            kind, _, msg = err.read_text().partition("\t") if err.exists() else ("RuntimeError", "", "")
+            err.unlink(missing_ok=True)
+            if kind != "RuntimeError":
+                raise DatamatesError(msg)
+            raise RuntimeError(f"score worker {r} failed (exit code {p.exitcode}):\n{msg}")
+
+
+class _RayScorer:
+    """Ray Data actor: loads the influence model once, scores whole shards."""
+
+    def __init__(self, model_dir: str, pool_path: str, cache_dir: str | None, cfg_dict: dict, work: str):
+        cfg = from_dict(ScoreConfig, cfg_dict)
+        device = "cuda" if cfg.ray_gpus_per_actor > 0 else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(cfg.ray_cpus_per_actor)))
+        self.scorer = InfluenceScorer(model_dir, pool_path, cache_dir=cache_dir, batch_size=cfg.batch_size,
+                                      device=device, precision=cfg.precision)
+        self.ids = np.load(Path(work) / "ids.npy")
+        self.S = cfg.shard_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shard, seq, sc = [], [], []
+        for i in batch["shard"]:
+            part = self.ids[int(i) * self.S : (int(i) + 1) * self.S]
+            shard.append(np.full(len(part), int(i), dtype=np.int64))
+            seq.append(part)
+            sc.append(self.scorer(part).astype(np.float32))
+        return {"shard": np.concatenate(shard), "seq_id": np.concatenate(seq), "score": np.concatenate(sc)}
+
+
+def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | None, cfg_dict: dict, work: str,
+             pool_id: str, model_hash: str) -> None:
+    """Ray Data: a dataset of shard indices -> `workers` actors -> rows streamed back to this
+    process, which writes each shard once all its rows have arrived."""
+    try:
+        import ray
+    except ImportError:
+        raise DatamatesError("score.backend = 'ray' needs Ray: pip install 'datamates[ray]'") from None
+    cfg = from_dict(ScoreConfig, cfg_dict)
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=False)
+    total_cpus = ray.cluster_resources().get("CPU", 0)
+    if cfg.ray_gpus_per_actor == 0 and cfg.workers * cfg.ray_cpus_per_actor >= total_cpus:
+        log.warning("Ray: %d actors x %g CPUs claim all %g CPUs of the cluster; Ray Data can hang "
+                    "(ray-project/ray#44687); lower score.workers or score.ray_cpus_per_actor",
+                    cfg.workers, cfg.ray_cpus_per_actor, total_cpus)
+    ids = np.load(Path(work) / "ids.npy")
+    S = cfg.shard_size
+    expected = {i: len(ids[i * S : (i + 1) * S]) for i in todo}
+    ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        _RayScorer, fn_constructor_kwargs={"model_dir": model_dir, "pool_path": pool_path, "cache_dir": cache_dir,
+                                           "cfg_dict": cfg_dict, "work": work},
+        batch_size=1, concurrency=cfg.workers, num_cpus=cfg.ray_cpus_per_actor,
+        num_gpus=cfg.ray_gpus_per_actor or None, batch_format="numpy",
+    )
+    pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    bar = progress_bar(f"score (ray, {cfg.workers} actors)", total=len(todo), unit="shard")
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in np.unique(batch["shard"]):
+            m = batch["shard"] == i
+            pending.setdefault(int(i), []).append((batch["seq_id"][m], batch["score"][m]))
+            got = sum(len(p[0]) for p in pending[int(i)])
+            if got == expected[int(i)]:
+                parts = pending.pop(int(i))
+                seq = np.concatenate([p[0] for p in parts])
+                sc = np.concatenate([p[1] for p in parts])
+                order = np.argsort(np.argsort(ids[int(i) * S : (int(i) + 1) * S]))  # back to plan order
+                by_id = np.argsort(seq)
+                write_shard(Path(work) / shard_name(int(i)), seq[by_id][order], sc[by_id][order],
+                            pool_id=pool_id, model_hash=model_hash)
+                bar.update(1)
+    bar.close()
+    if pending:
+        raise RuntimeError(f"Ray returned incomplete shards: {sorted(pending)}")

@@ -1,0 +1,313 @@
+"""`datamates select`: keep a fraction of the candidates by Gumbel-top-k on their scores (MATES §3.2
+step 4; mates.md §2.4).
+
+Scores s_i are predicted ref_loss_delta (lower is better), first put on the scale the temperature
+refers to: z_i = (s_i - label_mean) / label_std (MATES's influence model predicts z-scored labels,
+so this is what its tau = 0.5 acts on). With G_i ~ Gumbel(0, 1) and k = floor(fraction * N):
+
+  gumbel, exact (default):  keep the k largest  -z_i / tau + G_i
+      = k draws without replacement from softmax(-z / tau)  (Gumbel-top-k; Kool et al. 2019)
+  gumbel, mates:            keep the k smallest  z_i / tau + G_i   (the reference code)
+      = the k largest of -z_i/tau - G_i: the noise is a reflected (Gumbel-min) variable, so this
+      is a noisy "prefer low z" rule but not sampling from softmax(-z/tau)
+  topk (or tau = 0):        keep the k smallest z_i
+  random:                   keep the k largest G_i (a uniform k-subset; MATES: zeros + Gumbel)
+
+Why exact is the default: it is the only variant with a stated distribution (Plackett-Luce on
+softmax(-z/tau)); both agree as tau -> 0 (exact top-k) and both prefer low z, so nothing in MATES's
+results depends on the reflected noise; `gumbel: mates` is there for parity runs.
+
+Reproducibility: G_i is a function of (seed, sequence id) only, u_i = SplitMix64(SplitMix64(seed) xor
+id) mapped to (0, 1), G_i = -log(-log u_i), a counter-based generator. So the selection does not
+depend on how scores are sharded or ordered, and a re-run gives the same ids. Ties (possible in
+top-k on float32 scores) go to the lower sequence id.
+
+Streaming: shards are read one at a time into a buffer holding at most 2k candidates; whenever it
+is full it is cut back to the k best and the k-th key becomes a threshold that later shards are
+filtered with. Memory O(k + shard), time O(N + k log(N/k)) (benchmarks/select.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datamates.config.base import to_dict, validate
+from datamates.config.influence import SelectConfig
+from datamates.core.pool import Pool
+from datamates.errors import ArtifactMissing, InputError
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import atomic_dir, atomic_write_json, meta_record
+from datamates.selection.scores_io import iter_scores, scores_meta
+
+log = get_logger(__name__)
+
+# ----------------------------------------------------------------------------- noise
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer (Steele et al. 2014) on uint64 arrays; wraps modulo 2^64."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform_noise(ids: np.ndarray, seed: int) -> np.ndarray:
+    """u in (0, 1) float64, a pure function of (seed, id)."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        h = _splitmix64(np.asarray(ids, dtype=np.int64).view(np.uint64) ^ key)
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+def gumbel_noise(ids: np.ndarray, seed: int) -> np.ndarray:
+    """G ~ Gumbel(0, 1) per sequence id: -log(-log u(seed, id))."""
+    return -np.log(-np.log(uniform_noise(ids, seed)))
+
+
+def selection_keys(ids: np.ndarray, z: np.ndarray | None, *, method: str, temperature: float, seed: int,
+                   gumbel: str = "exact") -> np.ndarray:
+    """Keys whose k largest are kept (see the module docstring for each method)."""
+    if method == "random":
+        return gumbel_noise(ids, seed)
+    z = np.asarray(z, dtype=np.float64)
+    if method == "topk" or temperature == 0:
+        return -z
+    g = gumbel_noise(ids, seed)
+    return -z / temperature + (g if gumbel == "exact" else -g)
+
+
+# ----------------------------------------------------------------------------- streaming top-k
+
+
+def top_k_exact(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest keys, ties to the lower id: the first k of the order
+    (key descending, id ascending), found without a full sort."""
+    n = len(keys)
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(keys, n - k)[n - k]  # the k-th largest key
+    gt = np.nonzero(keys > kth)[0]
+    eq = np.nonzero(keys == kth)[0]
+    need = k - len(gt)
+    if need < len(eq):
+        eq = eq[np.argsort(ids[eq], kind="stable")[:need]]
+    return np.concatenate([gt, eq])
+
+
+class StreamingTopK:
+    """The k largest (key, id) pairs of a stream of chunks, ties to the lower id. Memory O(k)."""
+
+    def __init__(self, k: int):
+        self.k = int(k)
+        self._keys: list[np.ndarray] = []
+        self._ids: list[np.ndarray] = []
+        self._n = 0
+        self.threshold = -np.inf
+        self.seen = 0
+
+    def push(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        self.seen += len(keys)
+        if self.threshold > -np.inf:
+            m = keys >= self.threshold  # ties at the threshold are resolved when compacting
+            keys, ids = keys[m], ids[m]
+        if len(keys) == 0:
+            return
+        self._keys.append(np.asarray(keys, dtype=np.float64))
+        self._ids.append(np.asarray(ids, dtype=np.int64))
+        self._n += len(keys)
+        if self._n >= max(2 * self.k, 1 << 16):
+            self._compact()
+
+    def _compact(self) -> None:
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0)
+        ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        pos = top_k_exact(keys, ids, self.k)
+        keys, ids = keys[pos], ids[pos]
+        self._keys, self._ids, self._n = [keys], [ids], len(keys)
+        if len(keys) >= self.k and self.k > 0:
+            self.threshold = float(keys.min())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids sorted ascending, their keys)."""
+        self._compact()
+        ids, keys = self._ids[0] if self._ids else np.zeros(0, np.int64), self._keys[0] if self._keys else np.zeros(0)
+        order = np.argsort(ids)
+        return ids[order], keys[order]
+
+
+def gumbel_top_k(chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], k: int, *, method: str = "gumbel",
+                 temperature: float = 0.5, seed: int = 0, gumbel: str = "exact",
+                 scale: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Selected ids (sorted) from a stream of (ids, scores) chunks; z = (score - scale[0]) / scale[1]."""
+    top = StreamingTopK(k)
+    mu, sd = scale
+    for ids, s in chunks:
+        ids = np.asarray(ids, dtype=np.int64)
+        z = None if s is None else (np.asarray(s, dtype=np.float64) - mu) / sd
+        top.push(selection_keys(ids, z, method=method, temperature=temperature, seed=seed, gumbel=gumbel), ids)
+    return top.result()[0]
+
+
+# ----------------------------------------------------------------------------- select
+
+
+Candidates = str | Path | tuple[np.ndarray, np.ndarray] | np.ndarray
+
+
+def _chunks(candidates: Candidates, pool_id: str | None, size: int = 1 << 20
+            ) -> tuple[Any, int, dict[str, Any]]:
+    """(a factory of (ids, scores) chunk iterators, N, info about the source)."""
+    if isinstance(candidates, str | Path):
+        meta = scores_meta(candidates)
+        n = int(meta["n"])
+
+        def it() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return iter_scores(candidates, pool_id=pool_id)
+
+        return it, n, {"scores": str(candidates), "model_hash": meta.get("model_hash"),
+                       "label_mean": meta.get("label_mean"), "label_std": meta.get("label_std")}
+    if isinstance(candidates, tuple):
+        ids, sc = (np.asarray(a) for a in candidates)
+        if len(ids) != len(sc):
+            raise InputError(f"{len(ids)} ids but {len(sc)} scores")
+
+        def it() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for i in range(0, len(ids), size):
+                yield ids[i : i + size], sc[i : i + size]
+
+        return it, len(ids), {"scores": "in-memory"}
+    ids = np.asarray(candidates)
+
+    def it_ids() -> Iterator[tuple[np.ndarray, None]]:
+        for i in range(0, len(ids), size):
+            yield ids[i : i + size], None
+
+    return it_ids, len(ids), {"scores": None}
+
+
+def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
+           k: int | None = None) -> Path:
+    """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
+    array) and write `out/ids.npy` (sorted int64) + meta.json (+ documents/ with write_documents).
+    `method` and `k` override cfg.method and floor(cfg.fraction * N). Returns `out`."""
+    validate(cfg)
+    out = Path(out)
+    method = method or cfg.method
+    if method not in ("gumbel", "topk", "random"):
+        raise InputError(f"select method {method!r}: allowed values are 'gumbel', 'topk', 'random'")
+    factory, n, info = _chunks(candidates, pool.pool_id)
+    if info["scores"] is None and method != "random":
+        raise InputError(f"select method '{method}' needs scores; give a scores folder (or use method 'random')")
+    if n == 0:
+        raise InputError("no candidates to select from")
+    k = int(k) if k is not None else int(n * cfg.fraction)
+    if not 0 < k <= n:
+        raise InputError(f"k = {k}: must be between 1 and the {n} candidates (fraction {cfg.fraction})")
+
+    mu, sd = 0.0, 1.0
+    if method != "random" and cfg.scale != "none":
+        if cfg.scale == "label" and info.get("label_std"):
+            mu, sd = float(info["label_mean"]), float(info["label_std"])
+        else:  # block statistics: one extra pass over the scores
+            s1 = s2 = 0.0
+            for _, s in factory():
+                s = np.asarray(s, np.float64)
+                s1 += s.sum()
+                s2 += (s * s).sum()
+            mu = s1 / n
+            sd = float(np.sqrt(max(s2 / n - mu * mu, 0.0))) or 1.0
+
+    bar = progress_bar("select", total=n, unit="seq")
+    top = StreamingTopK(k)
+    seen_ids = 0
+    for ids, s in factory():
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(pool)):
+            raise InputError(f"candidate sequence id {int(ids.max())} is not in the pool {pool.path}")
+        z = None if s is None else (np.asarray(s, np.float64) - mu) / sd
+        if z is not None and not np.isfinite(z).all():
+            raise InputError(f"{info['scores']}: {int((~np.isfinite(z)).sum())} scores are NaN or inf")
+        top.push(selection_keys(ids, z, method=method, temperature=cfg.temperature, seed=cfg.seed,
+                                gumbel=cfg.gumbel), ids)
+        seen_ids += len(ids)
+        bar.update(len(ids))
+    bar.close()
+    chosen, _ = top.result()
+    if len(np.unique(chosen)) != len(chosen):
+        raise InputError("the candidates hold duplicate sequence ids")
+
+    dom = np.asarray(pool.seq_domain)
+    kept = np.bincount(dom[chosen], minlength=len(pool.domains))
+    meta = meta_record(
+        "select", method=method, gumbel=cfg.gumbel if method == "gumbel" else None, k=int(k), n_candidates=int(n),
+        fraction=float(k / n), temperature=cfg.temperature, scale=cfg.scale if method != "random" else None,
+        z_mean=mu, z_std=sd, seed=cfg.seed, pool_id=pool.pool_id, config=to_dict(cfg), **info,
+        kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
+    )
+    with atomic_dir(out, None) as tmp:
+        np.save(tmp / "ids.npy", chosen)
+        if cfg.write_documents:
+            meta["documents"] = write_documents(pool, chosen, tmp / "documents")
+        atomic_write_json(tmp / "meta.json", meta)
+    log.info("selected %d of %d candidates (%s%s) -> %s; per domain: %s", k, n, method,
+             f", tau {cfg.temperature}" if method == "gumbel" else "", out,
+             ", ".join(f"{d} {c}" for d, c in meta["kept_per_domain"].items()))
+    return out
+
+
+def read_selection(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not (path / "ids.npy").exists():
+        raise ArtifactMissing(f"{path}: no selection here (missing ids.npy); run `datamates select`")
+    return np.load(path / "ids.npy")
+
+
+# ----------------------------------------------------------------------------- documents out
+
+
+def write_documents(pool: Pool, seq_ids: np.ndarray, out: Path) -> dict[str, Any]:
+    """The documents behind the selected sequences, in their input format: JSONL lines copied byte
+    for byte (gzip-compressed if the input was), Parquet rows with the input schema, under the
+    input's relative path. A document overlapping any selected sequence is written once, whole."""
+    docs = pool.docs
+    doc_idx = pool.docs_of_many(seq_ids)
+    files = np.asarray(docs.column("file").to_numpy())[doc_idx]
+    lines = np.asarray(docs.column("line").to_numpy())[doc_idx]
+    inputs = pool.meta["inputs"]
+    written = {"documents": int(len(doc_idx)), "files": 0,
+               "tokens_in_selected_sequences": int(len(seq_ids) * pool.seq_len),
+               "tokens_in_documents": int(np.asarray(docs.column("n_tokens").to_numpy())[doc_idx].sum())}
+    for fi in np.unique(files):
+        src = Path(inputs[int(fi)]["path"])
+        rel = inputs[int(fi)]["rel"]
+        if not src.exists():
+            raise ArtifactMissing(f"{src}: input file of the pool is gone; cannot write the selected documents")
+        want = set(int(x) for x in lines[files == fi])
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.name.endswith(".parquet"):
+            table = pq.read_table(src)
+            rows = np.array(sorted(want), dtype=np.int64) - 1  # pool numbers parquet rows from 1
+            pq.write_table(table.take(pa.array(rows)), dst)
+        else:
+            opener = gzip.open if src.name.endswith(".gz") else open
+            with opener(src, "rb") as fin, opener(dst, "wb") as fout:
+                for line_no, raw in enumerate(fin, start=1):
+                    if line_no in want:
+                        fout.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        written["files"] += 1
+    return written
+
+
+__all__ = ["StreamingTopK", "gumbel_noise", "gumbel_top_k", "read_selection", "select", "selection_keys",
+           "top_k_exact", "uniform_noise", "write_documents"]
