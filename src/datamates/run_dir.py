@@ -124,6 +124,12 @@ def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: 
     _fsync_dir(path.parent)
 
 
+def encoder_cache_dir(pool_dir: str | Path) -> Path:
+    """Pool-level cache of the influence model's encoder input (token ids, frozen embeddings): it
+    depends only on the pool and the encoder, so every stage and every run on the pool share it."""
+    return Path(pool_dir) / "encoder_cache"
+
+
 class RunDir:
     """Paths of one run's artifacts. Stage numbers are 1-based and zero-padded (stage_01)."""
 
