@@ -1,0 +1,387 @@
+"""The evaluation stage: reference sets, zero-shot tasks, held-out perplexity -> eval.json + eval.md.
+
+Multiple-choice tasks follow lm-evaluation-harness (`output_type: multiple_choice`, lm_eval/api/task.py):
+
+    LL_k     = sum of the log-probabilities of choice k's continuation tokens
+    acc      = [argmax_k LL_k == gold]
+    acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]
+    stderr   = sample std (n - 1) / sqrt(n)          (lm-eval's `mean_stderr`)
+
+argmax takes the first maximum (numpy), as lm-eval does. Reference sets (`output_type:
+loglikelihood`, LAMBADA): `loss` = summed target NLL / target tokens (MATES's reference loss, §3),
+`acc` = every target token is the greedy argmax (lm-eval's lambada acc), `ppl` = exp(mean per-example
+NLL) (lm-eval's lambada perplexity). Held-out pools: `loss` = NLL / predicted tokens, `ppl` = exp(loss),
+`bpb` = NLL / ln 2 / bytes, with a sequence's bytes (Pool.seq_bytes) scaled by (T - 1) / T because its
+first token is not predicted.
+
+The nine-task mean (MATES Table 1) averages one metric per task: the spec's `metric` (acc_norm where
+lm-eval reports it, i.e. SciQ, ARC-E, ARC-C, LogiQA, OBQA, HellaSwag, PIQA; acc for BoolQ and
+WinoGrande, which lm-eval scores by acc only); its stderr is sqrt(sum stderr_i^2) / 9 (independent tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamates.config.base import config_hash, to_dict
+from datamates.config.evaluate import EvalConfig
+from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.evaluate.scoring import encode_pairs, score_groups
+from datamates.evaluate.spec import TASK_GROUPS, Doc, TaskSpec, fewshot_prefixes, load_docs, load_spec, resolve_tasks
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text, is_done, meta_record, read_json
+
+log = get_logger(__name__)
+SCHEMA = 1
+NINE = TASK_GROUPS["nine"]
+
+
+def _stderr(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+# ----------------------------------------------------------------------------- one task
+
+def evaluate_task(
+    model: torch.nn.Module,
+    tokenizer,
+    spec: TaskSpec | str | Path,
+    *,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    fewshot_seed: int = 1234,
+    batch_size: int = 32,
+    max_tokens: int = 16384,
+    precision: str = "auto",
+    share_context: bool = True,
+    docs: list[Doc] | None = None,
+) -> dict[str, Any]:
+    """Score one task. Returns its metrics plus `samples` (per example: line, gold, lls, ...)."""
+    if not isinstance(spec, TaskSpec):
+        spec = load_spec(spec)
+    t0 = time.perf_counter()
+    docs = docs if docs is not None else load_docs(spec)
+    n = min(limit, len(docs)) if limit else len(docs)
+    prefixes = fewshot_prefixes(spec, docs, n, num_fewshot, fewshot_seed)
+    pairs, spans = [], []
+    for d, pre in zip(docs[:n], prefixes):
+        spans.append((len(pairs), len(pairs) + len(d.contexts)))
+        pairs += [(pre + c, t) for c, t in zip(d.contexts, d.continuations)]
+    cfg = model.config
+    prefix_id = cfg.bos_token_id if cfg.bos_token_id is not None else cfg.eos_token_id
+    reqs = encode_pairs(tokenizer, pairs, prefix_id)
+    scores = score_groups(model, [reqs[a:b] for a, b in spans], batch_size=batch_size, max_tokens=max_tokens,
+                          precision=precision, share_context=share_context, desc=spec.name)
+    res: dict[str, Any] = {"task": spec.name, "output_type": spec.output_type, "split": spec.split,
+                           "n": n, "n_total": len(docs), "num_fewshot": num_fewshot,
+                           "harness_task": spec.harness_task, "spec": str(spec.path)}
+    samples = []
+    if spec.is_mc:
+        acc, acc_norm = np.zeros(n), np.zeros(n)
+        for i, (d, s) in enumerate(zip(docs[:n], scores)):
+            acc[i] = float(np.argmax(s.ll) == d.gold)
+            acc_norm[i] = float(np.argmax(s.ll / np.asarray(d.norm_len, np.float64)) == d.gold)
+            samples.append({"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "greedy": s.greedy.tolist(),
+                            "acc": acc[i], "acc_norm": acc_norm[i]})
+        res.update(acc=float(acc.mean()), acc_stderr=_stderr(acc), acc_norm=float(acc_norm.mean()),
+                   acc_norm_stderr=_stderr(acc_norm), metric=spec.metric)
+    else:
+        nll = np.array([-s.ll[0] for s in scores])
+        ntok = np.array([s.n_tokens[0] for s in scores])
+        hit = np.array([float(s.greedy[0]) for s in scores])
+        for d, s in zip(docs[:n], scores):
+            samples.append({"line": d.line, "ll": float(s.ll[0]), "n_tokens": int(s.n_tokens[0]),
+                            "greedy": bool(s.greedy[0])})
+        res.update(loss=float(nll.sum() / ntok.sum()), acc=float(hit.mean()), acc_stderr=_stderr(hit),
+                   ppl=float(math.exp(nll.mean())), n_tokens=int(ntok.sum()))
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["samples"] = samples
+    return res
+
+
+# ----------------------------------------------------------------------------- held-out pools
+
+def evaluate_pool(
+    model: torch.nn.Module,
+    pool,
+    ids: Sequence[int] | np.ndarray | None = None,
+    *,
+    batch_size: int = 16,
+    precision: str = "auto",
+    name: str = "",
+) -> dict[str, Any]:
+    """Perplexity and bits per byte of a pool's sequences (all, or `ids`), overall and per domain."""
+    from datamates.core.loss import perplexity_and_bpb, sequence_nll
+    from datamates.core.pool import Pool
+
+    pool = pool if isinstance(pool, Pool) else Pool(pool)
+    ids = np.arange(len(pool)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise InputError(f"{pool.path}: no sequence ids to evaluate")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if pool.vocab_size > vocab:
+        raise IncompatibleArtifacts(f"{pool.path}: the pool's tokenizer has {pool.vocab_size} tokens, the model "
+                                    f"only {vocab} embeddings; evaluate on a pool built with the model's tokenizer")
+    T = pool.seq_len
+    nll = np.zeros(len(ids))
+    chunk = max(batch_size * 8, 1)
+    bar = progress_bar(f"perplexity {name or pool.path.name}", total=len(ids), unit="seq")
+    for a in range(0, len(ids), chunk):
+        part = ids[a : a + chunk]
+        nll[a : a + len(part)] = sequence_nll(model, pool.tokens(part), batch_size=batch_size, precision=precision)
+        bar.update(len(part))
+    bar.close()
+    nbytes = np.asarray(pool.seq_bytes, dtype=np.float64)[ids] * (T - 1) / T
+    dom = np.asarray(pool.seq_domain)[ids]
+
+    def agg(m: np.ndarray) -> dict[str, Any]:
+        ntok = int(m.sum()) * (T - 1)
+        ppl, bpb = perplexity_and_bpb(float(nll[m].sum()), ntok, float(nbytes[m].sum()))
+        return {"loss": float(nll[m].sum() / ntok), "ppl": ppl, "bpb": bpb, "n_sequences": int(m.sum()),
+                "n_tokens": ntok, "n_bytes": float(nbytes[m].sum())}
+
+    out = {"pool": str(pool.path), "pool_id": pool.pool_id, "all": agg(np.ones(len(ids), bool)), "domains": {}}
+    for d, dname in enumerate(pool.domains):
+        m = dom == d
+        if m.any():
+            out["domains"][dname] = agg(m)
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def _checkpoint_identity(path: Path) -> dict[str, Any]:
+    from datamates.core.checkpoint import trainer_state
+
+    st = (path / "model.safetensors").stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "global_step": trainer_state(path).get("global_step")}
+
+
+def _pool_name(path: Path, taken: set[str]) -> str:
+    name = f"{path.parent.name}/{path.name}" if path.name == "pool" and path.parent.name else path.name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}#{k}", k + 1
+    return name
+
+
+def _normalise_pools(cfg: EvalConfig, heldout_pools: Any) -> dict[str, tuple[Any, np.ndarray | None]]:
+    """cfg.heldout_pools (paths) plus the `heldout_pools` argument: a mapping name -> pool | path |
+    (pool | path, ids), or a list of pools / paths / (pool | path, ids)."""
+    items: list[tuple[str | None, Any, Any]] = [(None, p, None) for p in cfg.heldout_pools]
+    if isinstance(heldout_pools, Mapping):
+        for k, v in heldout_pools.items():
+            items.append((k, *(v if isinstance(v, tuple) else (v, None))))
+    elif heldout_pools is not None:
+        for v in heldout_pools:
+            items.append((None, *(v if isinstance(v, tuple) else (v, None))))
+    out: dict[str, tuple[Any, np.ndarray | None]] = {}
+    for name, pool, ids in items:
+        path = Path(getattr(pool, "path", pool))
+        name = name or _pool_name(path, set(out))
+        ids = None if ids is None else np.asarray(ids, dtype=np.int64)
+        if ids is None and cfg.heldout_max_sequences:
+            from datamates.core.pool import Pool
+
+            pool = pool if isinstance(pool, Pool) else Pool(pool)
+            if len(pool) > cfg.heldout_max_sequences:
+                rng = np.random.default_rng(cfg.heldout_seed)
+                ids = np.sort(rng.permutation(len(pool))[: cfg.heldout_max_sequences])
+        out[name] = (pool, ids)
+    return out
+
+
+def _mean(tasks: dict[str, dict], names: list[str], average_metric: str) -> dict[str, Any] | None:
+    names = [n for n in names if n in tasks]
+    if not names:
+        return None
+    metrics = {n: tasks[n]["metric"] if average_metric == "spec" else average_metric for n in names}
+    vals = [tasks[n][metrics[n]] for n in names]
+    ses = [tasks[n][f"{metrics[n]}_stderr"] for n in names]
+    return {"value": float(np.mean(vals)), "stderr": float(math.sqrt(sum(s * s for s in ses)) / len(names)),
+            "n_tasks": len(names), "metrics": metrics}
+
+
+def evaluate(
+    cfg: EvalConfig,
+    checkpoint: str | Path | torch.nn.Module,
+    out_dir: str | Path | None,
+    *,
+    heldout_pools: Any = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (or an in-memory model with `tokenizer`) and write `eval.json` and
+    `eval.md` atomically into `out_dir` (None: write nothing, just return the result).
+
+    `heldout_pools` adds pools to cfg.heldout_pools: {name: pool_or_path | (pool_or_path, ids)} or a
+    list of the same. A finished `out_dir` with the same request is returned as it is; a killed run
+    resumes, reusing the tasks it had finished (kept in `<out_dir>.partial/tasks/`).
+    """
+    from datamates.core.checkpoint import load_model
+    from datamates.core.lm import n_params, resolve_device
+    from datamates.core.tokenizer import load_tokenizer
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    # every spec and data file is checked before the model is loaded: bad input fails in a second
+    specs = [load_spec(p) for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
+    all_docs = {s.name: load_docs(s) for s in specs}
+    if isinstance(checkpoint, torch.nn.Module):
+        if tokenizer is None:
+            raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
+        model, ident = checkpoint, {"path": None, "in_memory": True}
+        model.to(device)
+    else:
+        from datamates.core.checkpoint import check_checkpoint
+
+        ckpt = check_checkpoint(checkpoint)
+        ident = _checkpoint_identity(ckpt)
+        model = load_model(ckpt, device=device)
+        tokenizer = tokenizer or load_tokenizer(ckpt)
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    pools = _normalise_pools(cfg, heldout_pools)
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("tasks", "reference", "heldout_pools", "device")}
+    request = {"checkpoint": ident, "settings": settings, "tasks": {s.name: s.fingerprint() for s in specs},
+               "pools": {k: [str(getattr(p, "path", p)), None if i is None else config_hash(i.tolist())]
+                         for k, (p, i) in pools.items()}}
+    key = config_hash(request)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and is_done(out_dir) and (out_dir / "eval.json").exists():
+        meta = read_json(out_dir / "meta.json") if (out_dir / "meta.json").exists() else {}
+        if meta.get("request_hash") == key and ident.get("path") is not None:
+            log.info("evaluation already done: %s", out_dir)
+            return read_json(out_dir / "eval.json")
+    torch_threads = torch.get_num_threads()
+    log.info("evaluating %s on %s: %d task(s), %d held-out pool(s)", ident.get("path") or "model", device,
+             len(specs), len(pools))
+
+    def run(work: Path | None) -> dict[str, Any]:
+        result: dict[str, Any] = {"schema": SCHEMA, "checkpoint": {**ident, "n_params": n_params(model)},
+                                  "settings": {**settings, "device": str(device)}, "tasks": {}, "reference": {},
+                                  "nine_task_mean": None, "task_mean": None, "perplexity": {}}
+        n_examples = 0
+        for spec in specs:
+            cache = work / "tasks" / f"{spec.name}.json" if work is not None else None
+            res = None
+            if cache is not None and cache.exists():
+                stored = read_json(cache)
+                if stored.get("key") == key:
+                    res = stored["result"]
+                    log.info("%s: reusing the result of an interrupted run", spec.name)
+            if res is None:
+                res = evaluate_task(model, tokenizer, spec, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+                                    fewshot_seed=cfg.fewshot_seed, batch_size=cfg.batch_size,
+                                    max_tokens=cfg.max_tokens, precision=cfg.precision,
+                                    share_context=cfg.share_context, docs=all_docs[spec.name])
+                if work is not None:
+                    if cfg.log_samples:
+                        _write_samples(work / "samples" / f"{spec.name}.jsonl", res["samples"])
+                    atomic_write_json(cache, {"key": key, "result": {k: v for k, v in res.items() if k != "samples"}})
+            res = {k: v for k, v in res.items() if k != "samples"}
+            n_examples += res["n"]
+            (result["tasks"] if spec.is_mc else result["reference"])[spec.name] = res
+            log.info("%s", _one_line(res))
+        if len([n for n in NINE if n in result["tasks"]]) == len(NINE):
+            result["nine_task_mean"] = _mean(result["tasks"], NINE, cfg.average_metric)
+        result["task_mean"] = _mean(result["tasks"], list(result["tasks"]), cfg.average_metric)
+        for name, (pool, ids) in pools.items():
+            result["perplexity"][name] = evaluate_pool(model, pool, ids, batch_size=max(1, cfg.batch_size // 2),
+                                                       precision=cfg.precision, name=name)
+        secs = time.perf_counter() - t0
+        result["timing"] = {"seconds": round(secs, 3), "examples": n_examples,
+                            "examples_per_second": round(n_examples / secs, 3) if secs > 0 else None,
+                            "torch_threads": torch_threads}
+        return result
+
+    if out_dir is None:
+        return run(None)
+    meta = meta_record("evaluate", request_hash=key, checkpoint=ident.get("path"), tasks=names,
+                       pools=list(pools), config=to_dict(cfg))
+    with atomic_dir(out_dir, meta=meta, resume=True) as work:
+        result = run(work)
+        atomic_write_json(work / "eval.json", result)
+        atomic_write_text(work / "eval.md", markdown(result))
+    return result
+
+
+def _write_samples(path: Path, samples: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in samples))
+
+
+def _one_line(r: dict[str, Any]) -> str:
+    if r["output_type"] == "multiple_choice":
+        return (f"{r['task']}: acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}, acc_norm {r['acc_norm']:.4f} ± "
+                f"{r['acc_norm_stderr']:.4f} (n={r['n']}, {r['seconds']:.1f}s)")
+    return f"{r['task']}: loss {r['loss']:.4f}, acc {r['acc']:.4f}, ppl {r['ppl']:.2f} (n={r['n']}, {r['seconds']:.1f}s)"
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _pm(v: float, se: float) -> str:
+    return f"{v:.4f} ± {se:.4f}" if not math.isnan(se) else f"{v:.4f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """eval.md: the tables a person reads (also printed by `datamates evaluate`)."""
+    ck = result["checkpoint"]
+    lines = [f"# Evaluation of {ck.get('path') or 'an in-memory model'}", ""]
+    step = ck.get("global_step")
+    lines.append(f"step {step if step is not None else '?'}, {ck.get('n_params', 0):,} parameters, "
+                 f"device {result['settings'].get('device')}, precision {result['settings'].get('precision')}")
+    lines.append("")
+    tasks = result["tasks"]
+    if tasks:
+        shots = {t["num_fewshot"] for t in tasks.values()}
+        lines += [f"## Multiple-choice tasks ({', '.join(map(str, sorted(shots)))}-shot)", "",
+                  "| task | split | n | acc | acc_norm | in mean |", "|---|---|---:|---|---|---|"]
+        mean = result.get("nine_task_mean") or result.get("task_mean") or {"metrics": {}}
+        for name, t in tasks.items():
+            n = f"{t['n']}" + (f"/{t['n_total']}" if t["n"] != t["n_total"] else "")
+            lines.append(f"| {name} | {t['split']} | {n} | {_pm(t['acc'], t['acc_stderr'])} | "
+                         f"{_pm(t['acc_norm'], t['acc_norm_stderr'])} | {mean['metrics'].get(name, '')} |")
+        for label, key in (("nine-task mean", "nine_task_mean"), ("mean of these tasks", "task_mean")):
+            m = result.get(key)
+            if m and not (key == "task_mean" and result.get("nine_task_mean") and m["n_tasks"] == 9):
+                lines.append(f"| **{label}** | | {m['n_tasks']} tasks | | | **{_pm(m['value'], m['stderr'])}** |")
+        lines.append("")
+        lines.append("acc: argmax of the summed continuation log-likelihood; acc_norm: the same divided by the "
+                     "choice's length in characters (lm-evaluation-harness). `in mean` is the metric each task "
+                     "contributes to the mean; ± is the standard error.")
+        lines.append("")
+    if result["reference"]:
+        lines += ["## Reference sets", "", "| set | split | n | loss (nats/token) | acc | ppl |",
+                  "|---|---|---:|---|---|---|"]
+        for name, r in result["reference"].items():
+            lines.append(f"| {name} | {r['split']} | {r['n']} | {r['loss']:.4f} | {_pm(r['acc'], r['acc_stderr'])} "
+                         f"| {r['ppl']:.2f} |")
+        lines += ["", "loss: mean NLL per target token; acc: the whole target is the greedy continuation; "
+                  "ppl: exp(mean per-example NLL) (lm-evaluation-harness).", ""]
+    if result["perplexity"]:
+        lines += ["## Held-out perplexity", "", "| pool | domain | sequences | tokens | loss | ppl | bits/byte |",
+                  "|---|---|---:|---:|---|---|---|"]
+        for name, p in result["perplexity"].items():
+            for dom, r in [("all", p["all"]), *p["domains"].items()]:
+                lines.append(f"| {name} | {dom} | {r['n_sequences']:,} | {r['n_tokens']:,} | {r['loss']:.4f} | "
+                             f"{r['ppl']:.2f} | {r['bpb']:.4f} |")
+        lines.append("")
+    tm = result.get("timing")
+    if tm:
+        lines.append(f"{tm['examples']:,} examples in {tm['seconds']:.1f}s "
+                     f"({tm['examples_per_second']:.1f} examples/s)")
+    return "\n".join(lines) + "\n"
+
+

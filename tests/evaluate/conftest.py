@@ -1,0 +1,34 @@
+"""Fixtures of the evaluation tests: the tiny checkpoint loaded once, helpers to write a task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    from datamates.core.checkpoint import load_model
+
+    return load_model(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_ckpt):
+    from datamates.core.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_ckpt)
+
+
+def write_task(folder: Path, records: list, spec: dict, name: str = "toy") -> Path:
+    """A JSONL file and a spec pointing at it (relative path); returns the spec path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jsonl").write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
+                                                  for r in records))
+    spec = {"data": f"{name}.jsonl", **spec}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

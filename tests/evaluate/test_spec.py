@@ -1,0 +1,131 @@
+"""Task specs: templates, a user's own task without code, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from datamates.cli import main
+from datamates.errors import ConfigError
+from datamates.evaluate.spec import Template, load_docs, load_spec
+
+from .conftest import write_task
+
+
+def test_template_language():
+    rec = {"a": "  Passage: text ", "opts": ["x", "y"], "meta": {"t": "The Title"}, "n": 3}
+    assert Template("{a|strip|removeprefix('Passage: ')}!", "k").render(rec) == "text!"
+    assert Template("{opts[1]} {meta.t|lower} {n} {{lit}}", "k").render(rec) == "y the title 3 {lit}"
+    assert Template("{opts}", "k").render(rec) == ["x", "y"]  # a lone placeholder keeps the type
+    assert Template("{a|replace(' ', '_')}", "k").render(rec) == "__Passage:_text_"
+    with pytest.raises(ConfigError, match="unknown filter 'title'"):
+        Template("{a|title}", "context")
+    with pytest.raises(ConfigError, match="unclosed"):
+        Template("{a", "context")
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["evaluate", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_custom_task_evaluates_without_code(tiny_ckpt, tmp_path, capsys):
+    """A task that is not among the ten (true/false statements, choices as a list of templates,
+    gold given as the answer's text, a custom delimiter) runs from its spec alone."""
+    recs = [{"statement": f"The number {i} is {'even' if i % 2 == 0 else 'odd'}.", "label": "true" if i % 3 else "false"}
+            for i in range(12)]
+    spec = write_task(tmp_path / "mytask", recs, {
+        "task": "truth", "split": "test", "context": "Claim: {statement}\nThis claim is",
+        "choices": ["true", "false"], "gold": "{label}", "target_delimiter": " ", "metric": "acc"}, name="truth")
+    code, out, err = _run(capsys, "--checkpoint", str(tiny_ckpt), "--tasks", str(spec), "--reference",
+                          "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    t = res["tasks"]["truth"]
+    assert t["n"] == 12 and t["metric"] == "acc" and 0 <= t["acc"] <= 1
+    assert res["task_mean"]["value"] == t["acc"] and res["nine_task_mean"] is None
+    assert "| truth | test | 12 |" in out
+
+
+@pytest.mark.parametrize("case, records, spec, expect", [
+    ("gold out of range", [{"q": "a", "c": ["x", "y"], "g": 0}, {"q": "b", "c": ["x", "y"], "g": 2}],
+     {"context": "{q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl:2: gold index 2 is out of range for 2 choices.*key 'gold'"),
+    ("missing field", [{"q": "a", "c": ["x", "y"], "g": 0}, {"question": "b", "c": ["x"], "g": 0}],
+     {"context": "Q: {q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl:2: field 'q' is missing.*key 'context'"),
+    ("empty task", ["", "  "], {"context": "{q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl: no examples"),
+    ("unknown key", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}", "contxt": "x"},
+     r"toy\.yaml:5: unknown key 'contxt'; allowed keys: task, "),
+    ("malformed json", ['{"q": "a", "c": ["x"], "g": 0}', '{"q": '], {"context": "{q}", "choices": "{c}", "gold": "{g}"},
+     r"toy\.jsonl:2: malformed JSON"),
+    ("choices not a list", [{"q": "a", "c": "x", "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}"},
+     r"toy\.jsonl:1: template '\{c\}' must give a list of texts.*key 'choices'"),
+    ("bad metric", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}", "metric": "f1"},
+     r"toy\.yaml:5: key 'metric': 'f1': allowed values are acc, acc_norm"),
+    ("missing key", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}"},
+     r"toy\.yaml: missing required key 'gold'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_ckpt, tmp_path, capsys, case, records, spec, expect):
+    path = write_task(tmp_path, records, spec)
+    code, out, err = _run(capsys, "--checkpoint", str(tiny_ckpt), "--tasks", str(path), "--reference",
+                          "--out", str(tmp_path / "ev"))
+    assert code == 2, case
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith("datamates evaluate: error: ") and "Traceback" not in err, err
+    import re
+
+    assert re.search(expect, lines[0]), lines[0]
+    assert not (tmp_path / "ev" / "eval.json").exists()
+
+
+def test_unknown_task_name_lists_the_shipped_ones(tiny_ckpt, tmp_path, capsys):
+    code, _, err = _run(capsys, "--checkpoint", str(tiny_ckpt), "--tasks", "sciqq", "--out", str(tmp_path / "e"))
+    assert code == 2 and "unknown task 'sciqq'; available: arc_challenge, arc_easy, boolq" in err
+
+
+def test_shipped_specs_resolve_through_datamates_data(monkeypatch, tmp_path):
+    """Specs name their data as ${DATAMATES_DATA}/eval/...; moving the bundle moves every task."""
+    from datamates.evaluate import TASKS_DIR, available_tasks
+
+    monkeypatch.setenv("DATAMATES_DATA", str(tmp_path))
+    names = available_tasks()
+    assert len(names) == 10
+    for n in names:
+        s = load_spec(TASKS_DIR / f"{n}.yaml")
+        assert s.data == tmp_path / "eval" / f"{n}.jsonl"
+        assert "${DATAMATES_DATA}" in (TASKS_DIR / f"{n}.yaml").read_text()
+        assert s.notes and s.split and s.harness_task == n
+
+
+def test_shipped_specs_load_every_example(data):
+    from datamates.evaluate import TASKS_DIR, available_tasks
+
+    counts = {n: len(load_docs(load_spec(TASKS_DIR / f"{n}.yaml"))) for n in available_tasks()}
+    assert counts == {"arc_challenge": 1172, "arc_easy": 2376, "boolq": 3270, "hellaswag": 10042,
+                      "lambada_openai": 5153, "logiqa": 651, "openbookqa": 500, "piqa": 1838, "sciq": 1000,
+                      "winogrande": 1267}
+
+
+def test_harness_prompts(data):
+    """The rendered prompts are lm-eval's (checked on one record per task)."""
+    from datamates.evaluate import TASKS_DIR
+
+    def first(n):
+        return load_docs(load_spec(TASKS_DIR / f"{n}.yaml"))[0]
+
+    d = first("boolq")
+    assert not d.contexts[0].startswith("Passage:") and d.contexts[0].endswith("?\nAnswer:")
+    assert d.continuations == [" no", " yes"]
+    d = first("piqa")
+    assert d.contexts[0] == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    d = first("sciq")  # empty support: lm-eval's "{{support.lstrip()}}\nQuestion: ..."
+    assert d.contexts[0] == "\nQuestion: Who proposed the theory of evolution by natural selection?\nAnswer:"
+    assert d.gold == 3 and d.continuations[3] == " darwin"
+    d = first("logiqa")
+    assert d.contexts[0].startswith("Passage: ") and "\nChoices:\nA. " in d.contexts[0]
+    assert d.contexts[0].endswith("\nAnswer:") and d.norm_len == [len(c) - 1 for c in d.continuations]
+    d = first("winogrande")
+    assert d.contexts == ["Sarah was a much better surgeon than Maria so Sarah",
+                          "Sarah was a much better surgeon than Maria so Maria"]
+    assert d.continuations == [" always got the easier cases."] * 2 and d.gold == 1
