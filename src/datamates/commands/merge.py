@@ -1,0 +1,68 @@
+"""`datamates merge`: average the parameters of unit models (a mixture's proxy) into a normal
+checkpoint. Either checkpoint folders, or --units of a run's partitions."""
+
+from __future__ import annotations
+
+import argparse
+
+from datamates.commands._common import add_config_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint folders to average")
+    p.add_argument("--units", metavar="A,B,...", help="merge these units of the run (instead of CKPT paths)")
+    p.add_argument("--out", "-o", metavar="DIR", help="output checkpoint (default with --units: <run>/merged/<A+B>)")
+    p.add_argument("--method", choices=["uniform", "weighted", "task_arithmetic"], help="ablation.merge.method")
+    p.add_argument("--weights", metavar="W1,W2,...|tokens",
+                   help="per-model weights (method weighted / task_arithmetic), or 'tokens' (each unit's tokens)")
+    p.add_argument("--seed", metavar="CKPT", help="seed checkpoint for task_arithmetic (default with --units: the run's seed)")
+    p.add_argument("--lam", type=float, metavar="X", help="task_arithmetic lambda (ablation.merge.lam)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="ablation.merge.out_dtype")
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datamates.commands._common import setup
+    from datamates.errors import InputError
+
+    for flag, key in (("method", "method"), ("lam", "lam"), ("dtype", "out_dtype")):
+        v = getattr(args, flag)
+        if v is not None:
+            args.sets = [*args.sets, f"ablation.merge.{key}={v}"]
+    cfg, rd = setup(args, "merge")
+    from datamates.ablation import mixture_key
+    from datamates.ablation.merge import merge
+
+    mc = cfg.ablation.merge
+    if args.units and args.checkpoints:
+        raise InputError("give checkpoint folders or --units, not both")
+    seed = args.seed
+    weights: list[float] | str | None = None
+    if args.units:
+        from datamates.ablation.partition import read_manifest
+
+        manifest = read_manifest(rd.partitions)
+        names = manifest.check_names([u.strip() for u in args.units.split(",") if u.strip()], "--units: ")
+        paths = [rd.unit(n) for n in names]
+        out = args.out or rd.merged(mixture_key(names))
+        if mc.method == "weighted" and args.weights is None:
+            weights = [float(manifest.unit(n)["tokens"]) for n in names]
+        if seed is None and mc.method == "task_arithmetic":
+            seed = cfg.ablation.seed.checkpoint or rd.seed_model
+    else:
+        if not args.checkpoints:
+            raise InputError("nothing to merge: give checkpoint folders or --units")
+        if not args.out:
+            raise InputError("--out is required when merging checkpoint folders")
+        paths, out = args.checkpoints, args.out
+    if args.weights is not None:
+        if args.weights.strip() == "tokens":
+            weights = "tokens"
+        else:
+            try:
+                weights = [float(w) for w in args.weights.split(",")]
+            except ValueError:
+                raise InputError(f"--weights {args.weights!r}: expected numbers separated by commas, or 'tokens'") from None
+    path = merge(paths, out, weights=weights, method=mc.method, seed=seed, lam=mc.lam, out_dtype=mc.out_dtype)
+    print(f"merged checkpoint: {path}")
+    return 0
