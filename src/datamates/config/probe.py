@@ -11,14 +11,48 @@ from datamates.config.base import knob
 @dataclass(kw_only=True)
 class ProbeConfig:
     mode: Literal["exact", "first_order", "naive"] = knob(
-        "exact", "exact: one real AdamW step per probe; first_order: <grad L_ref, update>; naive: reference procedure"
+        "exact",
+        "exact: one real AdamW step per probe, weights updated out of place, fast reference pass; "
+        "first_order: <grad L_ref, AdamW update(x)> from per-sample gradients, no reference pass per probe; "
+        "naive: the reference procedure (deep copy + torch AdamW.step + full-logit reference pass), a baseline",
     )
-    n_probes: int = knob(1000, "probe sequences per selection round", ge=1)
-    reference: str = knob("lambada_openai", "reference set: a task name, a task spec file, or a pool directory")
-    reference_size: int = knob(1024, "examples drawn from the reference set", ge=1)
-    reference_seed: int = knob(1234, "seed of the reference subsample")
-    probe_seed: int = knob(1337, "seed of the probe-set sample")
+    n_probes: int = knob(1000, "probe sequences per selection round (when no candidate list is given)", ge=1)
+    probe_seed: int = knob(1337, "seed of the probe-set sample (the same probe set at every stage by default)")
+    resample_each_stage: bool = knob(
+        False, "draw a fresh probe set at every stage (seed probe_seed + stage) instead of MATES's fixed one"
+    )
+    reference: str = knob(
+        "lambada_openai",
+        "reference set: a registered name (lambada_openai, flan_cot, dolly), a JSONL(.gz) file of "
+        "context/continuation, input/target(/rationale), prompt/response, query/choices/gold or text records, "
+        "or a pool directory (whole sequences as targets)",
+    )
+    reference_size: int | None = knob(1024, "examples drawn from the reference set; null: all", ge=1)
+    reference_seed: int = knob(1234, "seed of the reference subsample (MATES: 1024 LAMBADA examples, seed 1234)")
+    reference_halves: bool = knob(
+        False,
+        "also record the label on two disjoint random halves of the reference set (columns ref_loss_delta_a/_b): "
+        "the label's noise floor from the reference set's size",
+    )
+    lr: float | None = knob(
+        None, "learning rate of the probe step; null: the rate the checkpoint was trained at (trainer_state lr)", gt=0
+    )
     batch_size: int = knob(32, "reference examples per forward pass", ge=1)
-    workers: int = knob(1, "parallel probe workers (processes or GPUs)", ge=1)
-    backend: Literal["local", "ray"] = knob("local", "where workers run")
-    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    max_batch_tokens: int | None = knob(
+        16384, "exact/first_order: also cap a reference batch at this many (padded) tokens; null: no cap", ge=1
+    )
+    anchor: Literal["momentum", "checkpoint"] = knob(
+        "momentum",
+        "first_order: point of the Taylor expansion. checkpoint: <grad L_ref(theta), theta'(x) - theta> (mates.md "
+        "§8.3); momentum: [L_ref(theta0) - L_ref(theta)] + <grad L_ref(theta0), theta'(x) - theta0> with theta0 the "
+        "step every candidate shares (zero gradient: momentum and weight decay only); same cost, smaller error",
+    )
+    candidate_batch: int = knob(16, "first_order: candidates per batched forward/backward (per-sample gradients)", ge=1)
+    chunk_size: int = knob(64, "probes per unit of work: resume and parallel scheduling happen per chunk", ge=1)
+    workers: int = knob(1, "parallel probe workers (processes, or Ray actors)", ge=1)
+    threads: int = knob(0, "torch threads per worker; 0: this process's setting (1 worker), cpu_count / workers", ge=0)
+    backend: Literal["local", "ray"] = knob("local", "where workers run: local processes, or Ray actors")
+    ray_address: str | None = knob(None, "Ray cluster address for backend ray; null: the running/auto-started one")
+    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N (local workers use cuda:0..N-1 in turn)")
+

@@ -1,0 +1,365 @@
+"""Reference sets: the examples whose loss MATES's oracle watches (mates.md §3.2, §10.3).
+
+A reference set is a list of `core.loss.TargetExample` (context tokens, target tokens); its loss is
+the token-weighted mean NLL of the target tokens,
+
+    L_ref(theta) = sum_i nll_i(theta) / sum_i n_i,    nll_i = - sum_{t in target_i} log p_theta(x_t | x_<t)
+
+(the same quantity as `core.loss.reference_loss`). Sources, by `spec`:
+
+    lambada_openai (default; alias lambada)   LAMBADA-OpenAI test split, target = " " + last word
+                                              (MATES: 1024 examples, seed 1234), via core.loss.load_lambada
+    flan_cot                                  $DATAMATES_DATA/reference/flan_v2_cot_train.jsonl.gz
+    dolly                                     $DATAMATES_DATA/reference/dolly_hhrlhf_train_small.jsonl.gz
+    a .jsonl / .jsonl.gz file                 records of one of the shapes in `record_pair`
+    a pool directory                          whole sequences as targets (every token after the first)
+
+FLAN-style records (input, target, rationale) are split as context = input and target =
+"\\n" + rationale + "\\nSo the answer is: " + target, so context + target is exactly the record's
+`text` field and the loss covers the chain of thought and the answer but not the question
+(Group-MATES scores FLAN the same way: loss on the response tokens only). Without a rationale the
+target is "\\n" + target.
+
+`ReferenceBatches` turns a set into ready tensors once: length-sorted, right-padded batches (causal
+attention: pads after a row's last token cannot change its scores, so no mask is needed) and, per
+batch, the flat positions that predict target tokens. Only those positions go through the output
+head. A probe then costs one body forward over the set plus a tiny head matmul.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamates.config.base import data_dir
+from datamates.core.lm import autocast
+from datamates.core.loss import TargetExample, encode_pair, load_lambada
+from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+
+# name -> file under $DATAMATES_DATA (a plain dict registry; `load_reference` lists the names on a miss)
+REFERENCE_SETS: dict[str, str] = {
+    "lambada_openai": "eval/lambada_openai.jsonl",
+    "lambada": "eval/lambada_openai.jsonl",
+    "flan_cot": "reference/flan_v2_cot_train.jsonl.gz",
+    "dolly": "reference/dolly_hhrlhf_train_small.jsonl.gz",
+}
+
+
+@dataclass
+class ReferenceSet:
+    """A tokenized reference set and where it came from (for meta.json)."""
+
+    name: str
+    source: str
+    examples: list[TargetExample]
+    seed: int
+    n_available: int
+    pool_ids: np.ndarray | None = None  # pool references: the sequence ids used
+    kind: str = "jsonl"
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int(sum(len(e.target) for e in self.examples))
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the token ids of every example (identifies the set whatever its spec)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for e in self.examples:
+                h.update(np.asarray(e.context, dtype=np.int64).tobytes())
+                h.update(b"|")
+                h.update(np.asarray(e.target, dtype=np.int64).tobytes())
+                h.update(b"#")
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def halves(self, seed: int | None = None) -> np.ndarray:
+        """[n] int8 in {0, 1}: a random split into two disjoint halves (sizes differ by at most 1)."""
+        rng = np.random.default_rng([self.seed if seed is None else seed, 7])
+        out = np.zeros(len(self), dtype=np.int8)
+        out[rng.permutation(len(self))[len(self) // 2 :]] = 1
+        return out
+
+    def subset(self, index: Sequence[int] | np.ndarray, name: str | None = None) -> ReferenceSet:
+        index = np.asarray(index, dtype=np.int64)
+        return ReferenceSet(name or f"{self.name}[{len(index)}]", self.source, [self.examples[i] for i in index],
+                            self.seed, self.n_available, None if self.pool_ids is None else self.pool_ids[index],
+                            self.kind)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "kind": self.kind, "size": len(self),
+                "n_available": self.n_available, "seed": self.seed, "n_target_tokens": self.n_target_tokens,
+                "fingerprint": self.fingerprint}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def record_pair(r: dict[str, Any]) -> tuple[str, str] | None:
+    """(context, target) text of one record, by the fields it has:
+
+        context, continuation        lm-eval style; " " joins them unless either side has the space
+        input, target [, rationale]  FLAN (CoT): target = "\\n" + rationale + "\\nSo the answer is: " + target
+        prompt, response             instruction data (Dolly, HH-RLHF)
+        query, choices, gold         multiple choice: context = query, target = " " + choices[gold]
+        text                         the whole text is the target (no context)
+    None if the record has none of these shapes."""
+    if "context" in r and "continuation" in r:
+        ctx, cont = str(r["context"]), str(r["continuation"])
+        if not ctx.endswith((" ", "\n")) and not cont.startswith((" ", "\n")):
+            cont = " " + cont
+        return ctx, cont
+    if "input" in r and "target" in r:
+        rationale = r.get("rationale")
+        if rationale:
+            return str(r["input"]), f"\n{rationale}\nSo the answer is: {r['target']}"
+        return str(r["input"]), f"\n{r['target']}"
+    if "prompt" in r and "response" in r:
+        return str(r["prompt"]), str(r["response"])
+    if "query" in r and "choices" in r and "gold" in r:
+        return str(r["query"]), " " + str(r["choices"][int(r["gold"])])
+    if "text" in r:
+        return "", str(r["text"])
+    return None
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """All (context, target) pairs of a JSONL / JSONL.gz file; one-line errors name file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: reference file not found")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out: list[tuple[str, str]] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
+                pair = record_pair(r) if isinstance(r, dict) else None
+                if pair is None:
+                    raise InputError(
+                        f"{path}:{line_no}: cannot tell context from target; expected fields context/continuation, "
+                        "input/target(/rationale), prompt/response, query/choices/gold or text"
+                    )
+                if not pair[1].strip():
+                    raise InputError(f"{path}:{line_no}: empty target")
+                out.append(pair)
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not out:
+        raise InputError(f"{path}: no examples")
+    return out
+
+
+def _pick(n_total: int, size: int | None, seed: int) -> np.ndarray:
+    """The subsample rule of `core.loss.load_lambada`: sorted first `size` of a seeded permutation."""
+    if size is None or size >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:size])
+
+
+def _is_pool(path: Path) -> bool:
+    return path.is_dir() and (path / "seq_domain.npy").exists()
+
+
+def load_reference(
+    spec: str = "lambada_openai",
+    tokenizer=None,
+    *,
+    size: int | None = 1024,
+    seed: int = 1234,
+    ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    tokenizer_hash: str | None = None,
+) -> ReferenceSet:
+    """A reference set by `spec` (see the module docstring), tokenized with `tokenizer` (a
+    `tokenizers.Tokenizer`; not needed for pool references). `size` examples are drawn with `seed`
+    (null: all). Pool references take `ids` if given, else `size` random sequences not in `exclude`
+    (keep the probe candidates out of the reference set); `tokenizer_hash` is checked against the pool's."""
+    path = Path(spec)
+    if spec in REFERENCE_SETS:
+        path = data_dir() / REFERENCE_SETS[spec]
+        if not path.exists():
+            raise InputError(f"reference '{spec}': {path} not found; set DATAMATES_DATA to the data bundle")
+    elif not path.exists():
+        raise ConfigError(
+            f"reference = {spec!r}: not a registered reference set ({', '.join(sorted(REFERENCE_SETS))}) "
+            "nor an existing file or pool directory"
+        )
+    if path.is_dir():
+        if not _is_pool(path):
+            raise InputError(f"{path}: a reference directory must be a built pool (tokens_*.bin, seq_domain.npy)")
+        return _pool_reference(path, size, seed, ids, exclude, tokenizer_hash)
+    if tokenizer is None:
+        raise InputError(f"{path}: a text reference set needs the model's tokenizer")
+    name = spec if spec in REFERENCE_SETS else path.name
+    if path.name.startswith("lambada"):
+        n_total = sum(1 for line in open(path) if line.strip())
+        examples = load_lambada(path, tokenizer, n=size, seed=seed)
+        return ReferenceSet(name, str(path), examples, seed, n_total, kind="lambada")
+    pairs = read_pairs(path)
+    pick = _pick(len(pairs), size, seed)
+    examples = []
+    for i in pick:
+        ctx, tgt = pairs[i]
+        if ctx:
+            c, t = encode_pair(tokenizer, ctx, tgt)
+        else:
+            c, t = [], tokenizer.encode(tgt, add_special_tokens=False).ids
+        if not t:
+            raise InputError(f"{path}: example {int(i) + 1} has no target tokens after tokenization")
+        examples.append(TargetExample(tuple(c), tuple(t)))
+    return ReferenceSet(name, str(path), examples, seed, len(pairs), kind="jsonl")
+
+
+def _pool_reference(path: Path, size, seed, ids, exclude, tokenizer_hash) -> ReferenceSet:
+    from datamates.core.pool import Pool
+
+    pool = Pool(path)
+    if tokenizer_hash is not None and pool.tokenizer_hash != tokenizer_hash:
+        raise IncompatibleArtifacts(
+            f"{path}: reference pool uses tokenizer {pool.tokenizer_hash}, the model {tokenizer_hash}"
+        )
+    if ids is None:
+        avail = np.arange(len(pool), dtype=np.int64)
+        if exclude is not None and len(exclude):
+            avail = np.setdiff1d(avail, np.asarray(exclude, dtype=np.int64))
+        if not len(avail):
+            raise InputError(f"{path}: no pool sequences left for the reference set after excluding the candidates")
+        ids = avail[_pick(len(avail), size, seed)]
+        n_avail = len(avail)
+    else:
+        ids = np.asarray(ids, dtype=np.int64)
+        n_avail = len(pool)
+    rows = pool.tokens(ids)
+    examples = [TargetExample((), tuple(int(t) for t in row)) for row in rows]
+    return ReferenceSet(f"pool:{path.name}", str(path), examples, seed, n_avail, pool_ids=ids, kind="pool")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Batch:
+    x: torch.Tensor  # [B, T] int64 input rows, right-padded
+    pos: torch.Tensor  # [K] int64 flat index (row * T + position) of every position that predicts a target token
+    labels: torch.Tensor  # [K] int64 the target token predicted there
+    owner: torch.Tensor  # [K] int64 index of the example (in the set's order) the target token belongs to
+
+
+class ReferenceBatches:
+    """The reference set as ready tensors; `nll(model)` costs one body forward over the set.
+
+    Rows and targets follow `core.loss.score_targets` exactly (contexts longer than `max_len` are
+    cut from the left; batches are length-sorted, longest first, `batch_size` rows and at most
+    `max_tokens` padded tokens each), so `loss(model)` equals `core.loss.reference_loss`."""
+
+    def __init__(
+        self,
+        examples: Sequence[TargetExample],
+        *,
+        max_len: int,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        pad_id: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        if not examples:
+            raise InputError("the reference set is empty")
+        self.device = torch.device(device)
+        rows, tgt_lens = [], []
+        for ex in examples:
+            if not ex.target:
+                raise InputError("a reference example has no target tokens")
+            full = (ex.context + ex.target)[-(max_len + 1):]
+            rows.append(full[:-1])
+            tgt_lens.append(min(len(ex.target), len(full) - 1))
+        self.n = len(examples)
+        self.n_tokens = np.asarray(tgt_lens, dtype=np.int64)  # [n]
+        if self.n_tokens.sum() == 0:
+            raise InputError("the reference set has no scorable target tokens")
+        order = sorted(range(self.n), key=lambda i: -len(rows[i]))
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            if cur and (len(cur) >= batch_size or (max_tokens and (len(cur) + 1) * len(rows[cur[0]]) > max_tokens)):
+                groups.append(cur)
+                cur = []
+            cur.append(i)
+        groups.append(cur)
+        self.batches: list[_Batch] = []
+        for idx in groups:
+            T = len(rows[idx[0]])
+            x = torch.full((len(idx), T), pad_id, dtype=torch.long)
+            pos, labels, owner = [], [], []
+            for j, i in enumerate(idx):
+                L, k = len(rows[i]), tgt_lens[i]
+                x[j, :L] = torch.tensor(rows[i], dtype=torch.long)
+                pos += [j * T + p for p in range(L - k, L)]
+                labels += list(examples[i].target[len(examples[i].target) - k :])
+                owner += [i] * k
+            self.batches.append(_Batch(x.to(self.device), torch.tensor(pos, device=self.device),
+                                       torch.tensor(labels, device=self.device),
+                                       torch.tensor(owner, device=self.device)))
+        self.padded_tokens = int(sum(b.x.numel() for b in self.batches))
+        self.real_tokens = int(sum(len(r) for r in rows))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _token_nll(self, model: torch.nn.Module, b: _Batch, precision: str) -> torch.Tensor:
+        """[K] NLL of the batch's target tokens (float32, or float64 for a float64 model)."""
+        with autocast(self.device, precision):
+            hidden = model.base_model(input_ids=b.x).last_hidden_state  # [B, T, d]
+            h = hidden.reshape(-1, hidden.size(-1))[b.pos]  # [K, d]
+            logits = model.get_output_embeddings()(h)  # [K, V]
+        logits = logits if logits.dtype == torch.float64 else logits.float()  # float64 stays (tests)
+        return F.cross_entropy(logits, b.labels, reduction="none")
+
+    @torch.inference_mode()
+    def nll(self, model: torch.nn.Module, precision: str = "fp32") -> torch.Tensor:
+        """[n] float64 summed target NLL of every example (in the set's order), on CPU."""
+        out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        for b in self.batches:
+            out.index_add_(0, b.owner, self._token_nll(model, b, precision).double())
+        return out.cpu()
+
+    def loss(self, model: torch.nn.Module, precision: str = "fp32") -> float:
+        """L_ref: token-weighted mean target NLL."""
+        return float(self.nll(model, precision).sum() / self.n_tokens.sum())
+
+    def backward(self, model: torch.nn.Module, precision: str = "fp32", weights: np.ndarray | None = None) -> float:
+        """Accumulate grad L into the parameters' `.grad`, L = sum_i w_i nll_i / sum_i w_i n_i (w: 0/1
+        per example; all ones by default). Returns L. One batch's graph lives at a time."""
+        w = torch.ones(self.n, dtype=torch.float32) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        denom = float((w.numpy().astype(np.float64) * self.n_tokens).sum())
+        if denom == 0:
+            raise InputError("reference subset has no target tokens")
+        w = w.to(self.device)
+        total = 0.0
+        for b in self.batches:
+            wt = w[b.owner]
+            if not bool(wt.any()):
+                continue
+            part = (self._token_nll(model, b, precision) * wt).sum() / denom
+            part.backward()
+            total += float(part.detach())
+        return total
