@@ -133,11 +133,30 @@ def encoder_cache_dir(pool_dir: str | Path) -> Path:
 class RunDir:
     """Paths of one run's artifacts. Stage numbers are 1-based and zero-padded (stage_01)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, branch: str | None = None):
         self.root = Path(root)
+        self.branch_name = branch
+        # stage artifacts of a branch (one selector of a comparison) live in <root>/<branch>/
+        self.base = self.root / branch if branch else self.root
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.root)!r})"
+        return f"RunDir({str(self.root)!r}, branch={self.branch_name!r})"
+
+    def branch(self, name: str) -> RunDir:
+        """The same run seen from one branch: shared pool / plan / report, own stages."""
+        return RunDir(self.root, name)
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan"
+
+    @property
+    def final(self) -> Path:
+        return self.base / "final"
+
+    @property
+    def final_eval(self) -> Path:
+        return self.base / "eval"
 
     @property
     def config(self) -> Path:
@@ -160,7 +179,7 @@ class RunDir:
         return self.root / "metrics.json"
 
     def stage(self, n: int) -> Path:
-        return self.root / f"stage_{n:02d}"
+        return self.base / f"stage_{n:02d}"
 
     def probe(self, n: int) -> Path:
         return self.stage(n) / "probe"

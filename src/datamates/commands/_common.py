@@ -55,3 +55,35 @@ def read_ids(path: str | Path) -> np.ndarray:
     if ids.ndim != 1 or len(ids) == 0:
         raise InputError(f"{p}: expected a non-empty list of sequence ids")
     return ids.astype(np.int64)
+
+
+def write_run_config(cfg, rd) -> None:
+    """Record the resolved config in <run>/config.yaml; refuse to resume a run started with a
+    different config (artifacts of two configs must not mix)."""
+    import yaml
+
+    from datamates.config.base import config_hash, to_dict
+    from datamates.errors import ConfigError
+    from datamates.run_dir import atomic_write_text
+
+    data = to_dict(cfg)
+    data["config_hash"] = config_hash(cfg)
+    if rd.config.exists():
+        old = yaml.safe_load(rd.config.read_text()) or {}
+        if old.get("config_hash") not in (None, data["config_hash"]):
+            diff = _first_diff(old, data)
+            raise ConfigError(
+                f"{rd.config}: this run was started with a different config ({diff}); use a new run name "
+                f"(--set name=...) or delete {rd.root}"
+            )
+    atomic_write_text(rd.config, yaml.safe_dump(data, sort_keys=False))
+
+
+def _first_diff(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k == "config_hash":
+                continue
+            if a.get(k) != b.get(k):
+                return _first_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"

@@ -1,0 +1,31 @@
+"""`datamates run -c CONFIG`: the MATES loop end to end, every selector of the config compared,
+then the report. Re-running the same command after a crash resumes where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+
+from datamates.commands._common import add_config_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--no-report", action="store_true", help="skip the HTML / Markdown report")
+
+
+def run(args: argparse.Namespace) -> int:
+    from datamates.commands._common import setup, write_run_config
+
+    cfg, rd = setup(args, "run")
+    write_run_config(cfg, rd)
+    from datamates.pipelines import run_mates
+    from datamates.report import build_report, comparison_markdown, task_table
+
+    metrics = run_mates(cfg, rd)
+    print(comparison_markdown([metrics]))
+    print()
+    print(task_table([metrics]))
+    if not args.no_report:
+        path = build_report([rd.root], rd.report)
+        print(f"\nreport: {path}")
+    return 0

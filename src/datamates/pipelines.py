@@ -1,0 +1,80 @@
+"""The two methods as their papers' algorithm boxes: the stage order and nothing else.
+
+run_mates (Yu et al. 2024, Alg. 1; mates.md §2.5):
+    pool <- tokenize the corpus;  plan <- held-out set, probe set, one candidate block per stage
+    for the warmup stages:  train on a random k of the block                  (shared by all selectors)
+    for each selector, for each later stage s:
+        selected <- selector(model, block_s)      probe -> fit -> score -> Gumbel-top-k for MATES
+        model    <- train(model, selected)        AdamW state carried across stages
+    final <- a short learning-rate decay on the last stage's data;  evaluate(final)
+
+run_ablation (Na et al. 2024): see datamates.ablation.ablate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from datamates.accounting import timed
+from datamates.config.evaluate import EvalConfig
+from datamates.config.run import RunConfig
+from datamates.core.pool import Pool, build_pool
+from datamates.core.train_loop import train
+from datamates.evaluate import evaluate
+from datamates.log import get_logger
+from datamates.plan import make_plan
+from datamates.run_dir import RunDir, encoder_cache_dir
+from datamates.selection.select import read_selection
+from datamates.selectors import StageInputs, get_selector
+
+log = get_logger(__name__)
+WARMUP = "warmup"
+
+
+def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    pool = Pool(build_pool(cfg.pool, rd.pool))
+    plan = make_plan(cfg, pool, rd.plan)
+    m = cfg.mates
+    ckpt, ids = None, None
+    for s in range(1, m.warmup_stages + 1):
+        ckpt, ids = _stage(cfg, rd.branch(WARMUP), pool, plan, s, ckpt, "random")
+    for name in m.selectors:
+        br, c, last = rd.branch(name), ckpt, ids
+        for s in range(m.warmup_stages + 1, m.stages + 1):
+            c, last = _stage(cfg, br, pool, plan, s, c, name)
+        final = _decay(cfg, br, pool, c, last)
+        with timed(br.base, "eval", br.final_eval):
+            evaluate(cfg.eval, final, br.final_eval, heldout_pools={"heldout": (pool, plan.heldout)})
+    from datamates.report import summarize_run
+
+    return summarize_run(rd)
+
+
+def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):
+    """Select stage s's data, train on it, score the reference loss for the curve."""
+    log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
+    x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path))
+    ids = read_selection(get_selector(selector)(x))
+    tcfg = replace(cfg.train, steps=cfg.mates.stage_steps, seed=cfg.train.seed + s)
+    with timed(br.stage(s), "train", br.checkpoint(s)):
+        out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
+    _curve_point(cfg, br.eval(s), out)
+    return out, ids
+
+
+def _decay(cfg: RunConfig, br: RunDir, pool: Pool, ckpt: Path, ids) -> Path:
+    """MATES evaluates a checkpoint after 200 steps with lr = peak x 0.5^(i / 50) on the current data."""
+    if cfg.mates.decay_steps == 0:
+        return ckpt
+    tcfg = replace(cfg.train, steps=cfg.mates.decay_steps, schedule="exp_decay", warmup_steps=0,
+                   decay_half_life=cfg.mates.decay_half_life, seed=cfg.train.seed + 1000)
+    with timed(br.base, "decay", br.final):
+        return train(tcfg, cfg.model, pool, ids, br.final, init=ckpt, meta={"stage": "decay"})
+
+
+def _curve_point(cfg: RunConfig, out: Path, ckpt: Path) -> None:
+    ecfg = EvalConfig(tasks=[], reference=cfg.eval.reference, limit=cfg.mates.curve_reference_size,
+                      batch_size=cfg.eval.batch_size, device=cfg.eval.device)
+    evaluate(ecfg, ckpt, out)

@@ -1,0 +1,445 @@
+"""Reports from the files of one or more runs (never from in-memory state, so a resumed or
+partial run reports what is on disk).
+
+`summarize_run(rd)` writes `<run>/metrics.json` (per selector: final evaluation, reference-loss
+curve, FLOPs and seconds per component and stage) and returns it. `build_report(runs, out)` writes
+one self-contained `report.html` (plots embedded) and `report.md` comparing selectors, averaged
+over runs that differ only in seed: reference loss vs training tokens and vs total FLOPs, the
+influence model's fit, score histograms, domain shares of the selected data, the highest- and
+lowest-scored sequences, the final evaluation table and the FLOPs breakdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamates.accounting import summarize_branch
+from datamates.run_dir import RunDir, atomic_write_json, atomic_write_text, is_done, read_json
+
+WARMUP = "warmup"
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def _stages(rd: RunDir, branch: str) -> list[tuple[int, Path]]:
+    """(stage number, folder) of a selector's history: the shared warmup stages, then its own."""
+    out = []
+    for b in (WARMUP, branch):
+        base = rd.branch(b).base
+        for d in sorted(base.glob("stage_*")):
+            out.append((int(d.name.split("_")[1]), d))
+    return out
+
+
+def _ref_curve(stages: list[tuple[int, Path]], cum_flops: list[float]) -> list[dict[str, Any]]:
+    pts = []
+    tokens = 0
+    for (s, d), fl in zip(stages, cum_flops):
+        ts = d / "checkpoint" / "train_summary.json"
+        ev = d / "eval" / "eval.json"
+        if not ts.exists():
+            break
+        tokens += json.loads(ts.read_text())["tokens"]
+        if ev.exists():
+            ref = read_json(ev)["reference"]
+            for name, r in ref.items():
+                pts.append({"stage": s, "tokens": tokens, "flops": fl, "reference": name, "loss": r["loss"],
+                            "acc": r.get("acc")})
+    return pts
+
+
+def _run_config(rd: RunDir) -> dict[str, Any]:
+    f = rd.config
+    if f.exists():
+        import yaml
+
+        return yaml.safe_load(f.read_text())
+    return {}
+
+
+def summarize_run(rd: RunDir) -> dict[str, Any]:
+    """Aggregate one run's artifacts into metrics.json; returns the dict."""
+    cfg = _run_config(rd)
+    branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and p.name not in
+                (WARMUP, "pool", "plan", "report", "logs", "ablation", "units", "merged", "gold", "seed", "partitions")
+                and any(p.glob("stage_*"))]
+    pool_meta = read_json(rd.pool / "meta.json") if (rd.pool / "meta.json").exists() else {}
+    seq_len = pool_meta.get("seq_len", 0)
+    lm_fpt, ref_tokens, enc_fwd = _cost_constants(rd, cfg)
+    out: dict[str, Any] = {"run": str(rd.root), "name": cfg.get("name", rd.root.name), "selectors": {}}
+    for b in branches:
+        stages = _stages(rd, b)
+        acc = summarize_branch([d for _, d in stages], seq_len=seq_len, lm_fpt=lm_fpt,
+                               ref_input_tokens=ref_tokens, enc_fwd_per_seq=enc_fwd)
+        cum, run_total = [], 0.0
+        for row in acc["stages"]:
+            run_total += sum(row["flops"].values())
+            cum.append(run_total)
+        br = rd.branch(b)
+        final = read_json(br.final_eval / "eval.json") if is_done(br.final_eval) else None
+        out["selectors"][b] = {
+            "curve": _ref_curve(stages, cum),
+            "accounting": acc,
+            "final_eval": final,
+            "decay_seconds": read_json(br.base / "timings.json").get("decay") if (br.base / "timings.json").exists() else None,
+            "fit": _fits(stages),
+            "selected_domains": _domain_shares(rd, stages, pool_meta),
+        }
+    atomic_write_json(rd.metrics, out)
+    return out
+
+
+def _cost_constants(rd: RunDir, cfg: dict[str, Any]) -> tuple[float, int, float]:
+    """LM training FLOPs per token, reference input tokens, encoder forward FLOPs per sequence."""
+    lm_fpt = 0.0
+    for ts in rd.root.glob("*/stage_*/checkpoint/train_summary.json"):
+        lm_fpt = json.loads(ts.read_text()).get("flops_per_token", 0.0)
+        break
+    ref_tokens = 0
+    for pm in rd.root.glob("*/stage_*/probe/meta.json"):
+        ref = json.loads(pm.read_text()).get("reference", {})
+        # every reference example is ~1 context of a few hundred tokens: the target count x 40 is a
+        # conservative stand-in when the input count is not recorded
+        ref_tokens = int(ref.get("n_input_tokens") or ref.get("n_target_tokens", 0) * 40)
+        break
+    fit = cfg.get("mates", {}).get("fit", {})
+    enc_tokens = fit.get("encoder", {}).get("max_tokens", 512)
+    enc_params = 22.7e6 if fit.get("encoder", {}).get("backbone", "minilm") == "minilm" else 110e6
+    return lm_fpt, ref_tokens, 2.0 * enc_params * enc_tokens
+
+
+def _fits(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+    out = []
+    for s, d in stages:
+        m = d / "influence_model" / "meta.json"
+        if m.exists():
+            met = read_json(m).get("metrics", {})
+            out.append({"stage": s, "val_spearman": met.get("val_spearman"), "val_pearson": met.get("val_pearson"),
+                        "n_labels": met.get("n_labels"), "scatter": str(d / "influence_model" / "scatter.png")})
+    return out
+
+
+def _domain_shares(rd: RunDir, stages: list[tuple[int, Path]], pool_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for s, d in stages:
+        m = d / "selected" / "meta.json"
+        if m.exists():
+            meta = read_json(m)
+            counts = meta.get("kept_per_domain") or meta.get("per_domain") or {}
+            out.append({"stage": s, "counts": counts})
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _fig_to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def plot_curves(runs: list[dict[str, Any]], x_key: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for sel in _selectors(runs):
+        by_stage: dict[int, list[tuple[float, float]]] = {}
+        for r in runs:
+            for p in r["selectors"].get(sel, {}).get("curve", []):
+                by_stage.setdefault(p["stage"], []).append((p[x_key], p["loss"]))
+        if not by_stage:
+            continue
+        st = sorted(by_stage)
+        xs = [np.mean([a for a, _ in by_stage[s]]) for s in st]
+        ms = [np.mean([b for _, b in by_stage[s]]) for s in st]
+        sd = [np.std([b for _, b in by_stage[s]]) for s in st]
+        ax.errorbar(xs, ms, yerr=sd, marker="o", capsize=3, label=sel)
+    ax.set_xlabel("training tokens" if x_key == "tokens" else "total FLOPs (training + selection)")
+    ax.set_ylabel("reference loss (nats / target token)")
+    if x_key == "flops":
+        ax.set_xscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _fig_to_png(fig)
+
+
+def plot_domains(runs: list[dict[str, Any]], domains: list[str]) -> bytes | None:
+    plt = _plt()
+    sels = _selectors(runs)
+    r0 = runs[0]
+    fig, axes = plt.subplots(1, len(sels), figsize=(3.2 * len(sels), 3.6), sharey=True, squeeze=False)
+    drawn = False
+    for ax, sel in zip(axes[0], sels):
+        rows = r0["selectors"][sel].get("selected_domains", [])
+        if not rows:
+            continue
+        stages = [row["stage"] for row in rows]
+        bottom = np.zeros(len(rows))
+        for d in domains:
+            vals = np.array([row["counts"].get(d, 0) for row in rows], dtype=float)
+            tot = np.array([max(1, sum(row["counts"].values())) for row in rows], dtype=float)
+            ax.bar([str(s) for s in stages], vals / tot, bottom=bottom, label=d)
+            bottom += vals / tot
+        ax.set_title(sel)
+        ax.set_xlabel("stage")
+        drawn = True
+    axes[0][0].set_ylabel("share of selected sequences")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _fig_to_png(fig) if drawn else None
+
+
+def plot_score_hist(scores_dir: Path, selected_dir: Path) -> bytes | None:
+    from datamates.selection.scores_io import read_scores
+
+    if not is_done(scores_dir):
+        return None
+    ids, sc = read_scores(scores_dir)
+    kept = set(np.load(selected_dir / "ids.npy").tolist()) if is_done(selected_dir) else set()
+    m = np.array([i in kept for i in ids.tolist()])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    bins = np.linspace(float(sc.min()), float(sc.max()), 40)
+    ax.hist(sc[~m], bins=bins, alpha=0.6, label="not selected")
+    ax.hist(sc[m], bins=bins, alpha=0.6, label="selected")
+    ax.set_xlabel("predicted ref_loss_delta (lower is better)")
+    ax.legend()
+    return _fig_to_png(fig)
+
+
+def _selectors(runs: list[dict[str, Any]]) -> list[str]:
+    seen: list[str] = []
+    for r in runs:
+        for s in r["selectors"]:
+            if s not in seen:
+                seen.append(s)
+    return seen
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per selector: mean and spread (over runs) of the final metrics and the FLOPs."""
+    rows = []
+    for sel in _selectors(runs):
+        finals = [r["selectors"][sel]["final_eval"] for r in runs if r["selectors"].get(sel, {}).get("final_eval")]
+        accs = [r["selectors"][sel]["accounting"] for r in runs if sel in r["selectors"]]
+        row: dict[str, Any] = {"selector": sel, "n_runs": len(finals)}
+        for ref in sorted({k for f in finals for k in f.get("reference", {})}):
+            row[f"{ref} loss"] = _mean_sd([f["reference"][ref]["loss"] for f in finals if ref in f["reference"]])
+            row[f"{ref} acc"] = _mean_sd([f["reference"][ref]["acc"] for f in finals if ref in f["reference"]])
+        row["nine-task mean"] = _mean_sd([f["nine_task_mean"]["value"] for f in finals if f.get("nine_task_mean")])
+        row["held-out ppl"] = _mean_sd([f["perplexity"]["heldout"]["all"]["ppl"] for f in finals
+                                         if "heldout" in f.get("perplexity", {})])
+        row["selection FLOPs"] = _mean_sd([a["flops"]["selection"] for a in accs])
+        row["selection / training"] = _mean_sd([a["selection_overhead"] for a in accs])
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        m, s = v
+        if math.isnan(m):
+            return "-"
+        big = abs(m) >= 1e5
+        return (f"{m:.3g} ± {s:.2g}" if big else f"{m:.4f} ± {s:.4f}") if s else (f"{m:.3g}" if big else f"{m:.4f}")
+    return str(v)
+
+
+def comparison_markdown(runs: list[dict[str, Any]]) -> str:
+    rows = comparison_rows(runs)
+    if not rows:
+        return "(no selector has finished a stage yet)"
+    keys = list(rows[0].keys())
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k, "-")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def task_table(runs: list[dict[str, Any]]) -> str:
+    sels = _selectors(runs)
+    tasks: list[str] = []
+    for r in runs:
+        for s in sels:
+            f = r["selectors"].get(s, {}).get("final_eval") or {}
+            tasks += [t for t in f.get("tasks", {}) if t not in tasks]
+    if not tasks:
+        return ""
+    lines = ["| task (metric) | " + " | ".join(sels) + " |", "|" + "---|" * (len(sels) + 1)]
+    for t in tasks:
+        cells, metric = [], None
+        for s in sels:
+            vals = []
+            for r in runs:
+                res = (r["selectors"].get(s, {}).get("final_eval") or {}).get("tasks", {}).get(t)
+                if res:
+                    metric = res.get("metric", "acc")
+                    vals.append(res[metric])
+            cells.append(_fmt(_mean_sd(vals)) if vals else "-")
+        lines.append(f"| {t} ({metric}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flops_table(runs: list[dict[str, Any]]) -> str:
+    comps = ["train", "probe", "fit", "score", "selection", "total"]
+    lines = ["| selector | " + " | ".join(f"{c} FLOPs" for c in comps) + " | seconds (train / probe / fit / score) |",
+             "|" + "---|" * (len(comps) + 2)]
+    for s in _selectors(runs):
+        accs = [r["selectors"][s]["accounting"] for r in runs if s in r["selectors"]]
+        fl = [_fmt(_mean_sd([a["flops"][c] for a in accs])) for c in comps]
+        secs = " / ".join(f"{np.mean([a['seconds'].get(c, 0) for a in accs]):.0f}" for c in ("train", "probe", "fit", "score"))
+        lines.append(f"| {s} | " + " | ".join(fl) + f" | {secs} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """report.html (self-contained) + report.md + PNGs in `out`, comparing selectors over runs."""
+    rds = [RunDir(p) for p in run_dirs]
+    runs = [summarize_run(rd) for rd in rds]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool_meta = read_json(rds[0].pool / "meta.json") if (rds[0].pool / "meta.json").exists() else {}
+    domains = pool_meta.get("domains", [])
+    figs: list[tuple[str, str, bytes]] = []  # (title, filename, png)
+    figs.append(("Reference loss vs training tokens", "curve_tokens.png", plot_curves(runs, "tokens")))
+    figs.append(("Reference loss vs total FLOPs", "curve_flops.png", plot_curves(runs, "flops")))
+    dom = plot_domains(runs, domains)
+    if dom:
+        figs.append(("Share of each domain in the selected data, per stage", "domains.png", dom))
+    for sel in _selectors(runs):
+        stages = _stages(rds[0], sel)
+        for s, d in stages:
+            if (d / "influence_model" / "scatter.png").exists():
+                figs.append((f"{sel}, stage {s}: influence model, predicted vs oracle (validation)",
+                             f"fit_{sel}_{s:02d}.png", (d / "influence_model" / "scatter.png").read_bytes()))
+            h = plot_score_hist(d / "scores", d / "selected")
+            if h:
+                figs.append((f"{sel}, stage {s}: predicted scores of the candidates", f"scores_{sel}_{s:02d}.png", h))
+    examples = _examples(rds[0])
+    md = _markdown(runs, figs, examples, pool_meta)
+    for _, name, png in figs:
+        (out / name).write_bytes(png)
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", _html(runs, figs, examples, pool_meta))
+    atomic_write_json(out / "runs.json", runs)
+    return out / "report.html"
+
+
+def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[float, str]]]:
+    """Highest- and lowest-scored candidates of the last scored stage of the first MATES branch."""
+    from datamates.core.pool import Pool
+    from datamates.selection.scores_io import read_scores
+
+    for br in sorted(rd.root.glob("*/stage_*/scores"), reverse=True):
+        if not is_done(br):
+            continue
+        ids, sc = read_scores(br)
+        pool = Pool(rd.pool)
+        tok = pool.tokenizer()
+        order = np.argsort(sc)
+
+        def txt(i: int) -> tuple[float, str]:
+            return float(sc[i]), tok.decode(pool.tokens([int(ids[i])])[0].tolist())[:chars]
+
+        return {"stage": [str(br.parent.relative_to(rd.root))],  # type: ignore[dict-item]
+                "lowest (kept first)": [txt(i) for i in order[:n]],
+                "highest": [txt(i) for i in order[::-1][:n]]}
+    return {}
+
+
+def _markdown(runs, figs, examples, pool_meta) -> str:
+    names = ", ".join(r["name"] for r in runs)
+    lines = [f"# datamates report: {names}", "",
+             f"{len(runs)} run(s); pool: {pool_meta.get('n_sequences', '?'):,} sequences x {pool_meta.get('seq_len', '?')} "
+             f"tokens, domains {', '.join(pool_meta.get('domains', []))}.",
+             "Values are mean ± standard deviation over runs. Sign convention: ref_loss_delta = "
+             "L_ref(after) - L_ref(before), lower is better.", "",
+             "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "",
+             "## FLOPs and time", "", flops_table(runs), ""]
+    for title, name, _ in figs:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    if examples:
+        lines += [f"## Examples ({examples['stage'][0]})", ""]
+        for k, v in examples.items():
+            if k == "stage":
+                continue
+            lines.append(f"### {k}")
+            for s, t in v:
+                lines.append(f"- score {s:+.4g}: `{t[:200].replace('`', ' ').replace(chr(10), ' ')}`")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _md_table_to_html(md: str) -> str:
+    rows = [r for r in md.splitlines() if r.startswith("|") and not r.startswith("|---")]
+    if not rows:
+        return f"<p>{html.escape(md)}</p>"
+    out = ["<table>"]
+    for i, r in enumerate(rows):
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _html(runs, figs, examples, pool_meta) -> str:
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+           "th{background:#f3f3f3}img{max-width:100%}pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}")
+    names = ", ".join(html.escape(r["name"]) for r in runs)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>datamates report: {names}</title>"
+             f"<style>{css}</style></head><body>", f"<h1>datamates report: {names}</h1>",
+             f"<p>{len(runs)} run(s); pool of {pool_meta.get('n_sequences', 0):,} sequences x "
+             f"{pool_meta.get('seq_len', '?')} tokens. Mean ± standard deviation over runs. "
+             "ref_loss_delta = L_ref(after) - L_ref(before): lower is better.</p>",
+             "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
+             _md_table_to_html(task_table(runs)) if task_table(runs) else "",
+             "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs))]
+    for title, _, png in figs:
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    if examples:
+        parts.append(f"<h2>Examples ({html.escape(examples['stage'][0])})</h2>")
+        for k, v in examples.items():
+            if k == "stage":
+                continue
+            parts.append(f"<h3>{html.escape(k)}</h3>")
+            for s, t in v:
+                parts.append(f"<p>score {s:+.4g}</p><pre>{html.escape(t)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,88 @@
+"""Selectors: one interface for every way a stage's data is chosen (MATES §3, baselines).
+
+A selector gets the stage's inputs (the model before the stage, the candidate block, the probe set,
+how many to keep) and returns the folder of its selection (`selected/ids.npy`). Each composes the
+stage modules in data-flow order; every step skips itself when its artifact is complete.
+
+    random              uniform k of the block (MATES's baseline and warmup stages)
+    mates               probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k
+    mates-first-order   the same, with first-order probe labels
+    oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from datamates.accounting import timed
+from datamates.config.mates import MatesConfig
+from datamates.core.pool import Pool
+from datamates.errors import ConfigError
+from datamates.run_dir import RunDir
+from datamates.selection.fit import fit
+from datamates.selection.probe import probe, read_labels
+from datamates.selection.score import score
+from datamates.selection.select import select
+
+
+@dataclass
+class StageInputs:
+    mates: MatesConfig
+    rd: RunDir  # the selector's branch
+    pool: Pool
+    stage: int
+    checkpoint: Path | None  # the model the stage starts from
+    candidates: np.ndarray  # this stage's block
+    probe_ids: np.ndarray
+    k: int
+    cache_dir: Path
+
+
+def _select(x: StageInputs, candidates, **kw) -> Path:
+    out = x.rd.selected(x.stage)
+    with timed(x.rd.stage(x.stage), "select", out):
+        return select(kw.pop("cfg", x.mates.select), candidates, x.pool, out, k=x.k, **kw)
+
+
+def select_random(x: StageInputs) -> Path:
+    return _select(x, x.candidates, method="random")
+
+
+def select_mates(x: StageInputs, mode: str | None = None) -> Path:
+    sd = x.rd.stage(x.stage)
+    pcfg = replace(x.mates.probe, mode=mode or x.mates.probe.mode)
+    with timed(sd, "probe", x.rd.probe(x.stage)):
+        labels = probe(pcfg, x.checkpoint, x.pool, x.probe_ids, x.rd.probe(x.stage))
+    with timed(sd, "fit", x.rd.influence_model(x.stage)):
+        model = fit(x.mates.fit, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir)
+    with timed(sd, "score", x.rd.scores(x.stage)):
+        scores = score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
+    return _select(x, scores)
+
+
+def select_oracle(x: StageInputs) -> Path:
+    sd = x.rd.stage(x.stage)
+    pcfg = replace(x.mates.probe, mode=x.mates.oracle_mode)
+    with timed(sd, "probe", x.rd.probe(x.stage)):
+        labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage))
+    ids, values = read_labels(labels)
+    # the labels are the scores; standardise them over the block (no influence model to take mean/std from)
+    return _select(x, (ids, values), cfg=replace(x.mates.select, scale="block"))
+
+
+SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
+    "random": select_random,
+    "mates": select_mates,
+    "mates-first-order": lambda x: select_mates(x, mode="first_order"),
+    "oracle": select_oracle,
+}
+
+
+def get_selector(name: str) -> Callable[[StageInputs], Path]:
+    if name not in SELECTORS:
+        raise ConfigError(f"selector '{name}': unknown; available: {', '.join(sorted(SELECTORS))}")
+    return SELECTORS[name]
