@@ -121,3 +121,12 @@ def test_cli_heldout_and_fewshot(tiny_ckpt, tiny_pool, tmp_path, capsys):
     assert res["tasks"]["arc_easy"]["num_fewshot"] == 2 and "(2-shot)" in out
     (pool,) = res["perplexity"].values()
     assert pool["all"]["n_sequences"] == 20 and "## Held-out perplexity" in out
+
+
+def test_in_memory_model_gives_the_checkpoint_numbers(tiny_ckpt, tiny_model, tiny_tok):
+    cfg = EvalConfig(tasks=["openbookqa"], reference=[], limit=4)
+    a = evaluate(cfg, tiny_ckpt, None)
+    b = evaluate(cfg, tiny_model, None, tokenizer=tiny_tok)
+    ta, tb = a["tasks"]["openbookqa"], b["tasks"]["openbookqa"]
+    assert {k: v for k, v in ta.items() if k != "seconds"} == {k: v for k, v in tb.items() if k != "seconds"}
+    assert b["checkpoint"]["in_memory"]

@@ -17,11 +17,11 @@ from datamates.commands._common import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint (or any HF GPT-NeoX folder)")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint (or any Hugging Face GPT-NeoX folder with a tokenizer.json)")
     p.add_argument("--tasks", nargs="*", metavar="TASK",
-                   help="task names, spec files (.yaml) or 'nine' (default: eval.tasks = nine); none: no tasks")
+                   help="task names, spec files (.yaml) or 'nine' (default: eval.tasks = nine); the bare flag: no tasks")
     p.add_argument("--reference", nargs="*", metavar="SET",
-                   help="reference sets (default: eval.reference = lambada_openai); none: no reference set")
+                   help="reference sets (default: eval.reference = lambada_openai); the bare flag: none")
     p.add_argument("--heldout", action="append", default=[], metavar="POOL[:IDS]",
                    help="a pool folder (optionally :FILE of sequence ids) for perplexity / bits per byte (repeatable)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N examples of each task")
@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         for g, names in TASK_GROUPS.items():
             print(f"group {g}: {' '.join(names)}")
         return 0
+    if not args.checkpoint:
+        from datamates.errors import ConfigError
+
+        raise ConfigError("--checkpoint DIR is required (or --list-tasks)")
     sets = list(args.sets)
     for flag, key in (("limit", "limit"), ("num_fewshot", "num_fewshot"), ("batch_size", "batch_size"),
                       ("device", "device")):

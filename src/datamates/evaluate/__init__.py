@@ -10,7 +10,15 @@ Modules: `spec` (task files, templates), `scoring` (batched, packed log-likeliho
 """
 
 from datamates.evaluate.scoring import GroupScores, encode_pairs, score_groups
-from datamates.evaluate.spec import TASK_GROUPS, TASKS_DIR, TaskSpec, available_tasks, load_docs, load_spec, resolve_tasks
+from datamates.evaluate.spec import (
+    TASK_GROUPS,
+    TASKS_DIR,
+    TaskSpec,
+    available_tasks,
+    load_docs,
+    load_spec,
+    resolve_tasks,
+)
 from datamates.evaluate.stage import evaluate, evaluate_pool, evaluate_task, markdown
 
 __all__ = [

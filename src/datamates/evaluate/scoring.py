@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from datamates.core.lm import autocast
 from datamates.errors import InputError
@@ -151,9 +150,11 @@ def score_groups(
     max_tokens: int = 16384,
     precision: str = "auto",
     share_context: bool = True,
+    greedy: bool = True,
     desc: str = "scoring",
 ) -> list[GroupScores]:
-    """Score every request of every group (a group = one example's requests, e.g. its choices)."""
+    """Score every request of every group (a group = one example's requests, e.g. its choices).
+    `greedy=False` skips the argmax over the vocabulary (the flags are then all False)."""
     device = next(model.parameters()).device
     max_len = model.config.max_position_embeddings
     impl = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
@@ -217,12 +218,21 @@ def score_groups(
         with autocast(device, precision):
             hidden = model.base_model(input_ids=xt, **kwargs).last_hidden_state  # [B, T, d]
             logits = head(hidden.reshape(B * T, -1)[torch.from_numpy(uniq).to(device)])  # [U, V]
-        logp = F.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)  # [U]: log p = logit - logsumexp, no [U, V] log_softmax
         inv_t = torch.from_numpy(inv).to(device)
         lab_t = torch.from_numpy(lab).to(device)
-        tok_ll = logp[inv_t, lab_t].double().cpu().numpy()
-        hit = (logp.argmax(-1)[inv_t] == lab_t).cpu().numpy()
-        np.add.at(ll, slot, tok_ll)
+        tok_ll = (logits[inv_t, lab_t] - lse[inv_t]).cpu()  # [K] float32
+        if greedy:
+            hit = (logits.argmax(-1)[inv_t] == lab_t).cpu().numpy()
+        else:
+            hit = np.zeros(len(lab), bool)
+        # per-request sums in float32, in token order, as lm-eval's `logits.sum()` (a request's
+        # tokens are contiguous here: packs are laid out request after request)
+        bounds = np.flatnonzero(np.diff(slot)) + 1
+        starts = np.concatenate([[0], bounds])
+        sums = [float(x.sum()) for x in torch.tensor_split(tok_ll, torch.from_numpy(bounds))]
+        ll[slot[starts]] += sums
         np.add.at(miss, slot, ~hit)
         np.add.at(ntok, slot, 1)
         new = {owner[pi] for pi in idx} - seen_groups

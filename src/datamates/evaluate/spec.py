@@ -426,7 +426,7 @@ class Doc:
     shot: str  # this example solved, as an in-context example
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         fh = opener(path, "rt", encoding="utf-8")
@@ -434,19 +434,27 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
         raise InputError(f"{path}: task data not found (set DATAMATES_DATA or fix the spec's 'data')") from None
     with fh:
         for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            if line.strip():
+                yield n, line
 
 
-def load_docs(spec: TaskSpec) -> list[Doc]:
-    """Every example of the spec's data file, checked: a missing field, a gold index out of range,
-    an empty choice list or an empty file is an InputError naming the file and line."""
-    docs = []
-    for line, rec in _records(spec.data):
+def count_examples(spec: TaskSpec) -> int:
+    """Non-blank lines of the data file (the task's size, without parsing it)."""
+    return sum(1 for _ in _lines(spec.data))
+
+
+def load_docs(spec: TaskSpec, limit: int | None = None) -> list[Doc]:
+    """The examples of the spec's data file (the first `limit` of them), checked: a missing field,
+    a gold index out of range, an empty choice list or an empty file is an InputError naming the
+    file and line."""
+    docs: list[Doc] = []
+    for line, text in _lines(spec.data):
+        if limit is not None and len(docs) >= limit:
+            break
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{spec.data}:{line}: malformed JSON ({e.msg})") from None
         key = "?"
         try:
             if not spec.is_mc:

@@ -35,9 +35,25 @@ from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
 from datamates.errors import IncompatibleArtifacts, InputError
 from datamates.evaluate.scoring import encode_pairs, score_groups
-from datamates.evaluate.spec import TASK_GROUPS, Doc, TaskSpec, fewshot_prefixes, load_docs, load_spec, resolve_tasks
+from datamates.evaluate.spec import (
+    TASK_GROUPS,
+    Doc,
+    TaskSpec,
+    count_examples,
+    fewshot_prefixes,
+    load_docs,
+    load_spec,
+    resolve_tasks,
+)
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text, is_done, meta_record, read_json
+from datamates.run_dir import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    meta_record,
+    read_json,
+)
 
 log = get_logger(__name__)
 SCHEMA = 1
@@ -68,8 +84,10 @@ def evaluate_task(
     if not isinstance(spec, TaskSpec):
         spec = load_spec(spec)
     t0 = time.perf_counter()
-    docs = docs if docs is not None else load_docs(spec)
+    if docs is None:  # all examples when shots are drawn from them, else only those evaluated
+        docs = load_docs(spec, limit=limit if not num_fewshot else None)
     n = min(limit, len(docs)) if limit else len(docs)
+    n_total = len(docs) if n < len(docs) or not limit else count_examples(spec)
     prefixes = fewshot_prefixes(spec, docs, n, num_fewshot, fewshot_seed)
     pairs, spans = [], []
     for d, pre in zip(docs[:n], prefixes):
@@ -79,9 +97,10 @@ def evaluate_task(
     prefix_id = cfg.bos_token_id if cfg.bos_token_id is not None else cfg.eos_token_id
     reqs = encode_pairs(tokenizer, pairs, prefix_id)
     scores = score_groups(model, [reqs[a:b] for a, b in spans], batch_size=batch_size, max_tokens=max_tokens,
-                          precision=precision, share_context=share_context, desc=spec.name)
+                          precision=precision, share_context=share_context, greedy=not spec.is_mc,
+                          desc=spec.name)
     res: dict[str, Any] = {"task": spec.name, "output_type": spec.output_type, "split": spec.split,
-                           "n": n, "n_total": len(docs), "num_fewshot": num_fewshot,
+                           "n": n, "n_total": n_total, "num_fewshot": num_fewshot,
                            "harness_task": spec.harness_task, "spec": str(spec.path)}
     samples = []
     if spec.is_mc:
@@ -89,8 +108,8 @@ def evaluate_task(
         for i, (d, s) in enumerate(zip(docs[:n], scores)):
             acc[i] = float(np.argmax(s.ll) == d.gold)
             acc_norm[i] = float(np.argmax(s.ll / np.asarray(d.norm_len, np.float64)) == d.gold)
-            samples.append({"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "greedy": s.greedy.tolist(),
-                            "acc": acc[i], "acc_norm": acc_norm[i]})
+            samples.append({"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "acc": acc[i],
+                            "acc_norm": acc_norm[i]})
         res.update(acc=float(acc.mean()), acc_stderr=_stderr(acc), acc_norm=float(acc_norm.mean()),
                    acc_norm_stderr=_stderr(acc_norm), metric=spec.metric)
     else:
@@ -162,8 +181,9 @@ def _checkpoint_identity(path: Path) -> dict[str, Any]:
     from datamates.core.checkpoint import trainer_state
 
     st = (path / "model.safetensors").stat()
+    ts = trainer_state(path)
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "global_step": trainer_state(path).get("global_step")}
+            "global_step": ts.get("global_step"), "tokenizer_hash": ts.get("tokenizer_hash")}
 
 
 def _pool_name(path: Path, taken: set[str]) -> str:
@@ -238,7 +258,7 @@ def evaluate(
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
-    all_docs = {s.name: load_docs(s) for s in specs}
+    all_docs = {s.name: load_docs(s, limit=cfg.limit if not cfg.num_fewshot else None) for s in specs}
     if isinstance(checkpoint, torch.nn.Module):
         if tokenizer is None:
             raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
@@ -254,6 +274,14 @@ def evaluate(
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
     pools = _normalise_pools(cfg, heldout_pools)
+    tok_hash = ident.get("tokenizer_hash")
+    for pool, _ in pools.values():
+        from datamates.core.pool import Pool
+
+        pool_hash = (pool if isinstance(pool, Pool) else Pool(pool)).tokenizer_hash
+        if tok_hash and pool_hash != tok_hash:
+            raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
+                                        f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("tasks", "reference", "heldout_pools", "device")}
     request = {"checkpoint": ident, "settings": settings, "tasks": {s.name: s.fingerprint() for s in specs},
                "pools": {k: [str(getattr(p, "path", p)), None if i is None else config_hash(i.tolist())]
@@ -282,6 +310,9 @@ def evaluate(
                 if stored.get("key") == key:
                     res = stored["result"]
                     log.info("%s: reusing the result of an interrupted run", spec.name)
+                else:  # left by a different request
+                    cache.unlink()
+                    (work / "samples" / f"{spec.name}.jsonl").unlink(missing_ok=True)
             if res is None:
                 res = evaluate_task(model, tokenizer, spec, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
                                     fewshot_seed=cfg.fewshot_seed, batch_size=cfg.batch_size,
