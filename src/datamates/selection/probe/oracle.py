@@ -504,7 +504,7 @@ def probe(
             shutil.rmtree(chunk_dir, ignore_errors=True)
         chunk_dir.mkdir(exist_ok=True)
         atomic_write_json(plan_file, {"plan_hash": plan_hash, **plan})
-        if cfg.workers == 1 and cfg.threads > 0:
+        if cfg.threads > 0:  # also for the per-checkpoint work shipped to workers: same threads, same float sums
             torch.set_num_threads(cfg.threads)
         try:
             spec, state, ref = _prepare(cfg, checkpoint, pool, reference)
