@@ -19,13 +19,13 @@ from datamates.selection.probe import (
     ProbeState,
     adamw_update_,
     naive_reference_nll,
+    oracle,
     probe,
     read_labels,
     read_labels_table,
     read_meta,
     sample_probe_set,
 )
-from datamates.selection.probe import oracle
 
 CANDIDATES = np.array([1, 3, 5, 777, 2001])  # odd ids: held out from the tiny checkpoint's training
 

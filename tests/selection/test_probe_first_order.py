@@ -82,7 +82,7 @@ def test_first_order_matches_finite_differences(tiny_ckpt, tiny_pool, ref, ancho
         D = [u - a for u, a in zip(updated, anchor_params)]
         eps = 1e-2
 
-        def loss_at(t):
+        def loss_at(t, D=D):
             with torch.no_grad():
                 for p, a, d in zip(probe_model.parameters(), anchor_params, D):
                     p.copy_(a + t * d)

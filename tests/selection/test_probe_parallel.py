@@ -3,6 +3,7 @@ a Ray actor (a local Ray instance with fewer actors than CPUs: ray-project/ray#4
 
 import numpy as np
 import pytest
+
 from datamates.config.probe import ProbeConfig
 from datamates.core.reference import load_reference
 from datamates.selection.probe import probe, read_labels_table

@@ -45,7 +45,14 @@ from datamates.errors import (
     NumericalError,
 )
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_bytes, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_done,
+    meta_record,
+    read_json,
+)
 from datamates.selection.probe.first_order import FirstOrderProber, first_order_constants
 from datamates.selection.probe.parallel import run_chunks
 
