@@ -33,3 +33,15 @@ def tiny_study(tiny_pool, tmp_path_factory):
     seed = train_seed(manifest, tiny_pool, cfg.seed, tcfg, TINY, rd.seed_model)
     units = train_partitions(manifest, tiny_pool, seed, rd.root / "units", tcfg, TINY, cfg.branch)
     return {"rd": rd, "cfg": cfg, "train": tcfg, "manifest": manifest, "seed": seed, "units": units}
+
+
+@pytest.fixture(autouse=True, scope="package")
+def _one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads that
+    spin-wait for each other make every small op slower; restore the setting afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -49,7 +49,7 @@ from datamates.ablation import mixture_key, weights_sha
 from datamates.ablation.merge import RunningMerge, UnitStore, check_compatible, inspect_checkpoint, mask_of, members, walk_order
 from datamates.ablation.partition import Manifest, read_manifest
 from datamates.ablation.train_partition import gold_dir, train_gold
-from datamates.config.ablation import AblationConfig, AblationEvalConfig
+from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import load_model
@@ -63,6 +63,7 @@ from datamates.run_dir import RunDir, atomic_dir, atomic_write_text, is_done, me
 log = get_logger(__name__)
 
 HELDOUT_ALL = "heldout_all"
+BASELINE = "mean_unit_logppl"  # free baseline proxy: the mean of the unit models' log perplexities
 LAMBADA = "lambada"
 
 
@@ -283,10 +284,22 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     device = resolve_device(train_cfg.device)
     evs = build_eval_sets(manifest, pool, cfg.eval, train_cfg.precision)
     cache = EvalCache(rd.root / "ablation_cache" / "evals.jsonl")
-    method, lam = cfg.merge.method, cfg.merge.lam
-    weights = [float(manifest.unit(u)["tokens"]) for u in units] if method == "weighted" else None
+    specs = [cfg.merge, *(MergeConfig.parse(x) for x in cfg.extra_proxies)]
+    spec_names = [sp.name for sp in specs]
+    if len(set(spec_names)) != len(spec_names):
+        raise ConfigError(f"ablation.extra_proxies repeats a merge rule: {spec_names}")
+    token_w = [float(manifest.unit(u)["tokens"]) for u in units]
     unit_ids = {u: weights_sha(p) for u, p in zip(units, unit_paths)}
-    proxy_model_tag = hashlib.sha256(json.dumps([unit_ids, method, lam, weights]).encode()).hexdigest()[:16]
+
+    def spec_weights(sp) -> list[float] | None:
+        return token_w if sp.method == "weighted" else None
+
+    tags = {sp.name: hashlib.sha256(json.dumps([unit_ids, sp.method, sp.lam, sp.lam_scale, spec_weights(sp)])
+                                    .encode()).hexdigest()[:16] for sp in specs}
+
+    def pkey(sp, mask: int) -> str:
+        return EvalCache.key("proxy", mixture_key([units[i] for i in members(mask)]), tags[sp.name], evs.ident)
+
     timings: dict[str, float] = {"merge_s": 0.0, "proxy_eval_s": 0.0, "gold_eval_s": 0.0, "gold_train_s": 0.0}
 
     # ---- the seed (reference point)
@@ -300,39 +313,52 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     seed_eval = cache.get(seed_key)["eval"]
 
     # ---- proxies: Gray-code walk of running sums into one resident model
-    todo = [m for m in walk_order(masks)
-            if cache.get(EvalCache.key("proxy", mixture_key([units[i] for i in members(m)]), proxy_model_tag, evs.ident)) is None]
-    log.info("proxies: %d mixtures of %d units (%d cached), merge method %s", len(masks), K, len(masks) - len(todo), method)
+    todo = [m for m in walk_order(masks) if any(cache.get(pkey(sp, m)) is None for sp in specs)]
+    log.info("proxies: %d mixtures of %d units x %d merge rule%s (%s); %d mixtures cached", len(masks), K, len(specs),
+             "s" if len(specs) > 1 else "", ", ".join(spec_names), len(masks) - len(todo))
     if todo:
         model = load_model(seed, device)
         seed_params = ({n: p.detach().clone() for n, p in model.named_parameters()}
-                       if method == "task_arithmetic" else None)
+                       if any(sp.method == "task_arithmetic" for sp in specs) else None)
         store = UnitStore(unit_paths, model, cache=cfg.cache_units)
+        if device.type != "cpu" and store._mem is not None:
+            store._mem = [{n: t.to(device) for n, t in d.items()} for d in store._mem]
         dtype = torch.float64 if cfg.accumulate_dtype == "float64" else torch.float32
-        rm = RunningMerge(store, weights, dtype=dtype, recompute_every=cfg.recompute_every)
-        if device.type != "cpu":
-            rm.sum = {n: t.to(device) for n, t in rm.sum.items()}
-            if store._mem is not None:
-                store._mem = [{n: t.to(device) for n, t in d.items()} for d in store._mem]
+        groups: dict[Any, tuple[RunningMerge, list]] = {}  # one running sum per weight vector
+        for sp in specs:
+            w = spec_weights(sp)
+            key = tuple(w) if w else None
+            if key not in groups:
+                rm = RunningMerge(store, w, dtype=dtype, recompute_every=cfg.recompute_every)
+                if device.type != "cpu":
+                    rm.sum = {n: t.to(device) for n, t in rm.sum.items()}
+                groups[key] = (rm, [])
+            groups[key][1].append(sp)
         bar = progress_bar("proxies", total=len(todo), unit="mixture")
         for mask in todo:
             names = [units[i] for i in members(mask)]
-            t0 = time.time()
-            rm.set(mask)
-            rm.load_into(model, method=method, lam=lam, seed=seed_params)
-            t1 = time.time()
-            ev = evs.evaluate(model)
-            t2 = time.time()
-            timings["merge_s"] += t1 - t0
-            timings["proxy_eval_s"] += t2 - t1
-            cache.put(EvalCache.key("proxy", mixture_key(names), proxy_model_tag, evs.ident),
-                      {"kind": "proxy", "mixture": mixture_key(names), "k": len(names), "eval": ev,
-                       "merge_s": t1 - t0, "eval_s": t2 - t1})
+            for rm, group_specs in groups.values():
+                t0 = time.time()
+                rm.set(mask)
+                timings["merge_s"] += time.time() - t0
+                for sp in group_specs:
+                    if cache.get(pkey(sp, mask)) is not None:
+                        continue
+                    t0 = time.time()
+                    lam = sp.lam * (len(names) if sp.lam_scale == "size" else 1)
+                    rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
+                    t1 = time.time()
+                    ev = evs.evaluate(model)
+                    t2 = time.time()
+                    timings["merge_s"] += t1 - t0
+                    timings["proxy_eval_s"] += t2 - t1
+                    cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
+                                               "k": len(names), "eval": ev, "merge_s": t1 - t0, "eval_s": t2 - t1})
             bar.update(1)
         bar.close()
-        timings["unit_reads"] = rm.unit_reads
+        timings["unit_reads"] = sum(rm.unit_reads for rm, _ in groups.values())
         timings["resident_unit_bytes"] = store.nbytes()
-        del model, store, rm
+        del model, store, groups
 
     # ---- gold models
     gold_root = rd.root / "gold"
@@ -350,8 +376,8 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
         path = gold_dir(gold_root, g) if len(g) > 1 else rd.unit(g[0])
         ck = EvalCache.key("gold", key, weights_sha(path), evs.ident)
         if cache.get(ck) is None:
-            reuse = (len(g) == 1 and method != "task_arithmetic"
-                     and cache.get(EvalCache.key("proxy", key, proxy_model_tag, evs.ident)))
+            reuse = (len(g) == 1 and cfg.merge.method != "task_arithmetic"
+                     and cache.get(pkey(cfg.merge, mask_of([units.index(g[0])]))))
             if reuse:  # a one-unit uniform / weighted proxy is bit-for-bit the unit model
                 cache.put(ck, {"kind": "gold", "mixture": key, "k": 1, "eval": reuse["eval"], "reused_proxy": True})
             else:
@@ -363,14 +389,16 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
                 del m
         gold_rows.append({**cache.get(ck), "path": str(path)})
 
-    proxy_rows = [cache.get(EvalCache.key("proxy", mixture_key([units[i] for i in members(m)]), proxy_model_tag, evs.ident))
-                  for m in masks]
+    proxy_rows = [{"mixture": mixture_key([units[i] for i in members(m)]), "k": len(members(m)),
+                   "evals": {sp.name: cache.get(pkey(sp, m))["eval"] for sp in specs}} for m in masks]
+    for r in proxy_rows:
+        r["eval"] = r["evals"][spec_names[0]]
     results = _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed)
     results["elapsed_s"] = time.time() - t_start
     out = Path(out) if out else rd.ablation
     with atomic_dir(out, meta=meta_record("ablate", config_hash=config_hash(cfg), partition=str(manifest.path),
                                           seed=str(seed), units=units)) as tmp:
-        write_outputs(results, tmp)
+        write_outputs(results, tmp, plots=cfg.plots)
     log.info(headline(results))
     log.info("ablation report: %s", out / "report.md")
     return results
@@ -410,27 +438,30 @@ def _costs(rd: RunDir, seed: Path, units: list[str], gold_rows: list[dict], timi
 
 def _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed) -> dict[str, Any]:
     sets = evs.names
+    methods = list(proxy_rows[0]["evals"]) if proxy_rows else []
     unit_logppl = {r["mixture"]: {s: r["eval"][s]["logppl"] for s in sets} for r in proxy_rows if r["k"] == 1}
     proxy = {r["mixture"]: r for r in proxy_rows}
     corr: dict[str, dict[str, Any]] = {}
     for s in sets:
-        entry: dict[str, Any] = {}
+        by: dict[str, dict[str, Any]] = {}
         for scope, rows in (("all", gold_rows), ("multi", [r for r in gold_rows if r["k"] > 1])):
-            p = np.array([proxy[r["mixture"]]["eval"][s]["logppl"] for r in rows])
             g = np.array([r["eval"][s]["logppl"] for r in rows])
-            entry[scope] = correlations(p, g)
+            for mth in methods:
+                p = np.array([proxy[r["mixture"]]["evals"][mth][s]["logppl"] for r in rows])
+                by.setdefault(mth, {})[scope] = correlations(p, g)
             if unit_logppl and all(u in unit_logppl for r in rows for u in r["mixture"].split("+")):
                 base = np.array([np.mean([unit_logppl[u][s] for u in r["mixture"].split("+")]) for r in rows])
-                entry[scope + "_baseline_mean_unit"] = correlations(base, g)
-        corr[s] = entry
+                by.setdefault(BASELINE, {})[scope] = correlations(base, g)
+        corr[s] = {"all": by[methods[0]]["all"], "multi": by[methods[0]]["multi"], "by_proxy": by}
     return {
         "units": [{k: v for k, v in manifest.unit(u).items() if k != "ids"} for u in units],
         "eval_sets": sets,
-        "method": cfg.merge.method,
+        "method": methods[0] if methods else cfg.merge.name,
+        "proxy_methods": methods,
         "lam": cfg.merge.lam,
         "config": to_dict(cfg),
         "seed": {"path": str(seed), "eval": seed_eval},
-        "proxies": [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"]} for r in proxy_rows],
+        "proxies": proxy_rows,
         "gold": [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"], "path": r["path"],
                   "is_unit_model": r["k"] == 1} for r in gold_rows],
         "correlations": corr,
@@ -460,7 +491,7 @@ def _short(mixture: str, units: list[str]) -> str:
     return "+".join(pre.get(p, p) for p in mixture.split("+"))
 
 
-def write_outputs(results: dict[str, Any], out: Path) -> None:
+def write_outputs(results: dict[str, Any], out: Path, plots: bool = True) -> None:
     from datamates.run_dir import atomic_write_json
 
     atomic_write_json(out / "results.json", results)
@@ -479,20 +510,24 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     w = csv.writer(buf)
     w.writerow(["eval_set", "scope", "proxy", "n", "pearson_log", "spearman", "kendall", "pairwise", "mean_abs_log_err"])
     for s, e in results["correlations"].items():
-        for scope_key, c in e.items():
-            scope, _, base = scope_key.partition("_baseline_")
-            w.writerow([s, scope, "mean_unit_logppl" if base else results["method"], c["n"], f"{c['pearson']:.4f}",
-                        f"{c['spearman']:.4f}", f"{c['kendall']:.4f}", f"{c['pairwise']:.4f}",
-                        f"{c['mean_abs_log_err']:.4f}"])
+        for name, scopes in e["by_proxy"].items():
+            for scope, c in scopes.items():
+                w.writerow([s, scope, name, c["n"], f"{c['pearson']:.4f}", f"{c['spearman']:.4f}",
+                            f"{c['kendall']:.4f}", f"{c['pairwise']:.4f}", f"{c['mean_abs_log_err']:.4f}"])
     atomic_write_text(out / "correlations.csv", buf.getvalue())
-    plot_scatter(results, out / "scatter.png")
-    plot_ranking(results, out / "ranking.png")
-    md = report_markdown(results)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.html", report_html(results))
+    if plots:
+        for i, name in enumerate(results["proxy_methods"]):
+            plot_scatter(results, out / ("scatter.png" if i == 0 else f"scatter_{_slug(name)}.png"), name)
+        plot_ranking(results, out / "ranking.png")
+    atomic_write_text(out / "report.md", report_markdown(results, plots))
+    atomic_write_text(out / "report.html", report_html(results, plots))
 
 
-def plot_scatter(results: dict[str, Any], path: Path) -> None:
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def plot_scatter(results: dict[str, Any], path: Path, method: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -500,7 +535,8 @@ def plot_scatter(results: dict[str, Any], path: Path) -> None:
 
     sets = results["eval_sets"]
     units = [u["name"] for u in results["units"]]
-    proxy = {r["mixture"]: r for r in results["proxies"]}
+    method = method or results["method"]
+    proxy = {r["mixture"]: {"eval": r["evals"][method]} for r in results["proxies"]}
     ncol = min(3, len(sets))
     nrow = math.ceil(len(sets) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 4.0 * nrow), squeeze=False)
@@ -519,8 +555,8 @@ def plot_scatter(results: dict[str, Any], path: Path) -> None:
         ax.plot([lo, hi], [lo, hi], color="0.7", lw=0.8, ls="--", zorder=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        c = results["correlations"][s]["multi"]
-        ca = results["correlations"][s]["all"]
+        c = results["correlations"][s]["by_proxy"][method]["multi"]
+        ca = results["correlations"][s]["by_proxy"][method]["all"]
         ax.set_title(f"{s}\nmulti-unit: r={c['pearson']:.2f} rho={c['spearman']:.2f} | all: r={ca['pearson']:.2f}",
                      fontsize=8)
         ax.set_xlabel("proxy perplexity (merged)", fontsize=8)
@@ -528,7 +564,7 @@ def plot_scatter(results: dict[str, Any], path: Path) -> None:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(sets):]:
         ax.axis("off")
-    fig.suptitle(f"proxy ({results['method']} merge) vs gold, colour = units in the mixture, squares = single units",
+    fig.suptitle(f"proxy ({method}) vs gold, colour = units in the mixture, squares = single units",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -578,7 +614,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
-def report_markdown(results: dict[str, Any]) -> str:
+def report_markdown(results: dict[str, Any], plots: bool = True) -> str:
     sets = results["eval_sets"]
     units = results["units"]
     cfg = results["config"]
@@ -606,12 +642,25 @@ def report_markdown(results: dict[str, Any]) -> str:
     for s in sets:
         e = results["correlations"][s]
         c, a = e["multi"], e["all"]
-        b = e.get("multi_baseline_mean_unit", {})
+        b = e["by_proxy"].get(BASELINE, {}).get("multi", {})
         L.append(f"| {s} | {results['seed']['eval'][s]['ppl']:.2f} | {c['n']} | {_fmt(c['pearson'])} | "
                  f"{_fmt(c['spearman'])} | {_fmt(c['kendall'])} | {_fmt(c['pairwise'])} | {a['n']} | "
                  f"{_fmt(a['pearson'])} | {_fmt(a['spearman'])} | {_fmt(a['pairwise'])} | "
                  f"{_fmt(b.get('pearson'))} | {_fmt(b.get('pairwise'))} |")
-    L.append("\n![proxy vs gold](scatter.png)\n")
+    names = list(results["correlations"][sets[0]]["by_proxy"]) if sets else []
+    if len(names) > 1:
+        L.append("\nEvery proxy rule, multi-unit gold mixtures: Pearson (log PPL) / Spearman / pairwise agreement.\n")
+        L.append("| eval set | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for s in sets:
+            by = results["correlations"][s]["by_proxy"]
+            L.append(f"| {s} | " + " | ".join(
+                f"{_fmt(by[n]['multi']['pearson'], '.2f')} / {_fmt(by[n]['multi']['spearman'], '.2f')} / "
+                f"{_fmt(by[n]['multi']['pairwise'], '.2f')}" for n in names) + " |")
+    L.append("\n![proxy vs gold](scatter.png)\n" if plots else "")
+    if plots:
+        for name in results["proxy_methods"][1:]:
+            L.append(f"![proxy vs gold, {name}](scatter_{_slug(name)}.png)\n")
     L.append("## Gold mixtures: perplexity (proxy / gold)\n")
     L.append("| mixture | k | " + " | ".join(s.replace("heldout/", "") for s in sets) + " |")
     L.append("|---|---:|" + "---:|" * len(sets))
@@ -624,7 +673,7 @@ def report_markdown(results: dict[str, Any]) -> str:
     for s in sets:
         top = sorted(results["proxies"], key=lambda r: r["eval"][s]["logppl"])[:3]
         L.append(f"| {s} | " + ", ".join(f"{r['mixture']} ({r['eval'][s]['ppl']:.2f})" for r in top) + " |")
-    L.append("\n![mixture ranking](ranking.png)\n")
+    L.append("\n![mixture ranking](ranking.png)\n" if plots else "")
     L.append("## Cost\n")
     L.append("| item | seconds |\n|---|---:|")
     for k in ("seed_train_s", "unit_train_s", "gold_train_s", "proxy_merge_s", "proxy_eval_s", "gold_eval_s"):
@@ -635,14 +684,14 @@ def report_markdown(results: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-def report_html(results: dict[str, Any]) -> str:
+def report_html(results: dict[str, Any], plots: bool = True) -> str:
     """The Markdown report rendered as plain HTML (tables, headings, images)."""
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>datamates ablation</title>",
            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
            "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
            "img{max-width:100%}</style></head><body>"]
     in_table = False
-    for line in report_markdown(results).splitlines():
+    for line in report_markdown(results, plots).splitlines():
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if all(set(c) <= set("-:") for c in cells):

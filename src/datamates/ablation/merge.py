@@ -239,12 +239,13 @@ def merge(
     method: str = "uniform",
     seed: str | Path | None = None,
     lam: float = 1.0,
+    lam_scale: str = "constant",
     out_dtype: str = "float32",
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Average the checkpoints `paths` into a new checkpoint at `out` (streaming; see the module
     docstring). `weights`: numbers, 'tokens', or None (uniform). `seed` is required for
-    task_arithmetic. Returns `out`."""
+    task_arithmetic; with lam_scale 'size' its lambda is lam x (number of checkpoints). Returns `out`."""
     out = Path(out)
     infos = [inspect_checkpoint(p) for p in paths]
     if method == "task_arithmetic" and seed is None:
@@ -253,6 +254,8 @@ def merge(
         raise InputError(f"lam = {lam}: must be a positive number")
     if out_dtype not in OUT_DTYPES:
         raise InputError(f"out_dtype '{out_dtype}': unknown; available: {', '.join(OUT_DTYPES)}")
+    if lam_scale == "size":
+        lam = lam * len(infos)
     seed_info = inspect_checkpoint(seed) if seed is not None else None
     check_compatible(infos, seed_info)
     w = resolve_weights(infos, method, weights)

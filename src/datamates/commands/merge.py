@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-model weights (method weighted / task_arithmetic), or 'tokens' (each unit's tokens)")
     p.add_argument("--seed", metavar="CKPT", help="seed checkpoint for task_arithmetic (default with --units: the run's seed)")
     p.add_argument("--lam", type=float, metavar="X", help="task_arithmetic lambda (ablation.merge.lam)")
+    p.add_argument("--lam-scale", choices=["constant", "size"],
+                   help="task_arithmetic: lambda = lam, or lam x number of models (ablation.merge.lam_scale)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="ablation.merge.out_dtype")
     add_config_args(p)
 
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import setup
     from datamates.errors import InputError
 
-    for flag, key in (("method", "method"), ("lam", "lam"), ("dtype", "out_dtype")):
+    for flag, key in (("method", "method"), ("lam", "lam"), ("lam_scale", "lam_scale"), ("dtype", "out_dtype")):
         v = getattr(args, flag)
         if v is not None:
             args.sets = [*args.sets, f"ablation.merge.{key}={v}"]
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 weights = [float(w) for w in args.weights.split(",")]
             except ValueError:
                 raise InputError(f"--weights {args.weights!r}: expected numbers separated by commas, or 'tokens'") from None
-    path = merge(paths, out, weights=weights, method=mc.method, seed=seed, lam=mc.lam, out_dtype=mc.out_dtype)
+    path = merge(paths, out, weights=weights, method=mc.method, seed=seed, lam=mc.lam, lam_scale=mc.lam_scale,
+                 out_dtype=mc.out_dtype)
     print(f"merged checkpoint: {path}")
     return 0

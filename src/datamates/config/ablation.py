@@ -110,7 +110,36 @@ class MergeConfig:
         "uniform mean (paper), token-weighted mean, or task arithmetic seed + lam * mean(theta_i - seed)",
     )
     lam: float = knob(1.0, "task_arithmetic scale lambda", gt=0)
+    lam_scale: Literal["constant", "size"] = knob(
+        "constant",
+        "task_arithmetic: lambda = lam ('constant') or lam x k for a mixture of k units ('size': lam 1 gives "
+        "seed + sum of the unit deltas, the first-order picture of a gold model trained k x longer)",
+    )
     out_dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "dtype of merged checkpoints written to disk")
+
+    @classmethod
+    def parse(cls, spec: str, where: str = "") -> MergeConfig:
+        """'uniform' | 'weighted' | 'task_arithmetic:LAM' | 'task_arithmetic:LAMxk' -> MergeConfig."""
+        method, _, arg = spec.strip().partition(":")
+        if method in ("uniform", "weighted") and not arg:
+            return cls(method=method)
+        if method == "task_arithmetic":
+            scale = "size" if arg.endswith("xk") else "constant"
+            try:
+                lam = float(arg.removesuffix("xk") or 1.0)
+            except ValueError:
+                lam = -1.0
+            if lam > 0:
+                return cls(method=method, lam=lam, lam_scale=scale)
+        raise ConfigError(
+            f"{where}{spec!r}: expected uniform, weighted, task_arithmetic:LAM or task_arithmetic:LAMxk"
+        )
+
+    @property
+    def name(self) -> str:
+        if self.method != "task_arithmetic":
+            return self.method
+        return f"task_arithmetic(lam={self.lam:g}{' x k' if self.lam_scale == 'size' else ''})"
 
 
 @dataclass(kw_only=True)
@@ -129,6 +158,11 @@ class AblationConfig:
     seed: SeedConfig = knob(SeedConfig(), "the seed model")
     branch: BranchConfig = knob(BranchConfig(), "continued pretraining of unit and gold models")
     merge: MergeConfig = knob(MergeConfig(), "how unit models are combined into a mixture's proxy")
+    extra_proxies: list[str] = knob(
+        [], "further merge rules evaluated and correlated next to `merge` (same Gray-code walk, one more "
+        "evaluation per mixture each): uniform, weighted, task_arithmetic:LAM, or task_arithmetic:LAMxk "
+        "(lambda = LAM x k; task_arithmetic:1xk = seed + sum of the unit deltas)"
+    )
     eval: AblationEvalConfig = knob(AblationEvalConfig(), "evaluation sets of proxies and gold models")
     subsets: list[list[str]] | None = knob(
         None, "mixtures whose proxy is evaluated (lists of unit names); null: all 2^K - 1 subsets"
@@ -155,3 +189,8 @@ class AblationConfig:
         "from disk per step (memory: one model + the sum)",
     )
     gold_seed: int = knob(0, "seed of the gold-mixture draw")
+    plots: bool = knob(True, "draw scatter.png and ranking.png (matplotlib)")
+
+    def check(self) -> None:
+        for i, spec in enumerate(self.extra_proxies):
+            MergeConfig.parse(spec, f"extra_proxies[{i}] = ")
