@@ -281,6 +281,7 @@ class TokenCache:
         self.pool = pool
         self.enc = enc
         self.backbone = resolve_backbone(enc.backbone) if tokenizer_path is None else Path(tokenizer_path)
+        check_encoder(self.backbone)  # before anything is tokenized or written
         self.tok = load_encoder_tokenizer(str(self.backbone))
         self.budget = content_budget(enc, self.tok)
         root = Path(cache_dir) if cache_dir is not None else encoder_cache_dir(pool.path)

@@ -275,7 +275,7 @@ def _fit_finetune(cfg: FitConfig, bpath: Path, content: list[np.ndarray], z: np.
                     pred = model(x.to(device), mask.to(device), torch.as_tensor(owner, device=device), len(mb))
                 loss = torch.nn.functional.mse_loss(pred.float(), zt[mb].to(device))
                 (loss * len(mb) / len(batch)).backward()
-                loss_sum += float(loss) * len(mb) / len(batch)
+                loss_sum += float(loss.detach()) * len(mb) / len(batch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)

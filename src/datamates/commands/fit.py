@@ -1,0 +1,46 @@
+"""`datamates fit`: fit the data influence model to probe labels (MATES recipe, or a frozen trunk
+with a ridge head). Knobs: mates.fit.* (`datamates config show`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from datamates.commands._common import add_config_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", "-l", action="append", metavar="DIR",
+                   help="probe folder(s) with labels.parquet (repeatable; default: <run>/stage_NN/probe)")
+    p.add_argument("--stage", type=int, metavar="N", help="stage number: default --labels and --out of that stage")
+    p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
+    p.add_argument("--out", "-o", metavar="DIR", help="influence model folder (default: <run>/stage_NN/influence_model)")
+    p.add_argument("--mode", choices=["finetune", "frozen"], help="mates.fit.mode")
+    p.add_argument("--backbone", metavar="NAME|PATH", help="encoder: minilm, a local folder or a hub name "
+                   "(mates.fit.encoder.backbone)")
+    p.add_argument("--cache-dir", metavar="DIR", help="encoder token / embedding cache (default: <pool>/encoder_cache)")
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.mode:
+        args.sets = [*args.sets, f"mates.fit.mode={args.mode}"]
+    if args.backbone:
+        args.sets = [*args.sets, f'mates.fit.encoder.backbone="{args.backbone}"']
+    from datamates.commands._common import setup
+
+    cfg, rd = setup(args, "fit")
+    from datamates.core.pool import Pool
+    from datamates.errors import InputError
+    from datamates.selection.fit import fit, fit_summary
+
+    if not args.labels and args.stage is None:
+        raise InputError("give --labels DIR (a probe folder) or --stage N")
+    if not args.out and args.stage is None:
+        raise InputError("give --out DIR or --stage N")
+    labels = args.labels or [rd.probe(args.stage)]
+    out = args.out or rd.influence_model(args.stage)
+    pool = Pool(args.pool or rd.pool)
+    fit(cfg.mates.fit, labels, pool, out, cache_dir=args.cache_dir)
+    print(fit_summary(out))
+    print(f"influence model: {out}")
+    return 0
