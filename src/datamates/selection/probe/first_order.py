@@ -147,8 +147,10 @@ class PerSampleGrads:
             with autocast(device, precision):
                 logits = self.model(inputs_embeds=E).logits  # [K, T, V]
             K, T, V = logits.shape
-            ce = F.cross_entropy(_acc(logits[:, :-1]).reshape(-1, V), X[:, 1:].reshape(-1), reduction="none")
-            losses = ce.view(K, T - 1).mean(1)  # [K] = lm_loss of each row
+            # every position scored, the last one masked (no [:, :-1] copy of the [K, T, V] logits)
+            labels = torch.cat([X[:, 1:], torch.full_like(X[:, :1], -100)], dim=1).reshape(-1)
+            ce = F.cross_entropy(_acc(logits).reshape(-1, V), labels, reduction="none", ignore_index=-100)
+            losses = ce.view(K, T)[:, :-1].mean(1)  # [K] = lm_loss of each row
             (gE,) = torch.autograd.grad(losses.sum(), [E])
         finally:
             for h in handles:
@@ -197,50 +199,56 @@ class PerSampleGrads:
 
 
 class FirstOrderProber:
-    """Labels batches of candidates with the first-order estimate (module docstring)."""
+    """Labels batches of candidates with the first-order estimate (module docstring). Per parameter
+    the x-independent parts are precomputed, so that per candidate
+
+        u(x) = (b1 m + (1 - b1) g) / (sqrt(b2 v / bc2 + (1 - b2) / bc2 * g^2) + eps),  g = c(x) g_x
+
+    is a handful of fused passes over cache-sized column blocks of the [K, n] per-sample gradients."""
+
+    block = 8192  # columns per elementwise block: K x block floats stay in cache
 
     def __init__(self, state, consts: FirstOrderConstants):
         self.state = state
         self.consts = consts
         h = state.hyper
         self.psg = PerSampleGrads(state.model, state.params)
-        self.b1m, self.b2v, self.u0, self.bc2s = [], [], [], []
+        self.b1m, self.b2v, self.u0, self.a2 = [], [], [], []
         with torch.no_grad():
             for m, v, s in zip(state.m, state.v, state.steps, strict=True):
-                bc2s = (1 - h.beta2 ** (s + 1.0)) ** 0.5
+                bc2 = 1 - h.beta2 ** (s + 1.0)
                 b1m = (_acc(m) * h.beta1).reshape(-1)
-                b2v = (_acc(v) * h.beta2).reshape(-1)
+                b2v = (_acc(v) * (h.beta2 / bc2)).reshape(-1)  # b2 v / bc2
                 self.b1m.append(b1m)
                 self.b2v.append(b2v)
-                self.u0.append(b1m / (b2v.sqrt() / bc2s + h.eps))
-                self.bc2s.append(bc2s)
+                self.u0.append(b1m / (b2v.sqrt() + h.eps))
+                self.a2.append((1 - h.beta2) / bc2)
         self.const = torch.as_tensor(consts.const, dtype=torch.float64)
 
-    def _u_minus_u0(self, i: int, gh: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """u(x) - u0 for parameter i from the clipped gradient gh [K, n] (or the rows of an embedding)."""
+    def _u_minus_u0(self, i: int, g: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
+        """u(x) - u0 of parameter i's elements `sel` from the clipped gradients g [K, len(sel)]."""
         h = self.state.hyper
-        b1m, b2v, u0 = self.b1m[i], self.b2v[i], self.u0[i]
-        if rows is not None:
-            d = self.state.params[i].shape[1]
-            sel = (rows[:, None] * d + torch.arange(d, device=rows.device)).reshape(-1)
-            b1m, b2v, u0 = b1m[sel], b2v[sel], u0[sel]
-        num = torch.add(b1m, gh, alpha=1 - h.beta1)  # m'
-        den = gh.square_().mul_(1 - h.beta2).add_(b2v).sqrt_().div_(self.bc2s[i]).add_(h.eps)  # sqrt(v'/bc2) + eps
-        return num.div_(den).sub_(u0)
+        num = torch.add(self.b1m[i][sel], g, alpha=1 - h.beta1)  # m'
+        den = torch.addcmul(self.b2v[i][sel], g, g, value=self.a2[i]).sqrt_().add_(h.eps)  # sqrt(v'/bc2) + eps
+        return num.div_(den).sub_(self.u0[i][sel])
 
     @torch.no_grad()
     def _dots(self, dense, sparse, coef: torch.Tensor, K: int) -> torch.Tensor:
+        """sum_p <rho_p, u_p(x) - u0_p> for every candidate and reference group: [K, G] float64."""
         G = self.const.numel()
         acc = torch.zeros(K, G, dtype=torch.float64, device=coef.device)
         for i, g in dense.items():
-            gh = g.reshape(K, -1) * coef[:, None]
-            acc += (self._u_minus_u0(i, gh) @ self.consts.rho[i]).double()
+            g = g.reshape(K, -1).mul_(coef[:, None])  # clipped, in place (the buffer is ours)
+            rho = self.consts.rho[i]
+            for lo in range(0, g.shape[1], self.block):
+                sel = slice(lo, lo + self.block)
+                acc += (self._u_minus_u0(i, g[:, sel], sel) @ rho[sel]).double()
         for i, rows in sparse.items():
             d = self.state.params[i].shape[1]
             rho = self.consts.rho[i].view(-1, d, G)
             for k, (uniq, vals) in enumerate(rows):
-                gh = (vals * coef[k]).reshape(1, -1)
-                u = self._u_minus_u0(i, gh, rows=uniq)  # [1, n_rows * d]
+                sel = (uniq[:, None] * d + torch.arange(d, device=uniq.device)).reshape(-1)
+                u = self._u_minus_u0(i, (vals * coef[k]).reshape(1, -1), sel)  # [1, n_rows * d]
                 acc[k] += (u @ rho[uniq].reshape(-1, G))[0].double()
         return acc
 
@@ -251,7 +259,8 @@ class FirstOrderProber:
         K = X.shape[0]
         sq = torch.zeros(K, dtype=torch.float64, device=X.device)
         for g in dense.values():
-            sq += g.reshape(K, -1).double().square().sum(1)
+            gk = g.reshape(K, -1)
+            sq += torch.bmm(gk.unsqueeze(1), gk.unsqueeze(2)).reshape(K).double()  # per-sample squared norms
         for rows in sparse.values():
             for k, (_, vals) in enumerate(rows):
                 sq[k] += vals.double().square().sum()
