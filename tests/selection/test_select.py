@@ -110,12 +110,12 @@ def test_streaming_top_k_equals_full_sort():
     rng = np.random.default_rng(2)
     ids = rng.permutation(200_000).astype(np.int64)
     keys = np.round(rng.standard_normal(200_000), 2)  # many ties
-    for k in (1, 999, 50_000, 200_000):
-        top = StreamingTopK(k)
+    for k, room in ((1, 1), (999, 10), (50_000, 1 << 16), (50_000, 100), (200_000, 1 << 16)):
+        top = StreamingTopK(k, slack=0.0, min_room=room)
         for s in range(0, len(ids), 7919):
             top.push(keys[s : s + 7919], ids[s : s + 7919])
         got, _ = top.result()
-        assert np.array_equal(got, _full_sort_top_k(keys, ids, k)), k
+        assert np.array_equal(got, _full_sort_top_k(keys, ids, k)), (k, room)
 
 
 def test_random_selection_and_domain_counts(tiny_pool, tmp_path):

@@ -192,6 +192,9 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
         save_file({"head.weight": model.head.weight.detach().float().cpu().contiguous(),
                    "head.bias": model.head.bias.detach().float().cpu().contiguous()}, str(tmp / HEAD_FILE))
         if cfg.mode == "finetune":
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # its "Writing model shards" bar
             enc_dir = tmp / "encoder"
             model.encoder.save_pretrained(str(enc_dir), safe_serialization=True)
             _copy_tokenizer(bpath, enc_dir)
