@@ -335,7 +335,6 @@ class TokenCache:
                     owner.append(i)
                 start = c + 1
         texts = lm_tok.decode_batch(pieces, skip_special_tokens=True) if pieces else []
-        joined = [""] * len(rows)
         parts: list[list[str]] = [[] for _ in range(len(rows))]
         for o, t in zip(owner, texts):
             if t.strip():
