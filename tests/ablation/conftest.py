@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from ablation_helpers import TINY, make_checkpoint, study_config, train_cfg
 
 
@@ -29,9 +30,14 @@ def tiny_study(tiny_pool, tmp_path_factory):
     rd = RunDir(tmp_path_factory.mktemp("study") / "run")
     cfg = study_config()
     tcfg = train_cfg()
-    manifest = partition(tiny_pool, cfg.partition, rd.partitions)
-    seed = train_seed(manifest, tiny_pool, cfg.seed, tcfg, TINY, rd.seed_model)
-    units = train_partitions(manifest, tiny_pool, seed, rd.root / "units", tcfg, TINY, cfg.branch)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # see _one_torch_thread; session fixtures are built before it applies
+    try:
+        manifest = partition(tiny_pool, cfg.partition, rd.partitions)
+        seed = train_seed(manifest, tiny_pool, cfg.seed, tcfg, TINY, rd.seed_model)
+        units = train_partitions(manifest, tiny_pool, seed, rd.root / "units", tcfg, TINY, cfg.branch)
+    finally:
+        torch.set_num_threads(n)
     return {"rd": rd, "cfg": cfg, "train": tcfg, "manifest": manifest, "seed": seed, "units": units}
 
 
@@ -39,8 +45,6 @@ def tiny_study(tiny_pool, tmp_path_factory):
 def _one_torch_thread():
     """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads that
     spin-wait for each other make every small op slower; restore the setting afterwards."""
-    import torch
-
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

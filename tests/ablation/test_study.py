@@ -141,4 +141,56 @@ def test_parallel_workers_match_serial(tiny_study, tiny_pool, tmp_path):
     for name, path in par.items():
         a, b = load_model(path), load_model(tiny_study["units"][name])
         for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-            assert torch.equal(p, q), (name, n)
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=f"{name} {n}")
+
+
+def test_stale_unit_models_are_refused(tiny_study, tiny_pool, tmp_path):
+    """A finished unit model trained on other sequences (the partition changed) is not reused silently."""
+    import shutil
+
+    from datamates.ablation.partition import partition
+    from datamates.config.ablation import PartitionConfig
+    from datamates.errors import IncompatibleArtifacts
+
+    units = tmp_path / "units"
+    shutil.copytree(tiny_study["units"]["web"], units / "web")
+    other = partition(tiny_pool, PartitionConfig(by="domain", token_balanced=True, heldout_sequences=8, seed=5),
+                      tmp_path / "parts")
+    with pytest.raises(IncompatibleArtifacts, match="other sequences"):
+        train_partitions(other, tiny_pool, tiny_study["seed"], units, tiny_study["train"], TINY,
+                         tiny_study["cfg"].branch, units=["web"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_backend_matches_serial(tiny_study, tiny_pool, tmp_path):
+    """Ray tasks (a local instance) train the same unit models as the serial loop."""
+    pytest.importorskip("ray")
+    from dataclasses import replace
+
+    import ray
+
+    cfg = tiny_study["cfg"]
+    try:
+        par = train_partitions(tiny_study["manifest"], tiny_pool, tiny_study["seed"], tmp_path / "units",
+                               train_cfg(), TINY, replace(cfg.branch, workers=2, backend="ray"),
+                               units=["web", "wiki"])
+    finally:
+        ray.shutdown()
+    for name, path in par.items():
+        a, b = load_model(path), load_model(tiny_study["units"][name])
+        for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=f"{name} {n}")
+
+
+def test_run_ablation_reuses_finished_stages(tiny_study, tiny_pool):
+    """The pipeline entry point: partition -> seed -> units -> ablate, each skipped when done."""
+    from datamates.ablation.ablate import run_ablation
+    from datamates.config.run import RunConfig
+
+    rd = tiny_study["rd"]
+    seed_mtime = (tiny_study["seed"] / "model.safetensors").stat().st_mtime_ns
+    cfg = RunConfig(model=TINY, train=tiny_study["train"], ablation=study_config(gold_count=3, plots=False))
+    res = run_ablation(cfg, rd, tiny_pool)
+    assert (tiny_study["seed"] / "model.safetensors").stat().st_mtime_ns == seed_mtime
+    assert len(res["proxies"]) == 15 and (rd.ablation / "report.md").exists()

@@ -433,7 +433,8 @@ class RunningMerge:
     def _apply(self, i: int, sign: float) -> None:
         a = sign * self.w[i]
         for name, t in self.store.tensors(i):
-            self.sum[name].add_(t.to(self.dtype), alpha=a)
+            acc = self.sum[name]
+            acc.add_(t.to(device=acc.device, dtype=self.dtype), alpha=a)
         self.unit_reads += 1
 
     def recompute(self, mask: int) -> None:

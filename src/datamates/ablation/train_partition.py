@@ -112,10 +112,19 @@ def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, poo
 def run_jobs(jobs: list[BranchJob], train_cfg: TrainConfig, model_cfg: ModelConfig, pool_path: str | Path,
              init: str | Path, branch: BranchConfig, log_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Train every job not yet done; returns {name: {"out", "seconds", "skipped"}}."""
+    from datamates.core.checkpoint import trainer_state
+    from datamates.core.train_loop import ids_hash
+
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
         if is_done(job.out):
+            call = trainer_state(job.out).get("call", {})
+            if call.get("ids_hash") != ids_hash(job.ids()) or call.get("init") != str(init):
+                raise IncompatibleArtifacts(
+                    f"{job.out}: this model was trained on other sequences or from another seed (the partition "
+                    "or seed changed since); delete the folder to retrain it"
+                )
             results[job.name] = {"out": str(job.out), "seconds": 0.0, "skipped": True}
         else:
             todo.append(job)

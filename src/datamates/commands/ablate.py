@@ -9,7 +9,7 @@ from datamates.commands._common import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
+    p.add_argument("--pool", metavar="DIR", help="pool folder (default: pool_dir, else <run>/pool)")
     p.add_argument("--subsets", metavar="FILE",
                    help="mixtures to evaluate: YAML/JSON list of unit lists, or one 'a+b+c' per line (default: all)")
     p.add_argument("--gold", metavar="FILE", help="gold mixtures, same format (default: ablation.gold / gold_count)")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from datamates.ablation.ablate import ablate, headline
     from datamates.core.pool import Pool
 
-    pool = Pool(args.pool or rd.pool)
+    pool = Pool(args.pool or getattr(cfg, "pool_dir", None) or rd.pool)
     subsets = read_mixtures(args.subsets) if args.subsets else None
     gold = read_mixtures(args.gold) if args.gold else None
     res = ablate(cfg.ablation, cfg.train, cfg.model, rd, pool, subsets=subsets, gold=gold,

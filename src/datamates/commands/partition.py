@@ -9,7 +9,7 @@ from datamates.commands._common import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
+    p.add_argument("--pool", metavar="DIR", help="pool folder (default: pool_dir, else <run>/pool)")
     p.add_argument("--out", "-o", metavar="DIR", help="partition folder (default: <run>/partitions)")
     p.add_argument("--by", choices=["domain", "field", "file", "cluster", "random"], help="ablation.partition.by")
     p.add_argument("--field", metavar="COLUMN", help="docs.parquet column for --by field (ablation.partition.field)")
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from datamates.ablation.partition import partition, summary
     from datamates.core.pool import Pool
 
-    pool = Pool(args.pool or rd.pool)
+    pool = Pool(args.pool or getattr(cfg, "pool_dir", None) or rd.pool)
     m = partition(pool, cfg.ablation.partition, args.out or rd.partitions)
     print(summary(m.data))
     print(f"partitions: {m.path}")

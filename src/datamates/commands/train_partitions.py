@@ -10,7 +10,7 @@ from datamates.commands._common import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
+    p.add_argument("--pool", metavar="DIR", help="pool folder (default: pool_dir, else <run>/pool)")
     p.add_argument("--seed", metavar="CKPT", help="an existing seed checkpoint (ablation.seed.checkpoint)")
     p.add_argument("--units", metavar="A,B,...", help="train only these units (default: all)")
     p.add_argument("--steps", type=int, metavar="N", help="steps per unit (ablation.branch.steps)")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
     from datamates.core.pool import Pool
 
-    pool = Pool(args.pool or rd.pool)
+    pool = Pool(args.pool or getattr(cfg, "pool_dir", None) or rd.pool)
     manifest = read_manifest(rd.partitions)
     manifest.check_pool(pool)
     seed = train_seed(manifest, pool, cfg.ablation.seed, cfg.train, cfg.model, resolve_seed(cfg.ablation.seed, rd.seed_model))
