@@ -55,7 +55,7 @@ def run(which: str, n: int, shard: int, fraction: float, tau: float, seed: int) 
                                   seed=seed)
             if top is not None:
                 top.push(keys, ids)
-        chosen = top.result()[0] if top is not None else np.zeros(0, np.int64)
+        chosen = top.result() if top is not None else np.zeros(0, np.int64)
         extra = {"compactions": top.compactions} if top is not None else {}
     else:
         scores = np.empty(n, dtype=np.float32)

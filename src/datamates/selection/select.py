@@ -159,12 +159,13 @@ class StreamingTopK:
         self._n = k
         self.threshold = float(kth) if k > 0 else np.inf
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids sorted ascending, their keys)."""
+    def result(self) -> np.ndarray:
+        """The kept ids, sorted ascending (sorted in place: no copy of the buffer)."""
         self._compact()
-        ids, keys = self._ids[: self._n].copy(), self._keys[: self._n].copy()
-        order = np.argsort(ids)
-        return ids[order], keys[order]
+        ids = self._ids[: self._n]
+        ids.sort()
+        self._keys = np.empty(0)
+        return ids
 
 
 def gumbel_top_k(chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], k: int, *, method: str = "gumbel",
@@ -177,7 +178,7 @@ def gumbel_top_k(chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], k: int,
         ids = np.asarray(ids, dtype=np.int64)
         z = None if s is None else (np.asarray(s, dtype=np.float64) - mu) / sd
         top.push(selection_keys(ids, z, method=method, temperature=temperature, seed=seed, gumbel=gumbel), ids)
-    return top.result()[0]
+    return top.result()
 
 
 # ----------------------------------------------------------------------------- select
@@ -264,7 +265,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         seen_ids += len(ids)
         bar.update(len(ids))
     bar.close()
-    chosen, _ = top.result()
+    chosen = top.result()
     if len(np.unique(chosen)) != len(chosen):
         raise InputError("the candidates hold duplicate sequence ids")
 
