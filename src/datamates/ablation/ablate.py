@@ -300,7 +300,7 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     def pkey(sp, mask: int) -> str:
         return EvalCache.key("proxy", mixture_key([units[i] for i in members(mask)]), tags[sp.name], evs.ident)
 
-    timings: dict[str, float] = {"merge_s": 0.0, "proxy_eval_s": 0.0, "gold_eval_s": 0.0, "gold_train_s": 0.0}
+    timings: dict[str, float] = {}
 
     # ---- the seed (reference point)
     seed_key = EvalCache.key("seed", "seed", weights_sha(seed), evs.ident)
@@ -340,20 +340,29 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
             for rm, group_specs in groups.values():
                 t0 = time.time()
                 rm.set(mask)
-                timings["merge_s"] += time.time() - t0
+                t_set = time.time() - t0  # booked on the first rule evaluated for this mask
+                same: dict[Any, dict] = {}  # rules that give the same weights here share one evaluation
                 for sp in group_specs:
-                    if cache.get(pkey(sp, mask)) is not None:
+                    lam = sp.lam * (len(names) if sp.lam_scale == "size" else 1)
+                    rule = ("mean",) if sp.method != "task_arithmetic" or lam == 1.0 else ("ta", lam)
+                    row = cache.get(pkey(sp, mask))
+                    if row is not None:
+                        same.setdefault(rule, row["eval"])
+                        continue
+                    if rule in same:
+                        cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
+                                                   "k": len(names), "eval": same[rule], "same_as": rule[0]})
                         continue
                     t0 = time.time()
-                    lam = sp.lam * (len(names) if sp.lam_scale == "size" else 1)
                     rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
                     t1 = time.time()
                     ev = evs.evaluate(model)
                     t2 = time.time()
-                    timings["merge_s"] += t1 - t0
-                    timings["proxy_eval_s"] += t2 - t1
                     cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
-                                               "k": len(names), "eval": ev, "merge_s": t1 - t0, "eval_s": t2 - t1})
+                                               "k": len(names), "eval": ev, "merge_s": t1 - t0 + t_set,
+                                               "eval_s": t2 - t1})
+                    t_set = 0.0
+                    same[rule] = ev
             bar.update(1)
         bar.close()
         timings["unit_reads"] = sum(rm.unit_reads for rm, _ in groups.values())
@@ -366,10 +375,8 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
         needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
         if needed and not train_gold_models:
             raise ArtifactMissing(f"{gold_dir(gold_root, needed[0])}: gold model not trained ({len(needed)} missing)")
-        t0 = time.time()
         train_gold(manifest, pool, seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
                    balance=cfg.gold_balance, log_dir=rd.logs)
-        timings["gold_train_s"] = time.time() - t0
     gold_rows = []
     for g in gold_multi + gold_single:
         key = mixture_key(g)
@@ -385,7 +392,6 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
                 t0 = time.time()
                 cache.put(ck, {"kind": "gold", "mixture": key, "k": len(g), "eval": evs.evaluate(m),
                                "seconds": time.time() - t0})
-                timings["gold_eval_s"] += time.time() - t0
                 del m
         gold_rows.append({**cache.get(ck), "path": str(path)})
 
@@ -393,6 +399,13 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
                    "evals": {sp.name: cache.get(pkey(sp, m))["eval"] for sp in specs}} for m in masks]
     for r in proxy_rows:
         r["eval"] = r["evals"][spec_names[0]]
+    # evaluation costs from the cache rows, so a resumed study reports the work of all its runs
+    prows = [cache.get(pkey(sp, m)) for m in masks for sp in specs]
+    timings["merge_s"] = sum(r.get("merge_s", 0.0) for r in prows)
+    timings["proxy_eval_s"] = sum(r.get("eval_s", 0.0) for r in prows)
+    timings["proxy_evaluations"] = sum(1 for r in prows if "eval_s" in r)
+    timings["gold_eval_s"] = sum(r.get("seconds", 0.0) for r in gold_rows)
+    timings["seed_eval_s"] = cache.get(seed_key).get("seconds", 0.0)
     results = _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed)
     results["elapsed_s"] = time.time() - t_start
     out = Path(out) if out else rd.ablation
@@ -450,7 +463,9 @@ def _costs(rd: RunDir, seed: Path, units: list[str], gold_rows: list[dict], timi
         "proxy_merge_s": timings.get("merge_s", 0.0),
         "proxy_eval_s": timings.get("proxy_eval_s", 0.0),
         "gold_eval_s": timings.get("gold_eval_s", 0.0),
-        "unit_reads": timings.get("unit_reads"),
+        "seed_eval_s": timings.get("seed_eval_s", 0.0),
+        "proxy_evaluations": timings.get("proxy_evaluations"),
+        "unit_passes_last_walk": timings.get("unit_reads"),
         "every_gold_unit_trainings": all_gold_units,
         "every_gold_train_s_estimate": all_gold_units * mean_unit,
     }
@@ -695,12 +710,22 @@ def report_markdown(results: dict[str, Any], plots: bool = True) -> str:
         L.append(f"| {s} | " + ", ".join(f"{r['mixture']} ({r['eval'][s]['ppl']:.2f})" for r in top) + " |")
     L.append("\n![mixture ranking](ranking.png)\n" if plots else "")
     L.append("## Cost\n")
-    L.append("| item | seconds |\n|---|---:|")
-    for k in ("seed_train_s", "unit_train_s", "gold_train_s", "proxy_merge_s", "proxy_eval_s", "gold_eval_s"):
-        L.append(f"| {k} | {_fmt(costs.get(k), '.1f')} |")
+    n_gold = sum(1 for g in results["gold"] if g["k"] > 1)
+    rows = [("seed training", costs.get("seed_train_s"), ""),
+            (f"unit training ({len(units)} models)", costs.get("unit_train_s"), f"{len(units)} unit-trainings"),
+            (f"gold training ({n_gold} models)", costs.get("gold_train_s"),
+             f"{costs.get('gold_unit_trainings')} unit-trainings"),
+            ("proxy merges (Gray-code running sums)", costs.get("proxy_merge_s"), ""),
+            ("proxy evaluations", costs.get("proxy_eval_s"), f"{costs.get('proxy_evaluations')} evaluations"),
+            ("gold evaluations", costs.get("gold_eval_s"), ""),
+            ("seed evaluation", costs.get("seed_eval_s"), "")]
+    L.append("| item | seconds | |\n|---|---:|---|")
+    for name, sec, note in rows:
+        L.append(f"| {name} | {_fmt(sec, ',.1f')} | {note} |")
     L.append(f"\nTraining a gold model for every one of the {len(results['proxies'])} mixtures would take "
              f"{costs['every_gold_unit_trainings']} unit-trainings (~{_fmt(costs['every_gold_train_s_estimate'], ',.0f')} s "
-             f"at the measured unit training time) instead of {len(units)} for the proxies.\n")
+             f"at the measured unit training time) instead of {len(units)} for the proxies; evaluation costs the "
+             "same per mixture either way.\n")
     return "\n".join(L)
 
 
