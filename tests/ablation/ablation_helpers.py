@@ -6,7 +6,13 @@ from pathlib import Path
 
 import torch
 
-from datamates.config.ablation import AblationConfig, AblationEvalConfig, BranchConfig, PartitionConfig, SeedConfig
+from datamates.config.ablation import (
+    AblationConfig,
+    AblationEvalConfig,
+    BranchConfig,
+    PartitionConfig,
+    SeedConfig,
+)
 from datamates.config.core import ModelConfig, TrainConfig
 
 TINY = ModelConfig(preset="test", n_layers=2, d_model=32, n_heads=2, context=128)

@@ -9,7 +9,14 @@ import pytest
 import torch
 from ablation_helpers import TINY, study_config, train_cfg
 
-from datamates.ablation.ablate import EvalCache, ablate, build_eval_sets, choose_gold, correlations, pairwise_agreement
+from datamates.ablation.ablate import (
+    EvalCache,
+    ablate,
+    build_eval_sets,
+    choose_gold,
+    correlations,
+    pairwise_agreement,
+)
 from datamates.ablation.merge import merge
 from datamates.ablation.train_partition import gold_dir, train_partitions
 from datamates.cli import main

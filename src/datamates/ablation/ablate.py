@@ -46,15 +46,23 @@ import numpy as np
 import torch
 
 from datamates.ablation import mixture_key, weights_sha
-from datamates.ablation.merge import RunningMerge, UnitStore, check_compatible, inspect_checkpoint, mask_of, members, walk_order
+from datamates.ablation.merge import (
+    RunningMerge,
+    UnitStore,
+    check_compatible,
+    inspect_checkpoint,
+    mask_of,
+    members,
+    walk_order,
+)
 from datamates.ablation.partition import Manifest, read_manifest
 from datamates.ablation.train_partition import gold_dir, train_gold
 from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import load_model
-from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
 from datamates.core.lm import resolve_device
+from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, ConfigError, InputError
 from datamates.log import get_logger, progress_bar

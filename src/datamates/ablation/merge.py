@@ -132,7 +132,7 @@ def check_compatible(infos: Sequence[CheckpointInfo], seed: CheckpointInfo | Non
         if o.tensors.keys() != ref.tensors.keys():
             extra = sorted(set(o.tensors) ^ set(ref.tensors))[0]
             raise IncompatibleArtifacts(f"{o.path}: tensor '{extra}' is in one of {o.path}, {ref.path} but not the other")
-        for k, (dt, shape) in ref.tensors.items():
+        for k, (_dt, shape) in ref.tensors.items():
             if o.tensors[k][1] != shape:
                 raise IncompatibleArtifacts(
                     f"{o.path}: tensor '{k}' has shape {o.tensors[k][1]}, {ref.path} has {shape}"
