@@ -177,18 +177,20 @@ def main() -> None:
         metrics = res["results"][key]
         n = len(samples)
         assert n == ours["n"], (name, n, ours["n"])
-        diffs, same_pred, same_pred_norm = [], 0, 0
+        diffs, rel, same_pred, same_pred_norm = [], [], 0, 0
         for s, o in zip(samples, ours["samples"]):
             theirs_ll = np.array([float(r[0]) for r in s["filtered_resps"]])
             mine = np.array(o["lls"] if "lls" in o else [o["ll"]])
             diffs.append(np.abs(theirs_ll - mine).max())
+            rel.append((np.abs(theirs_ll - mine) / np.maximum(np.abs(theirs_ll), 1e-30)).max())
             if spec.is_mc:
                 same_pred += int(float(s["acc"]) == o["acc"])
                 if "acc_norm" in s:
                     same_pred_norm += int(float(s["acc_norm"]) == o["acc_norm"])
             else:
                 same_pred += int(bool(s["filtered_resps"][0][1]) == o["greedy"])
-        row = {"n": n, "max_abs_ll_diff": float(np.max(diffs)),
+        row = {"n": n, "max_abs_ll_diff": float(np.max(diffs)), "max_rel_ll_diff": float(np.max(rel)),
+               "min_ll": float(min(min(o["lls"]) if "lls" in o else o["ll"] for o in ours["samples"])),
                "ours": {k: ours[k] for k in ("acc", "acc_norm", "loss", "ppl") if k in ours},
                "lm_eval": {k.split(",")[0]: v for k, v in metrics.items() if k.split(",")[0] in
                            ("acc", "acc_norm", "perplexity")},
@@ -216,6 +218,7 @@ def main() -> None:
         "checkpoint": str(ckpt), "n_params": sum(p.numel() for p in ours_model.parameters()),
         "limit": args.limit, "batch_size": args.batch_size, "examples": n_all,
         "max_abs_ll_diff": max_diff_all, "ll_within_1e-4": max_diff_all <= 1e-4,
+        "max_rel_ll_diff": max(r["max_rel_ll_diff"] for r in per_task.values()),
         "all_acc_identical": all(r["acc_identical"] for r in per_task.values()),
         "all_acc_norm_identical": all(r.get("acc_norm_identical", True) for r in per_task.values()),
         "examples_per_second_ours": round(n_all / t_ours, 2),

@@ -9,6 +9,19 @@ import pytest
 import yaml
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(tiny_ckpt):
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two
+    spinning OpenMP threads per process slow every small op down; the checkpoint is built first,
+    with the suite's thread count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt):
     from datamates.core.checkpoint import load_model

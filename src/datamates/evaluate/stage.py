@@ -262,17 +262,12 @@ def evaluate(
     if isinstance(checkpoint, torch.nn.Module):
         if tokenizer is None:
             raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
-        model, ident = checkpoint, {"path": None, "in_memory": True}
-        model.to(device)
+        ckpt, ident = None, {"path": None, "in_memory": True}
     else:
         from datamates.core.checkpoint import check_checkpoint
 
         ckpt = check_checkpoint(checkpoint)
         ident = _checkpoint_identity(ckpt)
-        model = load_model(ckpt, device=device)
-        tokenizer = tokenizer or load_tokenizer(ckpt)
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(tokenizer)
     pools = _normalise_pools(cfg, heldout_pools)
     tok_hash = ident.get("tokenizer_hash")
     for pool, _ in pools.values():
@@ -288,11 +283,18 @@ def evaluate(
                          for k, (p, i) in pools.items()}}
     key = config_hash(request)
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and is_done(out_dir) and (out_dir / "eval.json").exists():
+    if out_dir is not None and ckpt is not None and is_done(out_dir) and (out_dir / "eval.json").exists():
         meta = read_json(out_dir / "meta.json") if (out_dir / "meta.json").exists() else {}
-        if meta.get("request_hash") == key and ident.get("path") is not None:
+        if meta.get("request_hash") == key:
             log.info("evaluation already done: %s", out_dir)
             return read_json(out_dir / "eval.json")
+    if ckpt is None:
+        model = checkpoint.to(device)  # type: ignore[union-attr]
+    else:
+        model = load_model(ckpt, device=device)
+        tokenizer = tokenizer or load_tokenizer(ckpt)
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
     torch_threads = torch.get_num_threads()
     log.info("evaluating %s on %s: %d task(s), %d held-out pool(s)", ident.get("path") or "model", device,
              len(specs), len(pools))
