@@ -42,12 +42,18 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from datamates.core.pool import Pool
-    from datamates.selection.probe import probe, read_labels_table, read_meta, sample_probe_set
+    from datamates.selection.probe import (
+        check_candidates,
+        probe,
+        read_labels_table,
+        read_meta,
+        sample_probe_set,
+    )
 
     pcfg = cfg.mates.probe
     pool = Pool(args.pool or rd.pool)
     if args.candidates:
-        ids = read_ids(args.candidates)
+        ids = check_candidates(read_ids(args.candidates), pool, source=args.candidates)
     else:
         exclude = read_ids(args.exclude) if args.exclude else None
         ids = sample_probe_set(pool, pcfg.n_probes, seed=pcfg.probe_seed, exclude=exclude, stage=args.stage,

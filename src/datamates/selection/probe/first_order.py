@@ -56,6 +56,9 @@ class FirstOrderConstants:
     const: np.ndarray  # [G]
     anchor_loss: np.ndarray | None  # [G] L_ref(theta0) (momentum anchor)
 
+    def to_cpu(self) -> FirstOrderConstants:
+        return FirstOrderConstants(self.anchor, [r.cpu() for r in self.rho], self.const, self.anchor_loss)
+
     def describe(self) -> dict[str, Any]:
         return {"anchor": self.anchor, "const": float(self.const[0]),
                 "anchor_loss": None if self.anchor_loss is None else float(self.anchor_loss[0])}
@@ -223,6 +226,7 @@ class FirstOrderProber:
                 self.b2v.append(b2v)
                 self.u0.append(b1m / (b2v.sqrt() + h.eps))
                 self.a2.append((1 - h.beta2) / bc2)
+        self.rho = [r.to(state.device) for r in consts.rho]  # shipped on CPU to other processes
         self.const = torch.as_tensor(consts.const, dtype=torch.float64)
 
     def _u_minus_u0(self, i: int, g: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
@@ -239,13 +243,13 @@ class FirstOrderProber:
         acc = torch.zeros(K, G, dtype=torch.float64, device=coef.device)
         for i, g in dense.items():
             g = g.reshape(K, -1).mul_(coef[:, None])  # clipped, in place (the buffer is ours)
-            rho = self.consts.rho[i]
+            rho = self.rho[i]
             for lo in range(0, g.shape[1], self.block):
                 sel = slice(lo, lo + self.block)
                 acc += (self._u_minus_u0(i, g[:, sel], sel) @ rho[sel]).double()
         for i, rows in sparse.items():
             d = self.state.params[i].shape[1]
-            rho = self.consts.rho[i].view(-1, d, G)
+            rho = self.rho[i].view(-1, d, G)
             for k, (uniq, vals) in enumerate(rows):
                 sel = (uniq[:, None] * d + torch.arange(d, device=uniq.device)).reshape(-1)
                 u = self._u_minus_u0(i, (vals * coef[k]).reshape(1, -1), sel)  # [1, n_rows * d]

@@ -259,6 +259,7 @@ def naive_probe(state: ProbeState, x: torch.Tensor, examples: Sequence[TargetExa
     """The reference procedure for one candidate: copy model and optimizer, `AdamW.step()` on x,
     evaluate. Returns (per-example NLL after the step [n] float64, loss, gradient norm)."""
     model = copy.deepcopy(state.model)
+    model.zero_grad(set_to_none=True)
     model.train()
     opt = make_optimizer(model, state.train_cfg)
     for g in opt.param_groups:
@@ -605,6 +606,8 @@ def _prepare(cfg: ProbeConfig, checkpoint: Path, pool: Pool, reference: Referenc
     if not np.isfinite(before).all():
         raise NumericalError(f"{checkpoint}: reference loss before the step is {before[0]}; the checkpoint is broken")
     threads = cfg.threads or (0 if cfg.workers == 1 else max(1, (os.cpu_count() or 1) // cfg.workers))
+    if fo is not None and (cfg.workers > 1 or cfg.backend == "ray"):
+        fo = fo.to_cpu()  # tensors cross process boundaries on CPU
     spec = WorkSpec(str(checkpoint), str(pool.path), to_dict(cfg), state.hyper.lr, list(reference.examples),
                     groups_arr, before, pad_id, fo, threads=threads)
     return spec, state, ref
