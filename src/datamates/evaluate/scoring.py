@@ -19,7 +19,7 @@ ids restart after the prefix, so each choice sees exactly what it would see alon
 
 A 4-choice HellaSwag example costs ctx + sum(choices) tokens instead of 4 * (ctx + choice).
 Identical requests are scored once. Packs are sorted by length and batched under a token budget;
-only positions that predict continuation tokens go through the output head.
+only positions that predict continuation tokens go through the output head, each once.
 """
 
 from __future__ import annotations
@@ -218,11 +218,10 @@ def score_groups(
         with autocast(device, precision):
             hidden = model.base_model(input_ids=xt, **kwargs).last_hidden_state  # [B, T, d]
             logits = head(hidden.reshape(B * T, -1)[torch.from_numpy(uniq).to(device)])  # [U, V]
-        logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)  # [U]: log p = logit - logsumexp, no [U, V] log_softmax
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [U, V] (faster than logsumexp on CPU)
         inv_t = torch.from_numpy(inv).to(device)
         lab_t = torch.from_numpy(lab).to(device)
-        tok_ll = (logits[inv_t, lab_t] - lse[inv_t]).cpu()  # [K] float32
+        tok_ll = logp[inv_t, lab_t].cpu()  # [K] float32
         if greedy:
             hit = (logits.argmax(-1)[inv_t] == lab_t).cpu().numpy()
         else:
