@@ -125,7 +125,7 @@ def _pack(reqs: Sequence[Request], max_len: int, share: bool) -> tuple[list[_Pac
 
 @dataclass
 class GroupScores:
-    ll: np.ndarray  # [n_requests] float64 summed continuation log-likelihood
+    ll: np.ndarray  # [n_requests] summed continuation log-likelihood (float32 sum, as lm-eval)
     greedy: np.ndarray  # [n_requests] bool
     n_tokens: np.ndarray  # [n_requests] int64 continuation tokens scored
 
