@@ -128,9 +128,10 @@ def test_local_workers_give_the_same_scores(scored, im_frozen_model, tiny_pool, 
 
 
 @pytest.mark.ray
-def test_ray_backend_gives_the_same_scores(scored, im_frozen_model, tiny_pool, cand, tmp_path):
+def test_ray_backend_gives_the_same_scores(scored, im_frozen_model, tiny_pool, cand, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     out, _ = scored
+    monkeypatch.setenv("RAY_worker_niceness", "0")  # Ray's default 15 starves the actor on a busy machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # 1 actor: leave a CPU for Ray's tasks
     try:
         r = score(ScoreConfig(shard_size=32, backend="ray", workers=1, device="cpu"), im_frozen_model, tiny_pool,

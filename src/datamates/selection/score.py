@@ -15,7 +15,9 @@ Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta
 parallel work: backend `local` runs `workers` processes (one per GPU on CUDA), backend `ray` runs
 Ray Data actors that hold the model (`map_batches(..., concurrency=workers)`); both give the same
 scores. With Ray on a small node leave CPUs free for Ray's own tasks (actors claiming every CPU
-hang the dataset: ray-project/ray#44687).
+hang the dataset: ray-project/ray#44687). Ray runs its workers at niceness 15
+(ray-project/ray#24928): on a machine shared with other jobs set RAY_worker_niceness=0 before
+Ray starts, or the actors get a fraction of the CPU.
 """
 
 from __future__ import annotations
@@ -304,6 +306,13 @@ def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | N
         log.warning("Ray: %d actors x %g CPUs claim all %g CPUs of the cluster; Ray Data can hang "
                     "(ray-project/ray#44687); lower score.workers or score.ray_cpus_per_actor",
                     cfg.workers, cfg.ray_cpus_per_actor, total_cpus)
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is below; Ray's would log every 10 s off a terminal
+    ray_log = logging.getLogger("ray.data")
+    level = ray_log.level
+    ray_log.setLevel(logging.WARNING)
     ids = np.load(Path(work) / "ids.npy")
     S = cfg.shard_size
     expected = {i: len(ids[i * S : (i + 1) * S]) for i in todo}
@@ -331,5 +340,6 @@ def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | N
                             pool_id=pool_id, model_hash=model_hash)
                 bar.update(1)
     bar.close()
+    ray_log.setLevel(level)
     if pending:
         raise RuntimeError(f"Ray returned incomplete shards: {sorted(pending)}")
