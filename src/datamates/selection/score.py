@@ -13,8 +13,8 @@ What makes it fast (benchmarks/score.py measures each against MATES's way):
 Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
 (scores_io.py). Shards are the unit of resume (a killed run recomputes only missing shards) and of
 parallel work: backend `local` runs `workers` processes (one per GPU on CUDA), backend `ray` runs
-Ray Data actors that hold the model (`map_batches(..., concurrency=workers)`); both give the same
-scores. With Ray on a small node leave CPUs free for Ray's own tasks (actors claiming every CPU
+Ray Data actors that hold the model (`map_batches(..., compute=ActorPoolStrategy(size=workers))`);
+both give the same scores. With Ray on a small node leave CPUs free for Ray's own tasks (actors claiming every CPU
 hang the dataset: ray-project/ray#44687). Ray runs its workers at niceness 15
 (ray-project/ray#24928): on a machine shared with other jobs set RAY_worker_niceness=0 before
 Ray starts, or the actors get a fraction of the CPU.
@@ -320,7 +320,7 @@ def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | N
     ds = ds.map_batches(
         _RayScorer, fn_constructor_kwargs={"model_dir": model_dir, "pool_path": pool_path, "cache_dir": cache_dir,
                                            "cfg_dict": cfg_dict, "work": work},
-        batch_size=1, concurrency=cfg.workers, num_cpus=cfg.ray_cpus_per_actor,
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.workers), num_cpus=cfg.ray_cpus_per_actor,
         num_gpus=cfg.ray_gpus_per_actor or None, batch_format="numpy",
     )
     pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
