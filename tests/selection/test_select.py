@@ -128,6 +128,9 @@ def test_random_selection_and_domain_counts(tiny_pool, tmp_path):
     dom = np.asarray(tiny_pool.seq_domain)[chosen]
     assert meta["kept_per_domain"] == {d: int((dom == i).sum()) for i, d in enumerate(tiny_pool.domains)
                                        if (dom == i).any()}
+    cdom = np.asarray(tiny_pool.seq_domain)[ids]
+    assert meta["candidates_per_domain"] == {d: int((cdom == i).sum()) for i, d in enumerate(tiny_pool.domains)
+                                             if (cdom == i).any()}
     # random = the k largest Gumbel keys: scores are ignored
     s = np.random.default_rng(0).standard_normal(len(ids))
     again = select(SelectConfig(method="random", fraction=0.1, seed=4), (ids, s), tiny_pool, tmp_path / "rand2")

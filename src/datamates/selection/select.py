@@ -252,7 +252,8 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
 
     bar = progress_bar("select", total=n, unit="seq")
     top = StreamingTopK(k)
-    seen_ids = 0
+    dom = np.asarray(pool.seq_domain)
+    cand_dom = np.zeros(len(pool.domains), dtype=np.int64)
     for ids, s in factory():
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(pool)):
@@ -262,20 +263,20 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
             raise InputError(f"{info['scores']}: {int((~np.isfinite(z)).sum())} scores are NaN or inf")
         top.push(selection_keys(ids, z, method=method, temperature=cfg.temperature, seed=cfg.seed,
                                 gumbel=cfg.gumbel), ids)
-        seen_ids += len(ids)
+        cand_dom += np.bincount(dom[ids], minlength=len(pool.domains))
         bar.update(len(ids))
     bar.close()
     chosen = top.result()
     if len(np.unique(chosen)) != len(chosen):
         raise InputError("the candidates hold duplicate sequence ids")
 
-    dom = np.asarray(pool.seq_domain)
     kept = np.bincount(dom[chosen], minlength=len(pool.domains))
     meta = meta_record(
         "select", method=method, gumbel=cfg.gumbel if method == "gumbel" else None, k=int(k), n_candidates=int(n),
         fraction=float(k / n), temperature=cfg.temperature, scale=cfg.scale if method != "random" else None,
         z_mean=mu, z_std=sd, seed=cfg.seed, pool_id=pool.pool_id, config=to_dict(cfg), **info,
         kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
+        candidates_per_domain={d: int(cand_dom[i]) for i, d in enumerate(pool.domains) if cand_dom[i]},
     )
     with atomic_dir(out, None) as tmp:
         np.save(tmp / "ids.npy", chosen)
