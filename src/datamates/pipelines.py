@@ -21,7 +21,7 @@ from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
 from datamates.core.pool import Pool, build_pool
-from datamates.core.train_loop import train
+from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.log import get_logger
 from datamates.plan import make_plan
@@ -34,8 +34,9 @@ WARMUP = "warmup"
 
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
-    pool = Pool(build_pool(cfg.pool, rd.pool))
-    plan = make_plan(cfg, pool, rd.plan)
+    dist_setup(cfg.train.device)  # under torchrun: training is DDP, selection runs on rank 0
+    pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
+    plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
     m = cfg.mates
     ckpt, ids = None, None
     for s in range(1, m.warmup_stages + 1):
@@ -46,21 +47,44 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
             c, last = _stage(cfg, br, pool, plan, s, c, name)
         final = _decay(cfg, br, pool, c, last)
         with timed(br.base, "eval", br.final_eval):
-            evaluate(cfg.eval, final, br.final_eval, heldout_pools={"heldout": (pool, plan.heldout)})
+            on_rank0(lambda: evaluate(cfg.eval, final, br.final_eval, heldout_pools={"heldout": (pool, plan.heldout)}))
     from datamates.report import summarize_run
 
-    return summarize_run(rd)
+    return on_rank0(lambda: summarize_run(rd))
+
+
+def _pool(cfg: RunConfig, rd: RunDir) -> Path:
+    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir."""
+    if cfg.pool_dir is not None:
+        if not rd.pool.exists():
+            rd.root.mkdir(parents=True, exist_ok=True)
+            rd.pool.symlink_to(Path(cfg.pool_dir).resolve(), target_is_directory=True)
+        return rd.pool
+    return build_pool(cfg.pool, rd.pool)
+
+
+def on_rank0(fn):
+    """Run `fn` on rank 0 only (selection, evaluation); under torchrun the other ranks wait, then
+    every rank reads the artifact rank 0 wrote. Single process: just `fn()`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    result = fn() if dist.get_rank() == 0 else None
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):
     """Select stage s's data, train on it, score the reference loss for the curve."""
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path))
-    ids = read_selection(get_selector(selector)(x))
+    ids = read_selection(on_rank0(lambda: get_selector(selector)(x)))
     tcfg = replace(cfg.train, steps=cfg.mates.stage_steps, seed=cfg.train.seed + s)
     with timed(br.stage(s), "train", br.checkpoint(s)):
         out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
-    _curve_point(cfg, br.eval(s), out)
+    on_rank0(lambda: _curve_point(cfg, br.eval(s), out))
     return out, ids
 
 

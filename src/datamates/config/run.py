@@ -17,6 +17,9 @@ from datamates.errors import ConfigError
 class RunConfig:
     name: str = knob("run", "run name; artifacts go to <runs_root>/<name>")
     runs_root: str = knob("runs", "folder holding run directories")
+    pool_dir: str | None = knob(
+        None, "use this already-built pool (shared by several runs) instead of building <run>/pool"
+    )
     pool: PoolConfig = knob(PoolConfig(), "the pool of training sequences")
     model: ModelConfig = knob(ModelConfig(), "the language model")
     train: TrainConfig = knob(TrainConfig(), "the training loop")

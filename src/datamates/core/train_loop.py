@@ -15,6 +15,7 @@ from `<out>.partial/step_XXXXXXXX` and ends with the same weights as an uninterr
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import math
@@ -122,7 +123,9 @@ def dist_setup(device_spec: str) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # long timeout: in `datamates run` the other ranks wait while rank 0 probes, fits and scores
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=12))
     return rank, world, device
 
 
