@@ -201,3 +201,21 @@ def test_run_ablation_reuses_finished_stages(tiny_study, tiny_pool):
     res = run_ablation(cfg, rd, tiny_pool)
     assert (tiny_study["seed"] / "model.safetensors").stat().st_mtime_ns == seed_mtime
     assert len(res["proxies"]) == 15 and (rd.ablation / "report.md").exists()
+
+
+def test_within_size_statistics_against_a_naive_loop():
+    rng = np.random.default_rng(1)
+    k = np.array([2, 2, 2, 3, 3, 3, 4, 4, 5])
+    g = rng.normal(size=9) + k  # a size effect the proxy does not see
+    p = g - k + rng.normal(scale=0.3, size=9)
+    c = correlations(p, g, k)
+    pairs = [(i, j) for i in range(9) for j in range(i + 1, 9) if k[i] == k[j]]
+    naive = np.mean([np.sign(p[i] - p[j]) == np.sign(g[i] - g[j]) for i, j in pairs])
+    assert c["pairwise_same_size"] == pytest.approx(naive)
+    keep = k != 5
+    dp, dg = p[keep].copy(), g[keep].copy()
+    for s in (2, 3, 4):
+        dp[k[keep] == s] -= dp[k[keep] == s].mean()
+        dg[k[keep] == s] -= dg[k[keep] == s].mean()
+    assert c["n_within_size"] == 8
+    assert c["pearson_within_size"] == pytest.approx(np.corrcoef(dp, dg)[0, 1])

@@ -214,11 +214,14 @@ def choose_gold(units: list[str], count: int, seed: int) -> list[list[str]]:
 # ----------------------------------------------------------------------------- statistics
 
 
-def pairwise_agreement(proxy: np.ndarray, gold: np.ndarray) -> float:
-    """Fraction of pairs (i < j, gold_i != gold_j) that proxy orders like gold (proxy ties: 1/2)."""
+def pairwise_agreement(proxy: np.ndarray, gold: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Fraction of pairs (i < j, gold_i != gold_j) that proxy orders like gold (proxy ties: 1/2);
+    with `groups`, only pairs in the same group (e.g. mixtures of the same size)."""
     agree, n = 0.0, 0
     for i in range(len(gold)):
         for j in range(i + 1, len(gold)):
+            if groups is not None and groups[i] != groups[j]:
+                continue
             g = np.sign(gold[i] - gold[j])
             if g == 0:
                 continue
@@ -228,8 +231,10 @@ def pairwise_agreement(proxy: np.ndarray, gold: np.ndarray) -> float:
     return agree / n if n else float("nan")
 
 
-def correlations(proxy_log: np.ndarray, gold_log: np.ndarray) -> dict[str, float]:
-    """Pearson on log PPL, Spearman, Kendall, pairwise agreement, mean |log error|."""
+def correlations(proxy_log: np.ndarray, gold_log: np.ndarray, sizes: np.ndarray | None = None) -> dict[str, float]:
+    """Pearson on log PPL, Spearman, Kendall, pairwise agreement, mean |log error|; with `sizes`
+    (units per mixture) also the within-size versions: pairwise agreement over pairs of equal size
+    and Pearson after subtracting each size's mean (sizes with one mixture left out)."""
     from scipy import stats
 
     n = len(gold_log)
@@ -240,6 +245,18 @@ def correlations(proxy_log: np.ndarray, gold_log: np.ndarray) -> dict[str, float
         out["pearson"] = float(stats.pearsonr(proxy_log, gold_log)[0])
         out["spearman"] = float(stats.spearmanr(proxy_log, gold_log)[0])
         out["kendall"] = float(stats.kendalltau(proxy_log, gold_log)[0])
+    if sizes is not None:
+        sizes = np.asarray(sizes)
+        out["pairwise_same_size"] = pairwise_agreement(proxy_log, gold_log, sizes)
+        keep = np.array([np.sum(sizes == k) >= 2 for k in sizes], dtype=bool)
+        p, g = proxy_log[keep].copy(), gold_log[keep].copy()
+        for k in np.unique(sizes[keep]):
+            m = sizes[keep] == k
+            p[m] -= p[m].mean()
+            g[m] -= g[m].mean()
+        out["n_within_size"] = int(keep.sum())
+        out["pearson_within_size"] = (float(stats.pearsonr(p, g)[0])
+                                      if keep.sum() >= 3 and np.ptp(p) > 0 and np.ptp(g) > 0 else float("nan"))
     return out
 
 
@@ -489,12 +506,13 @@ def _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timing
         by: dict[str, dict[str, Any]] = {}
         for scope, rows in (("all", gold_rows), ("multi", [r for r in gold_rows if r["k"] > 1])):
             g = np.array([r["eval"][s]["logppl"] for r in rows])
+            k = np.array([r["k"] for r in rows])
             for mth in methods:
                 p = np.array([proxy[r["mixture"]]["evals"][mth][s]["logppl"] for r in rows])
-                by.setdefault(mth, {})[scope] = correlations(p, g)
+                by.setdefault(mth, {})[scope] = correlations(p, g, k)
             if unit_logppl and all(u in unit_logppl for r in rows for u in r["mixture"].split("+")):
                 base = np.array([np.mean([unit_logppl[u][s] for u in r["mixture"].split("+")]) for r in rows])
-                by.setdefault(BASELINE, {})[scope] = correlations(base, g)
+                by.setdefault(BASELINE, {})[scope] = correlations(base, g, k)
         corr[s] = {"all": by[methods[0]]["all"], "multi": by[methods[0]]["multi"], "by_proxy": by}
     return {
         "units": [{k: v for k, v in manifest.unit(u).items() if k != "ids"} for u in units],
@@ -551,12 +569,15 @@ def write_outputs(results: dict[str, Any], out: Path, plots: bool = True) -> Non
         atomic_write_text(out / f"{name}.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["eval_set", "scope", "proxy", "n", "pearson_log", "spearman", "kendall", "pairwise", "mean_abs_log_err"])
+    w.writerow(["eval_set", "scope", "proxy", "n", "pearson_log", "spearman", "kendall", "pairwise", "mean_abs_log_err",
+                "pairwise_same_size", "pearson_within_size", "n_within_size"])
     for s, e in results["correlations"].items():
         for name, scopes in e["by_proxy"].items():
             for scope, c in scopes.items():
                 w.writerow([s, scope, name, c["n"], f"{c['pearson']:.4f}", f"{c['spearman']:.4f}",
-                            f"{c['kendall']:.4f}", f"{c['pairwise']:.4f}", f"{c['mean_abs_log_err']:.4f}"])
+                            f"{c['kendall']:.4f}", f"{c['pairwise']:.4f}", f"{c['mean_abs_log_err']:.4f}",
+                            f"{c.get('pairwise_same_size', float('nan')):.4f}",
+                            f"{c.get('pearson_within_size', float('nan')):.4f}", c.get("n_within_size", "")])
     atomic_write_text(out / "correlations.csv", buf.getvalue())
     if plots:
         for i, name in enumerate(results["proxy_methods"]):
@@ -596,8 +617,10 @@ def plot_scatter(results: dict[str, Any], path: Path, method: str | None = None)
             ax.annotate(_short(r["mixture"], units), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
         lo, hi = min(xs + ys), max(xs + ys)
         ax.plot([lo, hi], [lo, hi], color="0.7", lw=0.8, ls="--", zorder=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        pad = 0.04 * (hi - lo)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.ticklabel_format(style="plain", useOffset=False)
         c = results["correlations"][s]["by_proxy"][method]["multi"]
         ca = results["correlations"][s]["by_proxy"][method]["all"]
         ax.set_title(f"{s}\nmulti-unit: r={c['pearson']:.2f} rho={c['spearman']:.2f} | all: r={ca['pearson']:.2f}",
@@ -607,7 +630,8 @@ def plot_scatter(results: dict[str, Any], path: Path, method: str | None = None)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(sets):]:
         ax.axis("off")
-    fig.suptitle(f"proxy ({method}) vs gold, colour = units in the mixture, squares = single units",
+    fig.suptitle(f"perplexity: proxy ({method}) vs gold (Pearson on log PPL), colour = units in the mixture, "
+                 "squares = single units (proxy = gold)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -678,28 +702,34 @@ def report_markdown(results: dict[str, Any], plots: bool = True) -> str:
     L.append("## Proxy vs gold\n")
     L.append("Pearson on log perplexity, Spearman, Kendall, and pairwise agreement (share of mixture pairs ordered "
              "alike), over the multi-unit gold mixtures (`multi`) and over all gold mixtures including single units "
-             "(`all`; a single unit's proxy is its gold model). Baseline: the mean of the unit models' log PPL.\n")
-    L.append("| eval set | seed PPL | n | Pearson | Spearman | Kendall | pairwise | n (all) | Pearson (all) | "
-             "Spearman (all) | pairwise (all) | baseline Pearson | baseline pairwise |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "(`all`; a single unit's proxy is its gold model). *Same size*: pairs of mixtures with equally many "
+             "units; *within size*: Pearson after removing each size's mean (a gold model of k units trains k times "
+             "longer, which averaging cannot reproduce). Baseline: the mean of the unit models' log PPL.\n")
+    L.append("| eval set | seed PPL | n | Pearson | Spearman | Kendall | pairwise | pairwise (same size) | "
+             "Pearson (within size) | n (all) | Pearson (all) | Spearman (all) | pairwise (all) | baseline Pearson | "
+             "baseline pairwise |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in sets:
         e = results["correlations"][s]
         c, a = e["multi"], e["all"]
         b = e["by_proxy"].get(BASELINE, {}).get("multi", {})
         L.append(f"| {s} | {results['seed']['eval'][s]['ppl']:.2f} | {c['n']} | {_fmt(c['pearson'])} | "
-                 f"{_fmt(c['spearman'])} | {_fmt(c['kendall'])} | {_fmt(c['pairwise'])} | {a['n']} | "
+                 f"{_fmt(c['spearman'])} | {_fmt(c['kendall'])} | {_fmt(c['pairwise'])} | "
+                 f"{_fmt(c.get('pairwise_same_size'))} | {_fmt(c.get('pearson_within_size'))} | {a['n']} | "
                  f"{_fmt(a['pearson'])} | {_fmt(a['spearman'])} | {_fmt(a['pairwise'])} | "
                  f"{_fmt(b.get('pearson'))} | {_fmt(b.get('pairwise'))} |")
     names = list(results["correlations"][sets[0]]["by_proxy"]) if sets else []
     if len(names) > 1:
-        L.append("\nEvery proxy rule, multi-unit gold mixtures: Pearson (log PPL) / Spearman / pairwise agreement.\n")
+        L.append("\nEvery proxy rule, multi-unit gold mixtures: Pearson (log PPL) / Spearman / pairwise agreement / "
+                 "pairwise agreement within a size.\n")
         L.append("| eval set | " + " | ".join(names) + " |")
         L.append("|---|" + "---:|" * len(names))
         for s in sets:
             by = results["correlations"][s]["by_proxy"]
             L.append(f"| {s} | " + " | ".join(
                 f"{_fmt(by[n]['multi']['pearson'], '.2f')} / {_fmt(by[n]['multi']['spearman'], '.2f')} / "
-                f"{_fmt(by[n]['multi']['pairwise'], '.2f')}" for n in names) + " |")
+                f"{_fmt(by[n]['multi']['pairwise'], '.2f')} / {_fmt(by[n]['multi'].get('pairwise_same_size'), '.2f')}"
+                for n in names) + " |")
     L.append("\n![proxy vs gold](scatter.png)\n" if plots else "")
     if plots:
         for name in results["proxy_methods"][1:]:
