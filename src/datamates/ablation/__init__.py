@@ -8,11 +8,16 @@
 
 The stage functions the pipeline calls:
 
-    partition(pool, PartitionConfig, out) -> Manifest
-    train_seed(manifest, pool, SeedConfig, TrainConfig, ModelConfig, out) -> Path
-    train_partitions(manifest, pool, seed, out_root, TrainConfig, ModelConfig, BranchConfig) -> {unit: Path}
-    merge(paths, out, weights=, method=, seed=, lam=) -> Path
-    ablate(cfg: AblationConfig, train: TrainConfig, model: ModelConfig, rd: RunDir, pool) -> dict
+    partition.partition(pool, PartitionConfig, out) -> Manifest            (partition.read_manifest(path))
+    train_partition.train_seed(manifest, pool, SeedConfig, TrainConfig, ModelConfig, out) -> Path
+    train_partition.train_partitions(manifest, pool, seed, out_root, TrainConfig, ModelConfig, BranchConfig,
+                                     units=None, log_dir=None) -> {unit: Path}
+    train_partition.train_gold(manifest, pool, seed, out_root, mixtures, TrainConfig, ModelConfig,
+                               BranchConfig, balance="upsample") -> {mixture: Path}
+    merge.merge(paths, out, weights=None|[w]|"tokens", method="uniform", seed=None, lam=1.0,
+                lam_scale="constant", out_dtype="float32") -> Path
+    ablate.ablate(AblationConfig, TrainConfig, ModelConfig, rd: RunDir, pool, subsets=None, gold=None) -> dict
+    ablate.run_ablation(cfg: RunConfig, rd: RunDir, pool) -> dict          (all of the above, in order)
 
 Shared helpers below are tiny and dependency-free so the stage modules need not import each other.
 """
