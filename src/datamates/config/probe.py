@@ -45,7 +45,8 @@ class ProbeConfig:
         "momentum",
         "first_order: point of the Taylor expansion. checkpoint: <grad L_ref(theta), theta'(x) - theta> (mates.md "
         "§8.3); momentum: [L_ref(theta0) - L_ref(theta)] + <grad L_ref(theta0), theta'(x) - theta0> with theta0 the "
-        "step every candidate shares (zero gradient: momentum and weight decay only); same cost, smaller error",
+        "step every candidate shares (zero gradient: momentum and weight decay only); same cost, residual halved at a "
+        "late tiny checkpoint, equal at an early one (experiments/probe_fidelity)",
     )
     candidate_batch: int = knob(16, "first_order: candidates per batched forward/backward (per-sample gradients)", ge=1)
     chunk_size: int = knob(64, "probes per unit of work: resume and parallel scheduling happen per chunk", ge=1)
