@@ -8,7 +8,13 @@ run_mates (Yu et al. 2024, Alg. 1; mates.md §2.5):
         model    <- train(model, selected)        AdamW state carried across stages
     final <- a short learning-rate decay on the last stage's data;  evaluate(final)
 
-run_ablation (Na et al. 2024): see datamates.ablation.ablate.
+run_ablation (Na et al. 2024; ablations.md §1):
+    pool <- tokenize the corpus;  units <- partition(pool), held-out data of every domain set aside
+    seed <- train(seed mixture)                    (or an existing checkpoint)
+    theta_i <- train(seed, unit_i), i = 1..K       same steps, constant low lr, full seed state
+    proxy(S) <- mean(theta_i : i in S)             every mixture S, Gray-code running sums
+    gold(S) <- train(seed, union of S)             a sample of mixtures, k x unit steps
+    report <- corr(log PPL proxy, log PPL gold)    per evaluation set
 """
 
 from __future__ import annotations
@@ -51,6 +57,19 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     from datamates.report import summarize_run
 
     return on_rank0(lambda: summarize_run(rd))
+
+
+def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
+    from datamates.ablation.ablate import ablate
+    from datamates.ablation.partition import partition
+    from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
+
+    pool = pool or Pool(_pool(cfg, rd))
+    a = cfg.ablation
+    manifest = partition(pool, a.partition, rd.partitions)
+    seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
+    train_partitions(manifest, pool, seed, rd.root / "units", cfg.train, cfg.model, a.branch, log_dir=rd.logs)
+    return ablate(a, cfg.train, cfg.model, rd, pool)
 
 
 def _pool(cfg: RunConfig, rd: RunDir) -> Path:

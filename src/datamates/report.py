@@ -69,10 +69,10 @@ def _run_config(rd: RunDir) -> dict[str, Any]:
 def summarize_run(rd: RunDir) -> dict[str, Any]:
     """Aggregate one run's artifacts into metrics.json; returns the dict."""
     cfg = _run_config(rd)
-    branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and p.name not in
+    branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in
                 (WARMUP, "pool", "plan", "report", "logs", "ablation", "units", "merged", "gold", "seed", "partitions")
                 and any(p.glob("stage_*"))]
-    pool_meta = read_json(rd.pool / "meta.json") if (rd.pool / "meta.json").exists() else {}
+    pool_meta = _pool_meta(rd)
     seq_len = pool_meta.get("seq_len", 0)
     lm_fpt, ref_tokens, enc_fwd = _cost_constants(rd, cfg)
     out: dict[str, Any] = {"run": str(rd.root), "name": cfg.get("name", rd.root.name), "selectors": {}}
@@ -96,6 +96,15 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
         }
     atomic_write_json(rd.metrics, out)
     return out
+
+
+def _pool_meta(rd: RunDir) -> dict[str, Any]:
+    if (rd.pool / "meta.json").exists():
+        return read_json(rd.pool / "meta.json")
+    shared = _run_config(rd).get("pool_dir")
+    if shared and (Path(shared) / "meta.json").exists():
+        return read_json(Path(shared) / "meta.json")
+    return {}
 
 
 def _cost_constants(rd: RunDir, cfg: dict[str, Any]) -> tuple[float, int, float]:
@@ -192,8 +201,10 @@ def plot_curves(runs: list[dict[str, Any]], x_key: str) -> bytes:
 
 
 def plot_domains(runs: list[dict[str, Any]], domains: list[str]) -> bytes | None:
-    plt = _plt()
     sels = _selectors(runs)
+    if not sels:
+        return None
+    plt = _plt()
     r0 = runs[0]
     fig, axes = plt.subplots(1, len(sels), figsize=(3.2 * len(sels), 3.6), sharey=True, squeeze=False)
     drawn = False
@@ -333,11 +344,12 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     runs = [summarize_run(rd) for rd in rds]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pool_meta = read_json(rds[0].pool / "meta.json") if (rds[0].pool / "meta.json").exists() else {}
+    pool_meta = _pool_meta(rds[0])
     domains = pool_meta.get("domains", [])
     figs: list[tuple[str, str, bytes]] = []  # (title, filename, png)
-    figs.append(("Reference loss vs training tokens", "curve_tokens.png", plot_curves(runs, "tokens")))
-    figs.append(("Reference loss vs total FLOPs", "curve_flops.png", plot_curves(runs, "flops")))
+    if _selectors(runs):
+        figs.append(("Reference loss vs training tokens", "curve_tokens.png", plot_curves(runs, "tokens")))
+        figs.append(("Reference loss vs total FLOPs", "curve_flops.png", plot_curves(runs, "flops")))
     dom = plot_domains(runs, domains)
     if dom:
         figs.append(("Share of each domain in the selected data, per stage", "domains.png", dom))
@@ -351,13 +363,31 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             if h:
                 figs.append((f"{sel}, stage {s}: predicted scores of the candidates", f"scores_{sel}_{s:02d}.png", h))
     examples = _examples(rds[0])
-    md = _markdown(runs, figs, examples, pool_meta)
+    ablation = _ablation_section(rds[0])
+    figs += ablation["figs"]
+    md = _markdown(runs, figs, examples, pool_meta, ablation["markdown"])
     for _, name, png in figs:
         (out / name).write_bytes(png)
     atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.html", _html(runs, figs, examples, pool_meta))
+    atomic_write_text(out / "report.html", _html(runs, figs, examples, pool_meta, ablation["markdown"]))
     atomic_write_json(out / "runs.json", runs)
     return out / "report.html"
+
+
+def _ablation_section(rd: RunDir) -> dict[str, Any]:
+    """The data-ablation study of this run (<run>/ablation/, written by `datamates ablate`)."""
+    d = rd.ablation
+    if not is_done(d) or not (d / "results.json").exists():
+        return {"figs": [], "markdown": ""}
+    from datamates.ablation.ablate import headline
+
+    res = read_json(d / "results.json")
+    text = ("Proxy (parameter average of the unit models) vs gold (trained on the union), log-perplexity "
+            "correlation per evaluation set over the multi-unit gold mixtures:\n\n```\n" + headline(res) +
+            f"\n```\n\nFull study: {d / 'report.html'}")
+    figs = [(f"Data ablation: {p.stem.replace('_', ' ')}", f"ablation_{p.name}", p.read_bytes())
+            for p in sorted(d.glob("*.png"))]
+    return {"figs": figs, "markdown": text}
 
 
 def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[float, str]]]:
@@ -382,15 +412,17 @@ def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[
     return {}
 
 
-def _markdown(runs, figs, examples, pool_meta) -> str:
+def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
     names = ", ".join(r["name"] for r in runs)
     lines = [f"# datamates report: {names}", "",
-             f"{len(runs)} run(s); pool: {pool_meta.get('n_sequences', '?'):,} sequences x {pool_meta.get('seq_len', '?')} "
-             f"tokens, domains {', '.join(pool_meta.get('domains', []))}.",
+             f"{len(runs)} run(s); pool: {pool_meta.get('n_sequences', 0):,} sequences x {pool_meta.get('seq_len', '?')} "
+             f"tokens, domains {', '.join(pool_meta.get('domains', [])) or '?'}.",
              "Values are mean ± standard deviation over runs. Sign convention: ref_loss_delta = "
              "L_ref(after) - L_ref(before), lower is better.", "",
              "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "",
              "## FLOPs and time", "", flops_table(runs), ""]
+    if ablation_md:
+        lines += ["## Data ablation by merging", "", ablation_md, ""]
     for title, name, _ in figs:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if examples:
@@ -418,7 +450,7 @@ def _md_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def _html(runs, figs, examples, pool_meta) -> str:
+def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
            "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
            "th{background:#f3f3f3}img{max-width:100%}pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}")
@@ -431,6 +463,8 @@ def _html(runs, figs, examples, pool_meta) -> str:
              "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
              _md_table_to_html(task_table(runs)) if task_table(runs) else "",
              "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs))]
+    if ablation_md:
+        parts.append(f"<h2>Data ablation by merging</h2><pre>{html.escape(ablation_md)}</pre>")
     for title, _, png in figs:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     if examples:

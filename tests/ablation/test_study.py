@@ -192,7 +192,7 @@ def test_ray_backend_matches_serial(tiny_study, tiny_pool, tmp_path):
 
 def test_run_ablation_reuses_finished_stages(tiny_study, tiny_pool):
     """The pipeline entry point: partition -> seed -> units -> ablate, each skipped when done."""
-    from datamates.ablation.ablate import run_ablation
+    from datamates.pipelines import run_ablation
     from datamates.config.run import RunConfig
 
     rd = tiny_study["rd"]

@@ -17,7 +17,7 @@ The stage functions the pipeline calls:
     merge.merge(paths, out, weights=None|[w]|"tokens", method="uniform", seed=None, lam=1.0,
                 lam_scale="constant", out_dtype="float32") -> Path
     ablate.ablate(AblationConfig, TrainConfig, ModelConfig, rd: RunDir, pool, subsets=None, gold=None) -> dict
-    ablate.run_ablation(cfg: RunConfig, rd: RunDir, pool) -> dict          (all of the above, in order)
+    datamates.pipelines.run_ablation(cfg: RunConfig, rd: RunDir) -> dict   (all of the above, in order)
 
 Shared helpers below are tiny and dependency-free so the stage modules need not import each other.
 """

@@ -442,26 +442,6 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     return results
 
 
-def run_ablation(cfg, rd: RunDir, pool: Pool) -> dict[str, Any]:
-    """The whole method on a built pool (`cfg` is the RunConfig):
-
-        units    <- partition(pool)                      held-out ids per domain set aside first
-        seed     <- train(rest)                          or cfg.ablation.seed.checkpoint
-        theta_i  <- train(seed, unit_i), i = 1..K        same steps, constant lr, full seed state
-        proxy(S) <- average(theta_i : i in S)            every mixture S, Gray-code running sums
-        gold(S)  <- train(seed, union of S)              a sample of mixtures, k x unit steps
-        report   <- corr(log PPL proxy, log PPL gold)    per evaluation set
-    """
-    from datamates.ablation.partition import partition
-    from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
-
-    a = cfg.ablation
-    manifest = partition(pool, a.partition, rd.partitions)
-    seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
-    train_partitions(manifest, pool, seed, rd.root / "units", cfg.train, cfg.model, a.branch, log_dir=rd.logs)
-    return ablate(a, cfg.train, cfg.model, rd, pool)
-
-
 # ----------------------------------------------------------------------------- analysis
 
 

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import setup
 
     cfg, rd = setup(args, "ablate")
+    from datamates.commands._common import write_run_config
+
+    write_run_config(cfg, rd)
     from datamates.ablation.ablate import ablate, headline
     from datamates.core.pool import Pool
 

@@ -19,8 +19,9 @@ def run(args: argparse.Namespace) -> int:
     from datamates.run_dir import RunDir
 
     for r in args.runs:
-        if not (Path(r) / "pool").exists():
-            raise ArtifactMissing(f"{r}: not a run directory (no pool/); run `datamates run` first")
+        if not any((Path(r) / d).exists() for d in ("pool", "warmup", "ablation", "metrics.json")):
+            raise ArtifactMissing(f"{r}: not a run directory (no pool/, stages or ablation/); run `datamates run` "
+                                  "or `datamates ablate` first")
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     path = build_report(args.runs, out)
     print(comparison_markdown([summarize_run(RunDir(r)) for r in args.runs]))
