@@ -21,7 +21,8 @@ os.environ.setdefault("DATAMATES_PROGRESS", "0")
 import torch  # noqa: E402
 
 from datamates.config.base import data_dir  # noqa: E402
-from datamates.config.core import ModelConfig, PoolConfig, TokenizerConfig, TrainConfig  # noqa: E402
+from datamates.config.core import ModelConfig  # noqa: E402
+from datamates_testing import tiny_pool_config, tiny_train_cfg  # noqa: E402,F401
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -53,11 +54,6 @@ def small_corpus(data: Path, tmp_path_factory) -> Path:
     return root
 
 
-def tiny_pool_config(inputs: list[str], seq_len: int = 64, vocab: int = 512) -> PoolConfig:
-    return PoolConfig(inputs=inputs, seq_len=seq_len, shard_sequences=4096,
-                      tokenizer=TokenizerConfig(vocab_size=vocab))
-
-
 @pytest.fixture(scope="session")
 def tiny_pool(small_corpus: Path, tmp_path_factory):
     """~19k sequences of 64 tokens (web, wiki, science, mixed), BPE vocab 512."""
@@ -71,13 +67,6 @@ def tiny_pool(small_corpus: Path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_cfg() -> ModelConfig:
     return ModelConfig(preset="test", n_layers=2, d_model=32, n_heads=2, context=128)
-
-
-def tiny_train_cfg(**kw) -> TrainConfig:
-    base = dict(steps=8, micro_batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=4,
-                device="cpu", seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture(scope="session")

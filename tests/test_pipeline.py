@@ -69,13 +69,16 @@ def _selected(rd: RunDir, branch: str, stage: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_pool, tmp_path_factory) -> tuple[Path, RunDir]:
+def reference_run(tiny_pool, tmp_path_factory) -> tuple[Path, RunDir, int]:
+    import torch
+
     tmp = tmp_path_factory.mktemp("pipe")
-    return tmp, _run_inprocess(tmp, "ref", tiny_pool)
+    # float sums depend on the thread count: the killed run's subprocesses use the same
+    return tmp, _run_inprocess(tmp, "ref", tiny_pool), torch.get_num_threads()
 
 
 def test_selected_ids_reproducible_by_seed(reference_run, tiny_pool):
-    tmp, ref = reference_run
+    tmp, ref, _ = reference_run
     again = _run_inprocess(tmp, "again", tiny_pool)
     other = _run_inprocess(tmp, "other", tiny_pool, **{"mates.select.seed": 7})
     for branch, stage in [("warmup", 1), ("mates", 2), ("random", 2)]:
@@ -96,7 +99,7 @@ def test_selected_ids_reproducible_by_seed(reference_run, tiny_pool):
 def test_killed_run_resumes_to_the_same_result(reference_run, tiny_pool):
     """SIGKILL the CLI when given artifacts appear, re-run the same command, compare with the
     uninterrupted run: same selections, same final weights, same evaluation."""
-    tmp, ref = reference_run
+    tmp, ref, threads = reference_run
     name = "killed"
     f = _write_cfg(tmp, name)
     _with_pool(tmp, name, tiny_pool)
@@ -107,7 +110,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tiny_pool):
         rd.branch("mates").influence_model(2),
         rd.branch("random").final,
     ]
-    env = {**os.environ, "DATAMATES_PROGRESS": "0"}
+    env = {**os.environ, "DATAMATES_PROGRESS": "0", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "datamates", "run", "-c", str(f), "--no-report"]
     killed = 0
     for point in kill_points:

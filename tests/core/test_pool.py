@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_pool_config
+from datamates_testing import tiny_pool_config
 
 from datamates.core import pool as pool_mod
 from datamates.core.pool import Pool, build_pool, discover_inputs, split_ids

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_train_cfg
+from datamates_testing import tiny_train_cfg
 
 from datamates.core.checkpoint import load_model, load_optimizer_state, trainer_state
 from datamates.core.lm import build_model

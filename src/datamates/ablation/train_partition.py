@@ -97,6 +97,7 @@ def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, poo
     from datamates.core.train_loop import train
     from datamates.log import setup_logging
 
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     if log_dir is not None:
@@ -104,8 +105,11 @@ def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, poo
     if train_cfg.device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         train_cfg = replace(train_cfg, device=f"cuda:{slot % torch.cuda.device_count()}")
     t0 = time.time()
-    train(replace(train_cfg, steps=job.steps), model_cfg, Pool(pool_path), job.ids(), job.out, init=init,
-          meta=job.meta)
+    try:
+        train(replace(train_cfg, steps=job.steps), model_cfg, Pool(pool_path), job.ids(), job.out, init=init,
+              meta=job.meta)
+    finally:
+        torch.set_num_threads(threads_before)  # in-process jobs must not change the caller's setting
     return str(job.out), time.time() - t0
 
 
