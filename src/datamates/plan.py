@@ -11,6 +11,7 @@ Written once to `<run>/plan/` (ids as .npy, sizes in meta.json) and reused by ev
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ class Plan:
 
 
 def global_batch(cfg: RunConfig) -> int:
-    return cfg.train.micro_batch_size * cfg.train.grad_accum
+    """Sequences per optimizer step: micro batch x accumulation x processes (torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return cfg.train.micro_batch_size * cfg.train.grad_accum * world
 
 
 def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
