@@ -74,8 +74,8 @@ def stage_flops(stage_dir: Path, *, seq_len: int, lm_fpt: float, ref_input_token
         epochs = _json(stage_dir / "influence_model" / "meta.json").get("config", {}).get("epochs", 1)
         if fm.get("mode") == "finetune":
             out["fit"] = enc_fwd_per_seq * (3 * epochs * n_tr + n_va)
-        else:
-            out["fit"] = enc_fwd_per_seq * (n_tr + n_va)
+        else:  # frozen: only the embeddings not already in the pool's cache were computed
+            out["fit"] = enc_fwd_per_seq * fm.get("embeddings_computed", n_tr + n_va)
     sm = _json(stage_dir / "scores" / "meta.json")
     if sm:
         out["score"] = enc_fwd_per_seq * sm.get("n", 0)

@@ -120,10 +120,22 @@ def _cost_constants(rd: RunDir, cfg: dict[str, Any]) -> tuple[float, int, float]
         # conservative stand-in when the input count is not recorded
         ref_tokens = int(ref.get("n_input_tokens") or ref.get("n_target_tokens", 0) * 40)
         break
-    fit = cfg.get("mates", {}).get("fit", {})
-    enc_tokens = fit.get("encoder", {}).get("max_tokens", 512)
-    enc_params = 22.7e6 if fit.get("encoder", {}).get("backbone", "minilm") == "minilm" else 110e6
-    return lm_fpt, ref_tokens, 2.0 * enc_params * enc_tokens
+    enc = cfg.get("mates", {}).get("fit", {}).get("encoder", {})
+    enc_tokens = enc.get("max_tokens", 512)
+    return lm_fpt, ref_tokens, 2.0 * _encoder_body_params(enc.get("backbone", "minilm")) * enc_tokens
+
+
+def _encoder_body_params(backbone: str) -> float:
+    """Non-embedding parameters of a BERT-like encoder, 12 L h^2 (MiniLM-L6: 10.6M; BERT-base: 85M)."""
+    try:
+        from transformers import AutoConfig
+
+        from datamates.selection.encode import resolve_backbone
+
+        c = AutoConfig.from_pretrained(str(resolve_backbone(backbone)))
+        return 12.0 * c.num_hidden_layers * c.hidden_size**2
+    except Exception:  # a hub backbone that is not available offline: BERT-base's figure
+        return 85e6
 
 
 def _fits(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
@@ -281,6 +293,8 @@ def _fmt(v: Any) -> str:
         m, s = v
         if math.isnan(m):
             return "-"
+        if m == 0 and not s:
+            return "0"
         big = abs(m) >= 1e5
         return (f"{m:.3g} ± {s:.2g}" if big else f"{m:.4f} ± {s:.4f}") if s else (f"{m:.3g}" if big else f"{m:.4f}")
     return str(v)
@@ -320,6 +334,48 @@ def task_table(runs: list[dict[str, Any]]) -> str:
                     vals.append(res[metric])
             cells.append(_fmt(_mean_sd(vals)) if vals else "-")
         lines.append(f"| {t} ({metric}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fit_table(runs: list[dict[str, Any]]) -> str:
+    """Validation Spearman / Pearson of each stage's influence model (mean ± sd over runs)."""
+    rows = []
+    for sel in _selectors(runs):
+        stages = sorted({f["stage"] for r in runs for f in r["selectors"].get(sel, {}).get("fit", [])})
+        for st in stages:
+            fs = [f for r in runs for f in r["selectors"].get(sel, {}).get("fit", []) if f["stage"] == st]
+            rows.append(f"| {sel} | {st} | {fs[0].get('n_labels')} | {_fmt(_mean_sd([f['val_spearman'] for f in fs]))} "
+                        f"| {_fmt(_mean_sd([f['val_pearson'] for f in fs]))} |")
+    if not rows:
+        return ""
+    return "\n".join(["| selector | stage | labels | validation Spearman | validation Pearson |", "|---|---|---|---|---|",
+                      *rows])
+
+
+def heldout_table(runs: list[dict[str, Any]]) -> str:
+    """Held-out perplexity per domain of each selector's final model."""
+    sels = _selectors(runs)
+    domains: list[str] = []
+    for r in runs:
+        for s in sels:
+            f = r["selectors"].get(s, {}).get("final_eval") or {}
+            for d in f.get("perplexity", {}).get("heldout", {}).get("domains", {}):
+                if d not in domains:
+                    domains.append(d)
+    if not domains:
+        return ""
+    lines = ["| held-out perplexity | " + " | ".join(sels) + " |", "|" + "---|" * (len(sels) + 1)]
+    for d in domains + ["all"]:
+        cells = []
+        for s in sels:
+            vals = []
+            for r in runs:
+                h = ((r["selectors"].get(s, {}).get("final_eval") or {}).get("perplexity", {}).get("heldout", {}))
+                v = h.get("all") if d == "all" else h.get("domains", {}).get(d)
+                if v:
+                    vals.append(v["ppl"])
+            cells.append(_fmt(_mean_sd(vals)) if vals else "-")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -419,7 +475,8 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              f"tokens, domains {', '.join(pool_meta.get('domains', [])) or '?'}.",
              "Values are mean ± standard deviation over runs. Sign convention: ref_loss_delta = "
              "L_ref(after) - L_ref(before), lower is better.", "",
-             "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "",
+             "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "", heldout_table(runs), "",
+             "## Influence-model fit", "", fit_table(runs) or "(no influence model in these runs)", "",
              "## FLOPs and time", "", flops_table(runs), ""]
     if ablation_md:
         lines += ["## Data ablation by merging", "", ablation_md, ""]
@@ -462,6 +519,8 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "ref_loss_delta = L_ref(after) - L_ref(before): lower is better.</p>",
              "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
              _md_table_to_html(task_table(runs)) if task_table(runs) else "",
+             _md_table_to_html(heldout_table(runs)) if heldout_table(runs) else "",
+             "<h2>Influence-model fit</h2>", _md_table_to_html(fit_table(runs)) if fit_table(runs) else "<p>-</p>",
              "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs))]
     if ablation_md:
         parts.append(f"<h2>Data ablation by merging</h2><pre>{html.escape(ablation_md)}</pre>")
