@@ -19,10 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DATAMATES_PROGRESS", "0")
 
 import torch  # noqa: E402
+from datamates_testing import tiny_pool_config, tiny_train_cfg  # noqa: E402,F401
 
 from datamates.config.base import data_dir  # noqa: E402
 from datamates.config.core import ModelConfig  # noqa: E402
-from datamates_testing import tiny_pool_config, tiny_train_cfg  # noqa: E402,F401
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -33,6 +33,16 @@ SMALL_INPUTS = {
     "science": ["pretrain/science/arxiv_samples.jsonl.gz"],
     "mixed": ["pretrain/domain_samples/datajuicer_domain_samples.jsonl.gz"],
 }
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread; on shared cores, spinning OpenMP threads make
+    small ops several times slower. Restores the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

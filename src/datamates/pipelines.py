@@ -53,7 +53,8 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
             c, last = _stage(cfg, br, pool, plan, s, c, name)
         final = _decay(cfg, br, pool, c, last)
         with timed(br.base, "eval", br.final_eval):
-            on_rank0(lambda: evaluate(cfg.eval, final, br.final_eval, heldout_pools={"heldout": (pool, plan.heldout)}))
+            on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval,
+                                                          heldout_pools={"heldout": (pool, plan.heldout)}))
     from datamates.report import summarize_run
 
     return on_rank0(lambda: summarize_run(rd))

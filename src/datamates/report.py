@@ -451,21 +451,20 @@ def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[
     from datamates.core.pool import Pool
     from datamates.selection.scores_io import read_scores
 
-    for br in sorted(rd.root.glob("*/stage_*/scores"), reverse=True):
-        if not is_done(br):
-            continue
-        ids, sc = read_scores(br)
-        pool = Pool(rd.pool)
-        tok = pool.tokenizer()
-        order = np.argsort(sc)
+    done = [p for p in sorted(rd.root.glob("*/stage_*/scores"), reverse=True) if is_done(p)]
+    if not done:
+        return {}
+    ids, sc = read_scores(done[0])
+    pool = Pool(rd.pool)
+    tok = pool.tokenizer()
+    order = np.argsort(sc)
 
-        def txt(i: int) -> tuple[float, str]:
-            return float(sc[i]), tok.decode(pool.tokens([int(ids[i])])[0].tolist())[:chars]
+    def txt(i: int) -> tuple[float, str]:
+        return float(sc[i]), tok.decode(pool.tokens([int(ids[i])])[0].tolist())[:chars]
 
-        return {"stage": [str(br.parent.relative_to(rd.root))],  # type: ignore[dict-item]
-                "lowest (kept first)": [txt(i) for i in order[:n]],
-                "highest": [txt(i) for i in order[::-1][:n]]}
-    return {}
+    return {"stage": [str(done[0].parent.relative_to(rd.root))],  # type: ignore[dict-item]
+            "lowest (kept first)": [txt(i) for i in order[:n]],
+            "highest": [txt(i) for i in order[::-1][:n]]}
 
 
 def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:

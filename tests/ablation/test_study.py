@@ -192,8 +192,8 @@ def test_ray_backend_matches_serial(tiny_study, tiny_pool, tmp_path):
 
 def test_run_ablation_reuses_finished_stages(tiny_study, tiny_pool):
     """The pipeline entry point: partition -> seed -> units -> ablate, each skipped when done."""
-    from datamates.pipelines import run_ablation
     from datamates.config.run import RunConfig
+    from datamates.pipelines import run_ablation
 
     rd = tiny_study["rd"]
     seed_mtime = (tiny_study["seed"] / "model.safetensors").stat().st_mtime_ns

@@ -15,13 +15,7 @@ from datamates.core.loss import TargetExample, load_lambada, reference_loss
 from datamates.core.reference import ReferenceBatches, load_reference, read_pairs, record_pair
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lambada_by_name_is_load_lambada(tiny_pool, lambada_path, monkeypatch):

@@ -39,14 +39,9 @@ def planted_signal(pool, ids: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def im_one_thread():
+def im_one_thread(one_thread):
     """MiniLM on 2 shared, oversubscribed cores is several times faster on one thread."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

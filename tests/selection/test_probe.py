@@ -30,12 +30,7 @@ from datamates.selection.probe import (
 CANDIDATES = np.array([1, 3, 5, 777, 2001])  # odd ids: held out from the tiny checkpoint's training
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from datamates.selection.probe.first_order import first_order_constants
 CANDIDATES = np.array([1, 3, 5, 777, 2001, 4093, 8191, 9999])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

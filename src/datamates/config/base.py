@@ -260,19 +260,24 @@ def expand_vars(node: Any) -> Any:
     return node
 
 
+def parse_yaml(text: str, path: str | Path) -> Any:
+    """yaml.safe_load with a one-line ConfigError naming the file and line of a syntax error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: not valid YAML ({problem})") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: not valid YAML ({problem})") from None
+    data = parse_yaml(text, path)
     if data is None:
         return {}
     if not isinstance(data, dict):

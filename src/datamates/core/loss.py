@@ -14,7 +14,6 @@ target tokens go through the output head (the head is 15-40% of a small model's 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
 from datamates.errors import InputError
 
@@ -144,21 +144,14 @@ def load_lambada(path: str | Path, tokenizer, n: int | None = None, seed: int = 
     With `n`, a subsample of n examples drawn with `seed` (MATES: 1024, seed 1234)."""
     path = Path(path)
     records = []
-    with open(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
-            if "context" in r and "continuation" in r:
-                ctx, cont = r["context"], r["continuation"]
-            elif "text" in r:
-                ctx, _, cont = r["text"].rpartition(" ")
-            else:
-                raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
-            records.append((ctx, cont))
+    for line_no, r in iter_jsonl(path, "LAMBADA file"):
+        if isinstance(r, dict) and "context" in r and "continuation" in r:
+            ctx, cont = r["context"], r["continuation"]
+        elif isinstance(r, dict) and "text" in r:
+            ctx, _, cont = r["text"].rpartition(" ")
+        else:
+            raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
+        records.append((ctx, cont))
     if not records:
         raise InputError(f"{path}: no examples")
     if n is not None and n < len(records):

@@ -38,7 +38,7 @@ from datamates.config.core import PoolConfig
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
 
 log = get_logger(__name__)
 
@@ -391,7 +391,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         f = files[fi]
         batch: list[Record] = []
 
-        def flush(batch: list[Record]) -> None:
+        def flush(batch: list[Record], fi: int = fi) -> None:
             encs = tok.encode_batch([r.text for r in batch], add_special_tokens=False)
             for rec, enc in zip(batch, encs):
                 ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
@@ -456,7 +456,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
             f"the pool is empty: {counters['documents_kept']} documents hold fewer than seq_len = {L} tokens "
             "per domain; lower pool.seq_len or add data"
         )
-    for name, c in cols.items():
+    for c in cols.values():
         c.close()
     return {
         "n_sequences": state["n_seq"],
@@ -481,7 +481,7 @@ def _save_carry(path: Path, packers: dict[str, _Packer]) -> None:
     arrays: dict[str, np.ndarray] = {}
     index = []
     for key, p in packers.items():
-        for j, s in enumerate(p.segments):
+        for s in p.segments:
             name = f"s{len(index)}"
             arrays[name] = s.tokens
             index.append([key, s.doc, s.bytes_per_token, s.domain, name])

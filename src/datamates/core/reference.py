@@ -28,9 +28,7 @@ head. A probe then costs one body forward over the set plus a tiny head matmul.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from datamates.config.base import data_dir
+from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
 from datamates.core.loss import TargetExample, encode_pair, load_lambada
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
@@ -139,31 +138,17 @@ def record_pair(r: dict[str, Any]) -> tuple[str, str] | None:
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """All (context, target) pairs of a JSONL / JSONL.gz file; one-line errors name file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: reference file not found")
-    opener = gzip.open if path.name.endswith(".gz") else open
     out: list[tuple[str, str]] = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
-                pair = record_pair(r) if isinstance(r, dict) else None
-                if pair is None:
-                    raise InputError(
-                        f"{path}:{line_no}: cannot tell context from target; expected fields context/continuation, "
-                        "input/target(/rationale), prompt/response, query/choices/gold or text"
-                    )
-                if not pair[1].strip():
-                    raise InputError(f"{path}:{line_no}: empty target")
-                out.append(pair)
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    for line_no, r in iter_jsonl(path, "reference file"):
+        pair = record_pair(r) if isinstance(r, dict) else None
+        if pair is None:
+            raise InputError(
+                f"{path}:{line_no}: cannot tell context from target; expected fields context/continuation, "
+                "input/target(/rationale), prompt/response, query/choices/gold or text"
+            )
+        if not pair[1].strip():
+            raise InputError(f"{path}:{line_no}: empty target")
+        out.append(pair)
     if not out:
         raise InputError(f"{path}: no examples")
     return out

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from datamates.config.base import expand_vars
+from datamates.config.base import expand_vars, parse_yaml
 from datamates.errors import ConfigError, InputError
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
@@ -323,12 +323,7 @@ def load_spec(path: str | Path) -> TaskSpec:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: task spec not found") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"{mark.line + 1}:" if mark is not None else ""
-        raise ConfigError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    raw = parse_yaml(text, path)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a task spec is a mapping of keys ({', '.join(SPEC_KEYS)})")
     lines = _key_lines(text)
