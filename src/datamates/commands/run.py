@@ -17,11 +17,16 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import setup, write_run_config
 
     cfg, rd = setup(args, "run")
-    write_run_config(cfg, rd)
+    from datamates.log import is_main
+
+    if is_main():
+        write_run_config(cfg, rd)
     from datamates.pipelines import run_mates
     from datamates.report import build_report, comparison_markdown, task_table
 
     metrics = run_mates(cfg, rd)
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     print(comparison_markdown([metrics]))
     print()
     print(task_table([metrics]))
