@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamates.config.core import ModelConfig, TrainConfig
 from datamates.config.base import from_dict
+from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.lm import autocast, build_model, resolve_device
 from datamates.core.pool import Pool
 from datamates.core.train_loop import read_train_log, train
