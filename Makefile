@@ -28,8 +28,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"
 
 demo: $(STAMP)
-	$(PY) -m datamates pool build -c tiny_cpu
-	$(PY) -m datamates train -c tiny_cpu
+	# the MATES loop on the sample pool: pool -> warmup -> 3 selection stages (MATES and random) -> report
+	$(PY) -m datamates run -c tiny_cpu
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -129,3 +129,23 @@ def test_harness_prompts(data):
     assert d.contexts == ["Sarah was a much better surgeon than Maria so Sarah",
                           "Sarah was a much better surgeon than Maria so Maria"]
     assert d.continuations == [" always got the easier cases."] * 2 and d.gold == 1
+
+
+def test_resume_key_follows_content_not_mtime(monkeypatch, tmp_path, data):
+    """A data bundle copied or re-mounted elsewhere (new paths, new mtimes) keeps the resume key of
+    finished evaluations; an edited data file changes it."""
+    import os
+    import shutil
+
+    from datamates.evaluate import TASKS_DIR
+
+    src = data / "eval" / "arc_easy.jsonl"
+    before = load_spec(TASKS_DIR / "arc_easy.yaml").fingerprint()
+    (tmp_path / "eval").mkdir()
+    dst = tmp_path / "eval" / "arc_easy.jsonl"
+    shutil.copyfile(src, dst)
+    os.utime(dst, ns=(1, 1))
+    monkeypatch.setenv("DATAMATES_DATA", str(tmp_path))
+    assert load_spec(TASKS_DIR / "arc_easy.yaml").fingerprint() == before
+    dst.write_bytes(dst.read_bytes() + b"\n")
+    assert load_spec(TASKS_DIR / "arc_easy.yaml").fingerprint() != before

@@ -25,6 +25,7 @@ index); anything else renders to a string.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -273,11 +274,25 @@ class TaskSpec:
         return self.output_type == "multiple_choice"
 
     def fingerprint(self) -> str:
-        """Hash of the spec's settings and of the data file (size, mtime): the resume key."""
-        st = self.data.stat() if self.data.exists() else None
-        blob = json.dumps([self.raw, str(self.data), st.st_size if st else 0, st.st_mtime_ns if st else 0],
+        """Hash of the spec's settings and of the data file's bytes: the resume key. Content, not
+        mtime: a data bundle copied or re-mounted elsewhere keeps its finished evaluations."""
+        blob = json.dumps([self.raw, _file_digest(self.data) if self.data.exists() else None],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return _digest_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def available_tasks() -> list[str]:
