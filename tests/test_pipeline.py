@@ -96,6 +96,23 @@ def test_selected_ids_reproducible_by_seed(reference_run, tiny_pool):
     assert len(m["selectors"]["mates"]["curve"]) == 2  # one reference-loss point per stage
 
 
+def test_loss_selector_branch(reference_run, tiny_pool):
+    """The `loss` selector starts from the same warmup as the other selectors and is charged one LM
+    forward per candidate (no probes, no influence model)."""
+    from datamates.selection.score import read_scores
+
+    tmp, ref, _ = reference_run
+    rd = _run_inprocess(tmp, "loss", tiny_pool, **{"mates.selectors": ["loss"]})
+    np.testing.assert_array_equal(_selected(rd, "warmup", 1), _selected(ref, "warmup", 1))
+    ids, s = read_scores(rd.branch("loss").scores(2))
+    sel = _selected(rd, "loss", 2)
+    assert s[np.isin(ids, sel)].mean() < s[~np.isin(ids, sel)].mean()  # high-loss candidates kept
+    acc = read_json(rd.metrics)["selectors"]["loss"]["accounting"]["flops"]
+    # a forward costs a third of a training step per token, over 64 tokens per candidate
+    train_fpt = read_json(rd.branch("warmup").checkpoint(1) / "train_summary.json")["flops_per_token"]
+    assert acc["probe"] == 0 and acc["score"] == pytest.approx(train_fpt / 3 * 64 * len(ids), rel=1e-6)
+
+
 def test_killed_run_resumes_to_the_same_result(reference_run, tiny_pool):
     """SIGKILL the CLI when given artifacts appear, re-run the same command, compare with the
     uninterrupted run: same selections, same final weights, same evaluation."""

@@ -11,6 +11,7 @@ of the calls it skipped). FLOPs are estimated from the artifacts' counts with th
     encoder forward, per token      2 N_enc (+ attention), on the encoder's tokens of a sequence
     fit, finetune                   3 x forward x epochs over the training labels + validation forwards
     fit, frozen / score             forward over the sequences not yet in the embedding cache
+    score, loss selector            LM forward over every candidate
 
 `summarize` aggregates per stage and per component into `metrics.json` from the files on disk.
 """
@@ -77,7 +78,9 @@ def stage_flops(stage_dir: Path, *, seq_len: int, lm_fpt: float, ref_input_token
         else:  # frozen: only the embeddings not already in the pool's cache were computed
             out["fit"] = enc_fwd_per_seq * fm.get("embeddings_computed", n_tr + n_va)
     sm = _json(stage_dir / "scores" / "meta.json")
-    if sm:
+    if sm.get("mode") == "lm_loss":  # the loss selector: one LM forward per candidate
+        out["score"] = lm_fpt / 3 * seq_len * sm.get("n", 0)
+    elif sm:
         out["score"] = enc_fwd_per_seq * sm.get("n", 0)
     return out
 

@@ -8,6 +8,8 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates               probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k
     mates-first-order   the same, with first-order probe labels
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
+    loss                the current model's loss on each candidate, highest first (a model-aware
+                        baseline without probes: one LM forward per candidate)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datamates.errors import ConfigError
 from datamates.run_dir import RunDir
 from datamates.selection.fit import fit
 from datamates.selection.probe import probe, read_labels
-from datamates.selection.score import score
+from datamates.selection.score import score, score_by_loss
 from datamates.selection.select import select
 
 
@@ -74,11 +76,19 @@ def select_oracle(x: StageInputs) -> Path:
     return _select(x, (ids, values), cfg=replace(x.mates.select, scale="block"))
 
 
+def select_loss(x: StageInputs) -> Path:
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
+    # standardised over the block, as the oracle's labels: tau means the same for both
+    return _select(x, scores, cfg=replace(x.mates.select, scale="block"))
+
+
 SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
     "random": select_random,
     "mates": select_mates,
     "mates-first-order": lambda x: select_mates(x, mode="first_order"),
     "oracle": select_oracle,
+    "loss": select_loss,
 }
 
 

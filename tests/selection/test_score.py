@@ -142,3 +142,29 @@ def test_ray_backend_gives_the_same_scores(scored, im_frozen_model, tiny_pool, c
     ids_l, s_l = read_scores(out)
     assert np.array_equal(ids_r, ids_l)
     np.testing.assert_allclose(s_r, s_l, rtol=1e-5, atol=1e-9)
+
+
+def test_loss_scores_equal_the_models_loss_and_select_the_highest(tiny_ckpt, tiny_pool, cand, tmp_path):
+    """The `loss` selector's scores are minus the checkpoint's mean next-token loss on each
+    candidate (a hand-written forward); top-k on them keeps the k highest-loss candidates."""
+    import torch.nn.functional as F
+
+    from datamates.config.influence import SelectConfig
+    from datamates.core.checkpoint import load_model
+    from datamates.selection.score import score_by_loss
+    from datamates.selection.select import select
+
+    out = score_by_loss(tiny_ckpt, tiny_pool, cand, tmp_path / "scores", batch_size=7)
+    ids, s = read_scores(out)
+    model = load_model(tiny_ckpt).eval()
+    with torch.no_grad():
+        x = torch.from_numpy(tiny_pool.tokens(ids).astype(np.int64))
+        logits = model(input_ids=x).logits
+        want = -F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").mean(1).numpy()
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
+    assert sorted(ids.tolist()) == sorted(cand.tolist())
+    sel = np.load(select(SelectConfig(method="topk"), out, tiny_pool, tmp_path / "sel", k=10) / "ids.npy")
+    assert sorted(sel.tolist()) == sorted(ids[np.argsort(s)[:10]].tolist())
+    assert score_by_loss(tiny_ckpt, tiny_pool, cand, out) == out  # finished: returned as it is
+    with pytest.raises(IncompatibleArtifacts, match="ids_hash"):
+        score_by_loss(tiny_ckpt, tiny_pool, cand[:50], out)

@@ -10,7 +10,7 @@ from datamates.config.influence import FitConfig, ScoreConfig, SelectConfig
 from datamates.config.probe import ProbeConfig
 from datamates.errors import ConfigError
 
-SELECTOR_NAMES = ("random", "mates", "oracle", "mates-first-order")
+SELECTOR_NAMES = ("random", "mates", "oracle", "mates-first-order", "loss")
 
 
 @dataclass(kw_only=True)
@@ -19,7 +19,8 @@ class MatesConfig:
         ["random", "mates"],
         "selectors compared in this run, each on its own branch after the shared warmup stages: "
         "random, mates (influence model on probe labels), oracle (probe labels on the candidates "
-        "themselves: the upper bound), mates-first-order (influence model on first-order labels)",
+        "themselves: the upper bound), mates-first-order (influence model on first-order labels), "
+        "loss (the current model's loss on each candidate, highest first)",
     )
     stages: int = knob(5, "training stages in all (MATES: 5 x 10k steps)", ge=1)
     warmup_stages: int = knob(1, "leading stages trained on random data, shared by every selector (MATES: 1)", ge=1)

@@ -343,3 +343,48 @@ def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | N
     ray_log.setLevel(level)
     if pending:
         raise RuntimeError(f"Ray returned incomplete shards: {sorted(pending)}")
+
+
+# ----------------------------------------------------------------------------- the loss baseline
+
+
+def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str | Path, *, batch_size: int = 16,
+                  device: str = "auto") -> Path:
+    """The `loss` selector's scores: minus the current model's mean next-token loss on each
+    candidate (high-loss data ranks first under the sign convention, lower is better). Model-aware
+    and free of probes and influence models, but one forward of the language model per candidate:
+    cheap next to a tiny LM, expensive at pool scale for a large one (that is what MATES's small
+    influence model avoids). A finished `out` for the same checkpoint and ids is returned as it is."""
+    from datamates.core.checkpoint import load_model
+    from datamates.core.loss import sequence_nll
+    from datamates.selection.probe import checkpoint_hash
+
+    out = Path(out)
+    ids = _check_ids(ids, pool)
+    plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
+            "n": int(len(ids)), "mode": "lm_loss"}
+    if is_done(out):
+        old = read_json(out / "meta.json")
+        if all(old.get(k) == v for k, v in plan.items()):
+            log.info("%s already holds these scores; skipping", out)
+            return out
+        diff = next(k for k, v in plan.items() if old.get(k) != v)
+        raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
+                                    "delete it or pass another --out")
+    t0 = time.time()
+    model = load_model(checkpoint, device=resolve_device(device))
+    nll = np.empty(len(ids), dtype=np.float64)
+    step = 256
+    with torch.inference_mode(), progress_bar(total=len(ids), desc="loss scores", unit="seq") as bar:
+        for i in range(0, len(ids), step):
+            nll[i : i + step] = sequence_nll(model, pool.tokens(ids[i : i + step]), batch_size=batch_size)
+            bar.update(len(ids[i : i + step]))
+    mean_loss = nll / (pool.seq_len - 1)
+    with atomic_dir(out) as work:
+        write_shard(work / shard_name(0), ids, -mean_loss, pool_id=pool.pool_id, model_hash=plan["model_hash"])
+        atomic_write_json(work / "meta.json", meta_record(
+            "score", sign=SIGN, **plan, checkpoint=str(checkpoint), shards=[shard_name(0)],
+            mean_candidate_loss=float(mean_loss.mean()), seconds_this_call=round(time.time() - t0, 2)))
+    log.info("loss scores for %d sequences (mean loss %.4f, %.1f s) -> %s", len(ids), mean_loss.mean(),
+             time.time() - t0, out)
+    return out
