@@ -13,6 +13,7 @@ and load back bit-exactly, which is what makes resume exact.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,18 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
                 shutil.copy2(path / name, tmp / name)
     (out / DONE).unlink(missing_ok=True)  # an export is a plain HF folder
     return out
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 of the checkpoint's weights, optimizer state and trainer state (first 16 hex digits)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        f = path / name
+        if not f.exists():
+            continue
+        h.update(name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 23):
+                h.update(block)
+    return h.hexdigest()[:16]

@@ -355,9 +355,8 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     and free of probes and influence models, but one forward of the language model per candidate:
     cheap next to a tiny LM, expensive at pool scale for a large one (that is what MATES's small
     influence model avoids). A finished `out` for the same checkpoint and ids is returned as it is."""
-    from datamates.core.checkpoint import load_model
+    from datamates.core.checkpoint import checkpoint_hash, load_model
     from datamates.core.loss import sequence_nll
-    from datamates.selection.probe import checkpoint_hash
 
     out = Path(out)
     ids = _check_ids(ids, pool)

@@ -27,6 +27,7 @@ from datamates.config.core import TrainConfig
 from datamates.config.probe import ProbeConfig
 from datamates.core.checkpoint import (
     check_checkpoint,
+    checkpoint_hash,
     has_optimizer_state,
     load_model,
     load_optimizer_state,
@@ -403,21 +404,6 @@ def check_candidates(ids: Sequence[int] | np.ndarray, pool: Pool, source: str = 
 
 
 # ----------------------------------------------------------------------------- the stage
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """sha256 of the checkpoint's weights, optimizer state and trainer state (first 16 hex digits)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
-        f = path / name
-        if not f.exists():
-            continue
-        h.update(name.encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 23):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _ids_hash(ids: np.ndarray) -> str:
