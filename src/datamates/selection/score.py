@@ -89,6 +89,19 @@ class InfluenceScorer:
         return self.lm.to_delta(head_predict(self.lm.model, self.embeddings(ids)))
 
 
+def _finished(out: Path, plan: dict[str, Any]) -> bool:
+    """True when `out` is a finished scores folder for this plan; one for another plan is an error."""
+    if not is_done(out):
+        return False
+    old = read_json(out / "meta.json")
+    if all(old.get(k) == v for k, v in plan.items()):
+        log.info("%s already holds these scores; skipping", out)
+        return True
+    diff = next(k for k, v in plan.items() if old.get(k) != v)
+    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
+                                "delete it or pass another --out")
+
+
 def _check_ids(ids: np.ndarray, pool: Pool) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if len(ids) == 0:
@@ -114,14 +127,8 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             "n": int(len(ids)), "shard_size": cfg.shard_size}
     if icfg.get("pool_id") not in (None, pool.pool_id):
         log.warning("influence model %s was fitted on pool %s; scoring pool %s", model_dir, icfg["pool_id"], pool.pool_id)
-    if is_done(out):
-        old = read_json(out / "meta.json")
-        if all(old.get(k) == v for k, v in plan.items()):
-            log.info("%s already holds these scores; skipping", out)
-            return out
-        diff = next(k for k, v in plan.items() if old.get(k) != v)
-        raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                    "delete it or pass another --out")
+    if _finished(out, plan):
+        return out
     t0 = time.time()
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
     with atomic_dir(out, resume=True) as work:
@@ -362,14 +369,8 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     ids = _check_ids(ids, pool)
     plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
             "n": int(len(ids)), "mode": "lm_loss"}
-    if is_done(out):
-        old = read_json(out / "meta.json")
-        if all(old.get(k) == v for k, v in plan.items()):
-            log.info("%s already holds these scores; skipping", out)
-            return out
-        diff = next(k for k, v in plan.items() if old.get(k) != v)
-        raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                    "delete it or pass another --out")
+    if _finished(out, plan):
+        return out
     t0 = time.time()
     model = load_model(checkpoint, device=resolve_device(device))
     nll = np.empty(len(ids), dtype=np.float64)
