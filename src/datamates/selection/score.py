@@ -34,7 +34,9 @@ import torch
 
 from datamates.config.base import config_hash, from_dict, to_dict, validate
 from datamates.config.influence import ScoreConfig
+from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import resolve_device
+from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
@@ -362,9 +364,6 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     and free of probes and influence models, but one forward of the language model per candidate:
     cheap next to a tiny LM, expensive at pool scale for a large one (that is what MATES's small
     influence model avoids). A finished `out` for the same checkpoint and ids is returned as it is."""
-    from datamates.core.checkpoint import checkpoint_hash, load_model
-    from datamates.core.loss import sequence_nll
-
     out = Path(out)
     ids = _check_ids(ids, pool)
     plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
