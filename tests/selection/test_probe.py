@@ -82,7 +82,30 @@ def test_probe_step_equals_training_step(tiny_ckpt, tiny_pool, ref):
         assert torch.equal(a, b)
     rb = ReferenceBatches(ref.examples, max_len=128, batch_size=5)
     assert math.isclose(rb.loss(work), reference_loss(model, ref.examples), rel_tol=1e-6)
-    assert state.hyper.lr == pytest.approx(3e-3) and state.hyper.lr_source == "checkpoint"
+    assert state.hyper.lr == pytest.approx(3e-3) and state.hyper.lr_source == "schedule at the next step"
+
+
+def test_probe_takes_the_next_training_step(tiny_pool, tiny_model_cfg, tmp_path):
+    """The probe simulates the step training would take next: from a checkpoint after N steps, the
+    exact probe's theta'(x) on the (N+1)-th batch is bit-identical to the weights after N + 1 real
+    steps, under a warmup schedule whose lr changes every step (issue 11, defect 4: the probe used
+    the lr of step N, the last one taken)."""
+    from datamates.core.train_loop import DataOrder, lr_at, train
+    from datamates_testing import tiny_train_cfg
+
+    ids = np.arange(0, 400, 2)
+    kw = dict(micro_batch_size=1, lr=3e-3, warmup_steps=10, checkpoint_every=100, seed=0)
+    n = 3
+    a = train(tiny_train_cfg(steps=n, **kw), tiny_model_cfg, tiny_pool, ids, tmp_path / "a")
+    b = train(tiny_train_cfg(steps=n + 1, **kw), tiny_model_cfg, tiny_pool, ids, tmp_path / "b")
+    state = ProbeState.from_checkpoint(a)
+    assert state.hyper.lr == lr_at(tiny_train_cfg(steps=n + 1, **kw), n, 0, n + 1) == pytest.approx(3e-3 * 4 / 10)
+    nxt = DataOrder(ids, 0).take(n, 1)  # the (N+1)-th global batch of one sequence
+    state.clipped_grad(torch.from_numpy(tiny_pool.tokens(nxt)[0]))
+    work = state.write_update()
+    real = dict(load_model(b).named_parameters())
+    for name, p in work.named_parameters():
+        assert torch.equal(p, real[name]), name
 
 
 # ----------------------------------------------------------------------------- exact == naive

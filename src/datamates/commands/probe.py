@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(mates.probe.reference)")
     p.add_argument("--reference-size", type=int, metavar="N", help="examples of the reference set (mates.probe.reference_size)")
     p.add_argument("--mode", choices=["exact", "first_order", "naive"], help="mates.probe.mode")
-    p.add_argument("--lr", type=float, help="learning rate of the probe step (default: the checkpoint's)")
+    p.add_argument("--lr", type=float, help="learning rate of the probe step (default: the schedule's rate at the next step)")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.probe.workers)")
     p.add_argument("--backend", choices=["local", "ray"], help="mates.probe.backend")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder (default: <run>/probe or <run>/stage_NN/probe)")

@@ -35,7 +35,7 @@ class ProbeConfig:
         "the label's noise floor from the reference set's size",
     )
     lr: float | None = knob(
-        None, "learning rate of the probe step; null: the rate the checkpoint was trained at (trainer_state lr)", gt=0
+        None, "learning rate of the probe step; null: the training schedule's rate at the next step (the one probed)", gt=0
     )
     batch_size: int = knob(32, "reference examples per forward pass", ge=1)
     max_batch_tokens: int | None = knob(

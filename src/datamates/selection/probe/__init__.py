@@ -1,8 +1,9 @@
 """`datamates probe`: oracle data influence by local probing (MATES §3.2 / Eq. 12; mates.md §3, §8, §10.3).
 
 For every candidate sequence x, start from the checkpoint's full training state (weights theta,
-AdamW moments m, v, step count t, the learning rate lr the checkpoint was at, its clip threshold c,
-betas, eps and decoupled weight decay lambda), take ONE AdamW step on x alone and record
+AdamW moments m, v, step count t, its clip threshold c, betas, eps and decoupled weight decay
+lambda, and lr = the schedule's rate at the NEXT global step, the one the probe simulates:
+`oracle.next_step_lr`), take ONE AdamW step on x alone and record
 
     ref_loss_delta(x) = L_ref(theta'(x)) - L_ref(theta)            (lower is better)
 
@@ -45,6 +46,7 @@ from datamates.selection.probe.oracle import (
     check_candidates,
     checkpoint_hash,
     naive_reference_nll,
+    next_step_lr,
     probe,
     read_labels,
     read_labels_table,
@@ -55,5 +57,5 @@ from datamates.selection.probe.oracle import (
 __all__ = [
     "LABELS_FILE", "MODES", "SIGN", "AdamWHyper", "FirstOrderConstants", "FirstOrderProber", "PerSampleGrads",
     "ProbeState", "ProbeWorker", "WorkSpec", "adamw_update_", "check_candidates", "checkpoint_hash",
-    "naive_reference_nll", "probe", "read_labels", "read_labels_table", "read_meta", "sample_probe_set",
+    "naive_reference_nll", "next_step_lr", "probe", "read_labels", "read_labels_table", "read_meta", "sample_probe_set",
 ]

@@ -37,7 +37,7 @@ from datamates.core.lm import autocast, resolve_device
 from datamates.core.loss import TargetExample
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceBatches, ReferenceSet, load_reference
-from datamates.core.train_loop import lm_loss, make_optimizer
+from datamates.core.train_loop import lm_loss, lr_at, make_optimizer
 from datamates.errors import (
     ArtifactMissing,
     ConfigError,
@@ -123,6 +123,20 @@ def adamw_update_(
     return out.addcdiv_(buf_m, buf_v, value=-step_size)
 
 
+def next_step_lr(train_cfg: TrainConfig, state: dict[str, Any]) -> float:
+    """The learning rate of the step the probe simulates: the training schedule's rate at global step
+    t = `global_step` (0-based index of the step after the checkpoint), not the rate of the last step
+    taken (t - 1): MATES (Yu et al., NeurIPS 2024, §3.2) probes the update the next step of training would make.
+
+    The step continues the checkpoint's `train` call (its start step: exp_decay counts from it; its end
+    step: the horizon of a cosine / wsd schedule without `train.total_steps`)."""
+    t = int(state.get("global_step", 0))
+    call = state.get("call") or {}
+    start = int(call.get("start_step", 0))
+    end = max(start + int(call.get("steps", 0)), t)  # past the end of a decayed schedule: its floor
+    return float(lr_at(train_cfg, t, start, end))
+
+
 class ProbeState:
     """A checkpoint's full training state in memory, and the one-step update out of place.
 
@@ -160,11 +174,8 @@ class ProbeState:
             raise IncompatibleArtifacts(f"{checkpoint}: cannot read the training config the checkpoint was made with ({e})") from None
         if lr is not None:
             lr_used, source = float(lr), "config"
-        elif state.get("lr") is not None:
-            lr_used, source = float(state["lr"]), "checkpoint"
         else:
-            lr_used, source = float(train_cfg.lr), "train_config (checkpoint records no lr)"
-            log.warning("%s records no learning rate; probing at the configured peak lr %g", checkpoint, lr_used)
+            lr_used, source = next_step_lr(train_cfg, state), "schedule at the next step"
         device = torch.device(device)
         model = load_model(checkpoint, device)
         if dtype is not None:
