@@ -57,6 +57,30 @@ def test_scores_match_hand_computation(tiny_model, tiny_tok, tmp_path):
     assert res["acc_norm_stderr"] == pytest.approx(se)
 
 
+def test_gold_logprob_and_prob_match_hand_computation(tiny_model, tiny_tok, tmp_path):
+    """The continuous metrics (DataDecide): the gold continuation's log-likelihood per UTF-8 byte
+    of the continuation (its delimiter included), and its probability mass among the choices."""
+    qs = QUESTIONS + [{"q": "Café au", "choices": ["lait", "thé noir"], "gold": 1}]  # multi-byte characters
+    spec = write_task(tmp_path, qs, {"context": "Q: {q}\nA:", "choices": "{choices}", "gold": "{gold}"})
+    res = evaluate_task(tiny_model, tiny_tok, spec, batch_size=2)
+    lp, pm = [], []
+    for q in qs:
+        conts = [" " + c for c in q["choices"]]
+        lls = [_hand_ll(tiny_model, tiny_tok, f"Q: {q['q']}\nA:", c) for c in conts]
+        g = q["gold"]
+        lp.append(lls[g] / len(conts[g].encode("utf-8")))
+        pm.append(math.exp(lls[g]) / sum(math.exp(x) for x in lls))
+    assert len(" thé noir".encode("utf-8")) == 10  # bytes, not the 9 characters
+    for s, a, b in zip(res["samples"], lp, pm):
+        assert s["gold_logprob"] == pytest.approx(a, abs=1e-5) and s["gold_prob"] == pytest.approx(b, abs=1e-5)
+    assert res["gold_logprob"] == pytest.approx(np.mean(lp), abs=1e-5)
+    assert res["gold_prob"] == pytest.approx(np.mean(pm), abs=1e-5)
+    assert res["gold_prob_stderr"] == pytest.approx(np.std(pm, ddof=1) / math.sqrt(len(pm)), abs=1e-5)
+    # duplicate choices split the mass: "four" twice, gold the third
+    assert res["samples"][2]["gold_prob"] < 1 - 2 * math.exp(res["samples"][2]["lls"][0]) / sum(
+        math.exp(x) for x in res["samples"][2]["lls"]) + 1e-9
+
+
 def test_acc_norm_flips_on_length(tiny_model, tiny_tok, tmp_path):
     """A long choice loses acc (summed LL) but its per-character LL can win acc_norm."""
     rec = {"q": "She opened the door and", "choices": ["x", "walked slowly into the quiet old house"], "gold": 1}

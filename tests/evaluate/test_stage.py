@@ -34,8 +34,9 @@ def test_nine_tasks_print_acc_acc_norm_and_stderr(nine_run):
     assert md.startswith((out / "eval.md").read_text())  # what is printed is eval.md
     for name in TASK_GROUPS["nine"]:
         row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
-        # | task | split | n | acc ± se | acc_norm ± se | in mean |
-        assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \| acc(_norm)? \|$", row), row
+        # | task | split | n | acc ± se | acc_norm ± se | gold logprob ± se | gold prob ± se | in mean |
+        assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \| -\d+\.\d{4} ± \d\.\d{4} \| "
+                         r"\d\.\d{4} ± \d\.\d{4} \| acc(_norm)? \|$", row), row
     assert re.search(r"\| lambada_openai \| test \| 6 \| \d+\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \| [\d.]+ \|", md)
     assert "**nine-task mean**" in md
     res = json.loads((out / "eval.json").read_text())
@@ -49,6 +50,10 @@ def test_nine_tasks_print_acc_acc_norm_and_stderr(nine_run):
     assert mean["value"] == pytest.approx(np.mean(vals))
     ses = [res["tasks"][n][f"{m}_stderr"] for n, m in mean["metrics"].items()]
     assert mean["stderr"] == pytest.approx(math.sqrt(sum(s * s for s in ses)) / 9)
+    for key, metric in (("nine_task_gold_logprob", "gold_logprob"), ("nine_task_gold_prob", "gold_prob")):
+        assert res[key]["value"] == pytest.approx(np.mean([res["tasks"][n][metric] for n in TASK_GROUPS["nine"]]))
+        assert res[key]["n_tasks"] == 9
+    assert res["nine_task_gold_logprob"]["value"] < 0 and 0 < res["nine_task_gold_prob"]["value"] < 1
     ref = res["reference"]["lambada_openai"]
     assert ref["n"] == 6 and ref["loss"] > 0 and ref["ppl"] > 1
     # per-example log-likelihoods agree with the accuracies

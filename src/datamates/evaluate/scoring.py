@@ -128,6 +128,7 @@ class GroupScores:
     ll: np.ndarray  # [n_requests] summed continuation log-likelihood (float32 sum, as lm-eval)
     greedy: np.ndarray  # [n_requests] bool
     n_tokens: np.ndarray  # [n_requests] int64 continuation tokens scored
+    n_input_tokens: int = 0  # tokens this group's packs fed through the model (shared prefix once)
 
 
 def _mask(seg: torch.Tensor, eager: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -240,7 +241,9 @@ def score_groups(
     bar.close()
     model.train(was_training)
     out = []
+    fed = np.zeros(len(groups), np.int64)
+    np.add.at(fed, np.asarray(owner, np.int64), [len(p.tokens) for p in packs])
     for g in range(len(groups)):
         s = base[g] + req_to_u[g]
-        out.append(GroupScores(ll[s], miss[s] == 0, ntok[s]))
+        out.append(GroupScores(ll[s], miss[s] == 0, ntok[s], int(fed[g])))
     return out

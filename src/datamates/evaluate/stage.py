@@ -7,6 +7,18 @@ Multiple-choice tasks follow lm-evaluation-harness (`output_type: multiple_choic
     acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]
     stderr   = sample std (n - 1) / sqrt(n)          (lm-eval's `mean_stderr`)
 
+Continuous metrics (DataDecide, Magnusson et al. 2025, §3: at small scale the probability the
+model gives the correct answer ranks models far better than accuracy, which sits at chance):
+
+    gold_logprob = LL_gold / bytes(continuation_gold)      nats per UTF-8 byte of the gold
+                                                            continuation (delimiter included)
+    gold_prob    = exp(LL_gold) / sum_k exp(LL_k)           probability mass on the gold choice
+                                                            among the choices
+
+Per byte, not per token: the figure does not depend on the tokenizer (bits-per-byte style, as the
+held-out pools), so runs with different tokenizers stay comparable; it is higher-is-better (a
+log-probability, <= 0). Both are means over examples with the sample stderr, as acc.
+
 argmax takes the first maximum (numpy), as lm-eval does. Reference sets (`output_type:
 loglikelihood`, LAMBADA): `loss` = summed target NLL / target tokens (MATES's reference loss, §3),
 `acc` = every target token is the greedy argmax (lm-eval's lambada acc), `ppl` = exp(mean per-example
@@ -17,6 +29,11 @@ first token is not predicted.
 The nine-task mean (MATES Table 1) averages one metric per task: the spec's `metric` (acc_norm where
 lm-eval reports it, i.e. SciQ, ARC-E, ARC-C, LogiQA, OBQA, HellaSwag, PIQA; acc for BoolQ and
 WinoGrande, which lm-eval scores by acc only); its stderr is sqrt(sum stderr_i^2) / 9 (independent tasks).
+`nine_task_gold_logprob` and `nine_task_gold_prob` average the continuous metrics the same way.
+
+Counted tokens (for accounting.py): every task records `n_input_tokens`, the tokens its packs fed
+through the model; every held-out pool `n_input_tokens` = sequences x seq_len; eval.json's
+`n_input_tokens` is their sum (one LM forward each).
 """
 
 from __future__ import annotations
@@ -56,7 +73,7 @@ from datamates.run_dir import (
 )
 
 log = get_logger(__name__)
-SCHEMA = 1
+SCHEMA = 2  # 2: continuous metrics and counted tokens (an older eval.json is re-evaluated)
 NINE = TASK_GROUPS["nine"]
 
 
@@ -104,14 +121,17 @@ def evaluate_task(
                            "harness_task": spec.harness_task, "spec": str(spec.path)}
     samples = []
     if spec.is_mc:
-        acc, acc_norm = np.zeros(n), np.zeros(n)
+        acc, acc_norm, gold_lp, gold_p = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
         for i, (d, s) in enumerate(zip(docs[:n], scores)):
             acc[i] = float(np.argmax(s.ll) == d.gold)
             acc_norm[i] = float(np.argmax(s.ll / np.asarray(d.norm_len, np.float64)) == d.gold)
+            gold_lp[i], gold_p[i] = gold_continuous(s.ll, d.continuations, d.gold)
             samples.append({"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "acc": acc[i],
-                            "acc_norm": acc_norm[i]})
+                            "acc_norm": acc_norm[i], "gold_logprob": gold_lp[i], "gold_prob": gold_p[i]})
         res.update(acc=float(acc.mean()), acc_stderr=_stderr(acc), acc_norm=float(acc_norm.mean()),
-                   acc_norm_stderr=_stderr(acc_norm), metric=spec.metric)
+                   acc_norm_stderr=_stderr(acc_norm), gold_logprob=float(gold_lp.mean()),
+                   gold_logprob_stderr=_stderr(gold_lp), gold_prob=float(gold_p.mean()),
+                   gold_prob_stderr=_stderr(gold_p), metric=spec.metric)
     else:
         nll = np.array([-s.ll[0] for s in scores])
         ntok = np.array([s.n_tokens[0] for s in scores])
@@ -121,9 +141,19 @@ def evaluate_task(
                             "greedy": bool(s.greedy[0])})
         res.update(loss=float(nll.sum() / ntok.sum()), acc=float(hit.mean()), acc_stderr=_stderr(hit),
                    ppl=float(math.exp(nll.mean())), n_tokens=int(ntok.sum()))
+    res["n_input_tokens"] = int(sum(s.n_input_tokens for s in scores))  # counted FLOPs (accounting.py)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     res["samples"] = samples
     return res
+
+
+def gold_continuous(lls: np.ndarray, continuations: Sequence[str], gold: int) -> tuple[float, float]:
+    """(gold_logprob, gold_prob) of one multiple-choice example (module docstring):
+    LL_gold / UTF-8 bytes of the gold continuation, and exp(LL_gold) / sum_k exp(LL_k)."""
+    lls = np.asarray(lls, np.float64)
+    nbytes = max(1, len(continuations[gold].encode("utf-8")))
+    mass = math.exp(lls[gold] - (lls.max() + math.log(np.exp(lls - lls.max()).sum())))
+    return float(lls[gold] / nbytes), float(mass)
 
 
 # ----------------------------------------------------------------------------- held-out pools
@@ -167,7 +197,8 @@ def evaluate_pool(
         return {"loss": float(nll[m].sum() / ntok), "ppl": ppl, "bpb": bpb, "n_sequences": int(m.sum()),
                 "n_tokens": ntok, "n_bytes": float(nbytes[m].sum())}
 
-    out = {"pool": str(pool.path), "pool_id": pool.pool_id, "all": agg(np.ones(len(ids), bool)), "domains": {}}
+    out = {"pool": str(pool.path), "pool_id": pool.pool_id, "all": agg(np.ones(len(ids), bool)), "domains": {},
+           "n_input_tokens": int(len(ids)) * T}
     for d, dname in enumerate(pool.domains):
         m = dom == d
         if m.any():
@@ -238,16 +269,19 @@ def evaluate(
     *,
     heldout_pools: Any = None,
     tokenizer: Any = None,
+    examples: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (or an in-memory model with `tokenizer`) and write `eval.json` and
     `eval.md` atomically into `out_dir` (None: write nothing, just return the result).
 
     `heldout_pools` adds pools to cfg.heldout_pools: {name: pool_or_path | (pool_or_path, ids)} or a
-    list of the same. A finished `out_dir` with the same request is returned as it is; a killed run
+    list of the same. `examples` restricts tasks to some of their examples: {task name: positions
+    (0-based, in file order)}, e.g. the plan's evaluation part of a reference set (plan.py); cfg.limit
+    then takes the first of those. A finished `out_dir` with the same request is returned as it is; a killed run
     resumes, reusing the tasks it had finished (kept in `<out_dir>.partial/tasks/`).
     """
     from datamates.core.checkpoint import load_model
-    from datamates.core.lm import n_params, resolve_device
+    from datamates.core.lm import flops_per_token, n_params, resolve_device
     from datamates.core.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
@@ -259,6 +293,10 @@ def evaluate(
     if dup:
         raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
     all_docs = {s.name: load_docs(s, limit=cfg.limit if not cfg.num_fewshot else None) for s in specs}
+    for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
+        if name in all_docs:
+            docs = load_docs(next(s for s in specs if s.name == name))
+            all_docs[name] = [docs[int(i)] for i in pos]
     if isinstance(checkpoint, torch.nn.Module):
         if tokenizer is None:
             raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
@@ -278,7 +316,9 @@ def evaluate(
             raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
                                         f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("tasks", "reference", "heldout_pools", "device")}
-    request = {"checkpoint": ident, "settings": settings, "tasks": {s.name: s.fingerprint() for s in specs},
+    request = {"schema": SCHEMA, "checkpoint": ident, "settings": settings,
+               "tasks": {s.name: s.fingerprint() for s in specs},
+               **({"examples": {k: config_hash([int(i) for i in v]) for k, v in examples.items()}} if examples else {}),
                "pools": {k: [str(getattr(p, "path", p)), None if i is None else config_hash(i.tolist())]
                          for k, (p, i) in pools.items()}}
     key = config_hash(request)
@@ -330,10 +370,16 @@ def evaluate(
             log.info("%s", _one_line(res))
         if len([n for n in NINE if n in result["tasks"]]) == len(NINE):
             result["nine_task_mean"] = _mean(result["tasks"], NINE, cfg.average_metric)
+            result["nine_task_gold_logprob"] = _mean(result["tasks"], NINE, "gold_logprob")
+            result["nine_task_gold_prob"] = _mean(result["tasks"], NINE, "gold_prob")
         result["task_mean"] = _mean(result["tasks"], list(result["tasks"]), cfg.average_metric)
         for name, (pool, ids) in pools.items():
             result["perplexity"][name] = evaluate_pool(model, pool, ids, batch_size=max(1, cfg.batch_size // 2),
                                                        precision=cfg.precision, name=name)
+        result["n_input_tokens"] = int(sum(r["n_input_tokens"] for part in ("tasks", "reference")
+                                           for r in result[part].values())
+                                       + sum(p["n_input_tokens"] for p in result["perplexity"].values()))
+        result["flops_per_token"] = {"lm_forward": flops_per_token(model, model.config.max_position_embeddings) / 3}
         secs = time.perf_counter() - t0
         result["timing"] = {"seconds": round(secs, 3), "examples": n_examples,
                             "examples_per_second": round(n_examples / secs, 3) if secs > 0 else None,
@@ -346,6 +392,7 @@ def evaluate(
                        pools=list(pools), config=to_dict(cfg))
     with atomic_dir(out_dir, meta=meta, resume=True) as work:
         result = run(work)
+        meta.update(tokens={"lm_forward": result["n_input_tokens"]}, flops_per_token=result["flops_per_token"])
         atomic_write_json(work / "eval.json", result)
         atomic_write_text(work / "eval.md", markdown(result))
     return result
@@ -380,19 +427,28 @@ def markdown(result: dict[str, Any]) -> str:
     if tasks:
         shots = {t["num_fewshot"] for t in tasks.values()}
         lines += [f"## Multiple-choice tasks ({', '.join(map(str, sorted(shots)))}-shot)", "",
-                  "| task | split | n | acc | acc_norm | in mean |", "|---|---|---:|---|---|---|"]
+                  "| task | split | n | acc | acc_norm | gold logprob / byte | gold prob | in mean |",
+                  "|---|---|---:|---|---|---|---|---|"]
         mean = result.get("nine_task_mean") or result.get("task_mean") or {"metrics": {}}
         for name, t in tasks.items():
             n = f"{t['n']}" + (f"/{t['n_total']}" if t["n"] != t["n_total"] else "")
+            cont = " | ".join(_pm(t[k], t[f"{k}_stderr"]) if k in t else "-" for k in ("gold_logprob", "gold_prob"))
             lines.append(f"| {name} | {t['split']} | {n} | {_pm(t['acc'], t['acc_stderr'])} | "
-                         f"{_pm(t['acc_norm'], t['acc_norm_stderr'])} | {mean['metrics'].get(name, '')} |")
+                         f"{_pm(t['acc_norm'], t['acc_norm_stderr'])} | {cont} | {mean['metrics'].get(name, '')} |")
         for label, key in (("nine-task mean", "nine_task_mean"), ("mean of these tasks", "task_mean")):
             m = result.get(key)
             if m and not (key == "task_mean" and result.get("nine_task_mean") and m["n_tasks"] == 9):
-                lines.append(f"| **{label}** | | {m['n_tasks']} tasks | | | **{_pm(m['value'], m['stderr'])}** |")
+                cont = ["", ""]
+                if key == "nine_task_mean":
+                    cont = [_pm(c["value"], c["stderr"]) if c else "" for c in
+                            (result.get("nine_task_gold_logprob"), result.get("nine_task_gold_prob"))]
+                lines.append(f"| **{label}** | | {m['n_tasks']} tasks | | | {cont[0]} | {cont[1]} | "
+                             f"**{_pm(m['value'], m['stderr'])}** |")
         lines.append("")
         lines.append("acc: argmax of the summed continuation log-likelihood; acc_norm: the same divided by the "
-                     "choice's length in characters (lm-evaluation-harness). `in mean` is the metric each task "
+                     "choice's length in characters (lm-evaluation-harness); gold logprob / byte: the gold "
+                     "continuation's log-likelihood per UTF-8 byte (nats); gold prob: exp(LL_gold) / sum_k "
+                     "exp(LL_k) (DataDecide, Magnusson et al. 2025). `in mean` is the metric each task "
                      "contributes to the mean; ± is the standard error.")
         lines.append("")
     if result["reference"]:
