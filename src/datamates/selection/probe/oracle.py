@@ -33,7 +33,7 @@ from datamates.core.checkpoint import (
     load_optimizer_state,
     trainer_state,
 )
-from datamates.core.lm import autocast, resolve_device
+from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.loss import TargetExample
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceBatches, ReferenceSet, load_reference
@@ -564,10 +564,27 @@ def probe(
                    "fraction_negative": float((d < 0).mean())},
             seconds=round(seconds, 3), probes_this_run=n_new, probes_per_s=n_new / max(seconds, 1e-9),
             total_seconds=round(time.time() - t_start, 3),
+            tokens=probe_tokens(cfg, reference.examples, len(ids), pool.seq_len,
+                                state.model.config.max_position_embeddings),
+            flops_per_token={"lm_train": (f := flops_per_token(state.model, pool.seq_len)), "lm_forward": f / 3},
         ))
     log.info("probe %s: %d labels -> %s (mean %.3g, std %.3g, %.0f%% lower the reference loss)", cfg.mode, len(ids),
              out, d.mean(), d.std(), 100 * (d < 0).mean())
     return out
+
+
+def probe_tokens(cfg: ProbeConfig, examples: Sequence[TargetExample], n_probes: int, seq_len: int,
+                 max_len: int) -> dict[str, int]:
+    """Tokens the probe stage runs through the LM (counted FLOPs, accounting.py). R = reference
+    input tokens ((context + target)[-(max_len + 1):][:-1] per example), G = 1 (3 with halves):
+    exact / naive: lm_train = n x seq_len (the steps), lm_forward = (1 + n) x R (before, after each);
+    first order:   lm_train = n x seq_len + G x R (candidate and reference gradients),
+                   lm_forward = R (before; 2 R with the momentum anchor's L_ref(theta0))."""
+    R = int(sum(len((e.context + e.target)[-(max_len + 1):]) - 1 for e in examples))
+    if cfg.mode == "first_order":
+        G = 3 if cfg.reference_halves else 1
+        return {"lm_train": n_probes * seq_len + G * R, "lm_forward": R * (2 if cfg.anchor == "momentum" else 1)}
+    return {"lm_train": n_probes * seq_len, "lm_forward": (1 + n_probes) * R}
 
 
 def _prepare(cfg: ProbeConfig, checkpoint: Path, pool: Pool, reference: ReferenceSet):
