@@ -1,5 +1,8 @@
-"""`datamates VERB ...`: argv -> one stage call. A user mistake (DatamatesError) becomes one line
-on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""`datamates VERB ...`: argv -> one stage call. A user mistake becomes one line on stderr and
+exit code 2: a DatamatesError, a bad flag (argparse's usage text is left out: `--help` has it), and
+an operating-system refusal on a named path (a read-only or full output folder, a folder where a
+file is expected). Ctrl-C is one line and exit code 130. Anything else is a bug and keeps its
+traceback. docs/reliability.md lists every case and its test.
 
 Each verb lives in `datamates.commands.<module>` with `add_arguments(parser)` and `run(args)`;
 modules import their heavy dependencies inside `run`, so `datamates --help` is instant.
@@ -8,7 +11,9 @@ modules import their heavy dependencies inside `run`, so `datamates --help` is i
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import logging
 import sys
 
 from datamates import __version__
@@ -39,8 +44,36 @@ def _load(verb: str):
     return importlib.import_module(f"datamates.commands.{module}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage text is what `--help` is for); exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+# errno of an OSError on a named path that the user can fix, and what to tell them
+_OS_HINTS = {
+    errno.EACCES: "choose a writable folder (--out / --run-dir) or fix its permissions",
+    errno.EPERM: "choose a writable folder (--out / --run-dir) or fix its permissions",
+    errno.EROFS: "the file system is read-only; write to another folder (--out / --run-dir)",
+    errno.ENOSPC: "the disk is full; free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free some space or write elsewhere",
+    errno.EISDIR: "a folder was given where a file is expected",
+    errno.ENOTDIR: "a file was given where a folder is expected",
+    errno.ENAMETOOLONG: "the path is too long",
+}
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for an OSError the user can fix (a named path and a known errno), else None."""
+    if e.errno not in _OS_HINTS or not (e.filename or e.filename2):
+        return None
+    name = e.filename if e.filename is not None else e.filename2
+    return f"{name}: {e.strerror or 'operating-system error'}; {_OS_HINTS[e.errno]}"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="datamates",
         description="Model-aware pretraining data selection (MATES) and data ablations by merging.",
     )
@@ -70,13 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_load(args.verb).run(args) or 0)
     except DatamatesError as e:
-        print(f"datamates {args.verb}: error: {e}", file=sys.stderr)
+        _fresh_line()
+        logging.getLogger("datamates").debug("error", exc_info=True)  # the traceback: log file, --verbose
+        print(f"datamates {args.verb}: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        line = _os_error_line(e)
+        if line is None:
+            raise
+        _fresh_line()
+        logging.getLogger("datamates").debug("error", exc_info=True)
+        print(f"datamates {args.verb}: error: {_one_line(line)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        _fresh_line()
         print(f"datamates {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
         _shutdown_distributed()
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
+
+
+def _fresh_line() -> None:
+    """Clear unfinished progress bars so the error line does not land on one."""
+    from datamates.log import close_progress_bars
+
+    close_progress_bars()
+    sys.stderr.flush()
 
 
 def _shutdown_distributed() -> None:

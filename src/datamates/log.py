@@ -71,6 +71,18 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> tqdm:
                 leave=False)
 
 
+def close_progress_bars() -> None:
+    """Close (and, as they are leave=False, clear) every open progress bar, so that the next line
+    written to the terminal, e.g. the CLI's error line, starts on a fresh line."""
+    from tqdm import tqdm as std_tqdm
+
+    for bar in list(getattr(std_tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot be closed must not hide the error
+            pass
+
+
 def ascii_curve(values: list[float], width: int = 60, height: int = 12, title: str = "") -> str:
     """A terminal plot of a curve (e.g. training loss per step), downsampled to `width` columns."""
     if not values:

@@ -14,6 +14,9 @@ run therefore leaves either nothing or a `.partial` folder that the stage resume
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from datamates import __version__
+from datamates.errors import IncompatibleArtifacts, OutputConflict
+from datamates.log import get_logger
+
+log = get_logger(__name__)
 
 DONE = "DONE"
 META = "meta.json"
@@ -73,8 +80,9 @@ def is_done(path: str | Path) -> bool:
     return (Path(path) / DONE).exists()
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
+    """Package version plus the git commit when run from a checkout (read once per process)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
@@ -99,21 +107,267 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: bool = False) -> Iterator[Path]:
-    """Yield a scratch directory; on success write `meta.json` and `DONE` into it and rename it
-    to `path` (replacing an incomplete one). With `resume=True` a scratch directory left by a
-    killed run is handed back as it is, so the stage can pick up where it stopped; otherwise it
-    is wiped first. On an exception the scratch directory stays for a later resume."""
+# ----------------------------------------------------------------------------- fingerprints
+#
+# An artifact's identity is everything that determines its bytes: its config section, the
+# identities of its inputs (pool_id, ids hash, the init checkpoint's content hash, ...). The
+# finished artifact's DONE marker and an unfinished `.partial`'s PARTIAL marker record it as a
+# flat {dotted key: value} dict; reusing or resuming with another one is a one-line error that
+# names the key, unless the run was started with --force (then the artifact is redone). The code
+# version is recorded too, but a change of it only warns: most commits do not touch a given
+# stage, and refusing every artifact after each commit would make --force the habit.
+
+PARTIAL = "PARTIAL"
+_force = os.environ.get("DATAMATES_FORCE", "0") not in ("", "0")
+
+
+def set_force(on: bool) -> None:
+    """--force: redo (instead of refusing) every artifact whose fingerprint differs."""
+    global _force
+    _force = bool(on)
+
+
+def force_enabled(force: bool | None = None) -> bool:
+    return _force if force is None else bool(force)
+
+
+def _canon(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canon(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _canon(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def fingerprint(**parts: Any) -> dict[str, str]:
+    """Flatten `parts` (configs, dicts, scalars, hashes) to {dotted key: JSON value}; values
+    longer than 80 characters are replaced by `sha256:<16 hex digits>` of their JSON."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict) and v:
+            for k in sorted(v):
+                walk(f"{prefix}.{k}" if prefix else k, v[k])
+            return
+        js = json.dumps(v, sort_keys=True, default=str)
+        if len(js) > 80:
+            js = "sha256:" + hashlib.sha256(js.encode()).hexdigest()[:16]
+        flat[prefix] = js
+
+    for key in sorted(parts):
+        walk(key, _canon(parts[key]))
+    return flat
+
+
+def file_sha256(path: str | Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 23):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def _first_difference(old: dict[str, str], new: dict[str, str]) -> str | None:
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            return f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+    return None
+
+
+def read_marker(path: str | Path, name: str = DONE) -> dict[str, Any] | None:
+    """The JSON record in a DONE / PARTIAL marker; {} for a legacy marker (a timestamp line);
+    None when there is no marker."""
+    f = Path(path) / name
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _listing(root: Path) -> dict[str, int]:
+    out = {}
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.name not in (DONE, PARTIAL):
+            out[str(f.relative_to(root))] = f.stat().st_size
+    return out
+
+
+def write_done(root: str | Path, kind: str | None, fp: dict[str, str] | None = None) -> None:
+    """Certify `root`: DONE records the kind, fingerprint, code version and every file's size."""
+    root = Path(root)
+    (root / PARTIAL).unlink(missing_ok=True)
+    atomic_write_json(root / DONE, {"kind": kind, "fingerprint": fp, "code_version": code_version(),
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _listing(root)})
+
+
+def check_files(path: str | Path) -> str | None:
+    """None if every file DONE lists is there with its recorded size, else what is wrong."""
+    path = Path(path)
+    rec = read_marker(path) or {}
+    for name, size in (rec.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, DONE certified {size}"
+    return None
+
+
+def reuse(path: str | Path, kind: str, fp: dict[str, str], *, force: bool | None = None) -> bool:
+    """True when `path` is a finished `kind` artifact with fingerprint `fp`: use it as it is.
+    False when there is nothing finished there, or (with --force) it differs and is to be redone.
+    Otherwise IncompatibleArtifacts: one line naming the artifact and the first differing key."""
+    path = Path(path)
+    rec = read_marker(path)
+    if rec is None:
+        return False
+    if not rec:  # a DONE written before fingerprints existed: nothing to compare
+        log.warning("%s: finished %s without a fingerprint (older datamates); reusing it as it is", path, kind)
+        return True
+    redo = force_enabled(force)
+    if rec.get("kind") not in (None, kind):
+        raise OutputConflict(f"{path}: holds a {rec.get('kind')}, not a {kind}; choose another output folder")
+    broken = check_files(path)
+    if broken is not None:
+        if redo:
+            return False
+        raise IncompatibleArtifacts(f"{path}: this {kind} is damaged ({broken}); re-run with --force to redo it")
+    diff = _first_difference(rec.get("fingerprint") or {}, fp)
+    if diff is not None:
+        if redo:
+            log.warning("%s: redoing this %s (--force): %s", path, kind, diff)
+            return False
+        raise IncompatibleArtifacts(
+            f"{path}: this {kind} was made from other inputs ({diff}); re-run with --force to redo it"
+        )
+    if rec.get("code_version") not in (None, code_version()):
+        log.warning("%s: made by datamates %s, this is %s; reusing it", path, rec.get("code_version"), code_version())
+    return True
+
+
+def check_replaceable(path: str | Path, kind: str | None) -> None:
+    """Refuse (OutputConflict) to let an artifact replace anything but an empty folder or a
+    finished or partial artifact of the same kind: `--out` at a data file or a folder of the
+    user's would otherwise be deleted."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise OutputConflict(f"{path}: is a file, not an output folder; choose another output folder")
+    if not any(path.iterdir()):
+        return
+    for marker in (DONE, PARTIAL):
+        rec = read_marker(path, marker)
+        if rec is not None:
+            if rec.get("kind") in (None, kind) or kind is None:
+                return
+            raise OutputConflict(f"{path}: holds a {rec.get('kind')}, not a {kind}; choose another output folder")
+    raise OutputConflict(
+        f"{path}: exists and is not a datamates artifact (no {DONE} marker); choose another output folder "
+        "or delete it yourself"
+    )
+
+
+class Lock:
+    """An exclusive lock on an output folder: `<parent>/.<name>.lock`, held with flock (released
+    by the kernel when the process dies, so kill -9 leaves no stale lock)."""
+
+    def __init__(self, path: str | Path):
+        self.target = Path(path)
+        self.file = self.target.with_name(f".{self.target.name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> Lock:
+        import fcntl
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise OutputConflict(
+                    f"{self.target}: another datamates process (pid {holder}) is writing this output; "
+                    f"wait for it to finish (lock {self.file})"
+                ) from None
+            try:  # the file may have been unlinked by the previous holder between open and flock
+                same = os.stat(self.file).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                self.file.unlink()
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> Lock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
+                 resume: bool = False, force: bool | None = None) -> Path:
+    """The scratch folder `<path>.partial`, ready to write into (the caller holds the Lock).
+    With `resume`, one left by a killed run with the same kind and fingerprint is handed back
+    as it is; another fingerprint is a one-line error (or, with --force, wiped). Without
+    `resume` it is wiped. A folder there that is not a datamates partial is refused."""
     path = Path(path)
     tmp = partial_path(path)
-    if tmp.exists() and not resume:
-        shutil.rmtree(tmp)
+    check_replaceable(path, kind)
+    if tmp.exists() or tmp.is_symlink():
+        rec = read_marker(tmp, PARTIAL)
+        if rec is None and tmp.is_dir() and any(tmp.iterdir()):
+            raise OutputConflict(f"{tmp}: is not a datamates partial output (no {PARTIAL} marker); delete it yourself")
+        if not tmp.is_dir():
+            raise OutputConflict(f"{tmp}: is a file, not a partial output folder; delete it yourself")
+        if rec is not None and rec.get("kind") not in (None, kind) and kind is not None:
+            raise OutputConflict(f"{tmp}: holds a partial {rec.get('kind')}, not a {kind}; delete it yourself")
+        keep = resume
+        if keep and fp is not None and rec is not None:
+            diff = _first_difference(rec.get("fingerprint") or {}, fp)
+            if diff is not None:
+                if not force_enabled(force):
+                    raise IncompatibleArtifacts(
+                        f"{tmp}: the interrupted {kind or 'run'} was started from other inputs ({diff}); "
+                        "re-run with --force to start over"
+                    )
+                log.warning("%s: starting over (--force): %s", tmp, diff)
+                keep = False
+        if not keep:
+            shutil.rmtree(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    yield tmp
-    if meta is not None:
-        atomic_write_json(tmp / META, meta)
-    (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    if read_marker(tmp, PARTIAL) is None:
+        atomic_write_json(tmp / PARTIAL, {"kind": kind, "fingerprint": fp, "code_version": code_version()})
+    return tmp
+
+
+def replace_dir(tmp: str | Path, path: str | Path, kind: str | None = None) -> None:
+    """Rename the finished scratch folder `tmp` to `path`, replacing only an artifact of the same
+    kind (check_replaceable)."""
+    tmp, path = Path(tmp), Path(path)
+    check_replaceable(path, kind)
     if path.exists():
         old = path.with_name(path.name + f".old-{os.getpid()}")
         os.replace(path, old)
@@ -122,6 +376,35 @@ def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: 
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: bool = False,
+               kind: str | None = None, fingerprint: dict[str, str] | None = None,
+               force: bool | None = None) -> Iterator[Path]:
+    """Yield a scratch directory; on success write `meta.json` and `DONE` (kind, fingerprint,
+    every file's size) into it and rename it to `path`. The output is locked for the duration
+    (a second writer refuses with one line), and only an empty folder or an artifact of the same
+    kind is ever replaced. With `resume=True` a scratch directory left by a killed run is handed
+    back as it is if its fingerprint matches (open_partial); otherwise it is wiped first. On an
+    exception the scratch directory stays for a later resume."""
+    path = Path(path)
+    with Lock(path):
+        tmp = open_partial(path, kind, fingerprint, resume=resume, force=force)
+        yield tmp
+        if meta is not None:
+            atomic_write_json(tmp / META, meta)
+        write_done(tmp, kind, fingerprint)
+        replace_dir(tmp, path, kind)
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the kill tests: DATAMATES_FAULT=<name> kills this process here
+    (SIGKILL, as `kill -9` would)."""
+    if os.environ.get("DATAMATES_FAULT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def encoder_cache_dir(pool_dir: str | Path) -> Path:

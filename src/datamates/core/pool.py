@@ -38,7 +38,17 @@ from datamates.config.core import PoolConfig
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
+from datamates.run_dir import (
+    DONE,
+    atomic_dir,
+    atomic_write_json,
+    fault_point,
+    file_sha256,
+    fingerprint,
+    is_done,
+    read_json,
+    reuse,
+)
 
 log = get_logger(__name__)
 
@@ -215,8 +225,7 @@ class _Appender:
                 arr[i : i + step] = src[i : i + step]
         arr.flush()
         del arr
-        self.path.unlink()
-        return n
+        return n  # the source stays until the whole write-out is certified (_finalize)
 
 
 @dataclass
@@ -293,14 +302,36 @@ _COLUMNS = {
 }
 
 
-def build_pool(cfg: PoolConfig, out: str | Path) -> Path:
-    """Build (or resume, or skip if done) the pool at `out`. Returns `out`."""
+def input_identity(files: list[InputFile]) -> list[dict[str, Any]]:
+    """What identifies the inputs: their names relative to the given folder, sizes and content
+    hashes (not their absolute paths: a moved corpus is the same corpus)."""
+    return [{"rel": f.rel, "bytes": f.path.stat().st_size, "sha256": file_sha256(f.path)} for f in files]
+
+
+def pool_fingerprint(cfg: PoolConfig, files: list[InputFile]) -> dict[str, str]:
+    """Everything that determines a pool's bytes: the pool config (less where the inputs were
+    found and the read batch size), the inputs' identities, and a given tokenizer's file hash."""
+    section = {k: v for k, v in to_dict(cfg).items() if k not in ("inputs", "read_batch")}
+    tok: Any = cfg.tokenizer.name_or_path
+    if tok is not None:
+        t = Path(tok)
+        t = t / "tokenizer.json" if t.is_dir() else t
+        tok = file_sha256(t) if t.is_file() else tok
+    inputs = {i["rel"]: f"{i['bytes']} bytes, sha256 {i['sha256']}" for i in input_identity(files)}
+    return fingerprint(pool=section, inputs=inputs, tokenizer_file=tok)
+
+
+def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -> Path:
+    """Build (or resume, or skip if done) the pool at `out`. Returns `out`. A finished or
+    partial pool built from another config or other inputs is refused (one line naming the
+    key) unless `force` (--force), which rebuilds it."""
     out = Path(out)
-    if is_done(out):
+    files = discover_inputs(cfg.inputs)
+    fp = pool_fingerprint(cfg, files)
+    if reuse(out, "pool", fp, force=force):
         log.info("pool %s is already built; skipping", out)
         return out
-    files = discover_inputs(cfg.inputs)
-    with atomic_dir(out, resume=True) as work:
+    with atomic_dir(out, resume=True, kind="pool", fingerprint=fp, force=force) as work:
         meta = _build_into(cfg, files, work)
         _finalize(work, meta)
         # tokenizer_config.json etc., so checkpoints built on this pool load with AutoTokenizer
@@ -320,6 +351,8 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
     L = cfg.seq_len
 
     prog_path = work / "progress.json"
+    if prog_path.exists() and read_json(prog_path).get("phase") == "finalized":
+        return read_json(prog_path)["meta"]  # killed after the write-out, during the clean-up
     state: dict[str, Any] = {"files_done": 0, "counters": counters, "domains": [], "shard": 0,
                              "shard_rows": 0, "n_seq": 0, "n_docs": 0, "sizes": {}, "per_domain": {}}
     if prog_path.exists():
@@ -471,7 +504,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         "counters": counters,
         "tokenizer": {"source": tok_source, "hash": tokenizer_hash(tok), "vocab_size": vocab, "eos_id": eos,
                       "eos_token": cfg.tokenizer.eos_token},
-        "inputs": [{"path": str(f.path), "rel": f.rel, "bytes": f.path.stat().st_size} for f in files],
+        "inputs": [{"path": str(f.path), **ident} for f, ident in zip(files, input_identity(files))],
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
     }
@@ -500,16 +533,24 @@ def _load_carry(path: Path) -> dict[str, _Packer]:
 
 
 def _finalize(work: Path, meta: dict[str, Any]) -> None:
-    """Append-only columns -> .npy arrays and docs.parquet; check ids are unique."""
+    """Append-only columns -> .npy arrays and docs.parquet; check ids are unique.
+
+    Resumable at any point: the .bin sources are only deleted after every output is written and
+    progress.json says so (phase "finalized"); a run killed before that rewrites every output
+    from the sources, one killed after it only finishes the clean-up."""
+    prog_path = work / "progress.json"
+    if prog_path.exists() and read_json(prog_path).get("phase") == "finalized":
+        _cleanup(work)
+        return
     n_seq = meta["n_sequences"]
     cols = {name: _Appender(work / f"{name}.bin", dt) for name, dt in _COLUMNS.items()}
     for c in cols.values():
         c.close()
     for name in ("seq_domain", "seq_bytes", "seq_doc_idx"):
         cols[name].to_npy(work / f"{name}.npy")
+        fault_point("pool.finalize")
     ends = np.fromfile(work / "seq_doc_end.bin", dtype=np.int64)
     np.save(work / "seq_doc_ptr.npy", np.concatenate([[0], ends]).astype(np.int64))
-    (work / "seq_doc_end.bin").unlink()
     assert len(ends) == n_seq
     # duplicate ids: sort the 8-byte id hashes (the only O(documents) memory of the build)
     hashes = np.fromfile(work / "doc_hash.bin", dtype=np.uint64)
@@ -547,9 +588,19 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
             }, schema=schema))
             start += len(ids)
     del docs
-    for name in ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line", "doc_hash", "doc_ids"):
-        (work / f"{name}.bin").unlink()
-    for name in ("progress.json", "carry.npz"):
+    state = read_json(prog_path) if prog_path.exists() else {}
+    atomic_write_json(prog_path, {**state, "phase": "finalized", "meta": meta})
+    fault_point("pool.cleanup")
+    _cleanup(work)
+
+
+def _cleanup(work: Path) -> None:
+    """Delete the build's sources once its outputs are certified (idempotent)."""
+    for name in _COLUMNS:
+        (work / f"{name}.bin").unlink(missing_ok=True)
+        fault_point("pool.cleanup.file")
+    (work / "doc_ids.bin").unlink(missing_ok=True)
+    for name in ("carry.npz", "progress.json"):
         (work / name).unlink(missing_ok=True)
     # empty trailing shard (the last one filled exactly)
     for shard in work.glob("tokens_*.bin"):
@@ -627,9 +678,11 @@ class Pool:
 
     @property
     def pool_id(self) -> str:
-        """Identity of this pool's contents (tokenizer, length, inputs, counts)."""
+        """Identity of this pool's contents (tokenizer, length, inputs' relative names, sizes and
+        content hashes, counts); the same after the corpus or the pool is moved."""
         m = self.meta
-        blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], m["inputs"],
+        inputs = [{k: v for k, v in i.items() if k != "path"} for i in m["inputs"]]  # not where they lie
+        blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], inputs,
                            m["config"].get("pack_by_domain")], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
