@@ -27,3 +27,8 @@ class IncompatibleArtifacts(DatamatesError):
 
 class NumericalError(DatamatesError):
     """A NaN or inf where a finite number is required; nothing was written."""
+
+
+class OutputConflict(DatamatesError):
+    """The output folder cannot be written: it holds something that is not an artifact of this
+    kind (it would be deleted), or another process is writing it (the lock is held)."""

@@ -17,14 +17,18 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--run-dir", metavar="DIR", help="run directory (default: <runs_root>/<name>)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("--force", action="store_true",
+                   help="redo an output (finished or partial) that was made from another config or other inputs, "
+                        "instead of refusing it")
 
 
 def setup(args: argparse.Namespace, verb: str):
     """Load the RunConfig, set up logging to <run>/logs/<verb>.log; return (cfg, RunDir)."""
     from datamates.config import load_config
     from datamates.log import setup_logging
-    from datamates.run_dir import RunDir
+    from datamates.run_dir import RunDir, set_force
 
+    set_force(getattr(args, "force", False))
     cfg = load_config(args.config, args.sets)
     root = Path(args.run_dir) if getattr(args, "run_dir", None) else cfg.run_dir
     rd = RunDir(root)
