@@ -283,7 +283,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss_mean = loss_sum / accum
         if world > 1:
-            dist.all_reduce(loss_mean, op=dist.ReduceOp.AVG)
+            dist.all_reduce(loss_mean.div_(world))  # mean as SUM of loss / world: gloo has no AVG in older torch
         call["done"] += 1
         call["cursor"] += G
         state["global_step"] = gstep + 1
