@@ -1,0 +1,232 @@
+"""What every static baseline shares: candidate ids, the text of pool sequences, frozen encoder
+embeddings (through the influence model's caches), and writing a scores folder in the common
+format (selection/scores_io.py) with resume by shard.
+
+meta.json of every baseline's scores records, beside the common keys (sign, pool_id, model_hash,
+label_mean, label_std, shards, n):
+
+    method            dsir | semdedup | rater | classifier | perplexity
+    select_hint       the selection the method's paper uses: {method, temperature, scale}
+    tokens_processed  {"encoder": encoder tokens run forward, "lm": LM tokens run forward,
+                       "text": words/characters featurised (no model)}: FLOPs are counted from these
+    flops             the counted forward FLOPs (2 x parameters x tokens; 0 for model-free methods)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamates.config.base import config_hash
+from datamates.core.pool import Pool
+from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.selection.scores_io import SIGN, read_shard, shard_name, write_shard
+
+log = get_logger(__name__)
+
+
+def check_ids(ids: np.ndarray | None, pool: Pool) -> np.ndarray:
+    """Candidate ids: every pool sequence when None; refused when empty, out of range or repeated."""
+    ids = np.arange(len(pool), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise InputError("no candidate sequences to score (the id list is empty)")
+    if ids.min() < 0 or ids.max() >= len(pool):
+        bad = ids[(ids < 0) | (ids >= len(pool))][0]
+        raise InputError(f"sequence id {int(bad)} is not in the pool {pool.path} (0..{len(pool) - 1})")
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"the candidate ids hold {len(ids) - len(np.unique(ids))} duplicates; each is scored once")
+    return ids
+
+
+def sequence_texts(pool: Pool, ids: np.ndarray, tok=None) -> list[str]:
+    """The text of each pool sequence: its tokens split at EOS, each piece decoded, pieces joined
+    by a blank line (as the encoder cache decodes them, selection/encode.py)."""
+    tok = tok or pool.tokenizer()
+    eos = pool.eos_id
+    rows = pool.tokens(ids)
+    pieces: list[list[int]] = []
+    owner: list[int] = []
+    for i, row in enumerate(rows):
+        start = 0
+        for c in [*np.nonzero(row == eos)[0].tolist(), len(row)]:
+            if c > start:
+                pieces.append(row[start:c].tolist())
+                owner.append(i)
+            start = c + 1
+    decoded = tok.decode_batch(pieces, skip_special_tokens=True) if pieces else []
+    out: list[list[str]] = [[] for _ in range(len(rows))]
+    for o, t in zip(owner, decoded):
+        out[o].append(t)
+    return ["\n\n".join(p) for p in out]
+
+
+def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> list[str]:
+    """Texts of a reference set (context + target of each record; core/reference.py's shapes).
+    One line on a set with no usable text."""
+    from datamates.config.base import data_dir
+    from datamates.core.reference import REFERENCE_SETS, read_pairs
+
+    path = data_dir() / REFERENCE_SETS[spec] if spec in REFERENCE_SETS else Path(spec)
+    if not path.exists():
+        raise InputError(f"reference {spec!r}: {path} not found; give a registered set "
+                         f"({', '.join(sorted(REFERENCE_SETS))}) or a JSONL file (set DATAMATES_DATA for the bundle)")
+    if path.is_dir():
+        raise InputError(f"reference {spec!r}: a folder; text baselines need a JSONL reference file")
+    texts = [c + t for c, t in read_pairs(path)]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise InputError(f"{path}: no usable text in the reference file")
+    if size is not None and size < len(texts):
+        pick = np.sort(np.random.default_rng(seed).permutation(len(texts))[:size])
+        texts = [texts[i] for i in pick]
+    return texts
+
+
+def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Path | None = None,
+                       batch_size: int = 64, device: str = "auto") -> tuple[np.ndarray, int, int]:
+    """Mean-pooled frozen-encoder embeddings [n, H] float32 of pool sequences, read from / added to
+    the pool's embedding cache (the frozen influence model's cache). Returns (emb, encoder tokens
+    run forward now, encoder parameters)."""
+    from datamates.core.lm import resolve_device
+    from datamates.selection.encode import EmbeddingCache, TokenCache, backbone_hash, make_chunks
+    from datamates.selection.influence_model import InfluenceModel, embed_chunks, load_encoder
+
+    cache = TokenCache(pool, enc, cache_dir)  # checks the backbone is an encoder
+    bdigest = backbone_hash(cache.backbone)
+    emb_cache = EmbeddingCache(pool, enc, bdigest, cache_dir)
+    missing = emb_cache.missing(ids)
+    tokens, n_params = 0, 0
+    if len(missing):
+        cache.ensure(missing)
+        dev = resolve_device(device)
+        model = InfluenceModel(load_encoder(cache.backbone)).to(dev).eval()
+        n_params = sum(p.numel() for p in model.encoder.parameters())
+        bar = progress_bar("embeddings", total=len(missing), unit="seq")
+        step = 4096
+        for s in range(0, len(missing), step):
+            part = missing[s : s + step]
+            chunks, owner = make_chunks(cache.get(part), enc, cache.tok)
+            tokens += int(sum(len(c) for c in chunks))
+            emb_cache.add(part, embed_chunks(model, chunks, owner, len(part), batch_size=batch_size,
+                                             pad_id=cache.tok.pad_id, device=dev))
+            bar.update(len(part))
+        bar.close()
+    return emb_cache.get(ids), tokens, n_params
+
+
+def digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else str(p).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    from datamates.selection.encode import _file_digest
+
+    return _file_digest(Path(path))[:16]
+
+
+def finished(out: Path, plan: dict[str, Any]) -> bool:
+    """True when `out` is a finished scores folder for this plan; another plan's is an error."""
+    if not is_done(out):
+        return False
+    old = read_json(out / "meta.json")
+    if all(old.get(k) == v for k, v in plan.items()):
+        log.info("%s already holds these scores; skipping", out)
+        return True
+    diff = next(k for k, v in plan.items() if old.get(k) != v)
+    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
+                                "delete it or pass another --out")
+
+
+def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, Any], shard_size: int,
+                 score_fn: Callable[[np.ndarray], np.ndarray], meta: Callable[[], dict[str, Any]],
+                 desc: str = "score", files: dict[str, bytes] | None = None) -> Path:
+    """Score `ids` shard by shard with `score_fn(ids) -> [n]` (lower is better) into `out`.
+    A killed run resumes at the first missing shard (an interrupted run of another plan is
+    refused); meta.json (common keys + `meta()`) and DONE are written last, then the folder is
+    renamed into place. `plan` must hold pool_id and model_hash."""
+    out = Path(out)
+    plan = {**plan, "ids_hash": config_hash(np.asarray(ids).tolist()), "n": int(len(ids)), "shard_size": shard_size}
+    if finished(out, plan):
+        return out
+    t0 = time.time()
+    n_shards = (len(ids) + shard_size - 1) // shard_size
+    with atomic_dir(out, resume=True) as work:
+        plan_f = work / "plan.json"
+        if plan_f.exists():
+            old = read_json(plan_f)
+            diff = next((k for k, v in plan.items() if old.get(k) != v), None)
+            if diff is not None:
+                raise IncompatibleArtifacts(f"{work}: an interrupted run scored with another {diff}; delete this "
+                                            "folder to start over")
+        else:
+            atomic_write_json(plan_f, plan)
+        bar = progress_bar(desc, total=len(ids), unit="seq")
+        done = 0
+        for i in range(n_shards):
+            part = ids[i * shard_size : (i + 1) * shard_size]
+            f = work / shard_name(i)
+            if f.exists():
+                read_shard(f, pool_id=plan["pool_id"], model_hash=plan["model_hash"])
+                done += 1
+            else:
+                s = np.asarray(score_fn(part), dtype=np.float64)
+                if not np.isfinite(s).all():
+                    raise InputError(f"{desc}: {int((~np.isfinite(s)).sum())} scores are not finite")
+                write_shard(f, part, s, pool_id=plan["pool_id"], model_hash=plan["model_hash"])
+            bar.update(len(part))
+        bar.close()
+        if done:
+            log.info("resumed: %d of %d score shards were already done", done, n_shards)
+        plan_f.unlink()
+        for name, blob in (files or {}).items():  # artifacts beside the scores (e.g. a trained classifier)
+            (work / name).write_bytes(blob)
+        fields = {**meta(), **plan, "shards": [shard_name(i) for i in range(n_shards)],
+                  "seconds_this_call": round(time.time() - t0, 2)}
+        atomic_write_json(work / "meta.json", meta_record("score-with", sign=SIGN, **fields))
+    return out
+
+
+def flops(n_params: int, tokens: int) -> float:
+    """Forward FLOPs counted as 2 x parameters x tokens (the report's rule for encoders)."""
+    return 2.0 * float(n_params) * float(tokens)
+
+
+def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str = "auto"
+                    ) -> tuple[np.ndarray, int, int, str]:
+    """Mean-pooled frozen-encoder embeddings [n, H] of raw texts, chunked as pool sequences are
+    (selection/encode.py: the same budget, chunking and pooling). Returns (emb, encoder tokens,
+    encoder parameters, backbone hash)."""
+    from datamates.core.lm import resolve_device
+    from datamates.selection.encode import (
+        backbone_hash,
+        check_encoder,
+        content_budget,
+        load_encoder_tokenizer,
+        make_chunks,
+        resolve_backbone,
+    )
+    from datamates.selection.influence_model import InfluenceModel, embed_chunks, load_encoder
+
+    bpath = resolve_backbone(enc.backbone)
+    check_encoder(bpath)
+    tok = load_encoder_tokenizer(str(bpath))
+    budget = content_budget(enc, tok)
+    content = [np.asarray(e.ids[:budget], dtype=np.int64)
+               for e in tok.backend.encode_batch(list(texts), add_special_tokens=False)]
+    chunks, owner = make_chunks(content, enc, tok)
+    dev = resolve_device(device)
+    model = InfluenceModel(load_encoder(bpath)).to(dev).eval()
+    emb = embed_chunks(model, chunks, owner, len(texts), batch_size=batch_size, pad_id=tok.pad_id, device=dev)
+    n_params = sum(p.numel() for p in model.encoder.parameters())
+    return emb, int(sum(len(c) for c in chunks)), n_params, backbone_hash(bpath)

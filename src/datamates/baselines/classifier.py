@@ -1,0 +1,143 @@
+"""A fastText classifier filter, DCLM-style (Li et al. 2024, "DataComp-LM", §4.4: a fastText
+bigram classifier with instruction data as positives and web text as negatives; the FineWeb-Edu
+classifier, Penedo et al. 2024, is the same recipe with educational-quality labels).
+
+Training (unless a `.bin` is given): positives are `positives` texts of a reference set (the FLAN
+sample of the bundle by default), negatives are `negatives` sequences drawn from the candidate pool
+(seeded), each written as one fastText line `__label__hq <text>` / `__label__cc <text>` (newlines
+folded to spaces), and `fasttext.train_supervised` fits a linear softmax over averaged word and
+word-bigram embeddings (Joulin et al. 2017) on one thread (reproducible for a seed).
+
+Scoring: s(x) = -P(positive_label | x), lower is better, so the highest-probability sequences are
+kept (DCLM keeps the top 10% by this probability: `select_hint` top-k). A user's own classifier
+(e.g. the DCLM `.bin`) is loaded with `fasttext.load_model`; `positive_label` names its label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamates.baselines._common import (
+    check_ids,
+    digest,
+    file_digest,
+    reference_texts,
+    sequence_texts,
+    write_scores,
+)
+from datamates.config.base import to_dict, validate
+from datamates.config.baselines import ClassifierConfig
+from datamates.core.pool import Pool
+from datamates.errors import ConfigError, InputError
+from datamates.log import get_logger
+
+log = get_logger(__name__)
+
+NEGATIVE_LABEL = "__label__cc"
+_WS = re.compile(r"\s+")
+
+
+def _fasttext():
+    try:
+        import fasttext
+    except ImportError:
+        raise ConfigError("the classifier filter needs fastText: pip install 'datamates[baselines]' "
+                          "(fasttext-wheel)") from None
+    return fasttext
+
+
+def fasttext_line(text: str, max_chars: int) -> str:
+    """One line of fastText input: whitespace (newlines included) folded to single spaces."""
+    return _WS.sub(" ", text[:max_chars]).strip()
+
+
+def load_classifier(path: str | Path):
+    """A fastText model from a `.bin`; one line if the file is not one."""
+    ft = _fasttext()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such fastText model file")
+    try:
+        return ft.load_model(str(path))
+    except Exception as e:  # fastText raises ValueError / RuntimeError on a foreign file
+        raise InputError(f"{path}: not a fastText model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                         "give a .bin written by fastText") from None
+
+
+def train_classifier(cfg: ClassifierConfig, positives: list[str], negatives: list[str], out_bin: Path):
+    """Train the positive-vs-pool classifier and save it to `out_bin`."""
+    ft = _fasttext()
+    rng = np.random.default_rng([cfg.seed, 31])
+    lines = [f"{cfg.positive_label} {fasttext_line(t, cfg.max_chars)}" for t in positives]
+    lines += [f"{NEGATIVE_LABEL} {fasttext_line(t, cfg.max_chars)}" for t in negatives]
+    lines = [lines[i] for i in rng.permutation(len(lines))]
+    with tempfile.TemporaryDirectory() as d:
+        f = os.path.join(d, "train.txt")
+        with open(f, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+        model = ft.train_supervised(input=f, epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
+                                    minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
+    model.save_model(str(out_bin))
+    return model
+
+
+def positive_probability(model, texts: list[str], label: str, max_chars: int = 20000) -> np.ndarray:
+    """P(label | text) [n] float64. Uses the C++ binding's predict: fastText's Python `predict`
+    breaks under NumPy 2 (np.array(copy=False)), the binding does not."""
+    out = np.empty(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        pairs = model.f.predict(fasttext_line(t, max_chars), -1, 0.0, "replace")
+        out[i] = next((p for p, lab in pairs if lab == label), 0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def classify(cfg: ClassifierConfig, pool: Pool, ids: np.ndarray | None, out: str | Path) -> Path:
+    """Scores -P(positive) of candidates `ids` with a trained or given fastText model, into `out`."""
+    validate(cfg)
+    ids = check_ids(ids, pool)
+    out = Path(out)
+    tok = pool.tokenizer()
+    info: dict[str, Any] = {}
+    blob = b""
+    if cfg.model:
+        model = load_classifier(cfg.model)
+        bin_hash = file_digest(cfg.model)
+        info = {"model": str(cfg.model)}
+    else:
+        positives = reference_texts(cfg.reference, cfg.positives, cfg.seed)
+        n_neg = min(cfg.negatives or len(positives), len(ids))
+        neg_ids = np.sort(np.random.default_rng([cfg.seed, 17]).choice(ids, size=n_neg, replace=False))
+        negatives = sequence_texts(pool, neg_ids, tok)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as d:
+            b = Path(d) / "classifier.bin"
+            model = train_classifier(cfg, positives, negatives, b)
+            bin_hash = file_digest(b)
+            blob = b.read_bytes()
+        info = {"reference": cfg.reference, "n_positives": len(positives), "n_negatives": int(n_neg)}
+    if cfg.positive_label not in model.labels:
+        raise InputError(f"{cfg.model or 'the classifier'}: has no label {cfg.positive_label!r} (labels: "
+                         f"{', '.join(model.labels)}); set baselines.classifier.positive_label")
+    n_chars = [0]
+
+    def score_fn(part: np.ndarray) -> np.ndarray:
+        texts = sequence_texts(pool, part, tok)
+        n_chars[0] += sum(min(len(t), cfg.max_chars) for t in texts)
+        return -positive_probability(model, texts, cfg.positive_label, cfg.max_chars)
+
+    def meta() -> dict[str, Any]:
+        return {"method": "classifier", "label_mean": 0.0, "label_std": 1.0, "positive_label": cfg.positive_label,
+                "classifier_hash": bin_hash, **info, "config": to_dict(cfg),
+                "select_hint": {"method": "topk", "temperature": 0.0, "scale": "none"},
+                "tokens_processed": {"encoder": 0, "lm": 0, "text": int(n_chars[0])}, "flops": 0.0}
+
+    plan = {"pool_id": pool.pool_id, "method": "classifier", "model_hash": digest("fasttext", bin_hash)}
+    # a trained classifier is kept beside its scores (reusable: baselines.classifier.model=<out>/classifier.bin)
+    return write_scores(out, pool, ids, plan, cfg.shard_size, score_fn, meta, desc="classifier scores",
+                        files=None if cfg.model else {"classifier.bin": blob})

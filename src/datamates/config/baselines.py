@@ -1,0 +1,111 @@
+"""Configs of the static baselines (docs/baselines.md): DSIR, SemDeDup, the quality rater, the
+fastText classifier filter and the perplexity filter. One dataclass per method; `BaselinesConfig`
+holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from datamates.config.base import knob
+from datamates.config.influence import EncoderConfig
+from datamates.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class DSIRConfig:
+    """DSIR (Xie et al. 2023, §3): hashed n-gram bag-of-words importance weights."""
+
+    reference: str = knob("lambada_openai", "target distribution: a registered reference set "
+                                            "(lambada_openai, flan_cot, dolly), a JSONL file or a pool folder")
+    reference_size: int | None = knob(None, "reference examples used (seeded draw); null: all", ge=1)
+    ngrams: int = knob(2, "n of the hashed n-grams: 2 = unigrams + bigrams (DSIR default)", ge=1)
+    num_buckets: int = knob(10000, "hash buckets of the n-gram features (DSIR default 10,000)", ge=2)
+    smoothing: float = knob(1e-8, "added to both bucket probabilities before the log (data-selection: 1e-8)", gt=0)
+    shard_size: int = knob(65536, "sequences per score shard (the unit of streaming and of resume)", ge=1)
+    seed: int = knob(1234, "seed of the reference subsample")
+
+
+@dataclass(kw_only=True)
+class SemDeDupConfig:
+    """SemDeDup (Abbas et al. 2023, §3): k-means on embeddings, near-duplicates removed per cluster."""
+
+    encoder: EncoderConfig = knob(EncoderConfig(), "encoder of the embeddings (frozen; the influence model's "
+                                                   "cached embeddings are reused when the encoder matches)")
+    clusters: int = knob(100, "k-means clusters (the paper: 50,000 for LAION-440M; capped at n / 4)", ge=1)
+    kmeans_iters: int = knob(20, "k-means iterations (faiss)", ge=1)
+    eps: float | None = knob(None, "duplicate threshold: drop a sequence whose cosine similarity to an earlier "
+                                   "one of its cluster exceeds 1 - eps; null: chosen so `keep_fraction` is kept",
+                             gt=0, lt=1)
+    keep_fraction: float = knob(0.8, "share kept when eps is null (eps is then the largest value that keeps it)",
+                                gt=0, le=1)
+    batch_size: int = knob(64, "encoder chunks per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    seed: int = knob(0, "seed of the k-means initialisation")
+
+
+@dataclass(kw_only=True)
+class RaterConfig:
+    """QuRating-style quality rater (Wettig et al. 2024): frozen encoder + linear head on judgements."""
+
+    labels: str | None = knob(None, "JSONL(.gz) of judgements: {text, label} (pointwise) or "
+                                    "{text_a, text_b, prefer: a|b} (pairwise, Bradley-Terry)")
+    text_field: str = knob("text", "text field of pointwise records")
+    label_field: str = knob("label", "label field of pointwise records (a number; higher is better)")
+    encoder: EncoderConfig = knob(EncoderConfig(), "encoder (frozen) whose mean-pooled embeddings the head reads")
+    ridge_alphas: list[float] = knob([0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
+                                     "L2 penalties tried: pointwise by leave-one-out (fit.ridge_loo), pairwise by "
+                                     "the validation Bradley-Terry loss")
+    val_fraction: float = knob(0.1, "share of judgements held out to report the rater's quality", gt=0, lt=1)
+    split_seed: int = knob(1234, "seed of the train/validation split")
+    temperature: float = knob(2.0, "selection temperature on the standardised predicted quality "
+                                   "(QuRating: tau = 2, sampling rather than top-k)", ge=0)
+    batch_size: int = knob(64, "encoder chunks per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    min_labels: int = knob(8, "refuse to fit on fewer judgements", ge=4)
+
+
+@dataclass(kw_only=True)
+class ClassifierConfig:
+    """DCLM / FineWeb-Edu style filter: a fastText classifier, score = -P(positive)."""
+
+    model: str | None = knob(None, "an existing fastText .bin (e.g. the DCLM classifier); null: train one")
+    positive_label: str = knob("__label__hq", "the label whose probability is the quality (DCLM: __label__hq)")
+    reference: str = knob("flan_cot", "positives when training: a registered reference set or a JSONL file")
+    positives: int = knob(2000, "reference examples drawn as positives (seeded; fewer if the set is smaller)", ge=1)
+    negatives: int | None = knob(None, "pool sequences drawn as negatives; null: as many as positives", ge=1)
+    epoch: int = knob(5, "fastText epochs", ge=1)
+    lr: float = knob(0.1, "fastText learning rate", gt=0)
+    dim: int = knob(64, "fastText embedding size", ge=1)
+    word_ngrams: int = knob(2, "fastText word n-grams (DCLM: 2)", ge=1)
+    min_count: int = knob(1, "fastText minimal word count", ge=1)
+    max_chars: int = knob(20000, "characters of a text given to fastText (DCLM reads whole documents)", ge=1)
+    seed: int = knob(0, "seed of the negative draw and of fastText (trained on one thread: reproducible)")
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
+
+
+@dataclass(kw_only=True)
+class PerplexityConfig:
+    """Perplexity filter (Wenzek et al. 2020 CCNet; Ankner et al. 2024 "Perplexed by Perplexity")."""
+
+    model: str | None = knob(None, "reference LM: a datamates checkpoint or any Hugging Face causal LM folder/name")
+    keep: Literal["low", "middle", "high"] = knob(
+        "low", "low: low perplexity first (CCNet head); middle: closest to the median log-perplexity first "
+               "(Ankner et al.); high: high perplexity first")
+    max_tokens: int = knob(1024, "tokens of a sequence scored (re-tokenized text is cut to this)", ge=2)
+    batch_size: int = knob(8, "sequences per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
+
+
+@dataclass(kw_only=True)
+class BaselinesConfig:
+    dsir: DSIRConfig = knob(DSIRConfig(), "DSIR importance resampling")
+    semdedup: SemDeDupConfig = knob(SemDeDupConfig(), "SemDeDup")
+    rater: RaterConfig = knob(RaterConfig(), "QuRating-style quality rater")
+    classifier: ClassifierConfig = knob(ClassifierConfig(), "fastText classifier filter")
+    perplexity: PerplexityConfig = knob(PerplexityConfig(), "perplexity filter")
+
+    def check(self) -> None:
+        if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:
+            raise ConfigError(f"baselines.semdedup.eps = {self.semdedup.eps}: must be in (0, 1)")
