@@ -217,6 +217,12 @@ def make_chunks(content: list[np.ndarray], cfg: EncoderConfig, tok: EncoderToken
     return chunks, np.asarray(owner, dtype=np.int64)
 
 
+def encoder_tokens(content: list[np.ndarray], cfg: EncoderConfig, tok: EncoderTokenizer) -> int:
+    """Tokens the encoder processes for these sequences (their chunks, specials included; no
+    padding): the count behind counted FLOPs (accounting.py)."""
+    return int(sum(len(c) for c in make_chunks(content, cfg, tok)[0]))
+
+
 # ----------------------------------------------------------------------------- segment stores
 
 

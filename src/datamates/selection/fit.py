@@ -31,12 +31,12 @@ import torch
 
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
-from datamates.core.lm import resolve_device
+from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.encode import EmbeddingCache, TokenCache, backbone_hash, make_chunks
+from datamates.selection.encode import EmbeddingCache, TokenCache, backbone_hash, encoder_tokens, make_chunks
 from datamates.selection.influence_model import (
     CONFIG_FILE,
     HEAD_FILE,
@@ -183,9 +183,17 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
              cfg.mode, metrics["val_spearman"], metrics["val_pearson"], metrics["val_mse_z"],
              metrics["val_mse_z_constant"], len(va))
 
+    # counted FLOPs (accounting.py): finetune = every training row each epoch + each validation pass
+    def n_tok(rows):
+        return encoder_tokens([content[i] for i in rows], cfg.encoder, tok)
+
+    tokens = ({"encoder_train": cfg.epochs * n_tok(tr), "encoder_forward": len(extra["history"]) * n_tok(va)}
+              if cfg.mode == "finetune" else {"encoder_forward": extra["encoder_tokens_computed"]})
+    fe = flops_per_token(model.encoder, cfg.encoder.chunk_len) / 3  # 2 N + 2 L T d
     meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
                        labels_hash=labels_digest, pool_id=pool.pool_id, backbone=cfg.encoder.backbone,
-                       backbone_hash=bdigest, metrics=metrics)
+                       backbone_hash=bdigest, metrics=metrics, tokens=tokens,
+                       flops_per_token={"encoder_forward": fe, "encoder_train": 3 * fe})
     from safetensors.torch import save_file
 
     with atomic_dir(out, meta) as tmp:
@@ -309,10 +317,12 @@ def _fit_frozen(cfg: FitConfig, pool: Pool, bpath: Path, bdigest: str, content: 
     model = InfluenceModel(encoder, dropout=cfg.dropout).to(device).eval()
     emb_cache = EmbeddingCache(pool, cfg.encoder, bdigest, cache_dir)
     missing = emb_cache.missing(ids)
+    n_tokens = 0
     if len(missing):
         pos = {int(i): j for j, i in enumerate(ids)}
         rows = [pos[int(i)] for i in missing]
         chunks, owner = make_chunks([content[r] for r in rows], cfg.encoder, tok)
+        n_tokens = int(sum(len(c) for c in chunks))
         bar = progress_bar("frozen embeddings", total=len(chunks), unit="chunk")
         with _autocast(device, cfg.precision):
             emb = embed_chunks(model, chunks, owner, len(rows), batch_size=cfg.embed_batch_size,
@@ -328,7 +338,7 @@ def _fit_frozen(cfg: FitConfig, pool: Pool, bpath: Path, bdigest: str, content: 
     log.info("frozen head: ridge alpha %g (leave-one-out MSE %s)", alpha,
              ", ".join(f"{a:g}: {m:.4f}" for a, m in loo.items()))
     return model, pred_va, {"ridge_alpha": alpha, "ridge_loo_mse": {str(k): v for k, v in loo.items()},
-                            "embeddings_computed": int(len(missing))}
+                            "embeddings_computed": int(len(missing)), "encoder_tokens_computed": n_tokens}
 
 
 def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[float, np.ndarray, float, dict[float, float]]:

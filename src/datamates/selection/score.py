@@ -35,13 +35,13 @@ import torch
 from datamates.config.base import config_hash, from_dict, to_dict, validate
 from datamates.config.influence import ScoreConfig
 from datamates.core.checkpoint import checkpoint_hash, load_model
-from datamates.core.lm import resolve_device
+from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.encode import EmbeddingCache, TokenCache, load_encoder_tokenizer, make_chunks
+from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer, make_chunks
 from datamates.selection.influence_model import (
     embed_chunks,
     head_predict,
@@ -144,7 +144,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         else:
             atomic_write_json(plan_f, plan)
         np.save(work / "ids.npy", ids)
-        todo = []
+        todo, n_tokens = [], 0
         for i in range(n_shards):
             f = work / shard_name(i)
             if f.exists():
@@ -154,7 +154,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         if len(todo) < n_shards:
             log.info("resuming: %d of %d score shards already done", n_shards - len(todo), n_shards)
         if todo:
-            _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir)
+            n_tokens = _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir)
             args = (str(model_dir), str(pool.path), None if cache_dir is None else str(cache_dir), to_dict(cfg),
                     str(work), pool.pool_id, icfg["model_hash"])
             if cfg.backend == "ray":
@@ -174,6 +174,8 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
             backend=cfg.backend, workers=cfg.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
             scored_this_call=int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size) for i in todo)),
+            tokens={"encoder_forward": n_tokens},  # counted FLOPs: the encoder's tokens of this call
+            flops_per_token={"encoder_forward": _fit_meta(model_dir).get("flops_per_token", {}).get("encoder_forward")},
         ))
     log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
     return out
@@ -184,10 +186,16 @@ def _collect(work: Path, n_shards: int, pool_id: str, model_hash: str) -> tuple[
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _fit_meta(model_dir: str | Path) -> dict[str, Any]:
+    f = Path(model_dir) / "meta.json"
+    return read_json(f) if f.exists() else {}
+
+
 def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids: np.ndarray, todo: list[int],
-                    shard_size: int, cache_dir: str | Path | None) -> None:
+                    shard_size: int, cache_dir: str | Path | None) -> int:
     """Fill the pool-level encoder-token cache for the shards to do, once, before workers start
-    (frozen models: only for sequences whose embedding is not cached yet)."""
+    (frozen models: only for sequences whose embedding is not cached yet). Returns the encoder
+    tokens the workers will process (counted FLOPs)."""
     from datamates.config.influence import EncoderConfig
 
     enc = from_dict(EncoderConfig, icfg["encoder"])
@@ -199,7 +207,10 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
         tok_path = enc_dir if (enc_dir / "config.json").exists() else Path(icfg["backbone_path"])
         if not tok_path.exists():
             tok_path = None
-        TokenCache(pool, enc, cache_dir, tokenizer_path=tok_path).ensure(need, desc="encoder tokens (candidates)")
+        cache = TokenCache(pool, enc, cache_dir, tokenizer_path=tok_path)
+        cache.ensure(need, desc="encoder tokens (candidates)")
+        return encoder_tokens(cache.get(need), enc, cache.tok)
+    return 0
 
 
 def _worker_device(cfg: ScoreConfig, rank: int) -> tuple[str, int]:
@@ -383,7 +394,9 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
         write_shard(work / shard_name(0), ids, -mean_loss, pool_id=pool.pool_id, model_hash=plan["model_hash"])
         atomic_write_json(work / "meta.json", meta_record(
             "score", sign=SIGN, **plan, checkpoint=str(checkpoint), shards=[shard_name(0)],
-            mean_candidate_loss=float(mean_loss.mean()), seconds_this_call=round(time.time() - t0, 2)))
+            mean_candidate_loss=float(mean_loss.mean()), seconds_this_call=round(time.time() - t0, 2),
+            tokens={"lm_forward": int(len(ids)) * pool.seq_len},  # counted FLOPs: one forward per candidate
+            flops_per_token={"lm_forward": flops_per_token(model, pool.seq_len) / 3}))
     log.info("loss scores for %d sequences (mean loss %.4f, %.1f s) -> %s", len(ids), mean_loss.mean(),
              time.time() - t0, out)
     return out
