@@ -1,12 +1,14 @@
 """The two methods as their papers' algorithm boxes: the stage order and nothing else.
 
 run_mates (Yu et al. 2024, Alg. 1; mates.md §2.5):
-    pool <- tokenize the corpus;  plan <- held-out set, probe set, one candidate block per stage
+    pool <- tokenize the corpus;  plan <- held-out documents, probe set, one candidate block per
+            stage, every reference set split into a reference part and an evaluation part
     for the warmup stages:  train on a random k of the block                  (shared by all selectors)
     for each selector, for each later stage s:
         selected <- selector(model, block_s)      probe -> fit -> score -> Gumbel-top-k for MATES
         model    <- train(model, selected)        AdamW state carried across stages
-    final <- a short learning-rate decay on the last stage's data;  evaluate(final)
+    final <- a short learning-rate decay on the last stage's data
+    evaluate(final) on the held-out documents and the evaluation part of the reference sets only
 
 run_ablation (Na et al. 2024; ablations.md §1):
     pool <- tokenize the corpus;  units <- partition(pool), held-out data of every domain set aside
@@ -27,33 +29,36 @@ from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
 from datamates.core.pool import Pool, build_pool
+from datamates.core.reference import load_reference
 from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.log import get_logger
 from datamates.plan import make_plan
 from datamates.run_dir import RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
-from datamates.selectors import StageInputs, get_selector
+from datamates.selectors import StageInputs, get_selector, resolve_selectors
 
 log = get_logger(__name__)
 WARMUP = "warmup"
 
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    selectors = resolve_selectors(cfg.mates.selectors)  # an unknown name fails before any work
     dist_setup(cfg.train.device)  # under torchrun: training is DDP, selection runs on rank 0
     pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
     plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
     m = cfg.mates
+    final_examples = plan.examples(list(cfg.eval.reference), "evaluation")
     ckpt, ids = None, None
     for s in range(1, m.warmup_stages + 1):
         ckpt, ids = _stage(cfg, rd.branch(WARMUP), pool, plan, s, ckpt, "random")
-    for name in m.selectors:
+    for name in selectors:
         br, c, last = rd.branch(name), ckpt, ids
         for s in range(m.warmup_stages + 1, m.stages + 1):
             c, last = _stage(cfg, br, pool, plan, s, c, name)
         final = _decay(cfg, br, pool, c, last)
         with timed(br.base, "eval", br.final_eval):
-            on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval,
+            on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval, examples=final_examples,
                                                           heldout_pools={"heldout": (pool, plan.heldout)}))
     from datamates.report import summarize_run
 
@@ -99,12 +104,13 @@ def on_rank0(fn):
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):
     """Select stage s's data, train on it, score the reference loss for the curve."""
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
-    x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path))
+    x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
+                    reference=_probe_reference(cfg, pool, plan))
     ids = read_selection(on_rank0(lambda: get_selector(selector)(x)))
     tcfg = replace(cfg.train, steps=cfg.mates.stage_steps, seed=cfg.train.seed + s)
     with timed(br.stage(s), "train", br.checkpoint(s)):
         out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
-    on_rank0(lambda: _curve_point(cfg, br.eval(s), out))
+    on_rank0(lambda: _curve_point(cfg, br.eval(s), out, plan))
     return out, ids
 
 
@@ -118,7 +124,19 @@ def _decay(cfg: RunConfig, br: RunDir, pool: Pool, ckpt: Path, ids) -> Path:
         return train(tcfg, cfg.model, pool, ids, br.final, init=ckpt, meta={"stage": "decay"})
 
 
-def _curve_point(cfg: RunConfig, out: Path, ckpt: Path) -> None:
+def _probe_reference(cfg: RunConfig, pool: Pool, plan):
+    """The probes' reference set, drawn from the plan's reference part (None: a pool reference,
+    which the probe stage draws from sequences outside the candidates)."""
+    p = cfg.mates.probe
+    split = plan.split_of(p.reference)
+    if split is None:
+        return None
+    return load_reference(p.reference, pool.tokenizer(), size=p.reference_size, seed=p.reference_seed,
+                          index=split.reference, tokenizer_hash=pool.tokenizer_hash)
+
+
+def _curve_point(cfg: RunConfig, out: Path, ckpt: Path, plan) -> None:
+    """The per-stage reference-loss curve, on the reference part (never the final evaluation's)."""
     ecfg = EvalConfig(tasks=[], reference=cfg.eval.reference, limit=cfg.mates.curve_reference_size,
                       batch_size=cfg.eval.batch_size, device=cfg.eval.device)
-    evaluate(ecfg, ckpt, out)
+    evaluate(ecfg, ckpt, out, examples=plan.examples(list(cfg.eval.reference), "reference"))

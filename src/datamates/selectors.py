@@ -10,6 +10,16 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
+
+One protocol (DESIGN.md, "Selection protocol"): every selector but `random` hands `select` raw
+scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
+block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
+(seed, id). No selector overrides the scale or picks ids itself.
+
+Adding a selector is one edit: write `def select_<name>(x: StageInputs) -> Path` that ends in
+`_select(x, scores)` (scores: a scores folder or an (ids, values) pair, lower is better) and add
+it to `SELECTORS`. The config (`mates.selectors`) is checked against this dict when a run starts
+(`resolve_selectors`), and `selectors: [all]` runs every registered one.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import numpy as np
 from datamates.accounting import timed
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
+from datamates.core.reference import ReferenceSet
 from datamates.errors import ConfigError
 from datamates.run_dir import RunDir
 from datamates.selection.fit import fit
@@ -42,12 +53,14 @@ class StageInputs:
     probe_ids: np.ndarray
     k: int
     cache_dir: Path
+    reference: ReferenceSet | None = None  # the plan's reference part (probes); None: probe.reference*
 
 
 def _select(x: StageInputs, candidates, **kw) -> Path:
+    """The one way a selection is made: `select` with the run's select config (no overrides)."""
     out = x.rd.selected(x.stage)
     with timed(x.rd.stage(x.stage), "select", out):
-        return select(kw.pop("cfg", x.mates.select), candidates, x.pool, out, k=x.k, **kw)
+        return select(x.mates.select, candidates, x.pool, out, k=x.k, **kw)
 
 
 def select_random(x: StageInputs) -> Path:
@@ -58,7 +71,7 @@ def select_mates(x: StageInputs, mode: str | None = None) -> Path:
     sd = x.rd.stage(x.stage)
     pcfg = replace(x.mates.probe, mode=mode or x.mates.probe.mode)
     with timed(sd, "probe", x.rd.probe(x.stage)):
-        labels = probe(pcfg, x.checkpoint, x.pool, x.probe_ids, x.rd.probe(x.stage))
+        labels = probe(pcfg, x.checkpoint, x.pool, x.probe_ids, x.rd.probe(x.stage), reference=x.reference)
     with timed(sd, "fit", x.rd.influence_model(x.stage)):
         model = fit(x.mates.fit, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir)
     with timed(sd, "score", x.rd.scores(x.stage)):
@@ -70,17 +83,14 @@ def select_oracle(x: StageInputs) -> Path:
     sd = x.rd.stage(x.stage)
     pcfg = replace(x.mates.probe, mode=x.mates.oracle_mode)
     with timed(sd, "probe", x.rd.probe(x.stage)):
-        labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage))
-    ids, values = read_labels(labels)
-    # the labels are the scores; standardise them over the block (no influence model to take mean/std from)
-    return _select(x, (ids, values), cfg=replace(x.mates.select, scale="block"))
+        labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage), reference=x.reference)
+    return _select(x, read_labels(labels))  # the labels are the scores
 
 
 def select_loss(x: StageInputs) -> Path:
     with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
         scores = score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
-    # standardised over the block, as the oracle's labels: tau means the same for both
-    return _select(x, scores, cfg=replace(x.mates.select, scale="block"))
+    return _select(x, scores)
 
 
 SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
@@ -92,7 +102,20 @@ SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
 }
 
 
+def resolve_selectors(names: list[str]) -> list[str]:
+    """`mates.selectors` checked against the registry; 'all' expands to every registered selector
+    (in registry order, random first). Unknown names are a ConfigError that lists the available ones."""
+    out: list[str] = []
+    for name in names:
+        for n in (list(SELECTORS) if name == "all" else [name]):
+            if n not in SELECTORS:
+                raise ConfigError(f"mates.selectors: unknown selector {n!r}; available: all, {', '.join(SELECTORS)}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
 def get_selector(name: str) -> Callable[[StageInputs], Path]:
     if name not in SELECTORS:
-        raise ConfigError(f"selector '{name}': unknown; available: {', '.join(sorted(SELECTORS))}")
+        raise ConfigError(f"selector '{name}': unknown; available: {', '.join(SELECTORS)}")
     return SELECTORS[name]

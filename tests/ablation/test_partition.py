@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from datamates.ablation.partition import _DocIndex, partition, read_manifest
+from datamates.ablation.partition import partition, read_manifest
+from datamates.core.documents import DocIndex
 from datamates.cli import main
 from datamates.config.ablation import PartitionConfig
 from datamates.errors import ArtifactMissing, InputError
@@ -41,7 +42,7 @@ def test_heldout_is_never_trained_on(tiny_pool, tmp_path):
     train = m.train_ids()
     assert not np.intersect1d(held, train).size
     # no document is shared between held-out and training sequences
-    index = _DocIndex(tiny_pool)
+    index = DocIndex(tiny_pool)
     assert not np.intersect1d(index.docs_of(held), index.docs_of(train)).size
     # units and rest are disjoint and cover everything but the held-out and guard sequences
     parts = [m.unit_ids(u) for u in m.units] + [m.rest_ids()]

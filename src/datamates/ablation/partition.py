@@ -39,6 +39,8 @@ import numpy as np
 
 from datamates.config.ablation import PartitionConfig
 from datamates.config.base import config_hash, to_dict
+from datamates.core.documents import DocIndex
+from datamates.core.documents import draw_heldout as _draw_heldout
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress
@@ -118,33 +120,7 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(path, read_json(path / MANIFEST))
 
 
-# ----------------------------------------------------------------------------- pool index helpers
-
-
-class _DocIndex:
-    """Sequence <-> document incidence of a pool (CSR both ways)."""
-
-    def __init__(self, pool: Pool):
-        self.seq_ptr = np.load(pool.path / "seq_doc_ptr.npy")  # [n_seq + 1]
-        self.seq_doc = np.load(pool.path / "seq_doc_idx.npy")  # [nnz]
-        n_seq = len(self.seq_ptr) - 1
-        self.seq_of = np.repeat(np.arange(n_seq, dtype=np.int64), np.diff(self.seq_ptr))  # [nnz]
-        order = np.argsort(self.seq_doc, kind="stable")
-        self.doc_seq = self.seq_of[order]  # sequences, grouped by document, ascending within a document
-        n_docs = len(pool.docs)
-        self.doc_ptr = np.concatenate([[0], np.cumsum(np.bincount(self.seq_doc, minlength=n_docs))])
-        self.first_doc = self.seq_doc[self.seq_ptr[:-1]]  # [n_seq] first document of each sequence
-
-    def seqs_of(self, doc: int) -> np.ndarray:
-        return self.doc_seq[self.doc_ptr[doc] : self.doc_ptr[doc + 1]]
-
-    def docs_of(self, seqs: np.ndarray) -> np.ndarray:
-        mask = np.zeros(len(self.seq_ptr) - 1, dtype=bool)
-        mask[np.asarray(seqs, dtype=np.int64)] = True
-        return np.unique(self.seq_doc[mask[self.seq_of]])
-
-    def n_docs_of(self, seqs: np.ndarray) -> int:
-        return len(self.docs_of(seqs))
+# ----------------------------------------------------------------------------- names
 
 
 def safe_name(label: str) -> str:
@@ -168,41 +144,11 @@ def _unique_names(labels: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- held-out sets
 
 
-def draw_heldout(pool: Pool, index: _DocIndex, cfg: PartitionConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Held-out ids per domain (drawn by whole documents) and the guard: every other sequence that
-    touches a held-out document. Returns ({domain: sorted ids}, sorted guard ids)."""
-    seq_domain = np.asarray(pool.seq_domain)
-    doc_domain = np.asarray(pool.docs.column("domain").to_numpy())
-    n = cfg.heldout_sequences
-    heldout: dict[str, np.ndarray] = {}
-    if n == 0:
-        return heldout, np.zeros(0, dtype=np.int64)
-    for d, name in enumerate(pool.domains):
-        n_dom = int((seq_domain == d).sum())
-        if n_dom <= n:
-            raise InputError(
-                f"domain '{name}' has {n_dom} sequences, not more than partition.heldout_sequences = {n}; "
-                "lower heldout_sequences"
-            )
-        docs = np.nonzero(doc_domain == d)[0]
-        rng = np.random.default_rng([cfg.seed, 7919, d])
-        taken: list[int] = []
-        seen: set[int] = set()
-        for doc in docs[rng.permutation(len(docs))]:
-            seqs = [int(s) for s in index.seqs_of(int(doc)) if seq_domain[s] == d and int(s) not in seen]
-            seqs = seqs[: cfg.heldout_max_per_doc]
-            taken += seqs
-            seen.update(seqs)
-            if len(taken) >= n:
-                break
-        if len(taken) < n:
-            raise InputError(f"domain '{name}': could only hold out {len(taken)} of {n} sequences")
-        heldout[name] = np.sort(np.array(taken[:n], dtype=np.int64))
-    held_all = np.concatenate(list(heldout.values()))
-    touched = index.docs_of(held_all)
-    guard = np.unique(np.concatenate([index.seqs_of(int(doc)) for doc in touched]))
-    guard = np.setdiff1d(guard, held_all)
-    return heldout, guard
+def draw_heldout(pool: Pool, index: DocIndex, cfg: PartitionConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Held-out ids per domain (drawn by whole documents) and the guard: the shared rule of
+    `core.documents.draw_heldout`, the same one the MATES plan uses."""
+    return _draw_heldout(pool, index, cfg.heldout_sequences, max_per_doc=cfg.heldout_max_per_doc, seed=cfg.seed,
+                         key="partition.heldout_sequences")
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -221,7 +167,7 @@ def _labels_column(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return np.array([remap[str(v)] for v in values.tolist()], dtype=np.int64), names
 
 
-def _labels_field(pool: Pool, index: _DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
+def _labels_field(pool: Pool, index: DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
     docs = pool.docs
     col = cfg.field if cfg.by == "field" else "file"
     if col not in docs.column_names:
@@ -254,7 +200,7 @@ def _labels_random(cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, 
     return labels, [f"random_{i}" for i in range(cfg.k)]
 
 
-def _labels_cluster(pool: Pool, index: _DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
+def _labels_cluster(pool: Pool, index: DocIndex, cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:
     docs = np.unique(index.first_doc[cand])
     rep = {}  # document -> the first candidate sequence it starts or continues in
     cand_set = set(cand.tolist())
@@ -379,7 +325,7 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
             log.info("partitions %s are already written; skipping", out)
             return Manifest(out, old)
         log.info("partitions %s were made with another config or pool; rewriting", out)
-    index = _DocIndex(pool)
+    index = DocIndex(pool)
     heldout, guard = draw_heldout(pool, index, cfg)
     n_seq = len(pool)
     blocked = np.zeros(n_seq, dtype=bool)

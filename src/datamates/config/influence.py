@@ -86,10 +86,12 @@ class SelectConfig:
         "exact: the k largest of -z/tau + G, a sample without replacement from softmax(-z/tau); "
         "mates: the k smallest of z/tau + G, the reference code's variant (mates.md §2.4)",
     )
-    scale: Literal["label", "block", "none"] = knob(
-        "label",
-        "what z is: label: (score - label mean) / label std of the influence model (MATES: the DIM "
-        "predicts z-scored labels); block: standardized over the candidates; none: raw scores",
+    scale: Literal["block", "label", "none"] = knob(
+        "block",
+        "what z is, the same for every selector (one protocol): block: the scores standardized over the "
+        "candidate block (sd(z) = 1); label: (score - label mean) / label std of the influence model, the "
+        "reference code's variant for MATES-parity runs (its predictions shrink, so sd(z) < 1: hotter); "
+        "selectors without label statistics fall back to block; none: raw scores",
     )
     seed: int = knob(0, "seed of the Gumbel noise; the noise of a sequence depends only on (seed, id)")
     write_documents: bool = knob(False, "also write the selected documents in the input format")

@@ -10,17 +10,14 @@ from datamates.config.influence import FitConfig, ScoreConfig, SelectConfig
 from datamates.config.probe import ProbeConfig
 from datamates.errors import ConfigError
 
-SELECTOR_NAMES = ("random", "mates", "oracle", "mates-first-order", "loss")
-
-
 @dataclass(kw_only=True)
 class MatesConfig:
     selectors: list[str] = knob(
         ["random", "mates"],
-        "selectors compared in this run, each on its own branch after the shared warmup stages: "
-        "random, mates (influence model on probe labels), oracle (probe labels on the candidates "
-        "themselves: the upper bound), mates-first-order (influence model on first-order labels), "
-        "loss (the current model's loss on each candidate, highest first)",
+        "selectors compared in this run, each on its own branch after the shared warmup stages: names "
+        "of the registry `datamates.selectors.SELECTORS` (random, mates, mates-first-order, oracle, loss, "
+        "and the baselines), or 'all' for every registered selector; checked against the registry when "
+        "the run starts",
     )
     stages: int = knob(5, "training stages in all (MATES: 5 x 10k steps)", ge=1)
     warmup_stages: int = knob(1, "leading stages trained on random data, shared by every selector (MATES: 1)", ge=1)
@@ -31,7 +28,17 @@ class MatesConfig:
         "kept sequences are each seen once per stage (MATES: 5x what a stage trains on)", ge=1,
     )
     heldout_per_domain: int = knob(
-        64, "sequences per domain held out of every block and probe set, for held-out perplexity", ge=0
+        64, "sequences per domain held out of every block and probe set, for held-out perplexity, drawn "
+        "by whole documents (at most a tenth of a domain)", ge=0
+    )
+    heldout_max_per_doc: int = knob(
+        4, "at most this many held-out sequences from one document; the document's other sequences are "
+        "kept out of every block, probe set and training set (whole documents are held out)", ge=1,
+    )
+    reference_eval_fraction: float = knob(
+        0.5, "share of every text reference set (probe.reference, eval.reference) kept for the final "
+        "evaluation; the rest is the reference part that probes, labels and the per-stage curve use "
+        "(disjoint, fixed by the plan)", gt=0, lt=1,
     )
     plan_seed: int = knob(0, "seed of the split of the pool into probe set, held-out set and stage blocks")
     oracle_mode: str = knob(
@@ -43,7 +50,8 @@ class MatesConfig:
     )
     decay_half_life: float = knob(50.0, "decay: steps per halving of the learning rate (MATES: 50)", gt=0)
     curve_reference_size: int = knob(
-        500, "LAMBADA examples scored at every stage boundary for the reference-loss curve", ge=1
+        500, "examples of the reference part of eval.reference scored at every stage boundary for the "
+        "reference-loss curve", ge=1
     )
     probe: ProbeConfig = knob(ProbeConfig(), "oracle probing")
     fit: FitConfig = knob(FitConfig(), "influence-model fit")
@@ -51,10 +59,10 @@ class MatesConfig:
     select: SelectConfig = knob(SelectConfig(), "selection")
 
     def check(self) -> None:
-        bad = [s for s in self.selectors if s not in SELECTOR_NAMES]
-        if bad:
-            raise ConfigError(f"selectors: unknown selector {bad[0]!r}; available: {', '.join(SELECTOR_NAMES)}")
         if not self.selectors:
             raise ConfigError("selectors = []: name at least one selector")
+        dup = sorted({s for s in self.selectors if self.selectors.count(s) > 1})
+        if dup:
+            raise ConfigError(f"selectors: {dup[0]!r} is named twice")
         if self.warmup_stages > self.stages:
             raise ConfigError(f"warmup_stages = {self.warmup_stages}: must be <= stages = {self.stages}")

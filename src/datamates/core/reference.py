@@ -20,6 +20,13 @@ FLAN-style records (input, target, rationale) are split as context = input and t
 (Group-MATES scores FLAN the same way: loss on the response tokens only). Without a rationale the
 target is "\\n" + target.
 
+The plan splits every text reference set once (`split_examples`, plan.py): a *reference* part that
+probes, influence labels and the per-stage curve see, and a disjoint *evaluation* part that only the
+final evaluation scores (issue 18: probing LAMBADA examples that the headline LAMBADA loss then
+evaluated let selectors optimise the numbers they were judged by). Both are example positions in
+the file (0-based, blank lines skipped, the order `evaluate.spec.load_docs` reads them in);
+`load_reference(..., index=...)` loads those examples only.
+
 `ReferenceBatches` turns a set into ready tensors once: length-sorted, right-padded batches (causal
 attention: pads after a row's last token cannot change its scores, so no mask is needed) and, per
 batch, the flat positions that predict target tokens. Only those positions go through the output
@@ -41,7 +48,7 @@ import torch.nn.functional as F
 from datamates.config.base import data_dir
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
-from datamates.core.loss import TargetExample, encode_pair, load_lambada
+from datamates.core.loss import TargetExample, encode_pair
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 
 # name -> file under $DATAMATES_DATA (a plain dict registry; `load_reference` lists the names on a miss)
@@ -161,6 +168,38 @@ def _pick(n_total: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:size])
 
 
+def split_examples(n_total: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, evaluation): a seeded split of positions 0..n_total-1 into two disjoint sorted
+    parts, round(eval_fraction x n_total) of them for evaluation (each part at least one example)."""
+    if n_total < 2:
+        raise InputError(f"a reference set of {n_total} example(s) cannot be split into a reference and an "
+                         "evaluation part; give at least 2 examples")
+    n_eval = min(max(int(round(eval_fraction * n_total)), 1), n_total - 1)
+    perm = np.random.default_rng([seed, 4099]).permutation(n_total)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+def reference_path(spec: str) -> Path:
+    """The file (or pool directory) behind a reference spec: a registered name or a path."""
+    if spec in REFERENCE_SETS:
+        path = data_dir() / REFERENCE_SETS[spec]
+        if not path.exists():
+            raise InputError(f"reference '{spec}': {path} not found; set DATAMATES_DATA to the data bundle")
+        return path
+    path = Path(spec)
+    if not path.exists():
+        raise ConfigError(
+            f"reference = {spec!r}: not a registered reference set ({', '.join(sorted(REFERENCE_SETS))}) "
+            "nor an existing file or pool directory"
+        )
+    return path
+
+
+def count_examples(path: str | Path) -> int:
+    """Examples (non-blank lines) of a JSONL / JSONL.gz reference file."""
+    return sum(1 for _ in iter_jsonl(path, "reference file"))
+
+
 def _is_pool(path: Path) -> bool:
     return path.is_dir() and (path / "seq_domain.npy").exists()
 
@@ -174,21 +213,15 @@ def load_reference(
     ids: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
     tokenizer_hash: str | None = None,
+    index: np.ndarray | None = None,
 ) -> ReferenceSet:
     """A reference set by `spec` (see the module docstring), tokenized with `tokenizer` (a
     `tokenizers.Tokenizer`; not needed for pool references). `size` examples are drawn with `seed`
     (null: all). Pool references take `ids` if given, else `size` random sequences not in `exclude`
-    (keep the probe candidates out of the reference set); `tokenizer_hash` is checked against the pool's."""
-    path = Path(spec)
-    if spec in REFERENCE_SETS:
-        path = data_dir() / REFERENCE_SETS[spec]
-        if not path.exists():
-            raise InputError(f"reference '{spec}': {path} not found; set DATAMATES_DATA to the data bundle")
-    elif not path.exists():
-        raise ConfigError(
-            f"reference = {spec!r}: not a registered reference set ({', '.join(sorted(REFERENCE_SETS))}) "
-            "nor an existing file or pool directory"
-        )
+    (keep the probe candidates out of the reference set); `tokenizer_hash` is checked against the pool's.
+    `index` (text sets): draw only from these example positions (the plan's reference part); the
+    `size` examples are then a seeded subsample of them."""
+    path = reference_path(spec)
     if path.is_dir():
         if not _is_pool(path):
             raise InputError(f"{path}: a reference directory must be a built pool (tokens_*.bin, seq_domain.npy)")
@@ -197,11 +230,15 @@ def load_reference(
         raise InputError(f"{path}: a text reference set needs the model's tokenizer")
     name = spec if spec in REFERENCE_SETS else path.name
     if path.name.startswith("lambada"):
-        n_total = sum(1 for line in open(path) if line.strip())
-        examples = load_lambada(path, tokenizer, n=size, seed=seed)
-        return ReferenceSet(name, str(path), examples, seed, n_total, kind="lambada")
-    pairs = read_pairs(path)
-    pick = _pick(len(pairs), size, seed)
+        pairs = [(ctx, " " + cont.lstrip(" ")) for ctx, cont in _lambada_records(path)]
+        kind = "lambada"
+    else:
+        pairs, kind = read_pairs(path), "jsonl"
+    allowed = np.arange(len(pairs)) if index is None else np.asarray(index, dtype=np.int64)
+    if len(allowed) and (allowed.min() < 0 or allowed.max() >= len(pairs)):
+        raise IncompatibleArtifacts(f"{path}: the plan names example {int(allowed.max()) + 1}, the file has "
+                                    f"{len(pairs)}; the reference file changed since the plan was made")
+    pick = allowed[_pick(len(allowed), size, seed)]
     examples = []
     for i in pick:
         ctx, tgt = pairs[i]
@@ -212,7 +249,25 @@ def load_reference(
         if not t:
             raise InputError(f"{path}: example {int(i) + 1} has no target tokens after tokenization")
         examples.append(TargetExample(tuple(c), tuple(t)))
-    return ReferenceSet(name, str(path), examples, seed, len(pairs), kind="jsonl")
+    if index is not None:
+        name = f"{name}[reference part]"
+    return ReferenceSet(name, str(path), examples, seed, len(pairs), kind=kind)
+
+
+def _lambada_records(path: Path) -> list[tuple[str, str]]:
+    """(context, last word) of every LAMBADA record, as `core.loss.load_lambada` reads them."""
+    records = []
+    for line_no, r in iter_jsonl(path, "LAMBADA file"):
+        if isinstance(r, dict) and "context" in r and "continuation" in r:
+            records.append((str(r["context"]), str(r["continuation"])))
+        elif isinstance(r, dict) and "text" in r:
+            ctx, _, cont = str(r["text"]).rpartition(" ")
+            records.append((ctx, cont))
+        else:
+            raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
+    if not records:
+        raise InputError(f"{path}: no examples")
+    return records
 
 
 def _pool_reference(path: Path, size, seed, ids, exclude, tokenizer_hash) -> ReferenceSet:

@@ -1,9 +1,19 @@
 """`datamates select`: keep a fraction of the candidates by Gumbel-top-k on their scores (MATES §3.2
 step 4; mates.md §2.4).
 
-Scores s_i are predicted ref_loss_delta (lower is better), first put on the scale the temperature
-refers to: z_i = (s_i - label_mean) / label_std (MATES's influence model predicts z-scored labels,
-so this is what its tau = 0.5 acts on). With G_i ~ Gumbel(0, 1) and k = floor(fraction * N):
+One protocol for every selector (DESIGN.md, "Selection protocol"; issue 18): a selector hands over
+raw scores s_i, lower is better, and `select` alone puts them on the scale the temperature refers to,
+the same way for every selector:
+
+  scale: block (default)  z_i = (s_i - mean_block(s)) / sd_block(s)   the candidates' own statistics,
+                          so sd(z) = 1 and tau means the same for the influence model, the oracle's
+                          labels, the loss scorer and every baseline
+  scale: label            z_i = (s_i - label_mean) / label_std  the influence model's label statistics
+                          (the reference code: its DIM predicts z-scored labels); predictions shrink
+                          toward the mean, so sd(z) < 1 and tau acts hotter. For MATES-parity runs only
+  scale: none             z_i = s_i
+
+With G_i ~ Gumbel(0, 1) and k = floor(fraction * N):
 
   gumbel, exact (default):  keep the k largest  -z_i / tau + G_i
       = k draws without replacement from softmax(-z / tau)  (Gumbel-top-k; Kool et al. 2019)
@@ -16,6 +26,10 @@ so this is what its tau = 0.5 acts on). With G_i ~ Gumbel(0, 1) and k = floor(fr
 Why exact is the default: it is the only variant with a stated distribution (Plackett-Luce on
 softmax(-z/tau)); both agree as tau -> 0 (exact top-k) and both prefer low z, so nothing in MATES's
 results depends on the reflected noise; `gumbel: mates` is there for parity runs.
+
+The effective temperature is written into meta.json (`effective`): z_sd = sd of the standardised
+scores over the block, tau_effective = tau / z_sd (the temperature on unit-variance scores: what tau
+really does), and topk_overlap = |kept ∩ exact top-k| / k (1: deterministic; about k / N: random).
 
 Reproducibility: G_i is a function of (seed, sequence id) only, u_i = SplitMix64(SplitMix64(seed) xor
 id) mapped to (0, 1), G_i = -log(-log u_i), a counter-based generator. So the selection does not
@@ -218,6 +232,17 @@ def _chunks(candidates: Candidates, pool_id: str | None, size: int = 1 << 20
     return it_ids, len(ids), {"scores": None}
 
 
+def _moments(factory: Any, n: int) -> tuple[float, float]:
+    """Mean and (population) sd of the scores, in one pass over the chunks."""
+    s1 = s2 = 0.0
+    for _, s in factory():
+        s = np.asarray(s, np.float64)
+        s1 += float(s.sum())
+        s2 += float((s * s).sum())
+    mu = s1 / n
+    return mu, float(np.sqrt(max(s2 / n - mu * mu, 0.0)))
+
+
 def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
            k: int | None = None) -> Path:
     """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
@@ -238,20 +263,22 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         raise InputError(f"k = {k}: must be between 1 and the {n} candidates (fraction {cfg.fraction})")
 
     mu, sd = 0.0, 1.0
-    if method != "random" and cfg.scale != "none":
-        if cfg.scale == "label" and info.get("label_std"):
-            mu, sd = float(info["label_mean"]), float(info["label_std"])
-        else:  # block statistics: one extra pass over the scores
-            s1 = s2 = 0.0
-            for _, s in factory():
-                s = np.asarray(s, np.float64)
-                s1 += s.sum()
-                s2 += (s * s).sum()
-            mu = s1 / n
-            sd = float(np.sqrt(max(s2 / n - mu * mu, 0.0))) or 1.0
+    scale = cfg.scale if method != "random" else None
+    if scale == "label" and not info.get("label_std"):
+        # only an influence model's scores carry label statistics; other selectors of a parity run
+        # (oracle, loss, baselines) are standardised over the block, and meta.json says so
+        log.info("select.scale = 'label': %s has no label statistics; standardising over the block", info["scores"])
+        scale = "block"
+    if scale == "label":
+        mu, sd = float(info["label_mean"]), float(info["label_std"])
+    elif scale == "block":  # one extra pass over the scores
+        mu, sd = _moments(factory, n)
+        sd = sd or 1.0
 
     bar = progress_bar("select", total=n, unit="seq")
     top = StreamingTopK(k)
+    exact = StreamingTopK(k) if method == "gumbel" and cfg.temperature > 0 else None  # for topk_overlap
+    z1 = z2 = 0.0
     dom = np.asarray(pool.seq_domain)
     cand_dom = np.zeros(len(pool.domains), dtype=np.int64)
     for ids, s in factory():
@@ -263,18 +290,30 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
             raise InputError(f"{info['scores']}: {int((~np.isfinite(z)).sum())} scores are NaN or inf")
         top.push(selection_keys(ids, z, method=method, temperature=cfg.temperature, seed=cfg.seed,
                                 gumbel=cfg.gumbel), ids)
+        if z is not None:
+            z1 += float(z.sum())
+            z2 += float((z * z).sum())
+        if exact is not None:
+            exact.push(-z, ids)
         cand_dom += np.bincount(dom[ids], minlength=len(pool.domains))
         bar.update(len(ids))
     bar.close()
     chosen = top.result()
     if len(np.unique(chosen)) != len(chosen):
         raise InputError("the candidates hold duplicate sequence ids")
+    effective = None
+    if method != "random":
+        z_sd = float(np.sqrt(max(z2 / n - (z1 / n) ** 2, 0.0)))
+        overlap = 1.0 if exact is None else float(len(np.intersect1d(chosen, exact.result())) / k)
+        tau = cfg.temperature if method == "gumbel" else 0.0
+        effective = {"z_sd": z_sd, "tau": tau, "tau_effective": tau / z_sd if z_sd > 0 else None,
+                     "topk_overlap": overlap, "random_overlap": float(k / n)}
 
     kept = np.bincount(dom[chosen], minlength=len(pool.domains))
     meta = meta_record(
         "select", method=method, gumbel=cfg.gumbel if method == "gumbel" else None, k=int(k), n_candidates=int(n),
-        fraction=float(k / n), temperature=cfg.temperature, scale=cfg.scale if method != "random" else None,
-        z_mean=mu, z_std=sd, seed=cfg.seed, pool_id=pool.pool_id, config=to_dict(cfg), **info,
+        fraction=float(k / n), temperature=cfg.temperature, scale=scale,
+        z_mean=mu, z_std=sd, effective=effective, seed=cfg.seed, pool_id=pool.pool_id, config=to_dict(cfg), **info,
         kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
         candidates_per_domain={d: int(cand_dom[i]) for i, d in enumerate(pool.domains) if cand_dom[i]},
     )
@@ -284,7 +323,8 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
         atomic_write_json(tmp / "meta.json", meta)
     log.info("selected %d of %d candidates (%s%s) -> %s; per domain: %s", k, n, method,
-             f", tau {cfg.temperature}" if method == "gumbel" else "", out,
+             f", tau {cfg.temperature} on sd(z) {effective['z_sd']:.3g}, {effective['topk_overlap']:.0%} of exact "
+             f"top-k" if method == "gumbel" and effective else "", out,
              ", ".join(f"{d} {c}" for d, c in meta["kept_per_domain"].items()))
     return out
 
