@@ -37,7 +37,7 @@ def test_parser_builds_all_verbs():
 def test_bad_config_key_exit_2_one_line(tmp_path):
     r = _run("config", "show", "--set", "train.lrr=1")
     assert r.returncode == 2
-    assert r.stderr.strip() == "datamates config: error: unknown key 'train.lrr'; allowed keys here: " + r.stderr.split(
+    assert r.stderr.strip() == "datamates config: error: --set train.lrr=1: unknown key 'train.lrr'; allowed keys here: " + r.stderr.split(
         "allowed keys here: ")[1].strip()
     assert len(r.stderr.strip().splitlines()) == 1
 

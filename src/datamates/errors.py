@@ -32,3 +32,8 @@ class NumericalError(DatamatesError):
 class OutputConflict(DatamatesError):
     """The output folder cannot be written: it holds something that is not an artifact of this
     kind (it would be deleted), or another process is writing it (the lock is held)."""
+
+
+class CorruptArtifact(DatamatesError):
+    """A file of an artifact cannot be read as what it claims to be (a truncated or corrupt
+    safetensors file, an ids array of objects); nothing was loaded from it."""

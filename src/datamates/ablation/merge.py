@@ -102,7 +102,9 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         raise ArtifactMissing(f"{path}: checkpoint is incomplete (no DONE marker); re-run the stage that writes it")
     config = json.loads((path / "config.json").read_text())
     tensors = {}
-    with safe_open(str(path / WEIGHTS), "pt") as f:
+    from datamates.core.checkpoint import open_safetensors
+
+    with open_safetensors(path / WEIGHTS) as f:  # a truncated or corrupt file: one line
         for key in f.keys():
             sl = f.get_slice(key)
             tensors[key] = (sl.get_dtype(), tuple(sl.get_shape()))

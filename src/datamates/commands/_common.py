@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,29 +37,88 @@ def setup(args: argparse.Namespace, verb: str):
     return cfg, rd
 
 
-def read_ids(path: str | Path) -> np.ndarray:
-    """Sequence ids from a .npy file, a text file (one per line), or a folder holding ids.npy."""
+def flag_sets(args: argparse.Namespace, pairs: dict[str, str], section: str = "") -> None:
+    """Turn CLI flags into config overrides: for each `attr -> key` of `pairs` whose flag was given,
+    append `key=value` to `args.sets`, remembering the flag (`--seq-len 4`), so that a bad value is
+    reported against the flag the user typed, not the YAML file. A value of 0 is a value, not
+    "unset": only a flag left out (None) is skipped. Strings are quoted (YAML would read `1e3` or
+    `null` as something else)."""
+    from datamates.config.base import FlagSet
+
+    for attr, key in pairs.items():
+        v = getattr(args, attr, None)
+        if v is None:
+            continue
+        flag = ("-" if len(attr) == 1 else "--") + attr.replace("_", "-")
+        if isinstance(v, bool):
+            expr, shown = f"{section}{key}={str(v).lower()}", flag
+        elif isinstance(v, str):
+            expr, shown = f"{section}{key}={json.dumps(v)}", f"{flag} {v}"
+        elif isinstance(v, list):
+            expr, shown = f"{section}{key}={json.dumps(v)}", f"{flag} {' '.join(map(str, v))}"
+        else:
+            expr, shown = f"{section}{key}={v!r}", f"{flag} {v}"
+        args.sets = [*args.sets, FlagSet(expr, shown)]
+
+
+def read_ids(path: str | Path, n_pool: int | None = None, flag: str = "") -> np.ndarray:
+    """Sequence ids from a .npy file, a text file (one per line), or a folder holding ids.npy: the
+    one loader of id lists, so every verb refuses the same mistakes with one line naming the file
+    (and the position or line): a missing or unreadable file, an array of Python objects (never
+    unpickled), a non-integer, negative or (with `n_pool`) out-of-range id, an empty or 2-d list."""
     p = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
     if p.is_dir():
         p = p / "ids.npy"
-    if not p.exists():
-        raise InputError(f"{path}: no such id file (expected .npy, a text file of ids, or a folder with ids.npy)")
+        where = f"{where}/ids.npy"
+    if not p.is_file():
+        raise InputError(f"{where}: no such id file (expected .npy, a text file of ids, or a folder with ids.npy)")
     if p.suffix == ".npy":
-        ids = np.load(p)
+        try:
+            ids = np.load(p, allow_pickle=False)
+        except ValueError as e:
+            if "allow_pickle" in str(e) or "Object arrays" in str(e):
+                raise InputError(f"{where}: holds an array of Python objects, not integers; save the ids with "
+                                 "np.save(path, np.asarray(ids, dtype=np.int64))") from None
+            raise InputError(f"{where}: not a readable .npy file ({str(e).splitlines()[0][:120]})") from None
+        except (OSError, EOFError) as e:
+            raise InputError(f"{where}: not a readable .npy file ({type(e).__name__}: {str(e)[:120]})") from None
+        if not isinstance(ids, np.ndarray):
+            raise InputError(f"{where}: expected one array of sequence ids (np.save), not an archive")
+        if ids.dtype.kind == "f":
+            bad = ~np.isfinite(ids) | (ids != np.round(ids))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputError(f"{where}: position {i}: {float(ids.flat[i])!r} is not an integer sequence id")
+        elif ids.dtype.kind not in "iu":
+            raise InputError(f"{where}: holds {ids.dtype} values, not integer sequence ids")
     else:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not a text file of ids (byte {e.start} is not UTF-8); give .npy or text") from None
         vals = []
-        for n, line in enumerate(p.read_text().splitlines(), start=1):
+        for n, line in enumerate(text.splitlines(), start=1):
             line = line.strip()
             if not line:
                 continue
             try:
                 vals.append(int(line))
             except ValueError:
-                raise InputError(f"{p}:{n}: not an integer sequence id: {line!r}") from None
+                raise InputError(f"{where}:{n}: not an integer sequence id: {line!r}") from None
         ids = np.array(vals, dtype=np.int64)
     if ids.ndim != 1 or len(ids) == 0:
-        raise InputError(f"{p}: expected a non-empty list of sequence ids")
-    return ids.astype(np.int64)
+        raise InputError(f"{where}: expected a non-empty 1-d list of sequence ids (got shape {ids.shape})")
+    ids = ids.astype(np.int64)
+    neg = np.flatnonzero(ids < 0)
+    if len(neg):
+        raise InputError(f"{where}: position {int(neg[0])}: sequence id {int(ids[neg[0]])} is negative")
+    if n_pool is not None:
+        out = np.flatnonzero(ids >= n_pool)
+        if len(out):
+            raise InputError(f"{where}: position {int(out[0])}: sequence id {int(ids[out[0]])} is not in the pool "
+                             f"(ids 0..{n_pool - 1}); were these ids made for another pool?")
+    return ids
 
 
 def write_run_config(cfg, rd) -> None:

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-fewshot", type=int, metavar="K", help="in-context examples per question (default 0)")
     p.add_argument("--batch-size", type=int, metavar="B", help="sequences per forward pass (eval.batch_size)")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (eval.device)")
-    p.add_argument("--log-samples", action="store_true", help="write per-example log-likelihoods to samples/")
+    p.add_argument("--log-samples", action="store_true", default=None,
+                   help="write per-example log-likelihoods to samples/")
     p.add_argument("--list-tasks", action="store_true", help="list the shipped task specs and exit")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder")
     add_config_args(p)
@@ -50,7 +51,7 @@ def _heldout(spec: str):
         path, ids = spec, ""
     if not Path(path).exists():
         raise InputError(f"--heldout {spec}: no pool folder {path}")
-    return (path, read_ids(ids)) if ids else path
+    return (path, read_ids(ids, flag="--heldout")) if ids else path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,25 +68,15 @@ def run(args: argparse.Namespace) -> int:
         from datamates.errors import ConfigError
 
         raise ConfigError("--checkpoint DIR is required (or --list-tasks)")
-    sets = list(args.sets)
-    for flag, key in (("limit", "limit"), ("num_fewshot", "num_fewshot"), ("batch_size", "batch_size"),
-                      ("device", "device")):
-        v = getattr(args, flag)
-        if v is not None:
-            sets.append(f"eval.{key}={v}")
-    if args.log_samples:
-        sets.append("eval.log_samples=true")
-    args.sets = sets
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
+
+    flag_sets(args, {"limit": "limit", "num_fewshot": "num_fewshot", "batch_size": "batch_size", "device": "device",
+                     "log_samples": "log_samples", "tasks": "tasks", "reference": "reference"}, "eval.")
 
     out = Path(args.out) if args.out else default_out(Path(args.checkpoint))
     if args.run_dir is None:
         args.run_dir = str(out.parent)  # logs go to <out parent>/logs/evaluate.log
-    cfg, _ = setup(args, "evaluate")
-    if args.tasks is not None:
-        cfg.eval.tasks = list(args.tasks)
-    if args.reference is not None:
-        cfg.eval.reference = list(args.reference)
+    cfg, _ = setup(args, "evaluate")  # --tasks / --reference went through the config's checks
     from datamates.evaluate import evaluate, markdown
 
     pools = [_heldout(h) for h in args.heldout]

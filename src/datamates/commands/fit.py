@@ -22,11 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.mode:
-        args.sets = [*args.sets, f"mates.fit.mode={args.mode}"]
-    if args.backbone:
-        args.sets = [*args.sets, f'mates.fit.encoder.backbone="{args.backbone}"']
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
+
+    flag_sets(args, {"mode": "mode", "backbone": "encoder.backbone"}, "mates.fit.")
 
     cfg, rd = setup(args, "fit")
     from datamates.core.pool import Pool

@@ -24,13 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
     from datamates.errors import InputError
 
-    for flag, key in (("method", "method"), ("lam", "lam"), ("lam_scale", "lam_scale"), ("dtype", "out_dtype")):
-        v = getattr(args, flag)
-        if v is not None:
-            args.sets = [*args.sets, f"ablation.merge.{key}={v}"]
+    flag_sets(args, {"method": "method", "lam": "lam", "lam_scale": "lam_scale", "dtype": "out_dtype"},
+              "ablation.merge.")
     cfg, rd = setup(args, "merge")
     from datamates.ablation import mixture_key
     from datamates.ablation.merge import merge

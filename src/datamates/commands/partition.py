@@ -20,12 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
 
-    for flag, key in (("by", "by"), ("field", "field"), ("k", "k"), ("token_balanced", "token_balanced")):
-        v = getattr(args, flag)
-        if v is not None:
-            args.sets = [*args.sets, f"ablation.partition.{key}={str(v).lower() if isinstance(v, bool) else v}"]
+    flag_sets(args, {k: k for k in ("by", "field", "k", "token_balanced")}, "ablation.partition.")
     cfg, rd = setup(args, "partition")
     from datamates.ablation.partition import partition, summary
     from datamates.core.pool import Pool

@@ -18,16 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
 
-    sets = list(args.sets)
-    if args.input:
-        sets.append("pool.inputs=[" + ",".join(f'"{i}"' for i in args.input) + "]")
-    if args.tokenizer:
-        sets.append(f'pool.tokenizer.name_or_path="{args.tokenizer}"')
-    if args.seq_len:
-        sets.append(f"pool.seq_len={args.seq_len}")
-    args.sets = sets
+    # `--seq-len 0` is a value (refused by the range check), not "unset"
+    flag_sets(args, {"input": "inputs", "tokenizer": "tokenizer.name_or_path", "seq_len": "seq_len"}, "pool.")
     cfg, rd = setup(args, "pool")
     out = args.out or rd.pool
     from datamates.core.pool import Pool, _summary, build_pool

@@ -31,12 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, key in (("mode", "mode"), ("reference", "reference"), ("reference_size", "reference_size"),
-                      ("lr", "lr"), ("workers", "workers"), ("backend", "backend")):
-        value = getattr(args, flag)
-        if value is not None:
-            args.sets = [*args.sets, f"mates.probe.{key}={value}"]
-    from datamates.commands._common import read_ids, setup
+    from datamates.commands._common import flag_sets, read_ids, setup
+
+    flag_sets(args, {k: k for k in ("mode", "reference", "reference_size", "lr", "workers", "backend")},
+              "mates.probe.")
 
     cfg, rd = setup(args, "probe")
     import numpy as np
@@ -53,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     pcfg = cfg.mates.probe
     pool = Pool(args.pool or rd.pool)
     if args.candidates:
-        ids = check_candidates(read_ids(args.candidates), pool, source=args.candidates)
+        ids = check_candidates(read_ids(args.candidates, len(pool), "--candidates"), pool, source=args.candidates)
     else:
-        exclude = read_ids(args.exclude) if args.exclude else None
+        exclude = read_ids(args.exclude, flag="--exclude") if args.exclude else None
         ids = sample_probe_set(pool, pcfg.n_probes, seed=pcfg.probe_seed, exclude=exclude, stage=args.stage,
                                resample_each_stage=pcfg.resample_each_stage)
     out = args.out or (rd.probe(args.stage) if args.stage is not None else rd.root / "probe")

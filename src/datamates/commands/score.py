@@ -22,11 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers is not None:
-        args.sets = [*args.sets, f"mates.score.workers={args.workers}"]
-    if args.backend:
-        args.sets = [*args.sets, f"mates.score.backend={args.backend}"]
-    from datamates.commands._common import read_ids, setup
+    from datamates.commands._common import flag_sets, read_ids, setup
+
+    flag_sets(args, {"workers": "workers", "backend": "backend"}, "mates.score.")
 
     cfg, rd = setup(args, "score")
     import numpy as np
@@ -41,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or rd.influence_model(args.stage)
     out = args.out or rd.scores(args.stage)
     pool = Pool(args.pool or rd.pool)
-    ids = read_ids(args.ids) if args.ids else np.arange(len(pool))
+    ids = read_ids(args.ids, len(pool), "--ids") if args.ids else np.arange(len(pool))
     score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir)
     meta = scores_meta(out)
     print(f"scores: {out} ({meta['n']:,} sequences in {len(meta['shards'])} shards)")

@@ -19,17 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, metavar="K", help="number kept (overrides --fraction)")
     p.add_argument("--temperature", "--tau", type=float, metavar="TAU", help="mates.select.temperature")
     p.add_argument("--seed", type=int, help="mates.select.seed")
-    p.add_argument("--write-documents", action="store_true", help="also write the selected documents (input format)")
+    p.add_argument("--write-documents", action="store_true", default=None, help="also write the selected documents (input format)")
     add_config_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, key in (("method", "method"), ("fraction", "fraction"), ("temperature", "temperature"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            args.sets = [*args.sets, f"mates.select.{key}={getattr(args, flag)}"]
-    if args.write_documents:
-        args.sets = [*args.sets, "mates.select.write_documents=true"]
-    from datamates.commands._common import read_ids, setup
+    from datamates.commands._common import flag_sets, read_ids, setup
+
+    flag_sets(args, {k: k for k in ("method", "fraction", "temperature", "seed", "write_documents")}, "mates.select.")
 
     cfg, rd = setup(args, "select")
     from datamates.core.pool import Pool
@@ -40,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ids and args.scores:
         raise InputError("give --scores or --ids, not both")
     if args.ids:
-        candidates = read_ids(args.ids)
+        candidates = read_ids(args.ids, flag="--ids")
     elif args.scores or args.stage is not None:
         candidates = args.scores or rd.scores(args.stage)
     else:

@@ -18,9 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps is not None:
-        args.sets = [*args.sets, f"train.steps={args.steps}"]
-    from datamates.commands._common import read_ids, setup
+    from datamates.commands._common import flag_sets, read_ids, setup
+
+    flag_sets(args, {"steps": "steps"}, "train.")
 
     cfg, rd = setup(args, "train")
     import numpy as np
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from datamates.log import ascii_curve, is_main
 
     pool = Pool(args.pool or rd.pool)
-    ids = read_ids(args.ids) if args.ids else np.arange(len(pool))
+    ids = read_ids(args.ids, len(pool), "--ids") if args.ids else np.arange(len(pool))
     out = train(cfg.train, cfg.model, pool, ids, args.out or rd.root / "checkpoint", init=args.init)
     if is_main():
         losses = [r["loss"] for r in read_train_log(out)]

@@ -21,13 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamates.commands._common import setup
+    from datamates.commands._common import flag_sets, setup
 
-    for flag, key in (("seed", "seed.checkpoint"), ("steps", "branch.steps"), ("workers", "branch.workers"),
-                      ("backend", "branch.backend")):
-        v = getattr(args, flag)
-        if v is not None:
-            args.sets = [*args.sets, f"ablation.{key}={v}"]
+    flag_sets(args, {"seed": "seed.checkpoint", "steps": "branch.steps", "workers": "branch.workers",
+                     "backend": "branch.backend"}, "ablation.")
     cfg, rd = setup(args, "train-partitions")
     from datamates.ablation.partition import read_manifest
     from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed

@@ -7,7 +7,9 @@ and `datamates config show` are generated from the declaration:
 
 `from_dict` turns nested YAML into dataclasses and rejects an unknown key, a wrong type or an
 out-of-range value with one line naming the key, the value and what is allowed. `--set a.b=c`
-overrides are applied to the raw dict first, so they get the same checks.
+overrides are applied to the raw dict first, so they get the same checks; a `Sources` record makes
+the message name what the user typed (the YAML file, `--set a.b=c`, or the CLI flag such as
+`--seq-len 4`) rather than the YAML file for every key.
 """
 
 from __future__ import annotations
@@ -49,6 +51,64 @@ def knob(
     return dataclasses.field(default=default, metadata=meta)
 
 
+class FlagSet(str):
+    """A `--set` expression that a CLI flag produced (`--seq-len 4` -> `pool.seq_len=4`): a plain
+    string for `apply_sets`, which also remembers the flag, so an error names the flag."""
+
+    flag: str
+
+    def __new__(cls, expr: str, flag: str) -> FlagSet:
+        obj = super().__new__(cls, expr)
+        obj.flag = flag
+        return obj
+
+
+class Sources:
+    """Where each config key's value came from, for error messages: `file` (e.g.
+    "configs/tiny_cpu.yaml") for keys from the YAML, and the `--set` or flag for overridden keys.
+    `prefix(key)` is the text put before a message about `key` ("FILE: ", "--set a.b=c: ")."""
+
+    def __init__(self, file: str | Path | None = None, sets: list[str] | None = None):
+        self.file = str(file) if file else ""
+        self.by_key: dict[str, str] = {}
+        for expr in sets or []:
+            key = expr.split("=", 1)[0]
+            self.by_key[key] = getattr(expr, "flag", None) or f"--set {expr}"
+
+    def prefix(self, key: str) -> str:
+        parts = key.replace("[", ".[").split(".")
+        for n in range(len(parts), 0, -1):  # the key itself, else the section it was set as a whole
+            hit = self.by_key.get(".".join(parts[:n]).replace(".[", "["))
+            if hit is not None:
+                return f"{hit}: "
+        return f"{self.file}: " if self.file else ""
+
+    def section_prefix(self, section: str, key: str) -> str:
+        """For a check across the keys of `section` (e.g. "train."): the source of `key` if it was
+        set explicitly, else the `--set`s / flags inside the section (they caused it), else the file."""
+        if key and key in self.by_key:
+            return self.prefix(key)
+        inside = [v for k, v in self.by_key.items() if k.startswith(section)]
+        return f"{', '.join(inside)}: " if inside else self.prefix(key or section.rstrip("."))
+
+
+def _w(where: str | Sources, key: str) -> str:
+    """The source prefix of a message about `key` (`where` is a plain prefix or a Sources)."""
+    return where.prefix(key) if isinstance(where, Sources) else where
+
+
+def check_name(value: Any, key: str) -> None:
+    """A name that becomes one folder or file name (a run, a task, a unit): not empty, no path
+    separator, not `.` or `..`, no surrounding blanks or control characters, so it cannot escape
+    the folder it is put in."""
+    bad = (not isinstance(value, str) or not value.strip() or value in (".", "..") or value != value.strip()
+           or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value))
+    if bad:
+        raise ConfigError(
+            f"{key} = {value!r}: must be a plain name (one folder level: no '/' or '\\', not empty, '.' or '..')"
+        )
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -64,10 +124,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, where: str | Sources) -> Any:
     """Check `value` against the annotation `tp`; convert int->float and nested dicts."""
     origin = get_origin(tp)
-    bad = ConfigError(f"{where}{key} = {value!r}: expected {_type_name(tp)}")
+    bad = ConfigError(f"{_w(where, key)}{key} = {value!r}: expected {_type_name(tp)}")
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -88,7 +148,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if value in get_args(tp):
             return value
         raise ConfigError(
-            f"{where}{key} = {value!r}: allowed values are {', '.join(repr(a) for a in get_args(tp))}"
+            f"{_w(where, key)}{key} = {value!r}: allowed values are {', '.join(repr(a) for a in get_args(tp))}"
         )
     if origin is list:
         if isinstance(value, tuple):
@@ -133,16 +193,18 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise bad
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", where: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", where: str | Sources = "") -> T:
     """Build dataclass `cls` from a nested dict. `prefix` is the dotted key path for messages,
-    `where` names the source (e.g. "configs/tiny_cpu.yaml: ")."""
+    `where` names the source: a prefix (e.g. "configs/tiny_cpu.yaml: "), or a `Sources` that
+    tells the YAML file from `--set` overrides and CLI flags key by key."""
     data = dict(data or {})
     presets = getattr(cls, "PRESETS", None)
     if presets is not None and "preset" in data:
         name = data["preset"]
         if name not in presets:
             raise ConfigError(
-                f"{where}{prefix}preset = {name!r}: unknown preset; available: {', '.join(sorted(presets))}"
+                f"{_w(where, prefix + 'preset')}{prefix}preset = {name!r}: unknown preset; "
+                f"available: {', '.join(sorted(presets))}"
             )
         base = to_dict(presets[name])
         base.update(data)
@@ -152,7 +214,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", wh
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{where}unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(sorted(fields))}"
+            f"{_w(where, prefix + str(unknown[0]))}unknown key '{prefix}{unknown[0]}'; "
+            f"allowed keys here: {', '.join(sorted(fields))}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in data.items()}
     missing = [
@@ -160,21 +223,33 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", wh
         if n not in kwargs and f.default is _MISSING and f.default_factory is _MISSING
     ]
     if missing:
-        raise ConfigError(f"{where}missing required key '{prefix}{missing[0]}'")
+        raise ConfigError(f"{_w(where, prefix + missing[0])}missing required key '{prefix}{missing[0]}'")
     try:
         obj = cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{where}{prefix}{e}") from None
+        raise ConfigError(f"{_wc(where, prefix, e, fields)}{prefix}{e}") from None
     validate(obj, prefix=prefix, where=where)
     return obj
 
 
-def validate(obj: Any, *, prefix: str = "", where: str = "") -> None:
+def _wc(where: str | Sources, section: str, e: ConfigError, fields: Any) -> str:
+    """The source prefix of a `check()` message (a rule across the fields of `section`)."""
+    key = section + _field_of(e, fields) if _field_of(e, fields) else ""
+    return where.section_prefix(section, key) if isinstance(where, Sources) else where
+
+
+def _field_of(e: ConfigError, fields: Any) -> str:
+    """The field a `check()` message is about (its first word, "decay_steps = 0: ..."), else ""."""
+    first = str(e).split(" ", 1)[0].split("[", 1)[0]
+    return first if first in fields else ""
+
+
+def validate(obj: Any, *, prefix: str = "", where: str | Sources = "") -> None:
     """Check every knob's choices and bounds, then the class's own `check()` if it has one."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         meta = f.metadata
-        key = f"{where}{prefix}{f.name}"
+        key = f"{_w(where, prefix + f.name)}{prefix}{f.name}"
         if value is None:
             continue
         if meta.get("choices") is not None and value not in meta["choices"]:
@@ -193,7 +268,8 @@ def validate(obj: Any, *, prefix: str = "", where: str = "") -> None:
         try:
             check()
         except ConfigError as e:
-            raise ConfigError(f"{where}{prefix}{e}") from None
+            names = [f.name for f in dataclasses.fields(obj)]
+            raise ConfigError(f"{_wc(where, prefix, e, names)}{prefix}{e}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -273,10 +349,14 @@ def parse_yaml(text: str, path: str | Path) -> Any:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a YAML config file (or the name of one in configs/)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML config file") from None
     data = parse_yaml(text, path)
     if data is None:
         return {}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datamates.config.ablation import AblationConfig
-from datamates.config.base import apply_sets, expand_vars, from_dict, knob, load_yaml
+from datamates.config.base import Sources, apply_sets, check_name, expand_vars, from_dict, knob, load_yaml
 from datamates.config.core import ModelConfig, PoolConfig, TrainConfig
 from datamates.config.evaluate import EvalConfig
 from datamates.config.mates import MatesConfig
@@ -27,6 +27,9 @@ class RunConfig:
     mates: MatesConfig = knob(MatesConfig(), "model-aware selection loop")
     ablation: AblationConfig = knob(AblationConfig(), "data ablations by merging")
 
+    def check(self) -> None:
+        check_name(self.name, "name")  # runs/<name>: '../x' or '' would write outside runs_root
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_root) / self.name
@@ -44,6 +47,8 @@ def resolve_config_path(name_or_path: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise ConfigError(f"{p}: config file not found")
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a folder; give a YAML config file (or the name of one in configs/)")
         return p
     for folder in config_search_path():
         cand = folder / f"{name_or_path}.yaml"
@@ -56,11 +61,11 @@ def resolve_config_path(name_or_path: str) -> Path:
 def load_config(config: str | None = None, sets: list[str] | None = None) -> RunConfig:
     """YAML file (or named config) + `--set a.b=c` overrides -> validated RunConfig."""
     data: dict = {}
-    where = ""
+    path = None
     if config:
         path = resolve_config_path(config)
         data = load_yaml(path)
-        where = f"{path}: "
         data.setdefault("name", path.stem)
     data = expand_vars(apply_sets(data, sets or []))
-    return from_dict(RunConfig, data, where=where)
+    # an error names what the user typed: the YAML file, the `--set`, or the CLI flag
+    return from_dict(RunConfig, data, where=Sources(path, sets))

@@ -13,20 +13,58 @@ and load back bit-exactly, which is what makes resume exact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.errors import ArtifactMissing, CorruptArtifact, IncompatibleArtifacts
 from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
 
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@contextlib.contextmanager
+def open_safetensors(file: str | Path) -> Iterator[Any]:
+    """`safetensors.safe_open(file, "pt")` (memory-mapped, lazy) whose failures are one line:
+    a missing file is ArtifactMissing; a truncated or corrupt one (header not JSON, data not
+    covering the offsets the header declares) is CorruptArtifact naming the file."""
+    file = Path(file)
+    if not file.is_file():
+        raise ArtifactMissing(f"{file}: no such weights file" + (" (it is a folder)" if file.is_dir() else ""))
+    try:
+        handle = safe_open(str(file), "pt")
+    except (SafetensorError, OSError) as e:
+        raise CorruptArtifact(
+            f"{file}: not a complete safetensors file ({str(e).splitlines()[0][:160]}); it is truncated or "
+            "corrupt: re-run the stage that wrote it, or copy it again"
+        ) from None
+    with handle as f:
+        yield f
+
+
+def load_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (CPU), with the one-line errors of `open_safetensors`."""
+    with open_safetensors(file) as f:
+        try:
+            return {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CorruptArtifact(f"{file}: cannot read its tensors ({str(e).splitlines()[0][:160]})") from None
+
+
+def safetensors_shapes(file: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the header alone (no data is read)."""
+    with open_safetensors(file) as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def save_checkpoint(
@@ -37,6 +75,7 @@ def save_checkpoint(
     *,
     tokenizer_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (a `.partial` folder renamed into place, then DONE)."""
     from transformers.utils import logging as hf_logging
@@ -48,10 +87,11 @@ def save_checkpoint(
         model.save_pretrained(str(tmp), safe_serialization=True)
         if optimizer is not None:
             save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"cuda_{i}"] = s
+        if rng is None:  # this process's generators (the training loop passes every rank's)
+            rng = {"torch_cpu": torch.get_rng_state()}
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                    rng[f"cuda_{i}"] = s
         save_file(rng, str(tmp / "rng.safetensors"))
         atomic_write_json(tmp / "trainer_state.json", trainer_state)
         if tokenizer_dir is not None:
@@ -86,7 +126,7 @@ def load_optimizer_state(
         raise ArtifactMissing(
             f"{path}: checkpoint has no optimizer state (optimizer.safetensors); it was exported weights-only"
         )
-    tensors = load_file(str(f))
+    tensors = load_safetensors(f)
     by_name: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         moment, name = key.split(".", 1)
@@ -113,13 +153,33 @@ def has_optimizer_state(path: str | Path) -> bool:
 
 
 def check_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder at `path` (or `path/checkpoint`), after checks that need no weights
+    read: config.json is a JSON object, model.safetensors is a complete safetensors file (its
+    header parses and its data covers every tensor: a truncated copy fails here), and the
+    vocabulary of config.json matches the embedding rows of the weights. Each failure is one line."""
     path = Path(path)
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+    if not path.is_dir():
+        raise ArtifactMissing(f"{path}: no such checkpoint folder" + (" (it is a file)" if path.exists() else ""))
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").exists():
         if (path / "checkpoint").is_dir():  # a stage folder: use its checkpoint
             return check_checkpoint(path / "checkpoint")
         raise ArtifactMissing(f"{path}: not a checkpoint (needs config.json and model.safetensors)")
     if (path / "trainer_state.json").exists() and not is_done(path):
         raise ArtifactMissing(f"{path}: checkpoint is incomplete (no {DONE} marker); re-run the stage that writes it")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptArtifact(f"{path / 'config.json'}: not valid JSON ({e}); re-run the stage that wrote it") from None
+    if not isinstance(config, dict):
+        raise CorruptArtifact(f"{path / 'config.json'}: expected a JSON object of model settings")
+    shapes = safetensors_shapes(path / "model.safetensors")
+    vocab = config.get("vocab_size")
+    rows = [s[0] for k, s in shapes.items() if k.endswith(("embed_in.weight", "embed_tokens.weight", "wte.weight"))]
+    if isinstance(vocab, int) and rows and rows[0] != vocab:
+        raise IncompatibleArtifacts(
+            f"{path / 'config.json'}: vocab_size = {vocab}, but model.safetensors has {rows[0]} embedding rows; "
+            "the config and the weights come from different models"
+        )
     return path
 
 
@@ -135,8 +195,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PreTrain
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise IncompatibleArtifacts(f"{path}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        # RuntimeError: a tensor shape that disagrees with config.json (transformers refuses it)
+        raise IncompatibleArtifacts(
+            f"{path}: cannot load the model ({str(e).splitlines()[0][:200]}); config.json and model.safetensors "
+            "must come from the same model"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.to(device)
@@ -151,7 +215,7 @@ def load_rng(path: str | Path) -> None:
     f = Path(path) / "rng.safetensors"
     if not f.exists():
         return
-    rng = load_file(str(f))
+    rng = load_safetensors(f)
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
@@ -167,7 +231,7 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
         for name in MODEL_FILES + TOKENIZER_FILES:
             if (path / name).exists():
                 shutil.copy2(path / name, tmp / name)
-    (out / DONE).unlink(missing_ok=True)  # an export is a plain HF folder
+    # DONE stays: it lets a re-export replace this folder (and nothing else); HF ignores it
     return out
 
 
