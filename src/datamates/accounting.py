@@ -1,19 +1,35 @@
-"""FLOPs and time per component (training, probing, influence-model fit, scoring), per stage.
+"""Counted FLOPs and wall seconds per component (training, probing, influence-model fit, scoring,
+evaluation), per stage.
 
 Time is measured around each component call by the pipeline and kept in
 `<stage>/timings.json` (only calls that did work are recorded, so a resumed run keeps the times
-of the calls it skipped). FLOPs are estimated from the artifacts' counts with the usual rules:
+of the calls it skipped).
 
-    LM training, per token          6 N + 6 L T d     (N: parameters without the input embedding)
-    LM forward, per token           (6 N + 6 L T d) / 3
-    probe (exact / naive), each     train(seq_len tokens) + forward(all reference input tokens)
-    probe (first order), each       train(seq_len tokens); + train(reference tokens) once per call
-    encoder forward, per token      2 N_enc (+ attention), on the encoder's tokens of a sequence
-    fit, finetune                   3 x forward x epochs over the training labels + validation forwards
-    fit, frozen / score             forward over the sequences not yet in the embedding cache
-    score, loss selector            LM forward over every candidate
+FLOPs are *counted*, not estimated: every artifact that runs a model records in its meta.json
+the tokens it processed, by kind, and the model's FLOPs per token of that kind (the training
+checkpoint records them in train_summary.json):
 
-`summarize` aggregates per stage and per component into `metrics.json` from the files on disk.
+    "tokens":          {"lm_train": n, "lm_forward": n, "encoder_train": n, "encoder_forward": n}
+    "flops_per_token": {"lm_train": 6 N + 6 L T d, "lm_forward": (6 N + 6 L T d) / 3,
+                        "encoder_forward": 2 N_enc + 2 L_enc T_enc d_enc, "encoder_train": 3 x that}
+
+(N: parameters without the input embedding; L, T, d: layers, context, width; Kaplan et al. 2020,
+Chinchilla appendix F.) An artifact's FLOPs are sum_kind tokens[kind] x flops_per_token[kind];
+nothing is multiplied up or filled in. What each stage counts:
+
+    train (checkpoint, and the final decay)   lm_train: steps x batch x seq_len
+    probe                                     selection/probe/oracle.py `probe_tokens`: the probe
+                                              steps (lm_train) and reference forwards (lm_forward)
+    fit (influence_model)                     encoder tokens of the sequences embedded (frozen:
+                                              those not already in the pool's cache) or trained on
+    score                                     encoder tokens of the candidates embedded; the loss
+                                              selector: lm_forward, one forward per candidate
+    eval (per-stage curve, final)             lm_forward: packed task inputs + held-out sequences
+
+A finished artifact without counts is an error (`ArtifactMissing`, naming the artifact), never a
+guess; an absent or unfinished artifact costs nothing. `summarize_branch` aggregates per stage
+and per component; selection = probe + fit + score, and the selection overhead is selection /
+train.
 """
 
 from __future__ import annotations
@@ -25,9 +41,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from datamates.errors import ArtifactMissing
 from datamates.run_dir import atomic_write_json, is_done, read_json
 
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
+KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward")
+# stage sub-folder -> the component its FLOPs are charged to
+STAGE_ARTIFACTS = {"checkpoint": "train", "probe": "probe", "influence_model": "fit", "scores": "score",
+                   "eval": "eval"}
+FLOP_COMPONENTS = ("train", "probe", "fit", "score", "eval")
 
 
 @contextlib.contextmanager
@@ -49,63 +71,93 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def lm_flops_per_token(checkpoint: Path) -> float:
-    s = _json(checkpoint / "train_summary.json")
-    return float(s.get("flops_per_token", 0.0))
+def counted(artifact: Path) -> dict[str, Any] | None:
+    """{"tokens", "flops_per_token", "flops"} of one finished artifact; None when it is absent or
+    unfinished (nothing was spent on it that is kept). Raises ArtifactMissing when it is finished
+    but carries no counts."""
+    artifact = Path(artifact)
+    if not is_done(artifact):
+        return None
+    summary = artifact / "train_summary.json"
+    if summary.exists():  # a training checkpoint
+        s = _json(summary)
+        tokens, fpt = {"lm_train": s.get("tokens")}, {"lm_train": s.get("flops_per_token")}
+        where = summary
+    else:
+        meta = _json(artifact / "meta.json")
+        tokens, fpt = meta.get("tokens"), meta.get("flops_per_token") or {}
+        where = artifact / "meta.json"
+    if not isinstance(tokens, dict) or not tokens:
+        raise ArtifactMissing(f"{where}: no counted tokens ('tokens'); the artifact was written by an older datamates: "
+                              "delete it and re-run the stage to count its FLOPs")
+    flops = 0.0
+    for kind, n in tokens.items():
+        if kind not in KINDS or not isinstance(n, (int, float)) or n < 0:
+            raise ArtifactMissing(f"{where}: tokens.{kind} = {n!r}; expected a count of one of {', '.join(KINDS)}")
+        if n and not isinstance(fpt.get(kind), (int, float)):
+            raise ArtifactMissing(f"{where}: no flops_per_token.{kind} for its {n} {kind} tokens; delete the artifact "
+                                  "and re-run the stage to count its FLOPs")
+        flops += n * fpt[kind] if n else 0.0
+    return {"tokens": {k: int(v) for k, v in tokens.items()}, "flops_per_token": fpt, "flops": float(flops)}
 
 
-def stage_flops(stage_dir: Path, *, seq_len: int, lm_fpt: float, ref_input_tokens: int,
-                enc_fwd_per_seq: float) -> dict[str, float]:
-    """Estimated FLOPs of each component of one stage folder, from its artifacts."""
-    out = {c: 0.0 for c in ("train", "probe", "fit", "score")}
-    ck = stage_dir / "checkpoint"
-    if is_done(ck):
-        out["train"] = float(_json(ck / "train_summary.json").get("flops", 0.0))
-    pm = _json(stage_dir / "probe" / "meta.json")
-    if pm:
-        n = pm.get("n_probes", 0)
-        step = lm_fpt * seq_len
-        if pm.get("mode") == "first_order":
-            out["probe"] = n * step + lm_fpt * ref_input_tokens
-        else:
-            out["probe"] = n * (step + lm_fpt / 3 * ref_input_tokens)
-    fm = _json(stage_dir / "influence_model" / "meta.json").get("metrics", {})
-    if fm:
-        n_tr, n_va = fm.get("n_train", 0), fm.get("n_val", 0)
-        epochs = _json(stage_dir / "influence_model" / "meta.json").get("config", {}).get("epochs", 1)
-        if fm.get("mode") == "finetune":
-            out["fit"] = enc_fwd_per_seq * (3 * epochs * n_tr + n_va)
-        else:  # frozen: only the embeddings not already in the pool's cache were computed
-            out["fit"] = enc_fwd_per_seq * fm.get("embeddings_computed", n_tr + n_va)
-    sm = _json(stage_dir / "scores" / "meta.json")
-    if sm.get("mode") == "lm_loss":  # the loss selector: one LM forward per candidate
-        out["score"] = lm_fpt / 3 * seq_len * sm.get("n", 0)
-    elif sm:
-        out["score"] = enc_fwd_per_seq * sm.get("n", 0)
-    return out
+def stage_flops(stage_dir: Path) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
+    """Counted FLOPs per component of one stage folder, and the tokens behind them."""
+    flops = {c: 0.0 for c in FLOP_COMPONENTS}
+    tokens: dict[str, dict[str, int]] = {c: {} for c in FLOP_COMPONENTS}
+    for sub, comp in STAGE_ARTIFACTS.items():
+        c = counted(Path(stage_dir) / sub)
+        if c is not None:
+            flops[comp] += c["flops"]
+            for k, n in c["tokens"].items():
+                tokens[comp][k] = tokens[comp].get(k, 0) + n
+    return flops, tokens
 
 
 def stage_seconds(stage_dir: Path) -> dict[str, float]:
-    return _json(stage_dir / "timings.json")
+    return _json(Path(stage_dir) / "timings.json")
 
 
-def summarize_branch(stages: list[Path], **kw: Any) -> dict[str, Any]:
-    """Per-stage and total FLOPs and seconds of one selector's stages (warmup stages included)."""
+def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eval: Path | None = None,
+                     branch_dir: Path | None = None) -> dict[str, Any]:
+    """Per-stage and total FLOPs, tokens and seconds of one selector's history (warmup stages
+    included), plus its final decay (`final`, charged to train) and final evaluation (`final_eval`)."""
     rows = []
-    tot_f = {c: 0.0 for c in ("train", "probe", "fit", "score")}
+    tot_f = {c: 0.0 for c in FLOP_COMPONENTS}
+    tot_t: dict[str, dict[str, int]] = {c: {} for c in FLOP_COMPONENTS}
     tot_s: dict[str, float] = {}
-    for sd in stages:
-        f = stage_flops(sd, **kw)
-        s = stage_seconds(sd)
-        rows.append({"stage": sd.name, "flops": f, "seconds": s})
+
+    def add(f: dict[str, float], t: dict[str, dict[str, int]], s: dict[str, float]) -> None:
         for c in tot_f:
             tot_f[c] += f[c]
+            for k, n in t[c].items():
+                tot_t[c][k] = tot_t[c].get(k, 0) + n
         for c, v in s.items():
             tot_s[c] = tot_s.get(c, 0.0) + v
+
+    for sd in stages:
+        f, t = stage_flops(sd)
+        s = stage_seconds(sd)
+        rows.append({"stage": Path(sd).name, "flops": f, "tokens": t, "seconds": s})
+        add(f, t, s)
+    for art, comp in ((final, "train"), (final_eval, "eval")):
+        c = counted(art) if art is not None else None
+        if c is not None:
+            f = {k: 0.0 for k in FLOP_COMPONENTS}
+            f[comp] = c["flops"]
+            t: dict[str, dict[str, int]] = {k: {} for k in FLOP_COMPONENTS}
+            t[comp] = c["tokens"]
+            rows.append({"stage": Path(art).name, "flops": f, "tokens": t, "seconds": {}})
+            add(f, t, {})
+    if branch_dir is not None:  # the decay and final evaluation are timed at the branch level
+        for c, v in stage_seconds(branch_dir).items():
+            tot_s[c] = tot_s.get(c, 0.0) + v
     selection = tot_f["probe"] + tot_f["fit"] + tot_f["score"]
+    sel_seconds = sum(tot_s.get(c, 0.0) for c in ("probe", "fit", "score", "select"))
     return {
         "stages": rows,
         "flops": {**tot_f, "selection": selection, "total": selection + tot_f["train"]},
-        "seconds": tot_s,
+        "tokens": tot_t,
+        "seconds": {**tot_s, "selection": round(sel_seconds, 3)},
         "selection_overhead": selection / tot_f["train"] if tot_f["train"] else None,
     }

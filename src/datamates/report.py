@@ -2,11 +2,14 @@
 partial run reports what is on disk).
 
 `summarize_run(rd)` writes `<run>/metrics.json` (per selector: final evaluation, reference-loss
-curve, FLOPs and seconds per component and stage) and returns it. `build_report(runs, out)` writes
-one self-contained `report.html` (plots embedded) and `report.md` comparing selectors, averaged
-over runs that differ only in seed: reference loss vs training tokens and vs total FLOPs, the
-influence model's fit, score histograms, domain shares of the selected data, the highest- and
-lowest-scored sequences, the final evaluation table and the FLOPs breakdown.
+curve, counted FLOPs and seconds per component and stage, see accounting.py) and returns it.
+`build_report(runs, out)` writes one self-contained `report.html` (plots embedded) and `report.md`
+comparing selectors: first, per group of runs that differ only in seed, every selector paired
+with `random` of the same seed run (mean ± sd, the paired difference with its 95% t and bootstrap
+intervals, seeds won, a verdict; a forest plot per metric; see "paired statistics" below); then
+reference loss vs training tokens and vs total FLOPs, the influence model's fit, score
+histograms, domain shares of the selected data, the highest- and lowest-scored sequences, the
+final evaluation tables (continuous nine-task metrics included) and the FLOPs breakdown.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from datamates.accounting import summarize_branch
+from datamates.errors import ArtifactMissing
 from datamates.run_dir import RunDir, atomic_write_json, atomic_write_text, is_done, read_json
 
 WARMUP = "warmup"
@@ -67,24 +71,30 @@ def _run_config(rd: RunDir) -> dict[str, Any]:
 
 
 def summarize_run(rd: RunDir) -> dict[str, Any]:
-    """Aggregate one run's artifacts into metrics.json; returns the dict."""
+    """Aggregate one run's artifacts into metrics.json; returns the dict. A selector whose FLOPs
+    cannot be counted (an artifact without token counts) gets `accounting: {"error": ...}` naming
+    the artifact; the report shows it instead of a number."""
     cfg = _run_config(rd)
     branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in
                 (WARMUP, "pool", "plan", "report", "logs", "ablation", "units", "merged", "gold", "seed", "partitions")
                 and any(p.glob("stage_*"))]
     pool_meta = _pool_meta(rd)
-    seq_len = pool_meta.get("seq_len", 0)
-    lm_fpt, ref_tokens, enc_fwd = _cost_constants(rd, cfg)
-    out: dict[str, Any] = {"run": str(rd.root), "name": cfg.get("name", rd.root.name), "selectors": {}}
+    out: dict[str, Any] = {"run": str(rd.root), "name": cfg.get("name", rd.root.name), "config": cfg,
+                           "selectors": {}}
     for b in branches:
         stages = _stages(rd, b)
-        acc = summarize_branch([d for _, d in stages], seq_len=seq_len, lm_fpt=lm_fpt,
-                               ref_input_tokens=ref_tokens, enc_fwd_per_seq=enc_fwd)
-        cum, run_total = [], 0.0
-        for row in acc["stages"]:
-            run_total += sum(row["flops"].values())
-            cum.append(run_total)
         br = rd.branch(b)
+        try:
+            acc = summarize_branch([d for _, d in stages], final=br.final, final_eval=br.final_eval,
+                                   branch_dir=br.base)
+        except ArtifactMissing as e:
+            acc = {"error": str(e)}
+        cum, run_total = [], 0.0
+        for row in acc.get("stages", []):
+            run_total += sum(v for k, v in row["flops"].items() if k != "eval")
+            cum.append(run_total)
+        if "error" in acc:
+            cum = [float("nan")] * len(stages)
         final = read_json(br.final_eval / "eval.json") if is_done(br.final_eval) else None
         out["selectors"][b] = {
             "curve": _ref_curve(stages, cum),
@@ -93,6 +103,7 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
             "decay_seconds": read_json(br.base / "timings.json").get("decay") if (br.base / "timings.json").exists() else None,
             "fit": _fits(stages),
             "selected_domains": _domain_shares(rd, stages, pool_meta),
+            "noise": _noise(rd, b, stages),
         }
     atomic_write_json(rd.metrics, out)
     return out
@@ -105,37 +116,6 @@ def _pool_meta(rd: RunDir) -> dict[str, Any]:
     if shared and (Path(shared) / "meta.json").exists():
         return read_json(Path(shared) / "meta.json")
     return {}
-
-
-def _cost_constants(rd: RunDir, cfg: dict[str, Any]) -> tuple[float, int, float]:
-    """LM training FLOPs per token, reference input tokens, encoder forward FLOPs per sequence."""
-    lm_fpt = 0.0
-    for ts in rd.root.glob("*/stage_*/checkpoint/train_summary.json"):
-        lm_fpt = json.loads(ts.read_text()).get("flops_per_token", 0.0)
-        break
-    ref_tokens = 0
-    for pm in rd.root.glob("*/stage_*/probe/meta.json"):
-        ref = json.loads(pm.read_text()).get("reference", {})
-        # every reference example is ~1 context of a few hundred tokens: the target count x 40 is a
-        # conservative stand-in when the input count is not recorded
-        ref_tokens = int(ref.get("n_input_tokens") or ref.get("n_target_tokens", 0) * 40)
-        break
-    enc = cfg.get("mates", {}).get("fit", {}).get("encoder", {})
-    enc_tokens = enc.get("max_tokens", 512)
-    return lm_fpt, ref_tokens, 2.0 * _encoder_body_params(enc.get("backbone", "minilm")) * enc_tokens
-
-
-def _encoder_body_params(backbone: str) -> float:
-    """Non-embedding parameters of a BERT-like encoder, 12 L h^2 (MiniLM-L6: 10.6M; BERT-base: 85M)."""
-    try:
-        from transformers import AutoConfig
-
-        from datamates.selection.encode import resolve_backbone
-
-        c = AutoConfig.from_pretrained(str(resolve_backbone(backbone)))
-        return 12.0 * c.num_hidden_layers * c.hidden_size**2
-    except Exception:  # a hub backbone that is not available offline: BERT-base's figure
-        return 85e6
 
 
 def _fits(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
@@ -158,6 +138,225 @@ def _domain_shares(rd: RunDir, stages: list[tuple[int, Path]], pool_meta: dict[s
             counts = meta.get("kept_per_domain") or meta.get("per_domain") or {}
             out.append({"stage": s, "counts": counts})
     return out
+
+
+def _noise(rd: RunDir, branch: str, stages: list[tuple[int, Path]]) -> dict[str, Any] | None:
+    """The share of planted / flagged noise in what this selector kept (C1's noise share file,
+    `<branch>/noise.json` or `<stage>/selected/noise.json`), when the run wrote one."""
+    f = rd.branch(branch).base / "noise.json"
+    if f.exists():
+        return read_json(f)
+    per = {}
+    for s, d in stages:
+        g = d / "selected" / "noise.json"
+        if g.exists():
+            per[s] = read_json(g)
+    return {"stages": per} if per else None
+
+
+# ----------------------------------------------------------------------------- paired statistics
+#
+# Runs that differ only in seed form a group; inside one run every selector shares the plan and the
+# warmup with `random`, so each run gives one paired difference d_i = metric(selector) - metric(random)
+# per metric. Over the n runs of a group:
+#
+#     mean +- t_{0.975, n-1} * sd(d) / sqrt(n)            Student t interval (the verdict)
+#     [q_2.5, q_97.5] of the mean of n seeds drawn with replacement, 10,000 times (percentile
+#     bootstrap; shown beside the t interval, it under-covers with few seeds)
+#     wins = seeds where the selector is on the better side of random
+#
+# The verdict: "better than random at 95%" when the whole t interval lies on the better side of 0,
+# "worse than random at 95%" on the other side, otherwise "not distinguishable". t quantiles come
+# from scipy (a dependency of datamates).
+
+SEED_KEYS = ("name", "runs_root")
+BOOTSTRAP_SAMPLES = 10_000
+BASELINE = "random"
+
+
+def _strip_seeds(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_seeds(v) for k, v in sorted(node.items()) if "seed" not in k.lower() and k not in SEED_KEYS}
+    if isinstance(node, list):
+        return [_strip_seeds(v) for v in node]
+    return node
+
+
+def group_runs(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs whose configs are equal once every `*seed*` key (and name, runs_root) is removed, in
+    input order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = json.dumps(_strip_seeds(r.get("config") or {}), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def paired_stats(diffs: list[float] | np.ndarray, *, lower_is_better: bool, seed: int = 0,
+                 n_boot: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+    """Mean paired difference (selector - baseline) with its 95% t and bootstrap intervals, the
+    t-test p-value, the seeds won and the verdict (see above)."""
+    from scipy import stats
+
+    d = np.asarray([x for x in diffs if x is not None and np.isfinite(x)], dtype=np.float64)
+    n = len(d)
+    out: dict[str, Any] = {"n": n, "mean": float(d.mean()) if n else float("nan"),
+                           "sd": float(d.std(ddof=1)) if n > 1 else float("nan"),
+                           "t_ci": (float("nan"), float("nan")), "boot_ci": (float("nan"), float("nan")),
+                           "p": float("nan"), "wins": int(((d < 0) if lower_is_better else (d > 0)).sum()),
+                           "lower_is_better": lower_is_better}
+    if n < 2:
+        out["verdict"] = f"not distinguishable ({n} seed{'s' if n != 1 else ''})"
+        return out
+    se = out["sd"] / math.sqrt(n)
+    h = float(stats.t.ppf(0.975, n - 1)) * se
+    out["t_ci"] = (out["mean"] - h, out["mean"] + h)
+    if se > 0:
+        out["p"] = float(2 * stats.t.sf(abs(out["mean"]) / se, n - 1))
+    else:
+        out["p"] = 0.0 if out["mean"] != 0 else 1.0
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    out["boot_ci"] = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    lo, hi = out["t_ci"]
+    better = hi < 0 if lower_is_better else lo > 0
+    worse = lo > 0 if lower_is_better else hi < 0
+    out["verdict"] = ("better than random at 95%" if better else "worse than random at 95%" if worse
+                      else "not distinguishable")
+    return out
+
+
+def run_metrics(sel: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
+    """metric name -> (value, lower_is_better) of one selector of one run."""
+    out: dict[str, tuple[float | None, bool]] = {}
+    f = sel.get("final_eval") or {}
+    for ref, r in sorted(f.get("reference", {}).items()):
+        out[f"{ref} loss"] = (r.get("loss"), True)
+    h = f.get("perplexity", {}).get("heldout")
+    if h:
+        out["held-out ppl (all)"] = (h["all"]["ppl"], True)
+        for d, v in h.get("domains", {}).items():
+            out[f"held-out ppl ({d})"] = (v["ppl"], True)
+    nine = "nine_task" if f.get("nine_task_mean") else None
+    if nine:
+        out["nine-task acc"] = (f["nine_task_mean"]["value"], False)
+        for key, label in (("nine_task_gold_logprob", "nine-task gold logprob/byte"),
+                           ("nine_task_gold_prob", "nine-task gold prob")):
+            if f.get(key):
+                out[label] = (f[key]["value"], False)
+    elif f.get("task_mean"):
+        out["task-mean acc"] = (f["task_mean"]["value"], False)
+    acc = sel.get("accounting") or {}
+    if "flops" in acc:
+        out["selection FLOPs"] = (acc["flops"]["selection"], True)
+    if "seconds" in acc:
+        out["selection seconds"] = (acc["seconds"].get("selection"), True)
+    noise = sel.get("noise") or {}
+    if isinstance(noise.get("share"), (int, float)):
+        out["noise share kept"] = (noise["share"], True)
+    return out
+
+
+def paired_table(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (metric, selector other than random) of a group of seed runs."""
+    rows = []
+    sels = [s for s in _selectors(group) if s != BASELINE]
+    metrics: list[str] = []
+    lower: dict[str, bool] = {}
+    for r in group:
+        for s in _selectors([r]):
+            for m, (_, lb) in run_metrics(r["selectors"][s]).items():
+                if m not in metrics:
+                    metrics.append(m)
+                    lower[m] = lb
+    for m in metrics:
+        for s in sels:
+            a, b, d = [], [], []
+            for r in group:
+                if s not in r["selectors"] or BASELINE not in r["selectors"]:
+                    continue
+                x = run_metrics(r["selectors"][s]).get(m, (None, True))[0]
+                y = run_metrics(r["selectors"][BASELINE]).get(m, (None, True))[0]
+                if x is None or y is None:
+                    continue
+                a.append(x)
+                b.append(y)
+                d.append(x - y)
+            if not d:
+                continue
+            rows.append({"metric": m, "selector": s, "selector_mean_sd": _mean_sd(a), "random_mean_sd": _mean_sd(b),
+                         **paired_stats(d, lower_is_better=lower[m])})
+    return rows
+
+
+def _g(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3g}" if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-3) else f"{x:.4f}"
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    return "-" if any(math.isnan(c) for c in ci) else f"[{_g(ci[0])}, {_g(ci[1])}]"
+
+
+def paired_markdown(runs: list[dict[str, Any]]) -> str:
+    """Per group of seed runs: every selector against random of the same seed, every metric."""
+    parts = []
+    for gi, group in enumerate(group_runs(runs), start=1):
+        names = ", ".join(r["name"] for r in group)
+        head = f"### Group {gi}: {len(group)} seed run(s) ({names})"
+        if not any(BASELINE in r["selectors"] for r in group):
+            parts += [head, "", f"(no `{BASELINE}` branch in these runs: nothing to pair with)", ""]
+            continue
+        rows = paired_table(group)
+        if not rows:
+            parts += [head, "", "(no finished evaluation to compare yet)", ""]
+            continue
+        lines = [head, "",
+                 "| metric | selector | selector mean ± sd | random mean ± sd | Δ = selector − random | 95% CI (t) "
+                 "| 95% CI (bootstrap) | p (t) | seeds won | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            arrow = "↓" if r["lower_is_better"] else "↑"
+            lines.append(f"| {r['metric']} ({arrow} better) | {r['selector']} | {_fmt(r['selector_mean_sd'])} | "
+                         f"{_fmt(r['random_mean_sd'])} | {_g(r['mean'])} | {_ci(r['t_ci'])} | {_ci(r['boot_ci'])} | "
+                         f"{_g(r['p'])} | {r['wins']}/{r['n']} | {r['verdict']} |")
+        parts += lines + [""]
+        flagged = sorted({r["selector"] for r in rows if r["metric"] == "noise share kept" and r["mean"] > 0})
+        if flagged:
+            parts += [f"**Flagged:** {', '.join(flagged)} kept more noise than random (mean over seeds).", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def plot_forest(group: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
+    """One forest plot per metric: each selector's paired difference to random, 95% t interval
+    (thick) and bootstrap interval (thin), 0 marked."""
+    rows = paired_table(group)
+    figs = []
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    for m in metrics:
+        rs = [r for r in rows if r["metric"] == m and r["n"] >= 1]
+        if not rs:
+            continue
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(rs)))
+        for y, r in enumerate(rs):
+            lo, hi = r["t_ci"]
+            if not math.isnan(lo):
+                ax.plot([lo, hi], [y, y], lw=3, color="C0", solid_capstyle="butt")
+            blo, bhi = r["boot_ci"]
+            if not math.isnan(blo):
+                ax.plot([blo, bhi], [y + 0.18, y + 0.18], lw=1, color="C1")
+            ax.plot([r["mean"]], [y], "o", color="k")
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_yticks(range(len(rs)), [f"{r['selector']} ({r['wins']}/{r['n']})" for r in rs])
+        better = "← better" if rs[0]["lower_is_better"] else "better →"
+        ax.set_xlabel(f"{m}: selector − random ({better}); thick: 95% t, thin: bootstrap")
+        ax.set_ylim(-0.6, len(rs) - 0.4)
+        ax.grid(alpha=0.3, axis="x")
+        safe = "".join(c if c.isalnum() else "_" for c in m).strip("_")
+        figs.append((f"Paired difference to random: {m}", f"forest_{safe}.png", _fig_to_png(fig)))
+    return figs
 
 
 # ----------------------------------------------------------------------------- plots
@@ -280,10 +479,15 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{ref} loss"] = _mean_sd([f["reference"][ref]["loss"] for f in finals if ref in f["reference"]])
             row[f"{ref} acc"] = _mean_sd([f["reference"][ref]["acc"] for f in finals if ref in f["reference"]])
         row["nine-task mean"] = _mean_sd([f["nine_task_mean"]["value"] for f in finals if f.get("nine_task_mean")])
+        row["nine-task gold logprob/byte"] = _mean_sd([f["nine_task_gold_logprob"]["value"] for f in finals
+                                                        if f.get("nine_task_gold_logprob")])
+        row["nine-task gold prob"] = _mean_sd([f["nine_task_gold_prob"]["value"] for f in finals
+                                                if f.get("nine_task_gold_prob")])
         row["held-out ppl"] = _mean_sd([f["perplexity"]["heldout"]["all"]["ppl"] for f in finals
                                          if "heldout" in f.get("perplexity", {})])
-        row["selection FLOPs"] = _mean_sd([a["flops"]["selection"] for a in accs])
-        row["selection / training"] = _mean_sd([a["selection_overhead"] for a in accs])
+        counted = [a for a in accs if "flops" in a]
+        row["selection FLOPs"] = _mean_sd([a["flops"]["selection"] for a in counted]) if counted else "not counted"
+        row["selection / training"] = _mean_sd([a["selection_overhead"] for a in counted]) if counted else "-"
         rows.append(row)
     return rows
 
@@ -380,15 +584,24 @@ def heldout_table(runs: list[dict[str, Any]]) -> str:
 
 
 def flops_table(runs: list[dict[str, Any]]) -> str:
-    comps = ["train", "probe", "fit", "score", "selection", "total"]
-    lines = ["| selector | " + " | ".join(f"{c} FLOPs" for c in comps) + " | seconds (train / probe / fit / score) |",
-             "|" + "---|" * (len(comps) + 2)]
+    """Counted FLOPs per component (accounting.py) and wall seconds; an artifact without token
+    counts is named instead of a number."""
+    comps = ["train", "probe", "fit", "score", "selection", "total", "eval"]
+    lines = ["| selector | " + " | ".join(f"{c} FLOPs" for c in comps) +
+             " | seconds (train / probe / fit / score / select) |", "|" + "---|" * (len(comps) + 2)]
+    errors = []
     for s in _selectors(runs):
-        accs = [r["selectors"][s]["accounting"] for r in runs if s in r["selectors"]]
+        all_accs = [r["selectors"][s]["accounting"] for r in runs if s in r["selectors"]]
+        errors += [f"- {s}: FLOPs not counted: {a['error']}" for a in all_accs if "error" in a]
+        accs = [a for a in all_accs if "flops" in a]
+        if not accs:
+            lines.append(f"| {s} | " + " | ".join("not counted" for _ in comps) + " | - |")
+            continue
         fl = [_fmt(_mean_sd([a["flops"][c] for a in accs])) for c in comps]
-        secs = " / ".join(f"{np.mean([a['seconds'].get(c, 0) for a in accs]):.0f}" for c in ("train", "probe", "fit", "score"))
+        secs = " / ".join(f"{np.mean([a['seconds'].get(c, 0) for a in accs]):.0f}"
+                          for c in ("train", "probe", "fit", "score", "select"))
         lines.append(f"| {s} | " + " | ".join(fl) + f" | {secs} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + errors if errors else []))
 
 
 # ----------------------------------------------------------------------------- the page
@@ -418,6 +631,14 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             h = plot_score_hist(d / "scores", d / "selected")
             if h:
                 figs.append((f"{sel}, stage {s}: predicted scores of the candidates", f"scores_{sel}_{s:02d}.png", h))
+    paired_figs: list[tuple[str, str, bytes]] = []
+    groups = group_runs(runs)
+    for gi, group in enumerate(groups, start=1):
+        for title, name, png in plot_forest(group):
+            if len(groups) > 1:
+                title, name = f"Group {gi}: {title}", f"g{gi}_{name}"
+            paired_figs.append((title, name, png))
+    figs = paired_figs + figs
     examples = _examples(rds[0])
     ablation = _ablation_section(rds[0])
     figs += ablation["figs"]
@@ -474,6 +695,11 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              f"tokens, domains {', '.join(pool_meta.get('domains', [])) or '?'}.",
              "Values are mean ± standard deviation over runs. Sign convention: ref_loss_delta = "
              "L_ref(after) - L_ref(before), lower is better.", "",
+             "## Paired against random (same seed, same plan, same warmup)", "",
+             "Δ = selector − random per seed run; 95% intervals of the mean Δ (Student t over seeds; percentile "
+             "bootstrap beside it); the verdict uses the t interval. gold logprob/byte: the gold choice's "
+             "log-likelihood per byte; gold prob: its probability mass among the choices (DataDecide).", "",
+             paired_markdown(runs),
              "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "", heldout_table(runs), "",
              "## Influence-model fit", "", fit_table(runs) or "(no influence model in these runs)", "",
              "## FLOPs and time", "", flops_table(runs), ""]
@@ -506,6 +732,18 @@ def _md_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
+def _paired_html(runs: list[dict[str, Any]]) -> str:
+    out = []
+    for block in paired_markdown(runs).split("### ")[1:]:
+        title, _, rest = block.partition("\n")
+        out.append(f"<h3>{html.escape(title)}</h3>")
+        tables = "\n".join(r for r in rest.splitlines() if r.startswith("|"))
+        out.append(_md_table_to_html(tables) if tables else "")
+        out += [f"<p>{html.escape(r.replace('**', ''))}</p>" for r in rest.splitlines()
+                if r.strip() and not r.startswith("|")]
+    return "\n".join(out)
+
+
 def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
            "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
@@ -516,11 +754,16 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              f"<p>{len(runs)} run(s); pool of {pool_meta.get('n_sequences', 0):,} sequences x "
              f"{pool_meta.get('seq_len', '?')} tokens. Mean ± standard deviation over runs. "
              "ref_loss_delta = L_ref(after) - L_ref(before): lower is better.</p>",
+             "<h2>Paired against random (same seed, same plan, same warmup)</h2>",
+             "<p>Δ = selector − random per seed run; 95% intervals of the mean Δ (Student t over seeds; percentile "
+             "bootstrap beside it); the verdict uses the t interval. Forest plots of every metric are below.</p>",
+             _paired_html(runs),
              "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
              _md_table_to_html(task_table(runs)) if task_table(runs) else "",
              _md_table_to_html(heldout_table(runs)) if heldout_table(runs) else "",
              "<h2>Influence-model fit</h2>", _md_table_to_html(fit_table(runs)) if fit_table(runs) else "<p>-</p>",
-             "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs))]
+             "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs)),
+             *[f"<p>{html.escape(r)}</p>" for r in flops_table(runs).splitlines() if r.startswith("- ")]]
     if ablation_md:
         parts.append(f"<h2>Data ablation by merging</h2><pre>{html.escape(ablation_md)}</pre>")
     for title, _, png in figs:
