@@ -27,8 +27,43 @@ def run(args: argparse.Namespace) -> int:
     from datamates.core.pool import Pool, _summary, build_pool
 
     if args.action == "build":
+        check_domain_field(cfg.pool)
         build_pool(cfg.pool, out)
+        missing = int(Pool(out).meta.get("counters", {}).get("missing_domain", 0))
+        if missing:
+            print(f"warning: {missing:,} documents have no field '{cfg.pool.domain_field}' (pool.domain_field): "
+                  "their domain is 'unknown'")
         print(f"pool: {out}")
     else:
         print(_summary(Pool(out).meta))
     return 0
+
+
+def check_domain_field(cfg, sample: int = 1000) -> None:
+    """With `pool.domain_from: field`, refuse a domain field that none of the first `sample`
+    records has (every document would silently land in domain 'unknown'), naming the fields the
+    records do have. Records that lack it later are counted and reported after the build."""
+    if cfg.domain_from != "field" or not cfg.domain_field:
+        return
+    from collections import defaultdict
+
+    from datamates.core.pool import discover_inputs, iter_records
+    from datamates.errors import ConfigError
+
+    counters: dict[str, int] = defaultdict(int)
+    seen = 0
+    for f in discover_inputs(cfg.inputs):
+        for rec in iter_records(f, cfg, counters):
+            seen += 1
+            if rec.domain != "unknown" or counters["missing_domain"] < seen:
+                return  # some record has the field
+            if seen >= sample:
+                break
+        if seen >= sample:
+            break
+    if seen:
+        raise ConfigError(
+            f"pool.domain_field = '{cfg.domain_field}': none of the first {seen:,} records has this field "
+            f"(first file: {discover_inputs(cfg.inputs)[0].rel}); give the field that holds the domain "
+            "(a dotted path, e.g. meta.domain), or set pool.domain_from to folder, file or none"
+        )

@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, rd = setup(args, "run")
     from datamates.log import is_main
+    from datamates.selectors import resolve_selectors
 
+    resolve_selectors(cfg.mates.selectors)  # an unknown selector: one line, before config.yaml is written
     if is_main():
         write_run_config(cfg, rd)
     from datamates.pipelines import run_mates

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from datamates.config.base import expand_vars, parse_yaml
+from datamates.config.base import check_name, expand_vars, parse_yaml
 from datamates.errors import ConfigError, InputError
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
@@ -384,6 +384,10 @@ def load_spec(path: str | Path) -> TaskSpec:
                 raise err(k, f"not used with output_type {output_type}"
                           + (f", choices_are {choices_are}" if output_type == "multiple_choice" else ""))
 
+    try:  # the name becomes result and sample file names: '../x' would write outside the output
+        check_name(raw.get("task", path.stem), "task")
+    except ConfigError as e:
+        raise ConfigError(f"{path}:{lines.get('task', '?')}: {e}") from None
     spec = TaskSpec(name=raw.get("task", path.stem), path=path, data=Path("."), split=raw.get("split", ""),
                     output_type=output_type, choices_are=choices_are, metric=metric,
                     target_delimiter=raw.get("target_delimiter", " "),
