@@ -98,7 +98,8 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
     model_hash = digest("semdedup", labels, u)
     with atomic_dir(out) as work:
         write_shard(work / shard_name(0), ids, rank, pool_id=pool.pool_id, model_hash=model_hash)
-        np.save(work / "clusters.npy", labels)
+        np.save(work / "clusters.npy", labels)  # [n] cluster of each candidate (in `ids` order)
+        np.save(work / "centroids.npy", centroids)  # [K, H] unit rows
         atomic_write_json(work / "meta.json", meta_record(
             "score-with", sign=SIGN, **plan, model_hash=model_hash, shards=[shard_name(0)],
             label_mean=0.0, label_std=1.0, eps=eps, n_kept=n_kept, n_duplicates=int(len(ids) - n_kept),
