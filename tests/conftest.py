@@ -45,11 +45,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+NO_DATA = ("sample data bundle not found at {} (needs pretrain/ and eval/): put it there or set DATAMATES_DATA "
+           "to its folder")
+
+
 @pytest.fixture(scope="session")
 def data() -> Path:
+    """The sample data bundle; every test that needs it is skipped, with one line saying where to put it,
+    when it is missing."""
     d = data_dir()
-    if not (d / "pretrain").exists():
-        pytest.fail(f"sample data not found at {d}; set DATAMATES_DATA")
+    if not (d / "pretrain").is_dir() or not (d / "eval").is_dir():
+        pytest.skip(NO_DATA.format(d))
     return d
 
 
