@@ -107,11 +107,20 @@ def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | No
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
                     reference=_probe_reference(cfg, pool, plan))
     ids = read_selection(on_rank0(lambda: get_selector(selector)(x)))
-    tcfg = replace(cfg.train, steps=cfg.mates.stage_steps, seed=cfg.train.seed + s)
+    tcfg = stage_train_config(cfg, s)
     with timed(br.stage(s), "train", br.checkpoint(s)):
         out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
     on_rank0(lambda: _curve_point(cfg, br.eval(s), out, plan))
     return out, ids
+
+
+def stage_train_config(cfg: RunConfig, s: int):
+    """Stage s trains stage_steps steps of one schedule that spans the run: its horizon is every
+    stage's steps (warmup and selection stages; the pre-evaluation decay is its own exp_decay),
+    so a cosine decays once over the run, not once per stage."""
+    m = cfg.mates
+    return replace(cfg.train, steps=m.stage_steps, seed=cfg.train.seed + s,
+                   total_steps=cfg.train.total_steps or m.stages * m.stage_steps)
 
 
 def _decay(cfg: RunConfig, br: RunDir, pool: Pool, ckpt: Path, ids) -> Path:

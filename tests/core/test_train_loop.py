@@ -61,7 +61,7 @@ def test_matches_plain_torch_loop(tiny_pool, tiny_model_cfg, tmp_path):
 
 def test_killed_run_resumes_exactly(tiny_pool, tiny_model_cfg, tmp_path):
     """N steps + kill + resume + N steps == 2N uninterrupted steps, bit for bit."""
-    cfg = tiny_train_cfg(steps=6, checkpoint_every=3, schedule="cosine", warmup_steps=2)
+    cfg = tiny_train_cfg(steps=6, checkpoint_every=3, schedule="cosine", warmup_steps=2, total_steps=6)
     ids = np.arange(0, 400, 3)
     full = train(cfg, tiny_model_cfg, tiny_pool, ids, tmp_path / "full")
 

@@ -46,7 +46,7 @@ log = get_logger(__name__)
 def seed_train_config(train: TrainConfig, seed: SeedConfig) -> TrainConfig:
     """The run's training recipe with the seed's schedule."""
     return replace(train, steps=seed.steps, lr=seed.lr, schedule=seed.schedule, warmup_steps=seed.warmup_steps,
-                   min_lr_ratio=seed.min_lr_ratio, total_steps=None)
+                   min_lr_ratio=seed.min_lr_ratio, total_steps=seed.steps)  # the seed is one call from step 0
 
 
 def branch_train_config(train: TrainConfig, branch: BranchConfig, seed: str | Path, steps: int) -> TrainConfig:

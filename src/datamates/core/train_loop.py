@@ -34,18 +34,29 @@ import torch.nn.functional as F
 from datamates.config.base import to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import (
+    checkpoint_hash,
     has_optimizer_state,
     load_model,
     load_optimizer_state,
-    load_rng,
     save_checkpoint,
     trainer_state,
 )
 from datamates.core.lm import autocast, build_model, flops_per_token, resolve_device
 from datamates.core.pool import Pool
-from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+from datamates.errors import ConfigError, DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, is_main, progress_bar
-from datamates.run_dir import atomic_write_json, is_done, meta_record, partial_path
+from datamates.run_dir import (
+    Lock,
+    atomic_write_json,
+    fingerprint,
+    is_done,
+    meta_record,
+    open_partial,
+    partial_path,
+    replace_dir,
+    reuse,
+    write_done,
+)
 
 log = get_logger(__name__)
 
@@ -61,7 +72,10 @@ def lr_at(cfg: TrainConfig, step: int, start_step: int, end_step: int) -> float:
       cosine   : min + (lr - min) * (1 + cos(pi * p)) / 2, p = (step - warmup) / (total - warmup)
       wsd      : lr until total - decay_steps, then linear to min over decay_steps
       exp_decay: lr * 0.5^((step - start_step) / half_life)  (MATES's 200-step pre-eval decay)
-    `total` is cfg.total_steps, or `end_step` (global step at the end of this call)."""
+    `total` is cfg.total_steps: the horizon of the whole run, not of this call, so that the
+    stages of a MATES run (one `train` call each) follow one cosine rather than one per stage
+    (check_schedule refuses a decaying schedule without it). `end_step` is only a fallback for
+    callers of this pure function that have no total."""
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "exp_decay":
         return peak * 0.5 ** ((step - start_step) / cfg.decay_half_life)
@@ -104,6 +118,16 @@ class DataOrder:
             n -= len(chunk)
             cursor += len(chunk)
         return np.concatenate(out)
+
+
+def check_schedule(cfg: TrainConfig) -> None:
+    """A decaying schedule needs the run's horizon: without it each call would decay to its own
+    end (one cosine per MATES stage)."""
+    if cfg.schedule in ("cosine", "wsd") and cfg.total_steps is None:
+        raise ConfigError(
+            f"train.total_steps is not set: the {cfg.schedule} schedule decays over the whole run, so it needs "
+            "the run's total optimizer steps (set train.total_steps, or use schedule: constant)"
+        )
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -155,6 +179,62 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
 
 
+# knobs that do not change a single weight: a resume or a reuse with other values is fine
+_NOT_IDENTITY = ("log_every", "checkpoint_every")
+
+
+def train_fingerprint(cfg: TrainConfig, model_cfg: ModelConfig, pool: Pool, ids: np.ndarray,
+                      init: str | Path | None) -> dict[str, str]:
+    """Everything that determines a checkpoint's bytes: the train section, the model section (when
+    training from scratch), the pool, the sequence ids and the init checkpoint's content hash."""
+    section = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
+    return fingerprint(train=section, model=None if init is not None else to_dict(model_cfg),
+                       pool_id=pool.pool_id, ids=f"{len(ids)} ids, sha256 {ids_hash(ids)}",
+                       init=checkpoint_hash(init) if init is not None else None)
+
+
+def _agree(err: DatamatesError | None, world: int) -> None:
+    """Raise rank 0's user error on every rank (instead of leaving the others at a barrier)."""
+    if world > 1:
+        box = [None if err is None else (type(err), str(err))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise box[0][0](box[0][1])
+    elif err is not None:
+        raise err
+
+
+def _rng_states(device: torch.device, world: int) -> dict[str, torch.Tensor]:
+    """Every rank's generator states, `rank<r>.torch_cpu` / `rank<r>.cuda` (dropout draws differ
+    per rank), gathered to be saved by rank 0; `torch_cpu` is rank 0's, for older readers."""
+    mine = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    every = [mine]
+    if world > 1:
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+    out = {f"rank{r}.{k}": v.cpu() for r, st in enumerate(every) for k, v in st.items()}
+    out["torch_cpu"] = every[0]["torch_cpu"].clone()
+    return out
+
+
+def _restore_rng(step_dir: Path, rank: int, device: torch.device) -> None:
+    """This rank's generator states from a checkpoint; a checkpoint written before per-rank
+    states (rank 0's only) restores rank 0 and leaves the other ranks as seeded."""
+    from safetensors.torch import load_file
+
+    f = step_dir / "rng.safetensors"
+    if not f.exists():
+        return
+    rng = load_file(str(f))
+    cpu = rng.get(f"rank{rank}.torch_cpu", rng.get("torch_cpu") if rank == 0 else None)
+    if cpu is not None:
+        torch.set_rng_state(cpu)
+    if device.type == "cuda" and f"rank{rank}.cuda" in rng:
+        torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"], device)
+
+
 def _latest_step_dir(work: Path) -> Path | None:
     steps = sorted(p for p in work.glob("step_*") if is_done(p))
     return steps[-1] if steps else None
@@ -170,32 +250,49 @@ def train(
     init: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    force: bool | None = None,
 ) -> Path:
     """Train for `cfg.steps` optimizer steps on `ids` (sequence ids of `pool`) and write the
     final checkpoint to `out`. Starts from `init` (a checkpoint; its AdamW state and global step
     too if cfg.init_optimizer) or from a fresh model; resumes from `<out>.partial` if a killed run
-    left one; returns at once if `out` is already complete. `callback(step, record)` runs after
-    every step (tests use it to interrupt a run)."""
+    left one; returns at once if `out` is already complete. A finished or partial `out` made from
+    another config, pool, ids or init (train_fingerprint) is a one-line error naming the key,
+    unless `force` (--force): then it is redone. `callback(step, record)` runs after every step
+    (tests use it to interrupt a run)."""
     out = Path(out)
-    if is_done(out):
+    check_schedule(cfg)
+    ids = np.asarray(ids, dtype=np.int64)
+    fp = train_fingerprint(cfg, model_cfg, pool, ids, init)
+    if reuse(out, "checkpoint", fp, force=force):
         log.info("%s is already trained; skipping", out)
         return out
-    ids = np.asarray(ids, dtype=np.int64)
     rank, world, device = dist_setup(cfg.device)
     work = partial_path(out)
+    lock, err = None, None
     if is_main():
-        work.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = Lock(out).acquire()
+            open_partial(out, "checkpoint", fp, resume=True, force=force)
+        except DatamatesError as e:
+            err = e
+            if lock is not None:
+                lock.release()
+    _agree(err, world)
     _barrier(world)
+    try:
+        return _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, meta, callback)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, meta, callback) -> Path:
     resume = _latest_step_dir(work)
 
     # ---- model, optimizer, state
     if resume is not None:
         model = load_model(resume, device)
         state = trainer_state(resume)
-        if state["call"]["ids_hash"] != ids_hash(ids):
-            raise InputError(
-                f"{work}: the interrupted run trained on other sequence ids; delete this folder to start over"
-            )
         log.info("resuming from %s (step %d of %d)", resume.name, state["call"]["done"], cfg.steps)
     else:
         start_step = 0
@@ -229,7 +326,6 @@ def train(
     optimizer = make_optimizer(model, cfg)
     if resume is not None:
         load_optimizer_state(resume, model, optimizer)
-        load_rng(resume)
     elif init is not None and cfg.init_optimizer:
         if not has_optimizer_state(init):
             raise IncompatibleArtifacts(
@@ -238,6 +334,8 @@ def train(
             )
         load_optimizer_state(init, model, optimizer)
     torch.manual_seed(cfg.seed + rank)
+    if resume is not None:  # after seeding: the generators continue where the killed run left them
+        _restore_rng(resume, rank, device)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -306,9 +404,10 @@ def train(
             window_t, window_tokens = time.time(), 0
         state["lr"] = lr
         if call["done"] % cfg.checkpoint_every == 0 and call["done"] < cfg.steps:
+            rng = _rng_states(device, world)
             if is_main():
                 step_dir = work / f"step_{call['done']:08d}"
-                save_checkpoint(step_dir, model, optimizer, state)
+                save_checkpoint(step_dir, model, optimizer, state, rng=rng)
                 for old in work.glob("step_*"):
                     if old != step_dir:
                         shutil.rmtree(old, ignore_errors=True)
@@ -322,23 +421,24 @@ def train(
                "flops": fpt * cfg.steps * G * pool.seq_len, "flops_per_token": fpt, "seconds_this_process": seconds,
                "final_loss": records[-1]["loss"] if records else None}
     state["summary"] = summary
+    rng = _rng_states(device, world)
     if is_main():
-        _write_final(out, work, model, optimizer, state, pool, meta or {}, records)
+        _write_final(out, work, model, optimizer, state, pool, meta or {}, records, fp, rng)
     _barrier(world)
     return out
 
 
-def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, meta: dict, records: list) -> None:
+def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, meta: dict, records: list,
+                 fp: dict[str, str], rng: dict[str, torch.Tensor]) -> None:
     tmp_final = work / "final"
     save_checkpoint(
         tmp_final, model, optimizer, state, tokenizer_dir=pool.path,
-        meta=meta_record("train", pool_id=pool.pool_id, **meta),
+        meta=meta_record("train", pool_id=pool.pool_id, **meta), rng=rng,
     )
     _write_log(tmp_final / "train_log.jsonl", records)
     atomic_write_json(tmp_final / "train_summary.json", state["summary"])
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp_final, out)
+    write_done(tmp_final, "checkpoint", fp)  # certifies every file, the log and summary too
+    replace_dir(tmp_final, out, "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
 
 
