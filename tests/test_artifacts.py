@@ -155,3 +155,25 @@ def test_reuse_names_the_differing_key(tmp_path):
     (out / "scores.npy").write_bytes(b"12")  # truncated after it was certified
     with pytest.raises(IncompatibleArtifacts, match="scores.npy has 2 bytes, DONE certified 3"):
         reuse(out, "scores", {"score.batch": "8", "pool_id": '"ab"'})
+
+
+def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(tmp_path, capsys, monkeypatch):
+    """A bad line mid-file stops `pool build` with its bar drawn; the old CLI printed the error
+    right after the bar, on the same terminal line."""
+    from datamates.cli import main
+
+    tok = data_dir() / "tokenizer" / "gpt-neox-20b" / "tokenizer.json"
+    if not tok.exists():
+        pytest.skip(f"sample data not found at {data_dir()}; set DATAMATES_DATA to the data bundle")
+    monkeypatch.setenv("DATAMATES_PROGRESS", "1")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jsonl").write_text('{"text": "hello world, a first document"}\n{"text": "a second one"}\n{oops\n')
+    rc = main(["pool", "build", "--input", str(bad), "--out", str(tmp_path / "p"), "--tokenizer", str(tok),
+               "--seq-len", "8", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    i = err.index("datamates pool: error: ")
+    assert "pool build" in err[:i]  # the bar was drawn
+    assert err[i - 1] in "\r\n", repr(err[max(0, i - 80) : i + 40])
+    assert "a.jsonl:3: malformed JSON" in err[i:].splitlines()[0]
