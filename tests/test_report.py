@@ -45,7 +45,7 @@ def _done(d: Path, files: dict[str, dict]) -> None:
 def make_run(root: Path, name: str, seed: int, i: int, *, lr: float = 3e-3) -> Path:
     rd = root / name
     (rd / "pool").mkdir(parents=True)
-    cfg = {"name": name, "runs_root": str(root), "train": {"lr": lr, "seed": seed},
+    cfg = {"name": name, "runs_root": str(root), "config_hash": f"h{seed}{lr}", "train": {"lr": lr, "seed": seed},
            "mates": {"selectors": list(TABLE), "select": {"seed": seed, "temperature": 0.5}}}
     (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
     _done(rd / "warmup" / "stage_01" / "checkpoint", {"train_summary.json": {"tokens": 1000, "flops_per_token": 6.0}})

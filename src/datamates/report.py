@@ -169,7 +169,7 @@ def _noise(rd: RunDir, branch: str, stages: list[tuple[int, Path]]) -> dict[str,
 # "worse than random at 95%" on the other side, otherwise "not distinguishable". t quantiles come
 # from scipy (a dependency of datamates).
 
-SEED_KEYS = ("name", "runs_root")
+SEED_KEYS = ("name", "runs_root", "config_hash")
 BOOTSTRAP_SAMPLES = 10_000
 BASELINE = "random"
 
@@ -183,8 +183,8 @@ def _strip_seeds(node: Any) -> Any:
 
 
 def group_runs(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Runs whose configs are equal once every `*seed*` key (and name, runs_root) is removed, in
-    input order."""
+    """Runs whose configs are equal once every `*seed*` key (and name, runs_root, config_hash) is
+    removed, in input order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         key = json.dumps(_strip_seeds(r.get("config") or {}), sort_keys=True, default=str)
