@@ -138,3 +138,22 @@ def test_missing_token_count_is_an_error_naming_the_artifact(five_seeds, capsys)
     assert "flops" in m["selectors"]["random"]["accounting"]
     assert main(["report", *map(str, five_seeds), "--out", str(five_seeds[0] / "rep")]) == 0
     assert "FLOPs not counted" in capsys.readouterr().err
+
+
+def test_noise_share_is_paired_and_a_noisier_selector_flagged(five_seeds):
+    """<run>/noise.json (experiments/selection_arena/noise.py): `loss` keeps more noise than random."""
+    for i, r in enumerate(five_seeds):
+        rand = 0.06 + 0.001 * i
+        (r / "noise.json").write_text(json.dumps({"domain": "noise", "random": rand, "selectors": {
+            "mates": {"kept": rand - 0.002, "more_than_random": False},
+            "loss": {"kept": rand + 0.05, "more_than_random": True}}}))
+    runs = [summarize_run(RunDir(r)) for r in five_seeds]
+    rows = {(r["metric"], r["selector"]): r for r in paired_table(runs)}
+    assert rows[("noise share kept", "loss")]["mean"] == pytest.approx(0.05)
+    assert rows[("noise share kept", "loss")]["verdict"] == "worse than random at 95%"
+    assert rows[("noise share kept", "mates")]["wins"] == 5
+    from datamates.report import paired_markdown
+
+    md = paired_markdown(runs)
+    assert "**Flagged:** `loss` keeps more planted noise than random" in md and "in 5 of 5 seed runs" in md
+    assert "Flagged:** `mates`" not in md

@@ -103,7 +103,7 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
             "decay_seconds": read_json(br.base / "timings.json").get("decay") if (br.base / "timings.json").exists() else None,
             "fit": _fits(stages),
             "selected_domains": _domain_shares(rd, stages, pool_meta),
-            "noise": _noise(rd, b, stages),
+            "noise": _noise(rd, b),
         }
     atomic_write_json(rd.metrics, out)
     return out
@@ -140,18 +140,20 @@ def _domain_shares(rd: RunDir, stages: list[tuple[int, Path]], pool_meta: dict[s
     return out
 
 
-def _noise(rd: RunDir, branch: str, stages: list[tuple[int, Path]]) -> dict[str, Any] | None:
-    """The share of planted / flagged noise in what this selector kept (C1's noise share file,
-    `<branch>/noise.json` or `<stage>/selected/noise.json`), when the run wrote one."""
-    f = rd.branch(branch).base / "noise.json"
-    if f.exists():
-        return read_json(f)
-    per = {}
-    for s, d in stages:
-        g = d / "selected" / "noise.json"
-        if g.exists():
-            per[s] = read_json(g)
-    return {"stages": per} if per else None
+def _noise(rd: RunDir, branch: str) -> dict[str, Any] | None:
+    """This selector's share of planted noise in its kept set, from `<run>/noise.json`
+    (experiments/selection_arena/noise.py: {"domain", "random": share, "selectors": {name: {"kept",
+    "candidates", "per_stage", "ratio_to_random", "more_than_random"}}}); None without that file."""
+    f = rd.root / "noise.json"
+    if not f.exists():
+        return None
+    data = read_json(f)
+    entry = dict((data.get("selectors") or {}).get(branch) or {})
+    if branch == BASELINE and "kept" not in entry and isinstance(data.get("random"), (int, float)):
+        entry["kept"] = data["random"]
+    if "kept" not in entry:
+        return None
+    return {"domain": data.get("domain", "noise"), "random": data.get("random"), **entry}
 
 
 # ----------------------------------------------------------------------------- paired statistics
@@ -252,8 +254,8 @@ def run_metrics(sel: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
     if "seconds" in acc:
         out["selection seconds"] = (acc["seconds"].get("selection"), True)
     noise = sel.get("noise") or {}
-    if isinstance(noise.get("share"), (int, float)):
-        out["noise share kept"] = (noise["share"], True)
+    if isinstance(noise.get("kept"), (int, float)):
+        out["noise share kept"] = (noise["kept"], True)
     return out
 
 
@@ -322,9 +324,15 @@ def paired_markdown(runs: list[dict[str, Any]]) -> str:
                          f"{_fmt(r['random_mean_sd'])} | {_g(r['mean'])} | {_ci(r['t_ci'])} | {_ci(r['boot_ci'])} | "
                          f"{_g(r['p'])} | {r['wins']}/{r['n']} | {r['verdict']} |")
         parts += lines + [""]
-        flagged = sorted({r["selector"] for r in rows if r["metric"] == "noise share kept" and r["mean"] > 0})
-        if flagged:
-            parts += [f"**Flagged:** {', '.join(flagged)} kept more noise than random (mean over seeds).", ""]
+        for r in rows:
+            if r["metric"] != "noise share kept":
+                continue
+            more = sum(bool((run["selectors"].get(r["selector"], {}).get("noise") or {}).get("more_than_random"))
+                       for run in group)
+            if r["mean"] > 0 or more:
+                parts += [f"**Flagged:** `{r['selector']}` keeps more planted noise than random (Δ {_g(r['mean'])} "
+                          f"of the kept set, {r['verdict']}; more than random in {more} of {len(group)} seed runs).",
+                          ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
