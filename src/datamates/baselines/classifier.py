@@ -82,7 +82,7 @@ def train_classifier(cfg: ClassifierConfig, positives: list[str], negatives: lis
         with open(f, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + "\n")
         model = ft.train_supervised(input=f, epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
-                                    minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
+                                    minCount=cfg.min_count, bucket=cfg.bucket, thread=1, seed=cfg.seed, verbose=0)
     model.save_model(str(out_bin))
     return model
 
