@@ -332,14 +332,14 @@ def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] |
     """The scratch folder `<path>.partial`, ready to write into (the caller holds the Lock).
     With `resume`, one left by a killed run with the same kind and fingerprint is handed back
     as it is; another fingerprint is a one-line error (or, with --force, wiped). Without
-    `resume` it is wiped. A folder there that is not a datamates partial is refused."""
+    `resume` it is wiped. A file there, or a partial of another kind, is refused."""
     path = Path(path)
     tmp = partial_path(path)
     check_replaceable(path, kind)
     if tmp.exists() or tmp.is_symlink():
         rec = read_marker(tmp, PARTIAL)
-        if rec is None and tmp.is_dir() and any(tmp.iterdir()):
-            raise OutputConflict(f"{tmp}: is not a datamates partial output (no {PARTIAL} marker); delete it yourself")
+        if rec is None and resume and tmp.is_dir():  # left by an older datamates: nothing to compare
+            log.warning("%s: partial output without a fingerprint (older datamates); resuming it unchecked", tmp)
         if not tmp.is_dir():
             raise OutputConflict(f"{tmp}: is a file, not a partial output folder; delete it yourself")
         if rec is not None and rec.get("kind") not in (None, kind) and kind is not None:

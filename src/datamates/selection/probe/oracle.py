@@ -50,6 +50,7 @@ from datamates.run_dir import (
     atomic_dir,
     atomic_write_bytes,
     atomic_write_json,
+    fingerprint,
     is_done,
     meta_record,
     read_json,
@@ -501,7 +502,7 @@ def probe(
 
     meta: dict[str, Any] = {}
     threads_before = torch.get_num_threads()
-    with atomic_dir(out, meta=meta, resume=True) as tmp:
+    with atomic_dir(out, meta=meta, resume=True, kind="probe", fingerprint=fingerprint(plan=plan)) as tmp:
         chunk_dir = tmp / "chunks"
         plan_file = tmp / "plan.json"
         if plan_file.exists() and read_json(plan_file).get("plan_hash") != plan_hash:
