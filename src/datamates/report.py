@@ -248,6 +248,10 @@ def run_metrics(sel: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
                 out[label] = (f[key]["value"], False)
     elif f.get("task_mean"):
         out["task-mean acc"] = (f["task_mean"]["value"], False)
+        tasks = [t for t in f.get("tasks", {}).values() if "gold_prob" in t]
+        if tasks:
+            out["task-mean gold logprob/byte"] = (float(np.mean([t["gold_logprob"] for t in tasks])), False)
+            out["task-mean gold prob"] = (float(np.mean([t["gold_prob"] for t in tasks])), False)
     acc = sel.get("accounting") or {}
     if "flops" in acc:
         out["selection FLOPs"] = (acc["flops"]["selection"], True)
