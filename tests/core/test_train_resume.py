@@ -180,3 +180,12 @@ def test_out_at_a_user_folder_is_refused_before_training(tiny_pool, tiny_model_c
         train(tiny_train_cfg(steps=2), tiny_model_cfg, tiny_pool, np.arange(10), mine)
     assert (mine / "paper.tex").read_text() == "keep me"
     assert not (tmp_path / "results.partial").exists()
+
+
+def test_a_second_writer_of_the_same_checkpoint_is_refused(tiny_pool, tiny_model_cfg, tmp_path):
+    from datamates.run_dir import Lock
+
+    out = tmp_path / "ck"
+    with Lock(out), pytest.raises(OutputConflict, match=f"another datamates process \\(pid {os.getpid()}\\)"):
+        train(tiny_train_cfg(steps=2), tiny_model_cfg, tiny_pool, np.arange(10), out)
+    assert not out.exists()
