@@ -108,3 +108,30 @@ def test_counted_flops_equal_a_hand_count(tiny_run):
     curve = read_json(rd.branch("mates").eval(2) / "eval.json")["n_input_tokens"]
     warm_curve = read_json(rd.branch("warmup").eval(1) / "eval.json")["n_input_tokens"]
     assert probe["flops"]["eval"] == pytest.approx((ev["n_input_tokens"] + curve + warm_curve) * f_eval, rel=1e-12)
+
+
+def test_counted_reads_token_records_and_refuses_missing_ones(tmp_path):
+    import json
+
+    from datamates.accounting import counted
+    from datamates.errors import ArtifactMissing
+
+    def art(name, meta, done=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "meta.json").write_text(json.dumps(meta))
+        if done:
+            (d / "DONE").write_text("")
+        return d
+
+    a = art("a", {"tokens": {"lm_train": 10, "lm_forward": 30}, "flops_per_token": {"lm_train": 6.0, "lm_forward": 2.0}})
+    assert counted(a)["flops"] == 10 * 6.0 + 30 * 2.0
+    assert counted(art("none", {"tokens": {}}))["flops"] == 0  # no model ran
+    assert counted(art("unfinished", {}, done=False)) is None
+    with pytest.raises(ArtifactMissing, match="old.*meta.json: no counted tokens"):
+        counted(art("old", {"n_probes": 32, "reference": {"n_target_tokens": 100}}))
+    with pytest.raises(ArtifactMissing, match="no flops_per_token.encoder_forward"):
+        counted(art("nofpt", {"tokens": {"encoder_forward": 5}, "flops_per_token": {}}))
+    # the baselines' record: tokens_processed and the FLOPs computed from them
+    b = counted(art("dsir", {"tokens_processed": {"encoder": 7, "lm": 0, "text": 99}, "flops": 28.0}))
+    assert b["flops"] == 28.0 and b["tokens"] == {"encoder_forward": 7, "lm_forward": 0}

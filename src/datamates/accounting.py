@@ -27,7 +27,9 @@ nothing is multiplied up or filled in. What each stage counts:
     eval (per-stage curve, final)             lm_forward: packed task inputs + held-out sequences
 
 A finished artifact without counts is an error (`ArtifactMissing`, naming the artifact), never a
-guess; an absent or unfinished artifact costs nothing. `summarize_branch` aggregates per stage
+guess; an absent or unfinished artifact costs nothing; `"tokens": {}` says no model ran. The
+baselines' scores (baselines/_common.py) record `tokens_processed` and the FLOPs they computed from
+those counts (`flops`), which are taken as they are. `summarize_branch` aggregates per stage
 and per component; selection = probe + fit + score, and the selection overhead is selection /
 train.
 """
@@ -87,7 +89,13 @@ def counted(artifact: Path) -> dict[str, Any] | None:
         meta = _json(artifact / "meta.json")
         tokens, fpt = meta.get("tokens"), meta.get("flops_per_token") or {}
         where = artifact / "meta.json"
-    if not isinstance(tokens, dict) or not tokens:
+        tp = meta.get("tokens_processed")
+        if tokens is None and isinstance(tp, dict) and isinstance(meta.get("flops"), (int, float)):
+            # baselines/ (scores written by `score-with`): tokens_processed = {encoder, lm, text} and
+            # flops = 2 x parameters x tokens, computed by the stage from its own counts
+            return {"tokens": {"encoder_forward": int(tp.get("encoder", 0)), "lm_forward": int(tp.get("lm", 0))},
+                    "flops_per_token": {}, "flops": float(meta["flops"])}
+    if not isinstance(tokens, dict):  # {} is a valid record: no model ran
         raise ArtifactMissing(f"{where}: no counted tokens ('tokens'); the artifact was written by an older datamates: "
                               "delete it and re-run the stage to count its FLOPs")
     flops = 0.0
