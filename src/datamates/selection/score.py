@@ -7,7 +7,8 @@ What makes it fast (benchmarks/score.py measures each against MATES's way):
 - encoder tokens come from the pool-level cache (encode.py): no decode + re-tokenize per stage;
 - a shard's chunks are sorted by length and padded only to the longest chunk of their batch, and
   chunks that would be all padding are never encoded (MATES pads every sequence to 2 x 512);
-- `torch.inference_mode`, bf16 weights on CUDA;
+- `torch.inference_mode`, bf16 autocast on CUDA (fp32 weights: the embedding path fit uses, so a
+  head sees the features it was fitted on; frozen embeddings are cached per compute precision);
 - frozen-trunk models read cached embeddings, so a stage's scoring is one matrix-vector product.
 
 Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
@@ -41,12 +42,14 @@ from datamates.core.pool import Pool
 from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer, make_chunks
+from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
 from datamates.selection.influence_model import (
-    embed_chunks,
+    compute_precision,
+    frozen_embeddings,
     head_predict,
     load_influence_model,
     read_influence_config,
+    sequence_embeddings,
 )
 from datamates.selection.scores_io import SIGN, read_scores, read_shard, shard_name, write_shard
 
@@ -63,29 +66,28 @@ class InfluenceScorer:
                  batch_size: int = 64, device: str = "cpu", precision: str = "auto"):
         self.pool = pool if isinstance(pool, Pool) else Pool(pool)
         self.device = resolve_device(device)
-        bf16 = self.device.type == "cuda" and precision in ("auto", "bf16") or precision == "bf16"
-        self.lm = load_influence_model(model_dir, self.device, torch.bfloat16 if bf16 else torch.float32)
+        self.precision = precision
+        # fp32 weights, forward under autocast(device, precision): the embedding path fit used
+        self.lm = load_influence_model(model_dir, self.device)
         self.tok = load_encoder_tokenizer(str(self.lm.tokenizer_path))
         self.cache = TokenCache(self.pool, self.lm.encoder_cfg, cache_dir, tokenizer_path=self.lm.tokenizer_path)
-        self.emb = (EmbeddingCache(self.pool, self.lm.encoder_cfg, self.lm.config["backbone_hash"], cache_dir)
-                    if self.lm.mode == "frozen" else None)
+        self.cache_dir = cache_dir
         self.batch_size = batch_size
+        fitted, now = self.lm.config.get("embedding_precision"), compute_precision(self.device, precision)
+        if self.lm.mode == "frozen" and fitted not in (None, now):
+            log.warning("%s: the frozen head was fitted on %s embeddings, this scorer computes %s ones (set "
+                        "score.precision: %s to score on the fit's features)", model_dir, fitted, now, fitted)
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
-        """Mean-pooled embeddings [n, H] float32 (frozen models: from / into the embedding cache)."""
+        """Mean-pooled embeddings [n, H] float32, by the functions fit uses (frozen models: from / into
+        the embedding cache, keyed by the compute precision)."""
         ids = np.asarray(ids, dtype=np.int64)
-        if self.emb is not None:
-            missing = self.emb.missing(ids)
-            if len(missing):
-                self.emb.add(missing, self._encode(missing))
-            return self.emb.get(ids)
-        return self._encode(ids)
-
-    def _encode(self, ids: np.ndarray) -> np.ndarray:
-        content = self.cache.get(ids)
-        chunks, owner = make_chunks(content, self.lm.encoder_cfg, self.tok)
-        return embed_chunks(self.lm.model, chunks, owner, len(ids), batch_size=self.batch_size,
-                            pad_id=self.tok.pad_id, device=self.device)
+        if self.lm.mode == "frozen":
+            return frozen_embeddings(self.lm.model, self.cache, ids, backbone_digest=self.lm.config["backbone_hash"],
+                                     device=self.device, precision=self.precision, batch_size=self.batch_size,
+                                     cache_dir=self.cache_dir)[0]
+        return sequence_embeddings(self.lm.model, self.cache.get(ids), self.lm.encoder_cfg, self.tok,
+                                   device=self.device, precision=self.precision, batch_size=self.batch_size)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         return self.lm.to_delta(head_predict(self.lm.model, self.embeddings(ids)))
@@ -154,7 +156,8 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         if len(todo) < n_shards:
             log.info("resuming: %d of %d score shards already done", n_shards - len(todo), n_shards)
         if todo:
-            n_tokens = _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir)
+            n_tokens = _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir,
+                                       compute_precision(resolve_device(cfg.device), cfg.precision))
             args = (str(model_dir), str(pool.path), None if cache_dir is None else str(cache_dir), to_dict(cfg),
                     str(work), pool.pool_id, icfg["model_hash"])
             if cfg.backend == "ray":
@@ -192,7 +195,7 @@ def _fit_meta(model_dir: str | Path) -> dict[str, Any]:
 
 
 def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids: np.ndarray, todo: list[int],
-                    shard_size: int, cache_dir: str | Path | None) -> int:
+                    shard_size: int, cache_dir: str | Path | None, precision: str) -> int:
     """Fill the pool-level encoder-token cache for the shards to do, once, before workers start
     (frozen models: only for sequences whose embedding is not cached yet). Returns the encoder
     tokens the workers will process (counted FLOPs)."""
@@ -201,7 +204,7 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     enc = from_dict(EncoderConfig, icfg["encoder"])
     need = np.concatenate([ids[i * shard_size : (i + 1) * shard_size] for i in todo])
     if icfg["mode"] == "frozen":
-        need = EmbeddingCache(pool, enc, icfg["backbone_hash"], cache_dir).missing(need)
+        need = EmbeddingCache(pool, enc, icfg["backbone_hash"], cache_dir, precision=precision).missing(need)
     if len(need):
         enc_dir = Path(model_dir) / "encoder"
         tok_path = enc_dir if (enc_dir / "config.json").exists() else Path(icfg["backbone_path"])
