@@ -168,3 +168,40 @@ def test_loss_scores_equal_the_models_loss_and_select_the_highest(tiny_ckpt, tin
     assert score_by_loss(tiny_ckpt, tiny_pool, cand, out) == out  # finished: returned as it is
     with pytest.raises(IncompatibleArtifacts, match="ids_hash"):
         score_by_loss(tiny_ckpt, tiny_pool, cand[:50], out)
+
+
+def test_fit_and_score_see_the_same_features(tiny_pool, im_label_ids, tmp_path):
+    """The frozen head is applied to the very features it was fitted on: fit and score embed through one
+    function, and the embedding cache is keyed by the precision the encoder ran in (issue 11, defect 5:
+    fit embedded with fp32 weights under autocast, score with bf16 weights, and a cache filled at one
+    precision was read at the other)."""
+    from datamates.selection.encode import EmbeddingCache
+    from datamates.selection.fit import fit
+    from datamates.selection.influence_model import read_influence_config
+    from datamates.selection.score import InfluenceScorer
+
+    from .conftest import planted_signal, write_labels
+
+    ids = im_label_ids[::8]  # 20 labels, 5 per domain
+    labels = write_labels(tmp_path / "probe", ids, planted_signal(tiny_pool, ids), tiny_pool.pool_id)
+    fit_cache = tmp_path / "fit_cache"
+    cfg = FitConfig(mode="frozen", encoder=IM_ENCODER, val_fraction=0.25, embed_batch_size=16, device="cpu",
+                    precision="bf16")
+    model = fit(cfg, [labels], tiny_pool, tmp_path / "im", cache_dir=fit_cache)
+    icfg = read_influence_config(model)
+    assert icfg["embedding_precision"] == "bf16"
+    keys = {p: EmbeddingCache(tiny_pool, IM_ENCODER, icfg["backbone_hash"], fit_cache, precision=p).key
+            for p in ("fp32", "bf16")}
+    assert keys["fp32"] != keys["bf16"]
+    at_fit = EmbeddingCache(tiny_pool, IM_ENCODER, icfg["backbone_hash"], fit_cache, precision="bf16").get(ids)
+
+    # score, from an empty cache, computes the features itself: bit for bit those the head was fitted on
+    scorer = InfluenceScorer(model, tiny_pool, cache_dir=tmp_path / "score_cache", batch_size=16, device="cpu",
+                             precision="bf16")
+    np.testing.assert_array_equal(scorer.embeddings(ids), at_fit)
+    # an fp32 scorer on the fit's cache does not read the bf16 features: it computes (and caches) its own
+    fp32 = InfluenceScorer(model, tiny_pool, cache_dir=fit_cache, batch_size=16, device="cpu", precision="fp32")
+    e32 = fp32.embeddings(ids)
+    assert not np.array_equal(e32, at_fit)
+    np.testing.assert_allclose(e32, at_fit, rtol=0, atol=0.05 * np.abs(at_fit).max())  # equal up to bf16 rounding
+    assert sorted(p.name for p in fit_cache.glob("emb-*")) == sorted(f"emb-{k}" for k in keys.values())

@@ -66,7 +66,7 @@ class ScoreConfig:
     workers: int = knob(1, "parallel scoring processes (local: one per GPU, or CPU processes; ray: actors)", ge=1)
     backend: Literal["local", "ray"] = knob("local", "local processes, or Ray Data actors (pip install datamates[ray])")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N (local workers on CUDA use cuda:0..workers-1)")
-    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 weights on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU (as fit: same features)")
     threads_per_worker: int | None = knob(None, "torch CPU threads per worker; null: CPUs / workers", ge=1)
     ray_address: str | None = knob(None, "Ray cluster address; null: connect to a running one or start a local one")
     ray_cpus_per_actor: float = knob(1.0, "CPUs each Ray actor claims; leave CPUs for Ray's read tasks", gt=0)

@@ -9,7 +9,8 @@ they run once per pool and the encoder token ids are cached:
     <cache>/emb-<key>/seg_.../                    ids.npy [n] int64, emb.npy [n, H] float32
 
 `key` hashes the pool id, the encoder tokenizer and the token budget (for embeddings also the
-backbone weights and the chunking), so a cache can never be read for another pool or encoder.
+backbone weights, the chunking and the precision the encoder ran in: bf16 and fp32 features
+differ), so a cache can never be read for another pool, encoder or precision.
 Segments are written atomically (`atomic_dir`); a killed build keeps the finished ones, and
 concurrent writers (score workers) never touch the same segment. The default cache folder is
 `run_dir.encoder_cache_dir(pool.path)` = `<pool>/encoder_cache/`.
@@ -390,11 +391,16 @@ class TokenCache:
 
 class EmbeddingCache:
     """Mean-pooled embeddings of the frozen backbone [n, H] float32, keyed by sequence id (mates.md
-    §8.4: with a frozen trunk a stage's scoring is a matrix-vector product over cached vectors)."""
+    §8.4: with a frozen trunk a stage's scoring is a matrix-vector product over cached vectors).
+    `precision` is what the encoder computed in ('fp32' / 'bf16', `influence_model.compute_precision`)."""
 
-    def __init__(self, pool: Pool, enc: EncoderConfig, backbone_digest: str, cache_dir: str | Path | None = None):
+    def __init__(self, pool: Pool, enc: EncoderConfig, backbone_digest: str, cache_dir: str | Path | None = None, *,
+                 precision: str):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision = {precision!r}: the compute precision, 'fp32' or 'bf16'")
         root = Path(cache_dir) if cache_dir is not None else encoder_cache_dir(pool.path)
-        self.key = _key("emb", pool.pool_id, backbone_digest, enc.max_tokens, enc.chunk_len, enc.chunking)
+        self.precision = precision
+        self.key = _key("emb", pool.pool_id, backbone_digest, enc.max_tokens, enc.chunk_len, enc.chunking, precision)
         self.root = root / f"emb-{self.key}"
         self.index = _SegmentIndex(self.root)
 

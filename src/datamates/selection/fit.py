@@ -36,16 +36,18 @@ from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.encode import EmbeddingCache, TokenCache, backbone_hash, encoder_tokens, make_chunks
+from datamates.selection.encode import TokenCache, backbone_hash, encoder_tokens, make_chunks
 from datamates.selection.influence_model import (
     CONFIG_FILE,
     HEAD_FILE,
     InfluenceModel,
-    embed_chunks,
+    compute_precision,
+    frozen_embeddings,
     head_predict,
     load_encoder,
     model_hash_of,
     pad_chunks,
+    sequence_embeddings,
 )
 
 log = get_logger(__name__)
@@ -166,8 +168,7 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
     if cfg.mode == "finetune":
         model, pred_va, extra = _fit_finetune(cfg, bpath, content, z, tr, va, tok, device)
     else:
-        model, pred_va, extra = _fit_frozen(cfg, pool, bpath, bdigest, content, ids, z, tr, va, tok, device,
-                                            cache_dir)
+        model, pred_va, extra = _fit_frozen(cfg, cache, bpath, bdigest, ids, z, tr, va, device, cache_dir)
 
     m_z = regression_metrics(pred_va, z[va], const=0.0)
     metrics = {
@@ -210,6 +211,7 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
         atomic_write_json(tmp / CONFIG_FILE, {
             "mode": cfg.mode, "backbone": cfg.encoder.backbone, "backbone_path": str(bpath.resolve()),
             "backbone_hash": bdigest, "encoder": to_dict(cfg.encoder), "dropout": cfg.dropout,
+            "embedding_precision": compute_precision(device, cfg.precision),
             "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
@@ -239,10 +241,8 @@ def _linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
 
 def _predict_z(model: InfluenceModel, content: list[np.ndarray], rows: np.ndarray, cfg: FitConfig, tok,
                device: torch.device) -> np.ndarray:
-    chunks, owner = make_chunks([content[i] for i in rows], cfg.encoder, tok)
-    with _autocast(device, cfg.precision):
-        emb = embed_chunks(model, chunks, owner, len(rows), batch_size=cfg.embed_batch_size, pad_id=tok.pad_id,
-                           device=device)
+    emb = sequence_embeddings(model, [content[i] for i in rows], cfg.encoder, tok, device=device,
+                              precision=cfg.precision, batch_size=cfg.embed_batch_size)
     return head_predict(model, emb)
 
 
@@ -310,26 +310,16 @@ def _fit_finetune(cfg: FitConfig, bpath: Path, content: list[np.ndarray], z: np.
     return model, best["pred"], {"best_step": best["step"], "total_steps": total, "history": history}
 
 
-def _fit_frozen(cfg: FitConfig, pool: Pool, bpath: Path, bdigest: str, content: list[np.ndarray], ids: np.ndarray,
-                z: np.ndarray, tr: np.ndarray, va: np.ndarray, tok, device: torch.device,
+def _fit_frozen(cfg: FitConfig, tokens: TokenCache, bpath: Path, bdigest: str, ids: np.ndarray,
+                z: np.ndarray, tr: np.ndarray, va: np.ndarray, device: torch.device,
                 cache_dir: str | Path | None) -> tuple[InfluenceModel, np.ndarray, dict[str, Any]]:
     encoder = load_encoder(bpath)
     model = InfluenceModel(encoder, dropout=cfg.dropout).to(device).eval()
-    emb_cache = EmbeddingCache(pool, cfg.encoder, bdigest, cache_dir)
-    missing = emb_cache.missing(ids)
-    n_tokens = 0
-    if len(missing):
-        pos = {int(i): j for j, i in enumerate(ids)}
-        rows = [pos[int(i)] for i in missing]
-        chunks, owner = make_chunks([content[r] for r in rows], cfg.encoder, tok)
-        n_tokens = int(sum(len(c) for c in chunks))
-        bar = progress_bar("frozen embeddings", total=len(chunks), unit="chunk")
-        with _autocast(device, cfg.precision):
-            emb = embed_chunks(model, chunks, owner, len(rows), batch_size=cfg.embed_batch_size,
-                               pad_id=tok.pad_id, device=device, bar=bar)
-        bar.close()
-        emb_cache.add(missing, emb)
-    E = emb_cache.get(ids).astype(np.float64)  # [n, H]
+    # the features score will read back (same function, same cache key: pool, backbone, chunking, precision)
+    E, n_tokens = frozen_embeddings(model, tokens, ids, backbone_digest=bdigest, device=device,
+                                    precision=cfg.precision, batch_size=cfg.embed_batch_size, cache_dir=cache_dir,
+                                    desc="frozen embeddings")
+    E = E.astype(np.float64)  # [n, H]
     alpha, w, b, loo = ridge_loo(E[tr], z[tr], cfg.ridge_alphas)
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
@@ -338,7 +328,8 @@ def _fit_frozen(cfg: FitConfig, pool: Pool, bpath: Path, bdigest: str, content: 
     log.info("frozen head: ridge alpha %g (leave-one-out MSE %s)", alpha,
              ", ".join(f"{a:g}: {m:.4f}" for a, m in loo.items()))
     return model, pred_va, {"ridge_alpha": alpha, "ridge_loo_mse": {str(k): v for k, v in loo.items()},
-                            "embeddings_computed": int(len(missing)), "encoder_tokens_computed": n_tokens}
+                            "encoder_tokens_computed": n_tokens,
+                            "embedding_precision": compute_precision(device, cfg.precision)}
 
 
 def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[float, np.ndarray, float, dict[float, float]]:

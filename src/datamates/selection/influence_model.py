@@ -31,9 +31,20 @@ import torch.nn as nn
 
 from datamates.config.base import from_dict
 from datamates.config.influence import EncoderConfig
+from datamates.core.lm import autocast
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.log import progress_bar
 from datamates.run_dir import is_done, read_json
-from datamates.selection.encode import backbone_hash, check_encoder, resolve_backbone
+from datamates.selection.encode import (
+    EmbeddingCache,
+    EncoderTokenizer,
+    TokenCache,
+    backbone_hash,
+    check_encoder,
+    encoder_tokens,
+    make_chunks,
+    resolve_backbone,
+)
 
 CONFIG_FILE = "influence_config.json"
 HEAD_FILE = "head.safetensors"
@@ -133,6 +144,50 @@ def embed_chunks(
             bar.update(len(idx))
     model.train(was_training)
     return (sums / counts.clamp_min(1).unsqueeze(1)).cpu().numpy()
+
+
+def compute_precision(device: torch.device, precision: str) -> str:
+    """What `autocast(device, precision)` (core/lm.py) computes in: 'bf16' on CUDA under auto / bf16 and
+    on CPU under bf16, else 'fp32'. Part of the embedding cache key: bf16 and fp32 features differ."""
+    if device.type == "cuda" and precision in ("auto", "bf16") or device.type == "cpu" and precision == "bf16":
+        return "bf16"
+    return "fp32"
+
+
+def sequence_embeddings(model: InfluenceModel, content: Sequence[np.ndarray], enc_cfg: EncoderConfig,
+                        tok: EncoderTokenizer, *, device: torch.device, precision: str, batch_size: int,
+                        desc: str | None = None) -> np.ndarray:
+    """e(x) [n, H] float32 of n sequences given as encoder content tokens (TokenCache.get): THE embedding
+    path of fit (frozen features, finetune validation) and score, so both see the same features.
+    Weights stay as loaded (fp32), the forward runs under `autocast(device, precision)`."""
+    chunks, owner = make_chunks(list(content), enc_cfg, tok)
+    bar = progress_bar(desc, total=len(chunks), unit="chunk") if desc else None
+    with autocast(device, precision):
+        emb = embed_chunks(model, chunks, owner, len(content), batch_size=batch_size, pad_id=tok.pad_id,
+                           device=device, bar=bar)
+    if bar is not None:
+        bar.close()
+    return emb
+
+
+def frozen_embeddings(model: InfluenceModel, tokens: TokenCache, ids: np.ndarray, *, backbone_digest: str,
+                      device: torch.device, precision: str, batch_size: int, cache_dir: str | Path | None = None,
+                      desc: str | None = None) -> tuple[np.ndarray, int]:
+    """Frozen-trunk embeddings [n, H] float32 of pool sequences `ids`, from the embedding cache keyed by
+    (pool, backbone, chunking, compute precision), and the encoder tokens computed for them (0 when all
+    were cached). The missing ones are computed by `sequence_embeddings` and added. Fit and score both
+    call this, so a head is applied to the very features it was fitted on."""
+    ids = np.asarray(ids, dtype=np.int64)
+    cache = EmbeddingCache(tokens.pool, tokens.enc, backbone_digest, cache_dir,
+                           precision=compute_precision(device, precision))
+    missing = cache.missing(ids)
+    n_tokens = 0
+    if len(missing):
+        content = tokens.get(missing)
+        n_tokens = encoder_tokens(content, tokens.enc, tokens.tok)
+        cache.add(missing, sequence_embeddings(model, content, tokens.enc, tokens.tok, device=device,
+                                               precision=precision, batch_size=batch_size, desc=desc))
+    return cache.get(ids), n_tokens
 
 
 @torch.inference_mode()
