@@ -177,3 +177,15 @@ def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(tmp_path, ca
     assert "pool build" in err[:i]  # the bar was drawn
     assert err[i - 1] in "\r\n", repr(err[max(0, i - 80) : i + 40])
     assert "a.jsonl:3: malformed JSON" in err[i:].splitlines()[0]
+
+
+def test_a_truncated_pool_file_is_refused_on_open(corpus, tmp_path):
+    from datamates.errors import ArtifactMissing
+    from datamates_testing import tiny_pool_config
+
+    out = build_pool(tiny_pool_config([str(corpus / "web")], seq_len=32, vocab=300), tmp_path / "p")
+    Pool(out)
+    f = out / "seq_doc_idx.npy"
+    f.write_bytes(f.read_bytes()[:-8])
+    with pytest.raises(ArtifactMissing, match=r"p: the pool is damaged \(seq_doc_idx.npy has .* bytes, DONE certified"):
+        Pool(out)

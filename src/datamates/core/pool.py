@@ -42,6 +42,7 @@ from datamates.run_dir import (
     DONE,
     atomic_dir,
     atomic_write_json,
+    check_files,
     fault_point,
     file_sha256,
     fingerprint,
@@ -650,6 +651,10 @@ class Pool:
         self.path = Path(path)
         if not is_done(self.path):
             raise ArtifactMissing(f"{self.path}: no built pool here (missing {DONE}); run `datamates pool build` first")
+        broken = check_files(self.path)  # every file DONE certified, with its size
+        if broken is not None:
+            raise ArtifactMissing(f"{self.path}: the pool is damaged ({broken}); rebuild it with "
+                                  "`datamates pool build --force`")
         self.meta: dict[str, Any] = read_json(self.path / "meta.json")
         self.seq_len: int = self.meta["seq_len"]
         self.dtype = np.dtype(self.meta["dtype"])
