@@ -78,7 +78,7 @@ def test_weights_equal_the_data_selection_package(tiny_pool, tmp_path):
     assert np.array_equal(got_ids, ids)
     np.testing.assert_allclose(-s.astype(np.float64), want, rtol=2e-7, atol=1e-5)  # float32 storage
     meta = scores_meta(out)
-    assert meta["method"] == "dsir" and meta["tokens_processed"]["text"] > 0 and len(meta["shards"]) == 4
+    assert meta["method"] == "dsir" and meta["text_units"]["words"] > 0 and meta["tokens"] == {} and len(meta["shards"]) == 4
 
 
 def test_sharding_does_not_change_scores_or_selection(tiny_pool, tmp_path):

@@ -23,7 +23,7 @@ def test_log_perplexity_and_keep_rules(tiny_pool, tiny_ckpt, tmp_path):
     got, s = read_scores(out)
     meta = scores_meta(out)
     assert np.array_equal(got, ids) and meta["same_tokenizer"] is True
-    assert meta["tokens_processed"]["lm"] == len(ids) * tiny_pool.seq_len and meta["flops"] > 0
+    assert meta["tokens"]["lm_forward"] == len(ids) * tiny_pool.seq_len and meta["flops_per_token"]["lm_forward"] > 0
     # hand: mean next-token NLL from the logits
     model = load_model(tiny_ckpt).eval()
     x = torch.as_tensor(tiny_pool.tokens(ids[:5]))

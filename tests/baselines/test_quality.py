@@ -66,7 +66,7 @@ def test_pointwise_rater_beats_constant_and_scores_the_pool(tiny_pool, tmp_path)
     is_sci = np.isin(got, sci)
     assert s[is_sci].mean() < s[~is_sci].mean()
     meta = scores_meta(out)
-    assert meta["select_hint"]["temperature"] == 2.0 and meta["tokens_processed"]["encoder"] > 0
+    assert meta["select_hint"]["temperature"] == 2.0 and meta["tokens"]["encoder_forward"] > 0
     # QuRating's sampling at tau = 2 on standardised scores: a science-heavy but not deterministic pick
     sel = read_selection(select(SelectConfig(fraction=0.5, temperature=2.0, scale="block"), out, tiny_pool,
                                 tmp_path / "sel"))

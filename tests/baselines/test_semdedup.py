@@ -97,7 +97,7 @@ def test_semdedup_on_a_pool_with_planted_duplicates(tiny_pool, tmp_path):
     cfg = SemDeDupConfig(encoder=enc, clusters=4, eps=0.15)  # planted pairs: cos > 0.92; natural pairs here: < 0.73
     out = semdedup(cfg, pool, ids, tmp_path / "scores", cache_dir=tmp_path / "cache")
     meta = scores_meta(out)
-    assert meta["n"] == len(ids) and meta["tokens_processed"]["encoder"] > 0 and meta["flops"] > 0
+    assert meta["n"] == len(ids) and meta["tokens"]["encoder_forward"] > 0 and meta["flops"] > 0
     got_ids, rank = read_scores(out)
     assert np.array_equal(got_ids, ids) and sorted(rank.tolist()) == list(range(len(ids)))
     sel = read_selection(select(SelectConfig(method="topk"), out, pool, tmp_path / "sel", k=meta["n_kept"]))
@@ -117,7 +117,7 @@ def test_semdedup_on_a_pool_with_planted_duplicates(tiny_pool, tmp_path):
     out2 = semdedup(SemDeDupConfig(encoder=enc, clusters=4, keep_fraction=150 / 160), pool, ids, tmp_path / "s2",
                     cache_dir=tmp_path / "cache")
     m2 = scores_meta(out2)
-    assert m2["n_kept"] == 150 and 0 < m2["eps"] < 1 and m2["tokens_processed"]["encoder"] == 0  # cached
+    assert m2["n_kept"] == 150 and 0 < m2["eps"] < 1 and m2["tokens"]["encoder_forward"] == 0  # cached
     sel2 = read_selection(select(SelectConfig(method="topk"), out2, pool, tmp_path / "sel2", k=150))
     assert np.array_equal(sel2, sel)
     with pytest.raises(ConfigError, match="eps"):

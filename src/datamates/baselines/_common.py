@@ -7,9 +7,12 @@ label_mean, label_std, shards, n):
 
     method            dsir | semdedup | rater | classifier | perplexity
     select_hint       the selection the method's paper uses: {method, temperature, scale}
-    tokens_processed  {"encoder": encoder tokens run forward, "lm": LM tokens run forward,
-                       "text": words/characters featurised (no model)}: FLOPs are counted from these
-    flops             the counted forward FLOPs (2 x parameters x tokens; 0 for model-free methods)
+    tokens            {kind: tokens run through a model by this call}, kinds `encoder_forward`,
+                      `lm_forward` (docs/contracts.md: the report multiplies them by flops_per_token)
+    flops_per_token   {kind: forward FLOPs per token}: 2 x parameters (encoder; HF LMs), or a
+                      datamates checkpoint's own figure (its train FLOPs per token / 3)
+    flops             their product, summed (0 for the model-free DSIR and fastText)
+    text_units        words (DSIR) or characters (fastText) featurised without a model
 """
 
 from __future__ import annotations
@@ -90,35 +93,23 @@ def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> lis
 
 
 def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Path | None = None,
-                       batch_size: int = 64, device: str = "auto") -> tuple[np.ndarray, int, int]:
-    """Mean-pooled frozen-encoder embeddings [n, H] float32 of pool sequences, read from / added to
-    the pool's embedding cache (the frozen influence model's cache). Returns (emb, encoder tokens
+                       batch_size: int = 64, device: str = "auto", precision: str = "auto"
+                       ) -> tuple[np.ndarray, int, int]:
+    """Mean-pooled frozen-encoder embeddings [n, H] float32 of pool sequences: the frozen influence
+    model's own path and cache (influence_model.frozen_embeddings). Returns (emb, encoder tokens
     run forward now, encoder parameters)."""
     from datamates.core.lm import resolve_device
-    from datamates.selection.encode import EmbeddingCache, TokenCache, backbone_hash, make_chunks
-    from datamates.selection.influence_model import InfluenceModel, embed_chunks, load_encoder
+    from datamates.selection.encode import TokenCache, backbone_hash
+    from datamates.selection.influence_model import InfluenceModel, frozen_embeddings, load_encoder
 
     cache = TokenCache(pool, enc, cache_dir)  # checks the backbone is an encoder
-    bdigest = backbone_hash(cache.backbone)
-    emb_cache = EmbeddingCache(pool, enc, bdigest, cache_dir)
-    missing = emb_cache.missing(ids)
-    tokens, n_params = 0, 0
-    if len(missing):
-        cache.ensure(missing)
-        dev = resolve_device(device)
-        model = InfluenceModel(load_encoder(cache.backbone)).to(dev).eval()
-        n_params = sum(p.numel() for p in model.encoder.parameters())
-        bar = progress_bar("embeddings", total=len(missing), unit="seq")
-        step = 4096
-        for s in range(0, len(missing), step):
-            part = missing[s : s + step]
-            chunks, owner = make_chunks(cache.get(part), enc, cache.tok)
-            tokens += int(sum(len(c) for c in chunks))
-            emb_cache.add(part, embed_chunks(model, chunks, owner, len(part), batch_size=batch_size,
-                                             pad_id=cache.tok.pad_id, device=dev))
-            bar.update(len(part))
-        bar.close()
-    return emb_cache.get(ids), tokens, n_params
+    cache.ensure(ids)
+    dev = resolve_device(device)
+    model = InfluenceModel(load_encoder(cache.backbone)).to(dev).eval()
+    emb, tokens = frozen_embeddings(model, cache, ids, backbone_digest=backbone_hash(cache.backbone), device=dev,
+                                    precision=precision, batch_size=batch_size, cache_dir=cache_dir,
+                                    desc="embeddings")
+    return emb, int(tokens), sum(p.numel() for p in model.encoder.parameters())
 
 
 def digest(*parts: Any) -> str:
@@ -202,21 +193,49 @@ def flops(n_params: int, tokens: int) -> float:
     return 2.0 * float(n_params) * float(tokens)
 
 
-def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str = "auto"
+def counts(kind: str | None = None, tokens: int = 0, fpt: float = 0.0, **text_units: int) -> dict[str, Any]:
+    """The counted-compute keys of a baseline's meta.json (see the module docstring)."""
+    if kind is None:
+        return {"tokens": {}, "flops_per_token": {}, "flops": 0.0, "text_units": text_units}
+    return {"tokens": {kind: int(tokens)}, "flops_per_token": {kind: float(fpt)}, "flops": float(tokens) * float(fpt),
+            "text_units": text_units}
+
+
+def encoder_parameters(enc) -> int:
+    """Parameters of an encoder folder, from its safetensors header (no weights loaded)."""
+    from datamates.selection.encode import resolve_backbone
+
+    path = resolve_backbone(enc.backbone)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        from datamates.selection.influence_model import load_encoder
+
+        return sum(p.numel() for p in load_encoder(path).parameters())
+    from safetensors import safe_open
+
+    n = 0
+    for f in files:
+        with safe_open(str(f), "np") as fh:
+            for k in fh.keys():
+                n += int(np.prod(fh.get_slice(k).get_shape()))
+    return n
+
+
+def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str = "auto", precision: str = "auto"
                     ) -> tuple[np.ndarray, int, int, str]:
-    """Mean-pooled frozen-encoder embeddings [n, H] of raw texts, chunked as pool sequences are
-    (selection/encode.py: the same budget, chunking and pooling). Returns (emb, encoder tokens,
-    encoder parameters, backbone hash)."""
+    """Mean-pooled frozen-encoder embeddings [n, H] of raw texts, by the influence model's embedding
+    path (influence_model.sequence_embeddings: the same budget, chunking, pooling and precision as
+    pool sequences). Returns (emb, encoder tokens, encoder parameters, backbone hash)."""
     from datamates.core.lm import resolve_device
     from datamates.selection.encode import (
         backbone_hash,
         check_encoder,
         content_budget,
+        encoder_tokens,
         load_encoder_tokenizer,
-        make_chunks,
         resolve_backbone,
     )
-    from datamates.selection.influence_model import InfluenceModel, embed_chunks, load_encoder
+    from datamates.selection.influence_model import InfluenceModel, load_encoder, sequence_embeddings
 
     bpath = resolve_backbone(enc.backbone)
     check_encoder(bpath)
@@ -224,9 +243,8 @@ def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str 
     budget = content_budget(enc, tok)
     content = [np.asarray(e.ids[:budget], dtype=np.int64)
                for e in tok.backend.encode_batch(list(texts), add_special_tokens=False)]
-    chunks, owner = make_chunks(content, enc, tok)
     dev = resolve_device(device)
     model = InfluenceModel(load_encoder(bpath)).to(dev).eval()
-    emb = embed_chunks(model, chunks, owner, len(texts), batch_size=batch_size, pad_id=tok.pad_id, device=dev)
+    emb = sequence_embeddings(model, content, enc, tok, device=dev, precision=precision, batch_size=batch_size)
     n_params = sum(p.numel() for p in model.encoder.parameters())
-    return emb, int(sum(len(c) for c in chunks)), n_params, backbone_hash(bpath)
+    return emb, encoder_tokens(content, enc, tok), n_params, backbone_hash(bpath)

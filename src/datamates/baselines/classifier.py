@@ -25,6 +25,7 @@ import numpy as np
 
 from datamates.baselines._common import (
     check_ids,
+    counts,
     digest,
     file_digest,
     reference_texts,
@@ -135,7 +136,7 @@ def classify(cfg: ClassifierConfig, pool: Pool, ids: np.ndarray | None, out: str
         return {"method": "classifier", "label_mean": 0.0, "label_std": 1.0, "positive_label": cfg.positive_label,
                 "classifier_hash": bin_hash, **info, "config": to_dict(cfg),
                 "select_hint": {"method": "topk", "temperature": 0.0, "scale": "none"},
-                "tokens_processed": {"encoder": 0, "lm": 0, "text": int(n_chars[0])}, "flops": 0.0}
+                **counts(None, chars=int(n_chars[0]))}
 
     plan = {"pool_id": pool.pool_id, "method": "classifier", "model_hash": digest("fasttext", bin_hash)}
     # a trained classifier is kept beside its scores (reusable: baselines.classifier.model=<out>/classifier.bin)

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from datamates.baselines._common import check_ids, digest, reference_texts, sequence_texts, write_scores
+from datamates.baselines._common import (
+    check_ids,
+    counts,
+    digest,
+    reference_texts,
+    sequence_texts,
+    write_scores,
+)
 from datamates.config.base import to_dict, validate
 from datamates.config.baselines import DSIRConfig
 from datamates.core.pool import Pool
@@ -126,8 +133,7 @@ def dsir(cfg: DSIRConfig, pool: Pool, ids: np.ndarray | None, out: str | Path) -
         return {"method": "dsir", "label_mean": 0.0, "label_std": 1.0, "reference": cfg.reference,
                 "n_reference": len(target), "config": to_dict(cfg),
                 "select_hint": {"method": "gumbel", "temperature": 1.0, "scale": "none"},
-                "tokens_processed": {"encoder": 0, "lm": 0, "text": n_words["target"] + 2 * n_words["raw"]},
-                "flops": 0.0, "ngram_counts": n_words}
+                **counts(None, words=n_words["target"] + 2 * n_words["raw"]), "ngram_counts": n_words}
 
     plan = {"pool_id": pool.pool_id, "model_hash": digest("dsir", ld.astype(np.float64)), "method": "dsir"}
     write_scores(out, pool, ids, plan, S, score_fn, meta, desc="DSIR weights")

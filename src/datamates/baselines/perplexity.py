@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamates.baselines._common import check_ids, digest, file_digest, flops, sequence_texts, write_scores
+from datamates.baselines._common import check_ids, counts, digest, file_digest, sequence_texts, write_scores
 from datamates.config.base import to_dict, validate
 from datamates.config.baselines import PerplexityConfig
 from datamates.core.lm import resolve_device
@@ -53,6 +53,19 @@ def load_reference_lm(spec: str, device: torch.device):
         hf_logging.set_verbosity(verbosity)
     ident = file_digest(path / "model.safetensors") if (path / "model.safetensors").exists() else spec
     return model.to(device).eval(), tok, ident
+
+
+def lm_forward_flops_per_token(spec: str, model) -> float:
+    """A datamates checkpoint's own figure (train_summary.json: training FLOPs per token / 3, as
+    accounting.py counts an LM forward), else 2 x parameters."""
+    from datamates.run_dir import read_json
+
+    f = Path(spec) / "train_summary.json"
+    if f.exists():
+        fpt = float(read_json(f).get("flops_per_token", 0.0))
+        if fpt > 0:
+            return fpt / 3.0
+    return 2.0 * float(sum(p.numel() for p in model.parameters()))
 
 
 def _same_tokenizer(tok, pool: Pool) -> bool:
@@ -116,15 +129,14 @@ def perplexity_filter(cfg: PerplexityConfig, pool: Pool, ids: np.ndarray | None,
         log.warning("perplexity: %d sequences have under 2 tokens for %s; ranked last", int(bad.sum()), cfg.model)
         s[bad] = np.nanmax(s) + 1.0
     pos = {int(i): j for j, i in enumerate(ids)}
-    n_params = sum(p.numel() for p in model.parameters())
+    fpt = lm_forward_flops_per_token(cfg.model, model)
 
     def meta() -> dict[str, Any]:
         return {"method": "perplexity", "label_mean": 0.0, "label_std": 1.0, "reference_model": str(cfg.model),
                 "keep": cfg.keep, "median_log_ppl": med, "mean_log_ppl": float(lp[~bad].mean()),
                 "same_tokenizer": same, "too_short": int(bad.sum()), "config": to_dict(cfg),
                 "select_hint": {"method": "topk", "temperature": 0.0, "scale": "none"},
-                "tokens_processed": {"encoder": 0, "lm": int(n_tokens), "text": 0},
-                "flops": flops(n_params, n_tokens)}
+                **counts("lm_forward", n_tokens, fpt)}
 
     plan = {"pool_id": pool.pool_id, "method": "perplexity", "model_hash": digest("ppl", ident, cfg.keep, cfg.max_tokens)}
     return write_scores(out, pool, ids, plan, cfg.shard_size, lambda part: s[[pos[int(i)] for i in part]], meta,

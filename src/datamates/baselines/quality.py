@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from datamates.baselines._common import check_ids, digest, encoder_embeddings, flops, text_embeddings, write_scores
+from datamates.baselines._common import (
+    check_ids,
+    counts,
+    digest,
+    encoder_embeddings,
+    text_embeddings,
+    write_scores,
+)
 from datamates.config.base import to_dict, validate
 from datamates.config.baselines import RaterConfig
 from datamates.core.jsonl import iter_jsonl
@@ -158,7 +165,7 @@ def rate(cfg: RaterConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, 
     if len(y) < cfg.min_labels:
         raise InputError(f"{cfg.labels}: {len(y)} judgements, fewer than baselines.rater.min_labels = {cfg.min_labels}")
     r = fit_rater(cfg, kind, items, y)
-    emb, enc_tokens, n_params = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
+    emb, enc_tokens, _ = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
                                                    batch_size=cfg.batch_size, device=cfg.device)
     pos = {int(i): j for j, i in enumerate(ids)}
 
@@ -166,15 +173,14 @@ def rate(cfg: RaterConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, 
         e = emb[[pos[int(i)] for i in part]].astype(np.float64)
         return -(e @ r["w"] + r["b"])
 
-    n_p = max(n_params, r["n_params"])
+    n_p = r["n_params"]
 
     def meta() -> dict[str, Any]:
         return {"method": "rater", "label_mean": 0.0, "label_std": 1.0, "labels": str(cfg.labels),
                 "judgements": kind, "rater_metrics": r["metrics"], "backbone_hash": r["backbone_hash"],
                 "config": to_dict(cfg),
                 "select_hint": {"method": "gumbel", "temperature": cfg.temperature, "scale": "block"},
-                "tokens_processed": {"encoder": enc_tokens + r["tokens"], "lm": 0, "text": 0},
-                "flops": flops(n_p, enc_tokens) + flops(n_p, r["tokens"])}
+                **counts("encoder_forward", enc_tokens + r["tokens"], 2.0 * n_p)}
 
     plan = {"pool_id": pool.pool_id, "method": "rater",
             "model_hash": digest("rater", r["w"], r["b"], r["backbone_hash"])}

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from datamates.baselines._common import check_ids, digest, encoder_embeddings, finished, flops
+from datamates.baselines._common import (
+    check_ids,
+    counts,
+    digest,
+    encoder_embeddings,
+    encoder_parameters,
+    finished,
+)
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.baselines import SemDeDupConfig
 from datamates.core.kmeans import spherical_kmeans
@@ -81,7 +88,7 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
                             "ids_hash": config_hash(ids.tolist()), "n": int(len(ids))}
     if finished(out, plan):
         return out
-    emb, enc_tokens, n_params = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
+    emb, enc_tokens, _ = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
                                                    batch_size=cfg.batch_size, device=cfg.device)
     k = max(1, min(cfg.clusters, len(ids) // 4))
     if k < cfg.clusters:
@@ -105,7 +112,7 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
             label_mean=0.0, label_std=1.0, eps=eps, n_kept=n_kept, n_duplicates=int(len(ids) - n_kept),
             clusters=int(k), config=to_dict(cfg),
             select_hint={"method": "topk", "temperature": 0.0, "scale": "none", "k": n_kept},
-            tokens_processed={"encoder": enc_tokens, "lm": 0, "text": 0}, flops=flops(n_params, enc_tokens)))
+            **counts("encoder_forward", enc_tokens, 2.0 * encoder_parameters(cfg.encoder))))
     log.info("SemDeDup: eps %.4g keeps %d of %d (%d near-duplicates) in %d clusters -> %s", eps, n_kept, len(ids),
              len(ids) - n_kept, k, out)
     return out
