@@ -13,23 +13,32 @@ from datamates.cli import main
 from datamates.config.influence import FitConfig
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError, NumericalError
 from datamates.selection.fit import fit, read_labels, ridge_loo, split_train_val
+from datamates.selection.influence_model import model_hash_of
 
 from .conftest import IM_ENCODER, planted_signal, write_labels
 
 pytestmark = pytest.mark.usefixtures("im_one_thread")
 
 
-def test_frozen_beats_constant_on_planted_signal(im_frozen_model):
+def test_frozen_beats_constant_on_planted_signal(im_frozen_model, im_labels, tiny_pool):
     m = json.loads((im_frozen_model / "metrics.json").read_text())
     assert m["mode"] == "frozen" and m["n_train"] + m["n_val"] == 160 and m["n_val"] == 40
     # held-out labels: better than predicting the training mean, and ranked right (the planted
     # signal is the domain; 64-token snippets of different domains overlap, so it is not perfect)
     assert m["val_mse_z"] < 0.9 * m["val_mse_z_constant"]
     assert m["val_spearman"] > 0.3
+    # the recorded label statistics and identity are those of the training split and of the saved files
+    ids, y = read_labels([im_labels], tiny_pool)
+    tr, va = split_train_val(len(ids), 0.25, 1234)
     cfg = json.loads((im_frozen_model / "influence_config.json").read_text())
-    assert cfg["mode"] == "frozen" and cfg["label_std"] > 0 and len(cfg["model_hash"]) == 16
-    for f in ("head.safetensors", "scatter.png", "val_predictions.parquet", "meta.json", "DONE"):
-        assert (im_frozen_model / f).exists()
+    assert cfg["mode"] == "frozen" and cfg["embedding_precision"] == "fp32"
+    assert cfg["label_mean"] == float(y[tr].mean()) and cfg["label_std"] == float(y[tr].std())
+    assert cfg["model_hash"] == model_hash_of(im_frozen_model) == m["model_hash"]
+    val = pq.read_table(im_frozen_model / "val_predictions.parquet")
+    assert val.column("seq_id").to_pylist() == ids[va].tolist()
+    np.testing.assert_array_equal(val.column("ref_loss_delta").to_numpy(), y[va])
+    for f in ("head.safetensors", "scatter.png", "meta.json", "DONE"):
+        assert (im_frozen_model / f).stat().st_size > 0, f
     assert not (im_frozen_model / "encoder").exists()  # the frozen trunk is referenced, not copied
 
 
