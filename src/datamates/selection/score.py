@@ -41,7 +41,7 @@ from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, is_done, meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
 from datamates.selection.influence_model import (
     compute_precision,
@@ -135,7 +135,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         return out
     t0 = time.time()
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
-    with atomic_dir(out, resume=True) as work:
+    with atomic_dir(out, resume=True, kind="scores", fingerprint=fingerprint(plan=plan)) as work:
         plan_f = work / "plan.json"
         if plan_f.exists():
             old = read_json(plan_f)
