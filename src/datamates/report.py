@@ -103,6 +103,7 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
             "decay_seconds": read_json(br.base / "timings.json").get("decay") if (br.base / "timings.json").exists() else None,
             "fit": _fits(stages),
             "selected_domains": _domain_shares(rd, stages, pool_meta),
+            "effective": _effective(stages),
             "noise": _noise(rd, b),
         }
     atomic_write_json(rd.metrics, out)
@@ -126,6 +127,18 @@ def _fits(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
             met = read_json(m).get("metrics", {})
             out.append({"stage": s, "val_spearman": met.get("val_spearman"), "val_pearson": met.get("val_pearson"),
                         "n_labels": met.get("n_labels"), "scatter": str(d / "influence_model" / "scatter.png")})
+    return out
+
+
+def _effective(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+    """Per stage: the selection's effective temperature (selection/select.py meta.json `effective`)."""
+    out = []
+    for s, d in stages:
+        m = d / "selected" / "meta.json"
+        if m.exists():
+            eff = read_json(m).get("effective")
+            if eff:
+                out.append({"stage": s, **eff})
     return out
 
 
@@ -456,6 +469,8 @@ def plot_score_hist(scores_dir: Path, selected_dir: Path) -> bytes | None:
     if not is_done(scores_dir):
         return None
     ids, sc = read_scores(scores_dir)
+    if not len(sc) or not np.isfinite(sc).all() or float(sc.min()) == float(sc.max()):
+        return None  # nothing to draw a histogram of
     kept = set(np.load(selected_dir / "ids.npy").tolist()) if is_done(selected_dir) else set()
     m = np.array([i in kept for i in ids.tolist()])
     plt = _plt()
@@ -566,6 +581,23 @@ def fit_table(runs: list[dict[str, Any]]) -> str:
         return ""
     return "\n".join(["| selector | stage | labels | validation Spearman | validation Pearson |", "|---|---|---|---|---|",
                       *rows])
+
+
+def effective_table(runs: list[dict[str, Any]]) -> str:
+    """The selection's effective temperature per selector and stage (mean ± sd over runs): sd of the
+    standardised scores, tau / sd, and the share of the kept set exact top-k keeps too (random: k/N)."""
+    rows = []
+    for sel in _selectors(runs):
+        stages = sorted({e["stage"] for r in runs for e in r["selectors"].get(sel, {}).get("effective", [])})
+        for st in stages:
+            es = [e for r in runs for e in r["selectors"].get(sel, {}).get("effective", []) if e["stage"] == st]
+            cells = [_fmt(_mean_sd([e.get(k) for e in es])) for k in ("z_sd", "tau_effective", "topk_overlap",
+                                                                       "random_overlap")]
+            rows.append(f"| {sel} | {st} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    return "\n".join(["| selector | stage | sd of standardised scores | tau / sd | share kept by exact top-k too "
+                      "| same for random (k/N) |", "|---|---|---|---|---|---|", *rows])
 
 
 def heldout_table(runs: list[dict[str, Any]]) -> str:
@@ -713,6 +745,8 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "log-likelihood per byte; gold prob: its probability mass among the choices (DataDecide).", "",
              paired_markdown(runs),
              "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "", heldout_table(runs), "",
+             "## Effective temperature of the selections", "",
+             effective_table(runs) or "(no Gumbel-top-k selection in these runs)", "",
              "## Influence-model fit", "", fit_table(runs) or "(no influence model in these runs)", "",
              "## FLOPs and time", "", flops_table(runs), ""]
     if ablation_md:
@@ -773,6 +807,8 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
              _md_table_to_html(task_table(runs)) if task_table(runs) else "",
              _md_table_to_html(heldout_table(runs)) if heldout_table(runs) else "",
+             "<h2>Effective temperature of the selections</h2>",
+             _md_table_to_html(effective_table(runs)) if effective_table(runs) else "<p>-</p>",
              "<h2>Influence-model fit</h2>", _md_table_to_html(fit_table(runs)) if fit_table(runs) else "<p>-</p>",
              "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs)),
              *[f"<p>{html.escape(r)}</p>" for r in flops_table(runs).splitlines() if r.startswith("- ")]]
