@@ -189,3 +189,20 @@ def test_a_truncated_pool_file_is_refused_on_open(corpus, tmp_path):
     f.write_bytes(f.read_bytes()[:-8])
     with pytest.raises(ArtifactMissing, match=r"p: the pool is damaged \(seq_doc_idx.npy has .* bytes, DONE certified"):
         Pool(out)
+
+
+def test_a_user_error_drops_the_partial_it_started_but_not_a_resumed_one(tmp_path):
+    from datamates.errors import InputError
+
+    out = tmp_path / "x"
+    with pytest.raises(InputError), atomic_dir(out, resume=True, kind="scores", fingerprint={"a": "1"}) as tmp:
+        (tmp / "half").write_text("bad input")
+        raise InputError("x.jsonl:2: malformed JSON")
+    assert not (tmp_path / "x.partial").exists()  # the fixed re-run starts clean, with the new fingerprint
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, resume=True, kind="scores", fingerprint={"a": "1"}) as tmp:
+        (tmp / "shard_0").write_text("work")
+        raise KeyboardInterrupt  # Ctrl-C keeps the work for the resume
+    with pytest.raises(InputError), atomic_dir(out, resume=True, kind="scores", fingerprint={"a": "1"}) as tmp:
+        assert (tmp / "shard_0").read_text() == "work"
+        raise InputError("later input")
+    assert (tmp_path / "x.partial" / "shard_0").exists()  # a resumed partial holds earlier work: kept

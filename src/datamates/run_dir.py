@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datamates import __version__
-from datamates.errors import IncompatibleArtifacts, OutputConflict
+from datamates.errors import DatamatesError, IncompatibleArtifacts, OutputConflict
 from datamates.log import get_logger
 
 log = get_logger(__name__)
@@ -329,10 +329,17 @@ class Lock:
 
 def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
                  resume: bool = False, force: bool | None = None) -> Path:
+    """begin_partial, returning only the folder."""
+    return begin_partial(path, kind, fp, resume=resume, force=force)[0]
+
+
+def begin_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
+                  resume: bool = False, force: bool | None = None) -> tuple[Path, bool]:
     """The scratch folder `<path>.partial`, ready to write into (the caller holds the Lock).
     With `resume`, one left by a killed run with the same kind and fingerprint is handed back
     as it is; another fingerprint is a one-line error (or, with --force, wiped). Without
-    `resume` it is wiped. A file there, or a partial of another kind, is refused."""
+    `resume` it is wiped. A file there, or a partial of another kind, is refused. Returns
+    (folder, fresh): fresh when this call started it (nothing of an earlier run in it)."""
     path = Path(path)
     tmp = partial_path(path)
     check_replaceable(path, kind)
@@ -357,10 +364,19 @@ def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] |
                 keep = False
         if not keep:
             shutil.rmtree(tmp)
+    fresh = not tmp.exists()
     tmp.mkdir(parents=True, exist_ok=True)
     if read_marker(tmp, PARTIAL) is None:
         atomic_write_json(tmp / PARTIAL, {"kind": kind, "fingerprint": fp, "code_version": code_version()})
-    return tmp
+    return tmp, fresh
+
+
+def drop_fresh_partial(tmp: Path, fresh: bool) -> None:
+    """After a user error (DatamatesError) in a partial this process started: remove it, so that
+    the fixed command starts clean instead of meeting the bad input's fingerprint. A resumed
+    partial holds earlier work and stays; a kill or Ctrl-C keeps any partial for the resume."""
+    if fresh:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: str | Path, path: str | Path, kind: str | None = None) -> None:
@@ -387,11 +403,16 @@ def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: 
     (a second writer refuses with one line), and only an empty folder or an artifact of the same
     kind is ever replaced. With `resume=True` a scratch directory left by a killed run is handed
     back as it is if its fingerprint matches (open_partial); otherwise it is wiped first. On an
-    exception the scratch directory stays for a later resume."""
+    exception the scratch directory stays for a later resume, except after a user error
+    (DatamatesError) in one this call started (drop_fresh_partial)."""
     path = Path(path)
     with Lock(path):
-        tmp = open_partial(path, kind, fingerprint, resume=resume, force=force)
-        yield tmp
+        tmp, fresh = begin_partial(path, kind, fingerprint, resume=resume, force=force)
+        try:
+            yield tmp
+        except DatamatesError:
+            drop_fresh_partial(tmp, fresh)
+            raise
         if meta is not None:
             atomic_write_json(tmp / META, meta)
         write_done(tmp, kind, fingerprint)

@@ -48,10 +48,11 @@ from datamates.log import get_logger, is_main, progress_bar
 from datamates.run_dir import (
     Lock,
     atomic_write_json,
+    begin_partial,
+    drop_fresh_partial,
     fingerprint,
     is_done,
     meta_record,
-    open_partial,
     partial_path,
     replace_dir,
     reuse,
@@ -268,11 +269,11 @@ def train(
         return out
     rank, world, device = dist_setup(cfg.device)
     work = partial_path(out)
-    lock, err = None, None
+    lock, err, fresh = None, None, False
     if is_main():
         try:
             lock = Lock(out).acquire()
-            open_partial(out, "checkpoint", fp, resume=True, force=force)
+            work, fresh = begin_partial(out, "checkpoint", fp, resume=True, force=force)
         except DatamatesError as e:
             err = e
             if lock is not None:
@@ -281,6 +282,10 @@ def train(
     _barrier(world)
     try:
         return _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, meta, callback)
+    except DatamatesError:
+        if is_main():
+            drop_fresh_partial(work, fresh)
+        raise
     finally:
         if lock is not None:
             lock.release()
