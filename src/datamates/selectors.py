@@ -10,6 +10,13 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
+    dsir                DSIR importance weights against the plan's reference part (baselines/dsir.py)
+    semdedup            SemDeDup's keep order on the run's encoder embeddings (baselines/semdedup.py)
+    qurating            a quality rater fitted on judgements (baselines.rater.labels; default: the
+                        bundle's DCLM quality labels) (baselines/quality.py)
+    fasttext            a fastText classifier, reference positives vs pool negatives (baselines/classifier.py)
+    perplexity          a reference LM's perplexity (baselines.perplexity.model; default: the stage's
+                        starting checkpoint), low first (baselines/perplexity.py)
 
 One protocol (DESIGN.md, "Selection protocol"): every selector but `random` hands `select` raw
 scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
@@ -93,12 +100,78 @@ def select_loss(x: StageInputs) -> Path:
     return _select(x, scores)
 
 
+def _baselines(x: StageInputs):
+    """The baselines' knobs: `mates.baselines` when the run config has them, else the defaults."""
+    from datamates.config.baselines import BaselinesConfig
+
+    return getattr(x.mates, "baselines", None) or BaselinesConfig()
+
+
+def _reference_texts(x: StageInputs) -> list[str] | None:
+    """The plan's reference part as text (what DSIR targets), None when the run gives none."""
+    if x.reference is None or not len(x.reference):
+        return None
+    tok = x.pool.tokenizer()
+    return [tok.decode(list(e.context) + list(e.target)) for e in x.reference.examples]
+
+
+def select_dsir(x: StageInputs) -> Path:
+    from datamates.baselines.dsir import dsir
+
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = dsir(_baselines(x).dsir, x.pool, x.candidates, x.rd.scores(x.stage), target=_reference_texts(x))
+    return _select(x, scores)
+
+
+def select_semdedup(x: StageInputs) -> Path:
+    from datamates.baselines.semdedup import semdedup
+
+    cfg = replace(_baselines(x).semdedup, encoder=x.mates.fit.encoder)  # the run's encoder: shared embedding cache
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = semdedup(cfg, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
+    return _select(x, scores)
+
+
+def select_qurating(x: StageInputs) -> Path:
+    from datamates.baselines.quality import BUNDLE_LABELS, rate
+    from datamates.config.base import data_dir
+
+    cfg = _baselines(x).rater
+    cfg = replace(cfg, encoder=x.mates.fit.encoder, labels=cfg.labels or str(data_dir() / BUNDLE_LABELS))
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = rate(cfg, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
+    return _select(x, scores)
+
+
+def select_fasttext(x: StageInputs) -> Path:
+    from datamates.baselines.classifier import classify
+
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = classify(_baselines(x).classifier, x.pool, x.candidates, x.rd.scores(x.stage))
+    return _select(x, scores)
+
+
+def select_perplexity(x: StageInputs) -> Path:
+    from datamates.baselines.perplexity import perplexity_filter
+
+    cfg = _baselines(x).perplexity
+    cfg = replace(cfg, model=cfg.model or str(x.checkpoint), device=x.mates.score.device)
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        scores = perplexity_filter(cfg, x.pool, x.candidates, x.rd.scores(x.stage))
+    return _select(x, scores)
+
+
 SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
     "random": select_random,
     "mates": select_mates,
     "mates-first-order": lambda x: select_mates(x, mode="first_order"),
     "oracle": select_oracle,
     "loss": select_loss,
+    "dsir": select_dsir,
+    "semdedup": select_semdedup,
+    "qurating": select_qurating,
+    "fasttext": select_fasttext,
+    "perplexity": select_perplexity,
 }
 
 

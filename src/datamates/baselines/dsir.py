@@ -107,14 +107,20 @@ def log_diff(target_counts: np.ndarray, raw_counts: np.ndarray, smoothing: float
     return np.log(pt + smoothing) - np.log(pr + smoothing)
 
 
-def dsir(cfg: DSIRConfig, pool: Pool, ids: np.ndarray | None, out: str | Path) -> Path:
+def dsir(cfg: DSIRConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, *,
+         target: list[str] | None = None) -> Path:
     """DSIR scores (-log importance weight, lower is better) of candidates `ids` (None: the whole
-    pool) against `cfg.reference`, written to `out` (the common scores format). A finished `out`
-    for the same inputs is returned as it is; a killed run resumes by shard."""
+    pool) against `cfg.reference` (or the texts `target`: a run passes its plan's reference part),
+    written to `out` (the common scores format). A finished `out` for the same inputs is returned
+    as it is; a killed run resumes by shard."""
     validate(cfg)
     ids = check_ids(ids, pool)
     feat = HashedNgrams(cfg.num_buckets, cfg.ngrams)
-    target = reference_texts(cfg.reference, cfg.reference_size, cfg.seed)
+    ref_name = cfg.reference if target is None else "the run's reference part"
+    if target is None:
+        target = reference_texts(cfg.reference, cfg.reference_size, cfg.seed)
+    elif not any(t.strip() for t in target):
+        raise InputError("DSIR: the reference texts are empty")
     t_counts = feat.total(target)
     tok = pool.tokenizer()
     S = cfg.shard_size
@@ -130,12 +136,12 @@ def dsir(cfg: DSIRConfig, pool: Pool, ids: np.ndarray | None, out: str | Path) -
         return -(feat.counts_many(sequence_texts(pool, part, tok)) @ ld)
 
     def meta() -> dict:
-        return {"method": "dsir", "label_mean": 0.0, "label_std": 1.0, "reference": cfg.reference,
+        return {"method": "dsir", "label_mean": 0.0, "label_std": 1.0, "reference": ref_name,
                 "n_reference": len(target), "config": to_dict(cfg),
                 "select_hint": {"method": "gumbel", "temperature": 1.0, "scale": "none"},
                 **counts(None, words=n_words["target"] + 2 * n_words["raw"]), "ngram_counts": n_words}
 
     plan = {"pool_id": pool.pool_id, "model_hash": digest("dsir", ld.astype(np.float64)), "method": "dsir"}
     write_scores(out, pool, ids, plan, S, score_fn, meta, desc="DSIR weights")
-    log.info("DSIR: %d candidates weighted against %s (%d examples) -> %s", len(ids), cfg.reference, len(target), out)
+    log.info("DSIR: %d candidates weighted against %s (%d examples) -> %s", len(ids), ref_name, len(target), out)
     return Path(out)

@@ -45,6 +45,9 @@ from datamates.selection.fit import regression_metrics, ridge_loo, split_train_v
 
 log = get_logger(__name__)
 
+# the data bundle's human quality labels (web domain; {text, label} with label 0 / 1)
+BUNDLE_LABELS = "pretrain/web/dclm_pool_quality_labeled_499.jsonl.gz"
+
 
 def read_judgements(path: str | Path, text_field: str = "text", label_field: str = "label"
                     ) -> tuple[str, list[Any], np.ndarray]:

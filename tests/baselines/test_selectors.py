@@ -1,0 +1,43 @@
+"""Every baseline is a selector of the registry: on a candidate block it writes scores in the
+common format (with counted compute) and a selection of k of the candidates via the common select."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from datamates.config.influence import EncoderConfig
+from datamates.config.mates import MatesConfig
+from datamates.core.reference import load_reference
+from datamates.run_dir import RunDir, read_json
+from datamates.selection.select import read_selection
+from datamates.selectors import SELECTORS, StageInputs, resolve_selectors
+
+BASELINES = ["dsir", "semdedup", "qurating", "fasttext", "perplexity"]
+
+
+def test_registered():
+    assert all(b in SELECTORS for b in BASELINES)
+    assert set(BASELINES) <= set(resolve_selectors(["all"]))
+
+
+@pytest.mark.slow  # MiniLM over the block and the bundle's 499 quality labels; ~1 min on 2 shared cores
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_selector_on_a_block(name, tiny_pool, tiny_ckpt, tmp_path):
+    mates = MatesConfig()
+    mates = replace(mates, fit=replace(mates.fit, encoder=EncoderConfig(backbone="minilm", max_tokens=128,
+                                                                         chunk_len=64)))
+    cand = np.arange(1, len(tiny_pool), 37)[:400]
+    ref = load_reference("lambada_openai", tiny_pool.tokenizer(), size=64)
+    x = StageInputs(mates=mates, rd=RunDir(tmp_path / "run"), pool=tiny_pool, stage=1, checkpoint=tiny_ckpt,
+                    candidates=cand, probe_ids=np.zeros(0, np.int64), k=100, cache_dir=tmp_path / "cache",
+                    reference=ref)
+    sel = read_selection(SELECTORS[name](x))
+    assert len(sel) == 100 and np.isin(sel, cand).all()
+    meta = read_json(x.rd.scores(1) / "meta.json")
+    assert meta["n"] == len(cand) and "tokens" in meta and "flops_per_token" in meta
+    timings = read_json(x.rd.stage(1) / "timings.json")
+    assert timings["score"] > 0 and "select" in timings
