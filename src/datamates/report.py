@@ -318,6 +318,26 @@ def _ci(ci: tuple[float, float]) -> str:
     return "-" if any(math.isnan(c) for c in ci) else f"[{_g(ci[0])}, {_g(ci[1])}]"
 
 
+def paired_summary(rows: list[dict[str, Any]]) -> str:
+    """One line per selector: Δ to random [95% t interval] and the verdict of the headline metrics
+    (every metric but the per-domain perplexities, which the full table below holds)."""
+    metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not (m.startswith("held-out ppl (")
+                                                                           and m != "held-out ppl (all)")]
+    sels = list(dict.fromkeys(r["selector"] for r in rows))
+    mark = {"better than random at 95%": "**better**", "worse than random at 95%": "**worse**"}
+    by = {(r["metric"], r["selector"]): r for r in rows}
+    lines = ["| selector | " + " | ".join(f"{m} {'↓' if by[(m, next(s for s in sels if (m, s) in by))]['lower_is_better'] else '↑'}"
+                                         for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for s in sels:
+        cells = []
+        for m in metrics:
+            r = by.get((m, s))
+            cells.append("-" if r is None else
+                         f"{_g(r['mean'])} {_ci(r['t_ci'])} {mark.get(r['verdict'], 'n.d.')} ({r['wins']}/{r['n']})")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paired_markdown(runs: list[dict[str, Any]]) -> str:
     """Per group of seed runs: every selector against random of the same seed, every metric."""
     parts = []
@@ -331,7 +351,9 @@ def paired_markdown(runs: list[dict[str, Any]]) -> str:
         if not rows:
             parts += [head, "", "(no finished evaluation to compare yet)", ""]
             continue
-        lines = [head, "",
+        lines = [head, "", "Summary: Δ = selector − random, [95% t interval], verdict (better / worse than random "
+                 "at 95%, n.d. = not distinguishable), (seeds won / seeds).", "", paired_summary(rows), "",
+                 "All metrics:", "",
                  "| metric | selector | selector mean ± sd | random mean ± sd | Δ = selector − random | 95% CI (t) "
                  "| 95% CI (bootstrap) | p (t) | seeds won | verdict |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
@@ -783,10 +805,11 @@ def _paired_html(runs: list[dict[str, Any]]) -> str:
     for block in paired_markdown(runs).split("### ")[1:]:
         title, _, rest = block.partition("\n")
         out.append(f"<h3>{html.escape(title)}</h3>")
-        tables = "\n".join(r for r in rest.splitlines() if r.startswith("|"))
-        out.append(_md_table_to_html(tables) if tables else "")
-        out += [f"<p>{html.escape(r.replace('**', ''))}</p>" for r in rest.splitlines()
-                if r.strip() and not r.startswith("|")]
+        for para in rest.strip().split("\n\n"):
+            if para.startswith("|"):
+                out.append(_md_table_to_html(para.replace("**", "")))
+            elif para.strip():
+                out.append(f"<p>{html.escape(para.replace('**', ''))}</p>")
     return "\n".join(out)
 
 
