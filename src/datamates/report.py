@@ -566,7 +566,9 @@ def comparison_markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def task_table(runs: list[dict[str, Any]]) -> str:
+def task_table(runs: list[dict[str, Any]], metric_key: str | None = None) -> str:
+    """Per task, each selector's mean ± sd over runs of the task's own metric (acc or acc_norm, as
+    the nine-task mean takes it), or of `metric_key` (e.g. gold_prob, gold_logprob)."""
     sels = _selectors(runs)
     tasks: list[str] = []
     for r in runs:
@@ -582,8 +584,8 @@ def task_table(runs: list[dict[str, Any]]) -> str:
             vals = []
             for r in runs:
                 res = (r["selectors"].get(s, {}).get("final_eval") or {}).get("tasks", {}).get(t)
-                if res:
-                    metric = res.get("metric", "acc")
+                if res and (metric_key is None or metric_key in res):
+                    metric = metric_key or res.get("metric", "acc")
                     vals.append(res[metric])
             cells.append(_fmt(_mean_sd(vals)) if vals else "-")
         lines.append(f"| {t} ({metric}) | " + " | ".join(cells) + " |")
@@ -766,7 +768,8 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "bootstrap beside it); the verdict uses the t interval. gold logprob/byte: the gold choice's "
              "log-likelihood per byte; gold prob: its probability mass among the choices (DataDecide).", "",
              paired_markdown(runs),
-             "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "", heldout_table(runs), "",
+             "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "",
+             task_table(runs, "gold_logprob"), "", task_table(runs, "gold_prob"), "", heldout_table(runs), "",
              "## Effective temperature of the selections", "",
              effective_table(runs) or "(no Gumbel-top-k selection in these runs)", "",
              "## Influence-model fit", "", fit_table(runs) or "(no influence model in these runs)", "",
@@ -828,7 +831,7 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "bootstrap beside it); the verdict uses the t interval. Forest plots of every metric are below.</p>",
              _paired_html(runs),
              "<h2>Final evaluation</h2>", _md_table_to_html(comparison_markdown(runs)),
-             _md_table_to_html(task_table(runs)) if task_table(runs) else "",
+             *[_md_table_to_html(task_table(runs, k)) for k in (None, "gold_logprob", "gold_prob") if task_table(runs, k)],
              _md_table_to_html(heldout_table(runs)) if heldout_table(runs) else "",
              "<h2>Effective temperature of the selections</h2>",
              _md_table_to_html(effective_table(runs)) if effective_table(runs) else "<p>-</p>",

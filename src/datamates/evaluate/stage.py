@@ -17,7 +17,11 @@ model gives the correct answer ranks models far better than accuracy, which sits
 
 Per byte, not per token: the figure does not depend on the tokenizer (bits-per-byte style, as the
 held-out pools), so runs with different tokenizers stay comparable; it is higher-is-better (a
-log-probability, <= 0). Both are means over examples with the sample stderr, as acc.
+log-probability, <= 0). gold_prob uses the summed (unnormalised) likelihoods, as the mass the
+model puts on each whole choice: for a small model a short choice takes most of it (tiny test
+model, 4 ARC-Easy examples: mean 0.003 where chance is 0.25), so it is a paired, not an absolute,
+figure; gold_logprob is the length-normalised one. Both are means over examples with the sample
+stderr, as acc.
 
 argmax takes the first maximum (numpy), as lm-eval does. Reference sets (`output_type:
 loglikelihood`, LAMBADA): `loss` = summed target NLL / target tokens (MATES's reference loss, §3),
