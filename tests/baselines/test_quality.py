@@ -67,6 +67,10 @@ def test_pointwise_rater_beats_constant_and_scores_the_pool(tiny_pool, tmp_path)
     assert s[is_sci].mean() < s[~is_sci].mean()
     meta = scores_meta(out)
     assert meta["select_hint"]["temperature"] == 2.0 and meta["tokens"]["encoder_forward"] > 0
+    # a second stage on the same judgements reuses the fitted head and the cached embeddings
+    again = rate(cfg, tiny_pool, ids, tmp_path / "again", cache_dir=tmp_path / "cache")
+    assert scores_meta(again)["tokens"]["encoder_forward"] == 0
+    np.testing.assert_array_equal(read_scores(again)[1], s)
     # QuRating's sampling at tau = 2 on standardised scores: a science-heavy but not deterministic pick
     sel = read_selection(select(SelectConfig(fraction=0.5, temperature=2.0, scale="block"), out, tiny_pool,
                                 tmp_path / "sel"))

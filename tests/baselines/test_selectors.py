@@ -26,7 +26,16 @@ def test_registered():
 @pytest.mark.slow  # MiniLM over the block and the bundle's 499 quality labels; ~1 min on 2 shared cores
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", BASELINES)
-def test_baseline_selector_on_a_block(name, tiny_pool, tiny_ckpt, tmp_path):
+def test_baseline_selector_on_a_block(name, tiny_pool, tiny_ckpt, tmp_path, data, monkeypatch):
+    if name == "qurating":  # the default judgements (the bundle's 499 DCLM labels), cut to 60 for time
+        import gzip
+
+        from datamates.baselines import quality
+
+        src = data / quality.BUNDLE_LABELS
+        small = tmp_path / "labels60.jsonl"
+        small.write_text("".join(gzip.open(src, "rt").readlines()[:60]))
+        monkeypatch.setattr(quality, "BUNDLE_LABELS", str(small))  # an absolute path: data_dir() / it == it
     mates = MatesConfig()
     mates = replace(mates, fit=replace(mates.fit, encoder=EncoderConfig(backbone="minilm", max_tokens=128,
                                                                          chunk_len=64)))
