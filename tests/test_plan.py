@@ -55,7 +55,8 @@ def test_reference_and_evaluation_parts_are_disjoint(tiny_pool, tmp_path, lambad
         assert len(r.evaluation) == round(0.4 * r.n_available)
     lam = plan.split_of("lambada_openai")
     assert lam is not None and lam.source == str(lambada_path.resolve())
-    assert plan.examples(["lambada_openai"], "evaluation")["lambada_openai"] is lam.evaluation
+    ev = plan.examples("evaluation")
+    assert list(ev) == ["lambada_openai"] and ev["lambada_openai"] is lam.evaluation
     # the probes' reference set is drawn from the reference part only
     dolly = plan.split_of("dolly")
     tok = tiny_pool.tokenizer()

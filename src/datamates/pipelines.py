@@ -48,7 +48,7 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
     plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
     m = cfg.mates
-    final_examples = plan.examples(list(cfg.eval.reference), "evaluation")
+    final_examples = plan.examples("evaluation")
     ckpt, ids = None, None
     for s in range(1, m.warmup_stages + 1):
         ckpt, ids = _stage(cfg, rd.branch(WARMUP), pool, plan, s, ckpt, "random")
@@ -148,4 +148,4 @@ def _curve_point(cfg: RunConfig, out: Path, ckpt: Path, plan) -> None:
     """The per-stage reference-loss curve, on the reference part (never the final evaluation's)."""
     ecfg = EvalConfig(tasks=[], reference=cfg.eval.reference, limit=cfg.mates.curve_reference_size,
                       batch_size=cfg.eval.batch_size, device=cfg.eval.device)
-    evaluate(ecfg, ckpt, out, examples=plan.examples(list(cfg.eval.reference), "reference"))
+    evaluate(ecfg, ckpt, out, examples=plan.examples("reference"))

@@ -41,7 +41,8 @@ PLAN_VERSION = 2  # 2: held-out by whole documents, reference / evaluation split
 @dataclass
 class ReferenceSplit:
     source: str  # the file
-    names: list[str]  # the specs that read it (probe reference names, evaluation task names)
+    names: list[str]  # the probe reference specs that read it (a registered name or the path)
+    tasks: list[str]  # the evaluation tasks (eval.reference specs, by their `task:` name) that read it
     n_available: int
     reference: np.ndarray  # example positions for probes, labels, curves
     evaluation: np.ndarray  # example positions for the final evaluation
@@ -62,19 +63,14 @@ class Plan:
     def split_of(self, name: str) -> ReferenceSplit | None:
         """The split of the reference set a spec name (or file) reads, if the plan has one."""
         for r in (self.references or {}).values():
-            if name in r.names or name == r.source:
+            if name in r.names or name in r.tasks or name == r.source:
                 return r
         return None
 
-    def examples(self, names: list[str], part: str) -> dict[str, np.ndarray]:
-        """{spec name: example positions of `part` ('reference' or 'evaluation')} for the named
-        evaluation specs that have a split (the `examples` argument of `evaluate`)."""
-        out = {}
-        for n in names:
-            r = self.split_of(n)
-            if r is not None:
-                out[n] = getattr(r, part)
-        return out
+    def examples(self, part: str) -> dict[str, np.ndarray]:
+        """{evaluation task name: example positions of `part` ('reference' or 'evaluation')} for every
+        eval.reference spec (the `examples` argument of `evaluate`)."""
+        return {t: getattr(r, part) for r in (self.references or {}).values() for t in r.tasks}
 
 
 def global_batch(cfg: RunConfig) -> int:
@@ -83,19 +79,20 @@ def global_batch(cfg: RunConfig) -> int:
     return cfg.train.micro_batch_size * cfg.train.grad_accum * world
 
 
-def reference_files(cfg: RunConfig) -> dict[str, list[str]]:
-    """{file: [spec names]} of every text reference set the run reads: the probe's reference set
-    and the evaluation's loglikelihood specs. Pool references (a directory) are not split: they are
-    pool sequences, which the plan keeps apart by id."""
+def reference_files(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
+    """{file: {"names": probe reference specs, "tasks": evaluation task names}} of every text
+    reference set the run reads: the probe's reference set and the evaluation's loglikelihood specs.
+    Pool references (a directory) are not split: they are pool sequences, which the plan keeps
+    apart by id."""
     from datamates.evaluate.spec import load_spec, resolve_tasks
 
-    files: dict[str, list[str]] = {}
+    files: dict[str, dict[str, list[str]]] = {}
     path = reference_path(cfg.mates.probe.reference)
     if path.is_file():
-        files.setdefault(str(path.resolve()), []).append(cfg.mates.probe.reference)
+        files.setdefault(str(path.resolve()), {"names": [], "tasks": []})["names"].append(cfg.mates.probe.reference)
     for spec_path in resolve_tasks(list(cfg.eval.reference)):
         spec = load_spec(spec_path)
-        files.setdefault(str(Path(spec.data).resolve()), []).append(spec.name)
+        files.setdefault(str(Path(spec.data).resolve()), {"names": [], "tasks": []})["tasks"].append(spec.name)
     return files
 
 
@@ -140,14 +137,14 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
         blocks = [np.sort(perm[m.probe.n_probes + i * block : m.probe.n_probes + (i + 1) * block]) for i in range(m.stages)]
         splits: dict[str, dict[str, Any]] = {}
         arrays: dict[str, np.ndarray] = {}
-        for source, names in sorted(refs.items()):
+        for source, users in sorted(refs.items()):
             n_total = count_examples(source)
             r, e = split_examples(n_total, m.reference_eval_fraction, m.plan_seed)
             key = _key(source)
             while key in splits:
                 key += "_"
             arrays[f"reference/{key}.reference.npy"], arrays[f"reference/{key}.evaluation.npy"] = r, e
-            splits[key] = {"source": source, "names": names, "n_available": n_total, "reference": len(r),
+            splits[key] = {"source": source, **users, "n_available": n_total, "reference": len(r),
                            "evaluation": len(e)}
         meta = meta_record("plan", seed=m.plan_seed, heldout=len(held), guard=len(guard), probe=len(probe),
                            block=block, k=k, stages=m.stages, pool_id=pool.pool_id, settings=settings,
@@ -174,7 +171,9 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
         blocks=[np.load(out / f"block_{i:02d}.npy") for i in range(1, m.stages + 1)],
         k=k,
         guard=np.load(out / "guard.npy"),
-        references={r["source"]: ReferenceSplit(r["source"], list(r["names"]), int(r["n_available"]),
+        # which specs read a file comes from the config (the files themselves are in settings_hash)
+        references={r["source"]: ReferenceSplit(r["source"], refs[r["source"]]["names"], refs[r["source"]]["tasks"],
+                                                int(r["n_available"]),
                                                 np.load(out / "reference" / f"{key}.reference.npy"),
                                                 np.load(out / "reference" / f"{key}.evaluation.npy"))
                     for key, r in meta["references"].items()},
