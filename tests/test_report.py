@@ -133,11 +133,18 @@ def test_missing_token_count_is_an_error_naming_the_artifact(five_seeds, capsys)
     bad = five_seeds[0] / "mates" / "stage_02" / "probe"
     (bad / "meta.json").write_text(json.dumps({"n_probes": 100, "mode": "exact"}))
     m = summarize_run(RunDir(five_seeds[0]))
-    err = m["selectors"]["mates"]["accounting"]["error"]
+    acc = m["selectors"]["mates"]["accounting"]
+    (err,) = acc["errors"]
     assert str(bad / "meta.json") in err and "tokens" in err
-    assert "flops" in m["selectors"]["random"]["accounting"]
+    assert math.isnan(acc["flops"]["probe"]) and math.isnan(acc["flops"]["selection"])
+    assert acc["flops"]["train"] == 2 * 1000 * 6.0  # what is counted stays
+    assert m["selectors"]["random"]["accounting"]["errors"] == []
     assert main(["report", *map(str, five_seeds), "--out", str(five_seeds[0] / "rep")]) == 0
     assert "FLOPs not counted" in capsys.readouterr().err
+    md = (five_seeds[0] / "rep" / "report.md").read_text()
+    assert f"- mates: FLOPs not counted: {err}" in md
+    flops_row = next(line for line in md.splitlines() if line.startswith("| mates | 12000.0000 |"))
+    assert "not counted" in flops_row  # probe, selection and total: no number for mates
 
 
 def test_noise_share_is_paired_and_a_noisier_selector_flagged(five_seeds):

@@ -109,12 +109,21 @@ def counted(artifact: Path) -> dict[str, Any] | None:
     return {"tokens": {k: int(v) for k, v in tokens.items()}, "flops_per_token": fpt, "flops": float(flops)}
 
 
-def stage_flops(stage_dir: Path) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
-    """Counted FLOPs per component of one stage folder, and the tokens behind them."""
+def stage_flops(stage_dir: Path, errors: list[str] | None = None) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
+    """Counted FLOPs per component of one stage folder, and the tokens behind them. With `errors`
+    (a list), an artifact without counts makes its component NaN and its message is appended;
+    without, it raises ArtifactMissing."""
     flops = {c: 0.0 for c in FLOP_COMPONENTS}
     tokens: dict[str, dict[str, int]] = {c: {} for c in FLOP_COMPONENTS}
     for sub, comp in STAGE_ARTIFACTS.items():
-        c = counted(Path(stage_dir) / sub)
+        try:
+            c = counted(Path(stage_dir) / sub)
+        except ArtifactMissing as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
+            flops[comp] = float("nan")
+            continue
         if c is not None:
             flops[comp] += c["flops"]
             for k, n in c["tokens"].items():
@@ -129,8 +138,11 @@ def stage_seconds(stage_dir: Path) -> dict[str, float]:
 def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eval: Path | None = None,
                      branch_dir: Path | None = None) -> dict[str, Any]:
     """Per-stage and total FLOPs, tokens and seconds of one selector's history (warmup stages
-    included), plus its final decay (`final`, charged to train) and final evaluation (`final_eval`)."""
+    included), plus its final decay (`final`, charged to train) and final evaluation (`final_eval`).
+    An artifact without counts makes its component's total NaN (and selection's, when it is part
+    of it) and is named in `errors`."""
     rows = []
+    errors: list[str] = []
     tot_f = {c: 0.0 for c in FLOP_COMPONENTS}
     tot_t: dict[str, dict[str, int]] = {c: {} for c in FLOP_COMPONENTS}
     tot_s: dict[str, float] = {}
@@ -144,12 +156,16 @@ def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eva
             tot_s[c] = tot_s.get(c, 0.0) + v
 
     for sd in stages:
-        f, t = stage_flops(sd)
+        f, t = stage_flops(sd, errors)
         s = stage_seconds(sd)
         rows.append({"stage": Path(sd).name, "flops": f, "tokens": t, "seconds": s})
         add(f, t, s)
     for art, comp in ((final, "train"), (final_eval, "eval")):
-        c = counted(art) if art is not None else None
+        try:
+            c = counted(art) if art is not None else None
+        except ArtifactMissing as e:
+            errors.append(str(e))
+            c = {"flops": float("nan"), "tokens": {}}
         if c is not None:
             f = {k: 0.0 for k in FLOP_COMPONENTS}
             f[comp] = c["flops"]
@@ -168,4 +184,5 @@ def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eva
         "tokens": tot_t,
         "seconds": {**tot_s, "selection": round(sel_seconds, 3)},
         "selection_overhead": selection / tot_f["train"] if tot_f["train"] else None,
+        "errors": errors,
     }

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from datamates.accounting import summarize_branch
-from datamates.errors import ArtifactMissing
 from datamates.run_dir import RunDir, atomic_write_json, atomic_write_text, is_done, read_json
 
 WARMUP = "warmup"
@@ -72,8 +71,8 @@ def _run_config(rd: RunDir) -> dict[str, Any]:
 
 def summarize_run(rd: RunDir) -> dict[str, Any]:
     """Aggregate one run's artifacts into metrics.json; returns the dict. A selector whose FLOPs
-    cannot be counted (an artifact without token counts) gets `accounting: {"error": ...}` naming
-    the artifact; the report shows it instead of a number."""
+    cannot be fully counted (an artifact without token counts) gets NaN for that component and
+    `accounting.errors` naming the artifact; the report shows them instead of a number."""
     cfg = _run_config(rd)
     branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in
                 (WARMUP, "pool", "plan", "report", "logs", "ablation", "units", "merged", "gold", "seed", "partitions")
@@ -84,17 +83,12 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
     for b in branches:
         stages = _stages(rd, b)
         br = rd.branch(b)
-        try:
-            acc = summarize_branch([d for _, d in stages], final=br.final, final_eval=br.final_eval,
-                                   branch_dir=br.base)
-        except ArtifactMissing as e:
-            acc = {"error": str(e)}
+        acc = summarize_branch([d for _, d in stages], final=br.final, final_eval=br.final_eval,
+                               branch_dir=br.base)
         cum, run_total = [], 0.0
-        for row in acc.get("stages", []):
+        for row in acc["stages"]:
             run_total += sum(v for k, v in row["flops"].items() if k != "eval")
             cum.append(run_total)
-        if "error" in acc:
-            cum = [float("nan")] * len(stages)
         final = read_json(br.final_eval / "eval.json") if is_done(br.final_eval) else None
         out["selectors"][b] = {
             "curve": _ref_curve(stages, cum),
@@ -534,9 +528,9 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                                 if f.get("nine_task_gold_prob")])
         row["held-out ppl"] = _mean_sd([f["perplexity"]["heldout"]["all"]["ppl"] for f in finals
                                          if "heldout" in f.get("perplexity", {})])
-        counted = [a for a in accs if "flops" in a]
-        row["selection FLOPs"] = _mean_sd([a["flops"]["selection"] for a in counted]) if counted else "not counted"
-        row["selection / training"] = _mean_sd([a["selection_overhead"] for a in counted]) if counted else "-"
+        counted_all = all(np.isfinite(a["flops"]["selection"]) for a in accs)
+        row["selection FLOPs"] = _mean_sd([a["flops"]["selection"] for a in accs]) if counted_all else "not counted"
+        row["selection / training"] = _mean_sd([a["selection_overhead"] for a in accs]) if counted_all else "-"
         rows.append(row)
     return rows
 
@@ -660,12 +654,10 @@ def flops_table(runs: list[dict[str, Any]]) -> str:
     errors = []
     for s in _selectors(runs):
         all_accs = [r["selectors"][s]["accounting"] for r in runs if s in r["selectors"]]
-        errors += [f"- {s}: FLOPs not counted: {a['error']}" for a in all_accs if "error" in a]
-        accs = [a for a in all_accs if "flops" in a]
-        if not accs:
-            lines.append(f"| {s} | " + " | ".join("not counted" for _ in comps) + " | - |")
-            continue
-        fl = [_fmt(_mean_sd([a["flops"][c] for a in accs])) for c in comps]
+        errors += [f"- {s}: FLOPs not counted: {e}" for a in all_accs for e in a.get("errors", [])]
+        accs = all_accs
+        fl = [_fmt(_mean_sd([a["flops"][c] for a in accs])) if all(np.isfinite(a["flops"][c]) for a in accs)
+              else "not counted" for c in comps]
         secs = " / ".join(f"{np.mean([a['seconds'].get(c, 0) for a in accs]):.0f}"
                           for c in ("train", "probe", "fit", "score", "select"))
         lines.append(f"| {s} | " + " | ".join(fl) + f" | {secs} |")

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     print(comparison_markdown(runs))
     for r in runs:
         for sel, v in r["selectors"].items():
-            if "error" in v.get("accounting", {}):
-                print(f"warning: {r['name']}/{sel}: FLOPs not counted: {v['accounting']['error']}", file=sys.stderr)
+            for e in v.get("accounting", {}).get("errors", []):
+                print(f"warning: {r['name']}/{sel}: FLOPs not counted: {e}", file=sys.stderr)
     print(f"\nreport: {path} (and report.md)")
     return 0
