@@ -14,7 +14,7 @@ import yaml
 from scipy import stats
 
 from datamates.cli import main
-from datamates.report import build_report, group_runs, paired_stats, paired_table, summarize_run
+from datamates.report import group_runs, paired_stats, paired_table, summarize_run
 from datamates.run_dir import RunDir
 
 # lambada loss of each selector in five seed runs (lower is better): mates wins 4 of 5

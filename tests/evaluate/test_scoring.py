@@ -70,7 +70,7 @@ def test_gold_logprob_and_prob_match_hand_computation(tiny_model, tiny_tok, tmp_
         g = q["gold"]
         lp.append(lls[g] / len(conts[g].encode("utf-8")))
         pm.append(math.exp(lls[g]) / sum(math.exp(x) for x in lls))
-    assert len(" thé noir".encode("utf-8")) == 10  # bytes, not the 9 characters
+    assert len(" thé noir".encode()) == 10  # bytes, not the 9 characters
     for s, a, b in zip(res["samples"], lp, pm):
         assert s["gold_logprob"] == pytest.approx(a, abs=1e-5) and s["gold_prob"] == pytest.approx(b, abs=1e-5)
     assert res["gold_logprob"] == pytest.approx(np.mean(lp), abs=1e-5)
