@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("fit", "fit the data influence model to probe labels"),
     "score": ("score", "predict the influence of every candidate sequence of a block"),
     "select": ("select", "keep a fraction of the candidates by Gumbel-top-k on their scores"),
+    "score-with": ("score_with", "score candidates with a static baseline: dsir, semdedup, rater, classifier, perplexity"),
     "run": ("run", "the MATES loop end to end: probe -> fit -> score -> select -> train, per stage"),
     "report": ("report", "HTML / Markdown report comparing runs"),
     "partition": ("partition", "split a pool into units for data ablations"),

@@ -123,3 +123,20 @@ def test_semdedup_on_a_pool_with_planted_duplicates(tiny_pool, tmp_path):
     with pytest.raises(ConfigError, match="eps"):
         semdedup(SemDeDupConfig(encoder=enc, eps=1.5), pool, ids, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_spherical_kmeans_recovers_planted_clusters():
+    """4 well-separated directions + small noise: faiss's spherical k-means finds them exactly
+    (the clustering call of SemDeDup and of cluster partitions), the same on every call."""
+    rng = np.random.default_rng(1)
+    centers = np.linalg.qr(rng.standard_normal((16, 4)))[0].T  # 4 orthonormal directions
+    truth = np.repeat(np.arange(4), 50)
+    x = centers[truth] + 0.05 * rng.standard_normal((200, 16))
+    labels, cent = spherical_kmeans(x, 4, seed=3)
+    assert all(len(set(labels[truth == j])) == 1 for j in range(4)) and len(set(labels)) == 4
+    np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(labels, spherical_kmeans(x, 4, seed=3)[0])
+    from datamates.errors import InputError
+
+    with pytest.raises(InputError, match="cannot make 5 clusters"):
+        spherical_kmeans(x[:4], 5)

@@ -7,7 +7,7 @@ a set of units. Here the split is by
     domain   the pool's domain of each sequence (`Pool.seq_domain`)
     field    a docs.parquet column of the sequence's first document (e.g. `file`)
     file     the source file of the sequence's first document
-    cluster  k-means (cosine, k-means++ init) of encoder embeddings of each document
+    cluster  spherical k-means (faiss, core/kmeans.py) of encoder embeddings of each document
              (the offline MiniLM by default); a sequence takes its first document's cluster
     random   a seeded permutation cut into k near-equal parts
 
@@ -41,6 +41,7 @@ from datamates.config.ablation import PartitionConfig
 from datamates.config.base import config_hash, to_dict
 from datamates.core.documents import DocIndex
 from datamates.core.documents import draw_heldout as _draw_heldout
+from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress
@@ -249,34 +250,11 @@ def embed_texts(texts: list[str], encoder: str | None, max_tokens: int, batch_si
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 100) -> np.ndarray:
-    """Spherical k-means (cosine; rows of x are unit vectors) with k-means++ seeding. An empty
-    cluster is re-seeded with the point farthest from its centroid. Returns labels [n]."""
-    x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    if n < k:
-        raise InputError(f"partition.k = {k}: only {n} documents to cluster")
-    rng = np.random.default_rng([seed, 15485863])
-    centers = [x[rng.integers(n)]]
-    d2 = np.full(n, np.inf)
-    for _ in range(1, k):
-        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
-        p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1 / n)
-        centers.append(x[rng.choice(n, p=p)])
-    c = np.stack(centers)
-    labels = np.full(n, -1)
-    for _ in range(iters):
-        sim = x @ c.T  # [n, k]
-        new = sim.argmax(1)
-        for j in range(k):
-            if not (new == j).any():  # re-seed an empty cluster
-                far = int(np.argmin(sim[np.arange(n), new]))
-                new[far] = j
-        if (new == labels).all():
-            break
-        labels = new
-        for j in range(k):
-            v = x[labels == j].sum(0)
-            c[j] = v / max(np.linalg.norm(v), 1e-12)
+    """Spherical k-means (cosine; rows of x are unit vectors) of the documents: the faiss call
+    SemDeDup uses (core/kmeans.py). Returns labels [n]."""
+    if len(x) < k:
+        raise InputError(f"partition.k = {k}: only {len(x)} documents to cluster")
+    labels, _ = spherical_kmeans(x, k, seed=seed, niter=iters)
     return labels
 
 

@@ -64,8 +64,8 @@ def load_classifier(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such fastText model file")
-    try:
-        return ft.load_model(str(path))
+    try:  # fasttext.load_model minus its deprecation banner on stderr
+        return ft.FastText._FastText(model_path=str(path))
     except Exception as e:  # fastText raises ValueError / RuntimeError on a foreign file
         raise InputError(f"{path}: not a fastText model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                          "give a .bin written by fastText") from None
