@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from datamates.config.base import to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import (
+    check_checkpoint,
     checkpoint_hash,
     has_optimizer_state,
     load_model,
@@ -191,7 +192,7 @@ def train_fingerprint(cfg: TrainConfig, model_cfg: ModelConfig, pool: Pool, ids:
     section = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     return fingerprint(train=section, model=None if init is not None else to_dict(model_cfg),
                        pool_id=pool.pool_id, ids=f"{len(ids)} ids, sha256 {ids_hash(ids)}",
-                       init=checkpoint_hash(init) if init is not None else None)
+                       init=checkpoint_hash(check_checkpoint(init)) if init is not None else None)
 
 
 def _agree(err: DatamatesError | None, world: int) -> None:
