@@ -1,0 +1,958 @@
+"""The reliability catalogue (docs/reliability.md): every user mistake the README promises to catch,
+driven through the real command line on tiny inputs made here.
+
+Each case asserts exit code 2 (130 for Ctrl-C), exactly one error line on stderr that names the
+file, line, key or flag at fault, no traceback, and no partial artifact left where the output
+would have gone. Lines before the error line are allowed only if they are the command's own log
+records (progress a person reads, e.g. "training a byte-level BPE tokenizer"), never stray output.
+
+Most cases run `datamates.cli.main([...])` in-process (stderr and the exit code captured: the
+command line without the interpreter's start-up cost); the fault cases (kill -9, a second writer,
+SIGINT) run `python -m datamates` in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamates.cli import main
+
+# one tiny configuration for every case: a 1-layer, 16-wide GPT-NeoX on 32-token sequences
+TINY_YAML = """\
+name: tiny
+pool:
+  seq_len: 32
+  tokenizer:
+    vocab_size: 300
+model:
+  n_layers: 1
+  d_model: 16
+  n_heads: 2
+  context: 32
+train:
+  steps: 2
+  micro_batch_size: 2
+  lr: 0.003
+  warmup_steps: 0
+  checkpoint_every: 1
+  log_every: 1
+  device: cpu
+eval:
+  device: cpu
+  batch_size: 4
+"""
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    logged: list[str] = field(default_factory=list)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def cli(*argv: object) -> Result:
+    """`datamates ARGV` in this process: exit code, stdout, stderr and the log records emitted."""
+    out, err, rec = io.StringIO(), io.StringIO(), _Records()
+    logger = logging.getLogger("datamates")
+    logger.addHandler(rec)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse: --help, a bad flag
+                rc = e.code if isinstance(e.code, int) else 2
+    finally:
+        logger.removeHandler(rec)
+    return Result(rc, out.getvalue(), err.getvalue(), rec.messages)
+
+
+def cli_one_thread(*argv: object) -> Result:
+    """`cli` with one torch thread, as the subprocesses run (OMP_NUM_THREADS=1): float sums depend on
+    the thread count, so a reference computed in-process must use the same one."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli(*argv)
+    finally:
+        torch.set_num_threads(n)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "DATAMATES_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}  # a 16-wide model gains nothing from a second thread on shared cores
+    env.pop("DATAMATES_FAULT", None)
+    return env
+
+
+def cli_process(*argv: object, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "datamates", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), **kw)
+
+
+def assert_one_error_line(r: Result, *names: str, code: int = 2) -> str:
+    """Exit `code`; stderr ends with the only error line, which names every string in `names`;
+    anything before it is the command's own log records; no traceback."""
+    assert r.rc == code, f"exit code {r.rc}, expected {code}; stderr:\n{r.err}"
+    assert "Traceback" not in r.err, r.err
+    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert lines, "no message on stderr"
+    errors = [ln for ln in lines if ln.startswith("datamates") and ": error: " in ln]
+    assert len(errors) == 1 and lines[-1] == errors[0], f"expected one error line, last; stderr:\n{r.err}"
+    for ln in lines[:-1]:
+        assert ln in r.logged, f"stray stderr line (not a log record): {ln!r}"
+    for n in names:
+        assert n in errors[0], f"{n!r} not named in: {errors[0]}"
+    return errors[0]
+
+
+def assert_nothing_written(*paths: Path) -> None:
+    """Neither the output nor its `.partial` scratch folder nor its lock file is left."""
+    for p in paths:
+        p = Path(p)
+        for q in (p, p.with_name(p.name + ".partial"), p.with_name(f".{p.name}.lock")):
+            assert not q.exists(), f"{q} was left behind"
+
+
+# ----------------------------------------------------------------------------- shared tiny inputs
+
+
+@dataclass
+class World:
+    root: Path
+    cfg: Path
+    corpus: Path
+    pool: Path
+    ckpt: Path
+    pool2: Path  # another tokenizer (another vocabulary)
+
+    def tiny(self, *extra: object) -> list[object]:
+        return ["-c", self.cfg, *extra]
+
+
+def _lines(src: Path, n: int) -> list[str]:
+    with gzip.open(src, "rt", encoding="utf-8") as fh:
+        return list(itertools.islice(fh, n))
+
+
+@pytest.fixture(scope="session")
+def world(data: Path, tmp_path_factory) -> World:
+    """One tiny pool (50 real documents, 2 domains), one tiny checkpoint (2 AdamW steps) and a
+    second pool with another tokenizer, built once per session through the CLI itself."""
+    root = tmp_path_factory.mktemp("bad_input")
+    corpus = root / "corpus"
+    for domain, f, n in (("web", "pretrain/web/c4_100_domains_theguardian_10.jsonl.gz", 40),
+                         ("wiki", "pretrain/wiki/nq_open_oracle_wikipedia_passages.jsonl.gz", 40)):
+        (corpus / domain).mkdir(parents=True)
+        (corpus / domain / "part.jsonl").write_text("".join(_lines(data / f, n)))
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY_YAML + f"runs_root: {root / 'runs'}\n")
+    w = World(root, cfg, corpus, root / "pool", root / "ckpt", root / "pool2")
+    r = cli("pool", "build", *w.tiny("--input", corpus, "--out", w.pool, "--run-dir", root / "run"))
+    assert r.rc == 0, r.err
+    r = cli("train", *w.tiny("--pool", w.pool, "--out", w.ckpt, "--run-dir", root / "run"))
+    assert r.rc == 0, r.err
+    r = cli("pool", "build", *w.tiny("--input", corpus / "wiki", "--out", w.pool2, "--run-dir", root / "run",
+                                     "--set", "pool.tokenizer.vocab_size=280"))
+    assert r.rc == 0, r.err
+    return w
+
+
+# ----------------------------------------------------------------------------- the cases
+#
+# A case gets the shared World and its own empty folder `t`; it returns (argv, names the error line
+# must contain, outputs that must not exist afterwards).
+
+Case = Callable[[World, Path], tuple[list[object], list[str], list[Path]]]
+CASES: dict[str, dict[str, Case]] = {"config": {}, "pool": {}, "artifacts": {}, "ids": {}}
+
+
+def case(area: str, name: str):
+    def deco(fn: Case) -> Case:
+        CASES[area][name] = fn
+        return fn
+    return deco
+
+
+def _yaml(t: Path, text: str) -> Path:
+    p = t / "bad.yaml"
+    p.write_text(TINY_YAML + text)
+    return p
+
+
+def _pool_build(w: World, t: Path, inputs: Path | str, *extra: object):
+    out = t / "out"
+    return (["pool", "build", *w.tiny("--input", inputs, "--out", out, "--run-dir", t / "run", *extra)], out)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+@case("config", "unknown key in the YAML file")
+def _(w, t):
+    p = t / "bad.yaml"
+    p.write_text("train:\n  lrr: 1\n")
+    return ["config", "show", "-c", p], [str(p), "unknown key 'train.lrr'", "allowed keys here: "], []
+
+
+@case("config", "unknown key by --set")
+def _(w, t):
+    return ["config", "show", *w.tiny("--set", "train.lrr=1")], ["--set train.lrr=1", "unknown key 'train.lrr'"], []
+
+
+@case("config", "wrong type")
+def _(w, t):
+    p = t / "bad.yaml"
+    p.write_text("train:\n  lr: fast\n")
+    return ["config", "show", "-c", p], [str(p), "train.lr = 'fast'", "expected float"], []
+
+
+@case("config", "out of range in the YAML file")
+def _(w, t):
+    p = t / "bad.yaml"
+    p.write_text("train:\n  warmup_steps: -1\n")
+    return ["config", "show", "-c", p], [str(p), "train.warmup_steps = -1", ">= 0"], []
+
+
+@case("config", "out of range by --set names the --set, not the file")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "train.lr=-1")],
+            ["error: --set train.lr=-1: train.lr = -1.0: must be > 0"], [])
+
+
+@case("config", "out of range by a CLI flag names the flag")
+def _(w, t):
+    argv, out = _pool_build(w, t, w.corpus, "--seq-len", 0)
+    return argv, ["error: --seq-len 0: pool.seq_len = 0: must be >= 8"], [out]
+
+
+@case("config", "rule across keys broken by --set names the --set")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "train.schedule=wsd")],
+            ["--set train.schedule=wsd", "decay_steps"], [])
+
+
+@case("config", "malformed YAML")
+def _(w, t):
+    p = t / "bad.yaml"
+    p.write_text("train:\n  lr: 0.1\n   steps: [3\n")
+    return ["config", "show", "-c", p], [f"{p}: line 3", "not valid YAML"], []
+
+
+@case("config", "missing config file")
+def _(w, t):
+    return ["config", "show", "-c", t / "nope.yaml"], [f"{t / 'nope.yaml'}: config file not found"], []
+
+
+@case("config", "unknown config name")
+def _(w, t):
+    return ["config", "show", "-c", "no_such_config"], ["config 'no_such_config' not found", "tiny_cpu"], []
+
+
+@case("config", "a folder where a config file is expected")
+def _(w, t):
+    return ["config", "show", "-c", t], [f"{t}: is a folder"], []
+
+
+@case("config", "unknown preset")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "model.preset=pythia-9t")],
+            ["--set model.preset=pythia-9t", "unknown preset", "pythia-160m"], [])
+
+
+@case("config", "unknown selector")
+def _(w, t):
+    return (["run", *w.tiny("--set", "mates.selectors=[random,nope]", "--run-dir", t / "run")],
+            ["mates.selectors", "'nope'", "available"], [t / "run" / "config.yaml"])
+
+
+@case("config", "--set without =")
+def _(w, t):
+    return ["config", "show", *w.tiny("--set", "train.lr")], ["--set 'train.lr'", "KEY=VALUE"], []
+
+
+@case("config", "--set into a value that is not a section")
+def _(w, t):
+    return ["config", "show", *w.tiny("--set", "name.x=1")], ["--set name.x=1", "'name' is not a section"], []
+
+
+@case("config", "a flag of the wrong type (argparse, one line)")
+def _(w, t):
+    argv, out = _pool_build(w, t, w.corpus, "--seq-len", "long")
+    return argv, ["datamates pool: error: argument --seq-len: invalid int value: 'long'", "--help"], [out]
+
+
+@case("config", "unknown verb")
+def _(w, t):
+    return ["probee"], ["datamates: error: argument VERB: invalid choice: 'probee'"], []
+
+
+@case("config", "run name that escapes runs_root")
+def _(w, t):
+    return ["config", "show", *w.tiny("--set", "name=../elsewhere")], ["--set name=../elsewhere", "plain name"], []
+
+
+@case("config", "empty run name")
+def _(w, t):
+    return ["config", "show", *w.tiny("--set", "name=")], ["name = ''", "plain name"], []
+
+
+@case("config", "task name that escapes the output folder")
+def _(w, t):
+    spec = t / "evil.yaml"
+    spec.write_text("task: ../../evil\ndata: x.jsonl\noutput_type: loglikelihood\ncontext: '{a}'\n"
+                    "continuation: '{b}'\n")
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
+            [f"{spec}:1", "task = '../../evil'", "plain name"], [out])
+
+
+# --- pool inputs -------------------------------------------------------------------------------
+
+def _jsonl(t: Path, *lines: str, name: str = "x.jsonl") -> Path:
+    d = t / "in"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text("".join(ln + "\n" for ln in lines))
+    return d
+
+
+DOC = json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 8})
+
+
+@case("pool", "malformed JSON mid-file")
+def _(w, t):
+    argv, out = _pool_build(w, t, _jsonl(t, DOC, DOC, '{"text": "unterminated', DOC))
+    return argv, ["in/x.jsonl:3: malformed JSON"], [out]
+
+
+@case("pool", "missing text field")
+def _(w, t):
+    argv, out = _pool_build(w, t, _jsonl(t, DOC, json.dumps({"body": "no text key"})))
+    return argv, ["in/x.jsonl:2: no field 'text'", "pool.text_field"], [out]
+
+
+@case("pool", "text field that is not text")
+def _(w, t):
+    argv, out = _pool_build(w, t, _jsonl(t, json.dumps({"text": 5})))
+    return argv, ["in/x.jsonl:1: field 'text' is int"], [out]
+
+
+@case("pool", "a record that is not an object")
+def _(w, t):
+    argv, out = _pool_build(w, t, _jsonl(t, DOC, "[1, 2]"))
+    return argv, ["in/x.jsonl:2: expected a JSON object"], [out]
+
+
+@case("pool", "empty file")
+def _(w, t):
+    argv, out = _pool_build(w, t, _jsonl(t))
+    return argv, ["the pool is empty", "0 records"], [out]
+
+
+@case("pool", "empty folder")
+def _(w, t):
+    (t / "empty").mkdir()
+    argv, out = _pool_build(w, t, t / "empty")
+    return argv, [f"{t / 'empty'}: no .jsonl"], [out]
+
+
+@case("pool", "missing input path")
+def _(w, t):
+    argv, out = _pool_build(w, t, t / "nowhere")
+    return argv, [f"{t / 'nowhere'}: no such file or folder"], [out]
+
+
+@case("pool", "unsupported input file type")
+def _(w, t):
+    (t / "notes.txt").write_text("hello\n")
+    argv, out = _pool_build(w, t, t / "notes.txt")
+    return argv, ["notes.txt: unsupported file type"], [out]
+
+
+@case("pool", "only non-UTF-8 lines")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.jsonl").write_bytes(b'{"text": "caf\xe9 \xff\xfe"}\n')
+    argv, out = _pool_build(w, t, d)
+    return argv, ["the pool is empty"], [out]
+
+
+@case("pool", "truncated .gz")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    blob = gzip.compress(("".join(DOC + "\n" for _ in range(200))).encode())
+    (d / "x.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.jsonl.gz: corrupt or truncated gzip file"], [out]
+
+
+@case("pool", "Parquet file without the text column")
+def _(w, t):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = t / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"body": ["some words here"] * 3}), d / "x.parquet")
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.parquet:1: no field 'text'"], [out]
+
+
+@case("pool", "duplicate document ids")
+def _(w, t):
+    a = json.dumps({"id": "doc-1", "text": "first document " * 10})
+    b = json.dumps({"id": "doc-2", "text": "second document " * 10})
+    argv, out = _pool_build(w, t, _jsonl(t, a, b, a))
+    return argv, ["in/x.jsonl:3: duplicate document id 'doc-1'", "pool.id_field"], [out]
+
+
+@case("pool", "missing tokenizer")
+def _(w, t):
+    argv, out = _pool_build(w, t, w.corpus, "--tokenizer", t / "nope" / "tokenizer.json")
+    return argv, [f"{t / 'nope' / 'tokenizer.json'}: tokenizer file not found"], [out]
+
+
+@case("pool", "corrupt tokenizer")
+def _(w, t):
+    (t / "tokenizer.json").write_text('{"model": ')
+    argv, out = _pool_build(w, t, w.corpus, "--tokenizer", t / "tokenizer.json")
+    return argv, [f"{t / 'tokenizer.json'}: not a valid tokenizer.json"], [out]
+
+
+@case("pool", "seq_len out of range")
+def _(w, t):
+    argv, out = _pool_build(w, t, w.corpus, "--set", "pool.seq_len=4")
+    return argv, ["--set pool.seq_len=4", "pool.seq_len = 4: must be >= 8"], [out]
+
+
+@case("pool", "a domain field that no record has")
+def _(w, t):
+    argv, out = _pool_build(w, t, w.corpus, "--set", "pool.domain_from=field", "--set", "pool.domain_field=meta.dom")
+    return argv, ["pool.domain_field = 'meta.dom'", "none of the first 50 records"], [out]
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+def _ckpt_copy(w: World, t: Path, name: str = "ck") -> Path:
+    dst = t / name
+    shutil.copytree(w.ckpt, dst)
+    return dst
+
+
+def _truncated(w: World, t: Path) -> Path:
+    ck = _ckpt_copy(w, t)
+    data = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return ck
+
+
+def _evaluate(w: World, ck: Path, out: Path, *extra: object) -> list[object]:
+    return ["evaluate", "--checkpoint", ck, "--tasks", "--reference", "--heldout", w.pool, "--out", out,
+            "-c", w.cfg, *extra]
+
+
+@case("artifacts", "checkpoint without model.safetensors")
+def _(w, t):
+    ck = _ckpt_copy(w, t)
+    (ck / "model.safetensors").unlink()
+    return _evaluate(w, ck, t / "ev"), [f"{ck}: not a checkpoint", "model.safetensors"], [t / "ev"]
+
+
+@case("artifacts", "truncated model.safetensors: evaluate")
+def _(w, t):
+    ck = _truncated(w, t)
+    return _evaluate(w, ck, t / "ev"), [f"{ck / 'model.safetensors'}: not a complete safetensors file"], [t / "ev"]
+
+
+@case("artifacts", "truncated model.safetensors: export (not copied as loadable)")
+def _(w, t):
+    ck = _truncated(w, t)
+    return (["export", "--checkpoint", ck, "--out", t / "hf"],
+            [f"{ck / 'model.safetensors'}: not a complete safetensors file"], [t / "hf"])
+
+
+@case("artifacts", "truncated model.safetensors: train --init")
+def _(w, t):
+    ck = _truncated(w, t)
+    return (["train", *w.tiny("--pool", w.pool, "--init", ck, "--out", t / "c2", "--run-dir", t / "run")],
+            [f"{ck / 'model.safetensors'}: not a complete safetensors file"], [t / "c2"])
+
+
+@case("artifacts", "truncated model.safetensors: merge")
+def _(w, t):
+    ck = _truncated(w, t)
+    return (["merge", w.ckpt, ck, "--out", t / "m", *w.tiny("--run-dir", t / "run")],
+            [f"{ck / 'model.safetensors'}: not a complete safetensors file"], [t / "m"])
+
+
+@case("artifacts", "model.safetensors that is not safetensors at all")
+def _(w, t):
+    ck = _ckpt_copy(w, t)
+    (ck / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + bytes(64))
+    return _evaluate(w, ck, t / "ev"), [f"{ck / 'model.safetensors'}: not a complete safetensors file"], [t / "ev"]
+
+
+@case("artifacts", "config.json whose vocab size disagrees with the weights")
+def _(w, t):
+    ck = _ckpt_copy(w, t)
+    c = json.loads((ck / "config.json").read_text())
+    c["vocab_size"] += 128
+    (ck / "config.json").write_text(json.dumps(c))
+    return (_evaluate(w, ck, t / "ev"),
+            [f"{ck / 'config.json'}: vocab_size = {c['vocab_size']}", "embedding rows"], [t / "ev"])
+
+
+@case("artifacts", "config.json that is not JSON")
+def _(w, t):
+    ck = _ckpt_copy(w, t)
+    (ck / "config.json").write_text("{not json")
+    return _evaluate(w, ck, t / "ev"), [f"{ck / 'config.json'}: not valid JSON"], [t / "ev"]
+
+
+@case("artifacts", "checkpoint of another vocabulary (train --init on another pool)")
+def _(w, t):
+    return (["train", *w.tiny("--pool", w.pool2, "--init", w.ckpt, "--out", t / "c2", "--run-dir", t / "run")],
+            [str(w.ckpt), "tokenizer"], [t / "c2"])
+
+
+@case("artifacts", "probe from a checkpoint without optimizer state")
+def _(w, t):
+    assert cli("export", "--checkpoint", w.ckpt, "--out", t / "hf").rc == 0
+    ids = t / "ids.txt"
+    ids.write_text("1\n2\n")
+    return (["probe", "--checkpoint", t / "hf", "--pool", w.pool, "--candidates", ids, "--out", t / "pr",
+             "--reference", w.pool, *w.tiny("--run-dir", t / "run")],
+            [str(t / "hf"), "optimizer"], [t / "pr"])
+
+
+def _scores_of(pool_dir: Path, out: Path) -> Path:
+    """A finished scores folder (the score stage's own file format) for `pool_dir`."""
+    from datamates.core.pool import Pool
+    from datamates.run_dir import atomic_dir
+    from datamates.selection.scores_io import SIGN, shard_name, write_shard
+
+    pool = Pool(pool_dir)
+    ids = np.arange(len(pool), dtype=np.int64)
+    meta = {"sign": SIGN, "pool_id": pool.pool_id, "model_hash": "m0", "label_mean": 0.0, "label_std": 1.0,
+            "shards": [shard_name(0)], "n": len(ids)}
+    with atomic_dir(out, meta=meta) as tmp:
+        write_shard(tmp / shard_name(0), ids, np.linspace(-1, 1, len(ids)), pool_id=pool.pool_id, model_hash="m0")
+    return out
+
+
+@case("artifacts", "a scores folder of another pool")
+def _(w, t):
+    s = _scores_of(w.pool2, t / "scores")
+    return (["select", "--scores", s, "--pool", w.pool, "--out", t / "sel", *w.tiny("--run-dir", t / "run")],
+            [str(s), "pool_id"], [t / "sel"])
+
+
+@case("artifacts", "labels with NaN")
+def _(w, t):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lab = t / "probe"
+    lab.mkdir()
+    pq.write_table(pa.table({"seq_id": np.array([0, 1, 2, 3], np.int64),
+                             "ref_loss_delta": np.array([0.1, np.nan, -0.2, 0.0])}), lab / "labels.parquet")
+    return (["fit", "--labels", lab, "--pool", w.pool, "--out", t / "dim", *w.tiny("--run-dir", t / "run")],
+            [str(lab / "labels.parquet"), "NaN"], [t / "dim"])
+
+
+@case("artifacts", "a fraction of 0")
+def _(w, t):
+    s = _scores_of(w.pool, t / "scores")
+    return (["select", "--scores", s, "--pool", w.pool, "--out", t / "sel", "--fraction", 0,
+             *w.tiny("--run-dir", t / "run")], ["--fraction 0", "mates.select.fraction"], [t / "sel"])
+
+
+@case("artifacts", "a fraction of 1.5")
+def _(w, t):
+    s = _scores_of(w.pool, t / "scores")
+    return (["select", "--scores", s, "--pool", w.pool, "--out", t / "sel", "--fraction", 1.5,
+             *w.tiny("--run-dir", t / "run")], ["--fraction 1.5", "mates.select.fraction"], [t / "sel"])
+
+
+@case("artifacts", "a task spec naming a missing field")
+def _(w, t):
+    (t / "d.jsonl").write_text(json.dumps({"q": "Is the sky blue?", "a": "yes"}) + "\n")
+    spec = t / "mine.yaml"
+    spec.write_text("task: mine\ndata: d.jsonl\noutput_type: loglikelihood\ncontext: '{question}'\n"
+                    "continuation: ' {a}'\n")
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
+            ["question"], [out])
+
+
+@case("artifacts", "a missing task file")
+def _(w, t):
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", t / "missing.yaml", "--reference", "--out", out,
+             "-c", w.cfg], [str(t / "missing.yaml")], [out])
+
+
+@case("artifacts", "an unknown task name")
+def _(w, t):
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", "sciqq", "--reference", "--out", out, "-c", w.cfg],
+            ["sciqq"], [out])
+
+
+@case("artifacts", "a missing pool")
+def _(w, t):
+    return (["train", *w.tiny("--pool", t / "nope", "--out", t / "c2", "--run-dir", t / "run")],
+            [str(t / "nope"), "datamates pool build"], [t / "c2"])
+
+
+@case("artifacts", "--out pointing at an input data file")
+def _(w, t):
+    f = t / "mine.jsonl"
+    f.write_text(DOC + "\n")
+    return (["pool", "build", *w.tiny("--input", w.corpus, "--out", f, "--run-dir", t / "run")],
+            [f"{f}: is a file"], [])
+
+
+@case("artifacts", "--out pointing at a folder that is not an artifact")
+def _(w, t):
+    d = t / "mine"
+    d.mkdir()
+    (d / "notes.txt").write_text("keep me\n")
+    return (["train", *w.tiny("--pool", w.pool, "--out", d, "--run-dir", t / "run")], [str(d)], [])
+
+
+# --- sequence id files (one loader for every verb) ---------------------------------------------
+
+def _train_ids(w: World, t: Path, ids: Path) -> tuple[list[object], Path]:
+    out = t / "c2"
+    return ["train", *w.tiny("--pool", w.pool, "--ids", ids, "--out", out, "--run-dir", t / "run")], out
+
+
+def _npy(t: Path, arr) -> Path:
+    p = t / "ids.npy"
+    np.save(p, arr, allow_pickle=True)
+    return p
+
+
+@case("ids", "an object array")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.array([1, "a", None], dtype=object)))
+    return argv, ["--ids", "array of Python objects"], [out]
+
+
+@case("ids", "a negative id")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.array([3, -1, 4])))
+    return argv, ["--ids", "position 1: sequence id -1 is negative"], [out]
+
+
+@case("ids", "a non-integer id")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.array([1.0, 2.5])))
+    return argv, ["--ids", "position 1: 2.5 is not an integer"], [out]
+
+
+@case("ids", "an id outside the pool")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.array([0, 10**9])))
+    return argv, ["--ids", "position 1: sequence id 1000000000 is not in the pool"], [out]
+
+
+@case("ids", "an empty id list")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.zeros(0, np.int64)))
+    return argv, ["--ids", "non-empty 1-d list"], [out]
+
+
+@case("ids", "a 2-d id array")
+def _(w, t):
+    argv, out = _train_ids(w, t, _npy(t, np.zeros((2, 2), np.int64)))
+    return argv, ["--ids", "non-empty 1-d list"], [out]
+
+
+@case("ids", "a text line that is not an id")
+def _(w, t):
+    p = t / "ids.txt"
+    p.write_text("1\n2\nthree\n")
+    argv, out = _train_ids(w, t, p)
+    return argv, [f"{p}:3: not an integer sequence id: 'three'"], [out]
+
+
+@case("ids", "a missing id file")
+def _(w, t):
+    argv, out = _train_ids(w, t, t / "none.npy")
+    return argv, ["--ids", "no such id file"], [out]
+
+
+ALL = [(area, name) for area, cases in CASES.items() for name in cases]
+
+
+def _run_case(world: World, t: Path, area: str, name: str) -> tuple[Result, list[Path]]:
+    argv, names, outputs = CASES[area][name](world, t)
+    before = {p: p.read_bytes() for p in t.rglob("*") if p.is_file()}
+    r = cli(*argv)
+    assert_one_error_line(r, *names)
+    for p, data in before.items():  # a refused command leaves the user's files as they were
+        assert p.exists() and p.read_bytes() == data, f"{p} was changed"
+    return r, outputs
+
+
+@pytest.mark.parametrize(("area", "name"), ALL, ids=[f"{a}: {n}" for a, n in ALL])
+def test_user_mistake_is_one_line_exit_2_and_nothing_written(world, tmp_path, area, name):
+    _, outputs = _run_case(world, tmp_path, area, name)
+    assert_nothing_written(*outputs)
+
+
+def test_after_fixing_a_malformed_input_the_same_command_succeeds(world, tmp_path):
+    """The error line tells the user what to fix; once fixed, the same command must just work
+    (a user error drops the partial it started, so no --force is needed)."""
+    d = _jsonl(tmp_path, DOC, '{"text": "unterminated', DOC)
+    argv, out = _pool_build(world, tmp_path, d)
+    assert_one_error_line(cli(*argv), "in/x.jsonl:2: malformed JSON")
+    (d / "x.jsonl").write_text(DOC + "\n" + DOC + "\n")
+    r = cli(*argv)
+    assert r.rc == 0, r.err  # not "the interrupted pool was started from other inputs ... --force"
+
+
+def test_the_catalogue_has_the_documented_number_of_cases():
+    """docs/reliability.md states the count; it must be this file's."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    total = len(ALL) + len(FAULT_CASES) + len(HELD_CASES)
+    assert f"**{total} cases**" in doc, f"docs/reliability.md should say **{total} cases**"
+
+
+# ----------------------------------------------------------------------------- counted, not dropped
+
+def test_undecodable_lines_are_skipped_counted_and_reported(world, tmp_path):
+    """A non-UTF-8 line is not an error (web dumps have them): it is skipped, counted in meta.json
+    and printed in the summary; never silently dropped."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "x.jsonl").write_bytes((DOC + "\n").encode() * 20 + b'{"text": "caf\xe9"}\n' + (DOC + "\n").encode() * 20)
+    r = cli("pool", "build", *world.tiny("--input", d, "--out", tmp_path / "p", "--run-dir", tmp_path / "run"))
+    assert r.rc == 0, r.err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["counters"]["skipped_undecodable"] == 1
+    assert "1 undecodable" in r.err + r.out
+
+
+def test_documents_without_the_domain_field_are_counted(world, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [json.dumps({"text": f"document number {i} " * 20, "dom": "a"}) for i in range(6)]
+    rows.insert(3, json.dumps({"text": "no domain here " * 20}))
+    (d / "x.jsonl").write_text("\n".join(rows) + "\n")
+    r = cli("pool", "build", *world.tiny("--input", d, "--out", tmp_path / "p", "--run-dir", tmp_path / "run",
+                                         "--set", "pool.domain_from=field", "--set", "pool.domain_field=dom"))
+    assert r.rc == 0, r.err
+    assert "warning: 1 documents have no field 'dom'" in r.out
+
+
+HELD_CASES = [test_undecodable_lines_are_skipped_counted_and_reported, test_documents_without_the_domain_field_are_counted,
+              test_after_fixing_a_malformed_input_the_same_command_succeeds]
+
+
+# ----------------------------------------------------------------------------- read-only outputs
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nobody may write into, root included: mode 555, and the immutable attribute when
+    running as root (root ignores modes). Skipped where neither is possible."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    immutable = False
+    if os.geteuid() == 0:
+        immutable = subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0
+        if not immutable:
+            d.chmod(0o755)
+            pytest.skip("running as root without chattr: a read-only folder cannot be made")
+    try:
+        yield d
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(d)], check=True)
+        d.chmod(0o755)
+
+
+@pytest.mark.parametrize("verb", ["pool build", "train", "evaluate"])
+def test_read_only_output_folder_is_one_line(world, read_only, tmp_path, verb):
+    out = read_only / "out"
+    if verb == "pool build":
+        argv = ["pool", "build", *world.tiny("--input", world.corpus, "--out", out, "--run-dir", tmp_path / "run")]
+    elif verb == "train":
+        argv = ["train", *world.tiny("--pool", world.pool, "--out", out, "--run-dir", tmp_path / "run")]
+    else:
+        argv = _evaluate(world, world.ckpt, out, "--run-dir", tmp_path / "run")
+    line = assert_one_error_line(cli(*argv), str(read_only), "writable")
+    assert "denied" in line or "not permitted" in line
+    assert list(read_only.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- faults (subprocesses)
+
+def _train_argv(w: World, out: Path, run: Path, steps: int = 40) -> list[object]:
+    return ["train", *w.tiny("--pool", w.pool, "--out", out, "--run-dir", run, "--steps", steps,
+                             "--set", "train.checkpoint_every=4", "--set", "train.log_every=10")]
+
+
+def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before the fault point: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the fault point")
+        time.sleep(0.005)
+
+
+def _first_step_done(out: Path) -> Callable[[], bool]:
+    part = out.with_name(out.name + ".partial")
+    return lambda: any((s / "DONE").exists() for s in part.glob("step_*"))
+
+
+def _files(d: Path) -> dict[str, object]:
+    """A checkpoint's bytes, but for wall-clock fields: DONE and meta.json hold timestamps, the
+    train log and summary seconds; trainer_state.json is compared without its `seconds` keys."""
+    skip = {"DONE", "meta.json", "train_log.jsonl", "train_summary.json", "trainer_state.json"}
+    out: dict[str, object] = {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and p.name not in skip}
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if "seconds" not in k}
+        return node
+
+    out["trainer_state.json"] = strip(json.loads((d / "trainer_state.json").read_text()))
+    assert "model.safetensors" in out and "optimizer.safetensors" in out
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_train(world, tmp_path_factory) -> dict[str, bytes]:
+    t = tmp_path_factory.mktemp("train_ref")
+    r = cli_one_thread(*_train_argv(world, t / "ck", t / "run"))
+    assert r.rc == 0, r.err
+    return _files(t / "ck")
+
+
+@pytest.mark.slow
+def test_kill_9_during_train_then_the_same_command_gives_the_same_bytes(world, tmp_path, uninterrupted_train):
+    out = tmp_path / "ck"
+    p = cli_process(*_train_argv(world, out, tmp_path / "run"))
+    _wait_for(_first_step_done(out), p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and out.with_name("ck.partial").exists()
+    r = cli_process(*_train_argv(world, out, tmp_path / "run"))
+    _, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert _files(out) == uninterrupted_train
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_then_resumes_to_the_same_bytes(world, tmp_path, uninterrupted_train):
+    out = tmp_path / "ck"
+    p = cli_process(*_train_argv(world, out, tmp_path / "run"))
+    _wait_for(_first_step_done(out), p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert_one_error_line(Result(p.returncode, "", err.replace(": interrupted", ": error: interrupted"), []),
+                          "interrupted", "re-run the same command to resume", code=130)
+    assert not out.exists(), "a half-written checkpoint was left under the final name"
+    r = cli_process(*_train_argv(world, out, tmp_path / "run"))
+    _, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert _files(out) == uninterrupted_train
+
+
+@pytest.mark.slow
+def test_a_second_train_on_the_same_output_is_refused_by_the_lock(world, tmp_path):
+    out = tmp_path / "ck"
+    p = cli_process(*_train_argv(world, out, tmp_path / "run", steps=100_000))
+    try:
+        _wait_for(_first_step_done(out), p)
+        r = cli(*_train_argv(world, out, tmp_path / "run2", steps=100_000))
+        assert_one_error_line(r, str(out), "another datamates process", f"pid {p.pid}")
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+
+
+def test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes(world, tmp_path):
+    """(The write-out itself is covered by tests/test_artifacts.py.)"""
+    ref = world.pool
+    out = tmp_path / "pool"
+    argv = ["pool", "build", *world.tiny("--input", world.corpus, "--out", out, "--run-dir", tmp_path / "run")]
+    env = {**_env(), "DATAMATES_FAULT": "pool.cleanup"}
+    k = subprocess.run([sys.executable, "-m", "datamates", *map(str, argv)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert k.returncode == -signal.SIGKILL, k.stderr
+    r = cli(*argv)
+    assert r.rc == 0, r.err
+    names = sorted(p.name for p in ref.iterdir() if p.is_file() and p.name not in ("DONE", "meta.json"))
+    assert names == sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in ("DONE", "meta.json"))
+    for n in names:
+        assert (out / n).read_bytes() == (ref / n).read_bytes(), n
+
+
+def _probe_argv(w: World, cands: Path, out: Path, run: Path) -> list[object]:
+    return ["probe", "--checkpoint", w.ckpt, "--pool", w.pool, "--candidates", cands, "--reference", w.pool,
+            "--reference-size", 8, "--mode", "exact", "--out", out,
+            *w.tiny("--run-dir", run, "--set", "mates.probe.chunk_size=4")]
+
+
+@pytest.mark.slow
+def test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes(world, tmp_path):
+    cands = tmp_path / "cands.txt"
+    cands.write_text("".join(f"{i}\n" for i in range(160)))
+    ref = cli_one_thread(*_probe_argv(world, cands, tmp_path / "ref", tmp_path / "run"))
+    assert ref.rc == 0, ref.err
+    out = tmp_path / "pr"
+    p = cli_process(*_probe_argv(world, cands, out, tmp_path / "run"))
+    _wait_for(lambda: any(out.with_name("pr.partial").glob("chunks/*.npz")), p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL and not out.exists()
+    r = cli_process(*_probe_argv(world, cands, out, tmp_path / "run"))
+    _, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert (out / "labels.parquet").read_bytes() == (tmp_path / "ref" / "labels.parquet").read_bytes()
+
+
+FAULT_CASES = [test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes, test_kill_9_during_train_then_the_same_command_gives_the_same_bytes,
+               test_ctrl_c_is_one_line_exit_130_then_resumes_to_the_same_bytes,
+               test_a_second_train_on_the_same_output_is_refused_by_the_lock,
+               test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes,
+               *[test_read_only_output_folder_is_one_line] * 3]
