@@ -46,3 +46,21 @@ def test_not_a_language_model(tiny_pool, tmp_path):
     with pytest.raises(ConfigError, match="baselines.perplexity.model"):
         perplexity_filter(PerplexityConfig(), tiny_pool, np.arange(4), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retokenized_text_path_agrees(tiny_pool, tiny_ckpt):
+    """The path for an LM with another tokenizer (decode the sequence, re-tokenize) gives nearly the
+    pool-token path's log-perplexities when the tokenizer is in fact the same."""
+    from transformers import AutoTokenizer
+
+    from datamates.baselines.perplexity import load_reference_lm, log_perplexity
+
+    ids = np.arange(5, len(tiny_pool), 613)[:24]
+    model, tok, _ = load_reference_lm(str(tiny_ckpt), torch.device("cpu"))
+    assert isinstance(tok, type(AutoTokenizer.from_pretrained(str(tiny_ckpt))))
+    cfg = PerplexityConfig(model=str(tiny_ckpt))
+    a, na = log_perplexity(model, tok, tiny_pool, ids, cfg, same_tok=True)
+    b, nb = log_perplexity(model, tok, tiny_pool, ids, cfg, same_tok=False)
+    assert na == len(ids) * tiny_pool.seq_len and 0 < nb
+    assert np.corrcoef(a, b)[0, 1] > 0.8
