@@ -309,6 +309,18 @@ def _(w, t):
     return argv, ["datamates pool: error: argument --seq-len: invalid int value: 'long'", "--help"], [out]
 
 
+@case("config", "a stage number of 0 (stages count from 1)")
+def _(w, t):
+    return (["select", "--stage", 0, *w.tiny("--run-dir", t / "run")],
+            ["datamates select: error: argument --stage: 0: must be >= 1"], [t / "run" / "stage_00"])
+
+
+@case("config", "keep -k 0 sequences")
+def _(w, t):
+    return (["select", "-k", 0, "--ids", t / "ids.txt", "--pool", w.pool, "--out", t / "sel",
+             *w.tiny("--run-dir", t / "run")], ["datamates select: error: argument -k: 0: must be >= 1"], [t / "sel"])
+
+
 @case("config", "unknown verb")
 def _(w, t):
     return ["probee"], ["datamates: error: argument VERB: invalid choice: 'probee'"], []

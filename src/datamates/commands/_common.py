@@ -11,6 +11,18 @@ import numpy as np
 from datamates.errors import InputError
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and 1-based numbers (`--stage`, `-k`): 0 or a negative number is
+    refused with one line instead of meaning "unset" or naming `stage_00` / `stage_-1`."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}: must be >= 1")
+    return v
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE|NAME",
                    help="YAML config file, or the name of one in configs/ (e.g. tiny_cpu)")

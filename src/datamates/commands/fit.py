@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from datamates.commands._common import add_config_args
+from datamates.commands._common import add_config_args, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", "-l", action="append", metavar="DIR",
                    help="probe folder(s) with labels.parquet (repeatable; default: <run>/stage_NN/probe)")
-    p.add_argument("--stage", type=int, metavar="N", help="stage number: default --labels and --out of that stage")
+    p.add_argument("--stage", type=positive_int, metavar="N", help="stage number: default --labels and --out of that stage")
     p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
     p.add_argument("--out", "-o", metavar="DIR", help="influence model folder (default: <run>/stage_NN/influence_model)")
     p.add_argument("--mode", choices=["finetune", "frozen"], help="mates.fit.mode")

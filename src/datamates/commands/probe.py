@@ -8,7 +8,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from datamates.commands._common import add_config_args
+    from datamates.commands._common import add_config_args, positive_int
 
     p.add_argument("--checkpoint", "-k", required=True, metavar="DIR",
                    help="checkpoint with optimizer state (a `datamates train` output or a stage's checkpoint/)")
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequence ids to probe (.npy, a text file with one id per line, or a folder with ids.npy); "
                         "default: mates.probe.n_probes ids drawn with mates.probe.probe_seed outside --exclude")
     p.add_argument("--exclude", metavar="IDS", help="ids the sampled probe set must avoid (the training candidates)")
-    p.add_argument("--stage", type=int, metavar="N", help="stage number: default --out <run>/stage_NN/probe")
+    p.add_argument("--stage", type=positive_int, metavar="N", help="stage number: default --out <run>/stage_NN/probe")
     p.add_argument("--reference", metavar="SET",
                    help="reference set: lambada_openai, flan_cot, dolly, a JSONL(.gz) file or a pool folder "
                         "(mates.probe.reference)")

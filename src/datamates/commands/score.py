@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from datamates.commands._common import add_config_args
+from datamates.commands._common import add_config_args, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="DIR", help="influence model folder (default: <run>/stage_NN/influence_model)")
     p.add_argument("--ids", metavar="FILE", help="candidate sequence ids (.npy, text, or a folder with ids.npy); "
                    "default: every sequence of the pool")
-    p.add_argument("--stage", type=int, metavar="N", help="stage number: default --model and --out of that stage")
+    p.add_argument("--stage", type=positive_int, metavar="N", help="stage number: default --model and --out of that stage")
     p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
     p.add_argument("--out", "-o", metavar="DIR", help="scores folder (default: <run>/stage_NN/scores)")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.score.workers)")

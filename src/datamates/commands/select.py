@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import argparse
 
-from datamates.commands._common import add_config_args
+from datamates.commands._common import add_config_args, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", metavar="DIR", help="scores folder (default: <run>/stage_NN/scores)")
     p.add_argument("--ids", metavar="FILE", help="candidate ids for --method random without scores")
-    p.add_argument("--stage", type=int, metavar="N", help="stage number: default --scores and --out of that stage")
+    p.add_argument("--stage", type=positive_int, metavar="N", help="stage number: default --scores and --out of that stage")
     p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
     p.add_argument("--out", "-o", metavar="DIR", help="selection folder (default: <run>/stage_NN/selected)")
     p.add_argument("--method", choices=["gumbel", "topk", "random"], help="mates.select.method")
     p.add_argument("--fraction", type=float, metavar="F", help="share kept (mates.select.fraction)")
-    p.add_argument("-k", type=int, metavar="K", help="number kept (overrides --fraction)")
+    p.add_argument("-k", type=positive_int, metavar="K", help="number kept (overrides --fraction)")
     p.add_argument("--temperature", "--tau", type=float, metavar="TAU", help="mates.select.temperature")
     p.add_argument("--seed", type=int, help="mates.select.seed")
     p.add_argument("--write-documents", action="store_true", default=None, help="also write the selected documents (input format)")
