@@ -646,6 +646,12 @@ def _(w, t):
             [str(t / "nope"), "datamates pool build"], [t / "c2"])
 
 
+@case("artifacts", "a checkpoint given where a pool is expected")
+def _(w, t):
+    return (["train", *w.tiny("--pool", w.ckpt, "--out", t / "c2", "--run-dir", t / "run")], [str(w.ckpt), "pool"],
+            [t / "c2"])
+
+
 @case("artifacts", "--out pointing at an input data file")
 def _(w, t):
     f = t / "mine.jsonl"
@@ -738,7 +744,15 @@ def _run_case(world: World, t: Path, area: str, name: str) -> tuple[Result, list
     return r, outputs
 
 
-@pytest.mark.parametrize(("area", "name"), ALL, ids=[f"{a}: {n}" for a, n in ALL])
+# Known defects, owned elsewhere: strict, so the fix makes them fail until this list is emptied.
+XFAIL = {("artifacts", "a checkpoint given where a pool is expected"):
+         "core/pool.Pool reads any folder with a DONE marker as a pool: a checkpoint gives KeyError 'seq_len' "
+         "(a traceback); it should check the artifact kind recorded in DONE (owner: core/pool.py)"}
+
+
+@pytest.mark.parametrize(("area", "name"), [
+    pytest.param(a, n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[(a, n)])) if (a, n) in XFAIL else (a, n)
+    for a, n in ALL], ids=[f"{a}: {n}" for a, n in ALL])
 def test_user_mistake_is_one_line_exit_2_and_nothing_written(world, tmp_path, area, name):
     _, outputs = _run_case(world, tmp_path, area, name)
     assert_nothing_written(*outputs)
