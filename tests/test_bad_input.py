@@ -982,3 +982,19 @@ FAULT_CASES = [test_kill_9_during_probe_then_the_same_command_gives_the_same_byt
                test_a_second_train_on_the_same_output_is_refused_by_the_lock,
                test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes,
                *[test_read_only_output_folder_is_one_line] * 3]
+
+
+def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(world, tmp_path, monkeypatch):
+    """With progress bars on (the default at a terminal), an error raised mid-loop must not land
+    on the bar's line: the bars are closed (and cleared) first."""
+    monkeypatch.setenv("DATAMATES_PROGRESS", "1")
+    d = _jsonl(tmp_path, *[DOC] * 50, '{"text": "unterminated')
+    argv, out = _pool_build(world, tmp_path, d, "--tokenizer", world.pool / "tokenizer.json")  # no BPE training
+    r = cli(*argv)
+    assert r.rc == 2, r.err
+    assert "%|" in r.err or "it/s" in r.err or "doc" in r.err, "no progress bar was drawn: the test shows nothing"
+    last = r.err.rstrip("\n").split("\n")[-1].split("\r")[-1]  # what the terminal shows on the last line
+    assert last.startswith("datamates pool: error: in/x.jsonl:51: malformed JSON"), repr(r.err[-300:])
+
+
+HELD_CASES.append(test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar)
