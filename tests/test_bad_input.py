@@ -977,7 +977,46 @@ def test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes(world, t
     assert (out / "labels.parquet").read_bytes() == (tmp_path / "ref" / "labels.parquet").read_bytes()
 
 
-FAULT_CASES = [test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes, test_kill_9_during_train_then_the_same_command_gives_the_same_bytes,
+@pytest.fixture(scope="session")
+def influence_model(world, tmp_path_factory) -> tuple[Path, Path]:
+    """A frozen-trunk influence model (bundled MiniLM, ridge head) fitted on 24 exact probe labels."""
+    t = tmp_path_factory.mktemp("dim")
+    cands = t / "cands.txt"
+    cands.write_text("".join(f"{i}\n" for i in range(0, 48, 2)))
+    r = cli_one_thread(*_probe_argv(world, cands, t / "probe", t / "run"))
+    assert r.rc == 0, r.err
+    r = cli_one_thread("fit", "--labels", t / "probe", "--pool", world.pool, "--out", t / "dim", "--mode", "frozen",
+                       "--cache-dir", t / "cache", *world.tiny("--run-dir", t / "run"))
+    assert r.rc == 0, r.err
+    return t / "dim", t / "cache"
+
+
+def _score_argv(w: World, model: Path, cache: Path, out: Path, run: Path) -> list[object]:
+    return ["score", "--model", model, "--pool", w.pool, "--out", out, "--cache-dir", cache,
+            *w.tiny("--run-dir", run, "--set", "mates.score.shard_size=40")]
+
+
+@pytest.mark.slow
+def test_kill_9_during_score_then_the_same_command_gives_the_same_bytes(world, influence_model, tmp_path):
+    model, cache = influence_model
+    ref = cli_one_thread(*_score_argv(world, model, cache, tmp_path / "ref", tmp_path / "run"))
+    assert ref.rc == 0, ref.err
+    out = tmp_path / "sc"
+    p = cli_process(*_score_argv(world, model, cache, out, tmp_path / "run"))
+    _wait_for(lambda: any(out.with_name("sc.partial").glob("**/shard_*.parquet")), p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL and not out.exists()
+    r = cli_process(*_score_argv(world, model, cache, out, tmp_path / "run"))
+    _, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    shards = sorted(q.name for q in (tmp_path / "ref").glob("shard_*.parquet"))
+    assert len(shards) > 1 and shards == sorted(q.name for q in out.glob("shard_*.parquet"))
+    for name in shards:
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+FAULT_CASES = [test_kill_9_during_score_then_the_same_command_gives_the_same_bytes, test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes, test_kill_9_during_train_then_the_same_command_gives_the_same_bytes,
                test_ctrl_c_is_one_line_exit_130_then_resumes_to_the_same_bytes,
                test_a_second_train_on_the_same_output_is_refused_by_the_lock,
                test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes,
