@@ -57,6 +57,9 @@ def test_user_model_and_bad_files(tiny_pool, tmp_path):
     model = load_classifier(tmp_path / "user.bin")
     p = positive_probability(model, ["the proof of the theorem", "buy cheap shoes"], "__label__good")
     assert p[0] > 0.5 > p[1]
+    # a two-label model: P(good) + P(bad) = 1 for every text (fastText's list predict breaks this)
+    q = positive_probability(model, ["the proof of the theorem", "buy cheap shoes"], "__label__bad")
+    np.testing.assert_allclose(p + q, 1.0, atol=1e-4)
     ids = np.arange(20)
     with pytest.raises(InputError, match="has no label '__label__hq'"):
         classify(ClassifierConfig(model=str(tmp_path / "user.bin")), tiny_pool, ids, tmp_path / "x")

@@ -60,6 +60,7 @@ def test_weights_equal_the_data_selection_package(tiny_pool, tmp_path):
     ids = np.arange(3, len(tiny_pool), 97)[:150]
     texts = sequence_texts(tiny_pool, ids)
     target = [t for t in texts[::7]] + ["The cat sat on the mat. It was a sunny day; the cat slept."] * 3
+    target.append("In how many ways: ¹⁶c₂ (b) 3⁴ x₁ café")  # characters where `re` and NLTK's `regex` \w differ
     raw_f, tgt_f = _jsonl(tmp_path / "raw.jsonl", texts), _jsonl(tmp_path / "target.jsonl", target)  # the package reads plain JSONL
     pkg = HashedNgramDSIR([str(raw_f)], [str(tgt_f)], cache_dir=str(tmp_path / "cache"), num_proc=1,
                           ngrams=2, num_buckets=10000, min_example_length=0)

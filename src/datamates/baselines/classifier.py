@@ -89,8 +89,10 @@ def train_classifier(cfg: ClassifierConfig, positives: list[str], negatives: lis
 
 
 def positive_probability(model, texts: list[str], label: str, max_chars: int = 20000) -> np.ndarray:
-    """P(label | text) [n] float64. Uses the C++ binding's predict: fastText's Python `predict`
-    breaks under NumPy 2 (np.array(copy=False)), the binding does not."""
+    """P(label | text) [n] float64, one C++ `predict` per text. Not fastText's Python `predict`:
+    for one text it raises under NumPy 2 (np.array(copy=False)); for a list it calls
+    `multilinePredict`, which in fasttext(-wheel) 0.9.2 returns the top label's probability for
+    every label (so P(positive) is wrong whenever positive is not the top label)."""
     out = np.empty(len(texts), dtype=np.float64)
     for i, t in enumerate(texts):
         pairs = model.f.predict(fasttext_line(t, max_chars), -1, 0.0, "replace")

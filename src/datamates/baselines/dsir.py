@@ -1,6 +1,7 @@
 """DSIR: data selection by importance resampling on hashed n-grams (Xie et al., NeurIPS 2023, §3).
 
-Features: a text is lower-cased and split into words by NLTK's WordPunct rule (`\\w+|[^\\w\\s]+`);
+Features: a text is lower-cased and split into words by NLTK's WordPunct rule (`\\w+|[^\\w\\s]+`, the
+`regex` module's Unicode classes, as NLTK);
 every unigram and every n-gram up to `ngrams` (joined by spaces) is hashed into one of B buckets,
 h(g) = int(sha256(g)) mod B, giving counts c(x) in N^B. Two bag-of-hashed-n-grams models,
 
@@ -25,10 +26,10 @@ the same data (benchmarks/baselines.py).
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
+import regex
 
 from datamates.baselines._common import (
     check_ids,
@@ -46,7 +47,9 @@ from datamates.log import get_logger, progress_bar
 
 log = get_logger(__name__)
 
-_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
+# NLTK's WordPunctTokenizer pattern, compiled (as NLTK does) with the `regex` module: its \w differs
+# from `re`'s on some characters (re keeps "¹⁶c₂" as one word, regex and NLTK split it in three)
+_WORDPUNCT = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)
 
 
 class HashedNgrams:
