@@ -40,6 +40,7 @@ def main() -> int:
     args = ap.parse_args()
     from datamates.config.run import load_config
     from datamates.errors import DatamatesError
+    from datamates.selectors import resolve_selectors
 
     try:
         cfg = load_config(args.config, args.sets)
@@ -68,7 +69,7 @@ def main() -> int:
         if r.returncode:
             print(f"seed {seed}: datamates run exited {r.returncode}; re-run this command to resume", file=sys.stderr)
             return r.returncode
-        timing[name] = {"seconds_this_call": round(time.time() - t0, 1), "selectors": cfg.mates.selectors}
+        timing[name] = {"seconds_this_call": round(time.time() - t0, 1), "selectors": resolve_selectors(cfg.mates.selectors)}
         tmp = timing_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(timing, indent=2))
         tmp.rename(timing_file)
