@@ -745,9 +745,7 @@ def _run_case(world: World, t: Path, area: str, name: str) -> tuple[Result, list
 
 
 # Known defects, owned elsewhere: strict, so the fix makes them fail until this list is emptied.
-XFAIL = {("artifacts", "a checkpoint given where a pool is expected"):
-         "core/pool.Pool reads any folder with a DONE marker as a pool: a checkpoint gives KeyError 'seq_len' "
-         "(a traceback); it should check the artifact kind recorded in DONE (owner: core/pool.py)"}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize(("area", "name"), [

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from datamates.config.base import config_hash, to_dict
 from datamates.config.core import PoolConfig
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
-from datamates.errors import ArtifactMissing, InputError
+from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
     DONE,
@@ -48,6 +48,7 @@ from datamates.run_dir import (
     fingerprint,
     is_done,
     read_json,
+    read_marker,
     reuse,
 )
 
@@ -327,6 +328,9 @@ def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -
     partial pool built from another config or other inputs is refused (one line naming the
     key) unless `force` (--force), which rebuilds it."""
     out = Path(out)
+    if not cfg.inputs and is_done(out):  # no inputs named: use the pool that is there (copied in, linked)
+        log.info("pool %s is already built (no pool.inputs to compare with); using it", out)
+        return out
     files = discover_inputs(cfg.inputs)
     fp = pool_fingerprint(cfg, files)
     if reuse(out, "pool", fp, force=force):
@@ -651,11 +655,17 @@ class Pool:
         self.path = Path(path)
         if not is_done(self.path):
             raise ArtifactMissing(f"{self.path}: no built pool here (missing {DONE}); run `datamates pool build` first")
+        kind = (read_marker(self.path) or {}).get("kind")
+        meta_path = self.path / "meta.json"
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        if kind not in (None, "pool") or not isinstance(meta, dict) or "seq_len" not in meta:
+            raise IncompatibleArtifacts(f"{self.path}: is {('a ' + kind) if kind else 'another artifact'}, not a "
+                                        "pool; give the folder `datamates pool build` wrote")
         broken = check_files(self.path)  # every file DONE certified, with its size
         if broken is not None:
             raise ArtifactMissing(f"{self.path}: the pool is damaged ({broken}); rebuild it with "
                                   "`datamates pool build --force`")
-        self.meta: dict[str, Any] = read_json(self.path / "meta.json")
+        self.meta: dict[str, Any] = meta
         self.seq_len: int = self.meta["seq_len"]
         self.dtype = np.dtype(self.meta["dtype"])
         self.domains: list[str] = self.meta["domains"]
