@@ -227,11 +227,11 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
     """Weights + config + tokenizer only: a plain Hugging Face model folder."""
     path = check_checkpoint(path)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="export", fingerprint={"source": checkpoint_hash(path)}) as tmp:
         for name in MODEL_FILES + TOKENIZER_FILES:
             if (path / name).exists():
                 shutil.copy2(path / name, tmp / name)
-    # DONE stays: it lets a re-export replace this folder (and nothing else); HF ignores it
+    # DONE stays (kind export): it lets a re-export replace an export (and nothing else); HF ignores it
     return out
 
 
