@@ -12,7 +12,11 @@ probes favour shuffled text. The check: the warmup model's held-out loss (nats p
 the pool's unigram entropy H1 = -sum_v p_v ln p_v over its token frequencies; past the unigram
 stage the loss is below H1.
 
-    python experiments/selection_arena/noise.py --warmup-stages 1 4 [--selectors random oracle loss mates]
+    python experiments/selection_arena/noise.py --warmup-stages 2 8 [--selectors random oracle loss mates]
+
+The run trains the arena's warmup (random data) once, for the longest warmup asked; then, for each
+warmup length w, every selector picks from the next block with the stage-w checkpoint, exactly as
+the arena's first selection stage would (same plan, probe set, reference part and protocol).
 
 Writes `noise_results.json` and prints the Markdown table of README.md, "Noise".
 """
@@ -163,11 +167,48 @@ def heldout_loss(checkpoint: Path, pool, ids: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- the experiment
 
 
+def selections_after_warmup(cfg, run: Path, selectors: list[str], warmups: list[int]) -> dict[str, Any]:
+    """For each warmup length w (stages of the run's warmup branch): every selector of the
+    registry picks from block w + 1 with the warmup checkpoint of stage w, exactly as the arena's
+    first selection stage would (same plan, probe set, reference part, protocol), into the branch
+    `w<w>_<selector>` of the run. Then the per-selector noise shares (`noise.json`), the warmup
+    model's held-out loss and the pool's unigram entropy."""
+    from datamates.core.pool import Pool
+    from datamates.pipelines import _probe_reference
+    from datamates.plan import make_plan
+    from datamates.run_dir import RunDir, encoder_cache_dir
+    from datamates.selectors import StageInputs, get_selector
+
+    rd = RunDir(run)
+    pool = Pool(rd.pool)
+    plan = make_plan(cfg, pool, rd.plan)
+    held = plan.heldout
+    clean = held[np.asarray(pool.seq_domain)[held] != pool.domains.index(NOISE)]
+    h1 = unigram_entropy(pool, clean)
+    out: dict[str, Any] = {"unigram_entropy": h1, "warmups": {}}
+    for w in warmups:
+        ckpt = rd.branch("warmup").checkpoint(w)
+        for name in selectors:
+            br = rd.branch(f"w{w:02d}_{name}")
+            x = StageInputs(cfg.mates, br, pool, w + 1, ckpt, plan.block(w + 1), plan.probe, plan.k,
+                            encoder_cache_dir(pool.path), reference=_probe_reference(cfg, pool, plan))
+            print(f"== warmup {w} stages: {name}", flush=True)
+            get_selector(name)(x)
+        rep = noise_report(run)
+        sel = {n: rep["selectors"][f"w{w:02d}_{n}"] for n in selectors}
+        rnd = sel.get("random", {}).get("kept")
+        for v in sel.values():
+            v["ratio_to_random"] = v["kept"] / rnd if rnd else None
+            v["more_than_random"] = bool(rnd is not None and v["kept"] > rnd)
+        out["warmups"][w] = {"steps": w * cfg.mates.stage_steps, "heldout_loss": heldout_loss(ckpt, pool, clean),
+                             "selectors": sel}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "arena_cpu.yaml"))
-    ap.add_argument("--warmup-stages", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--selection-stages", type=int, default=2)
+    ap.add_argument("--warmup-stages", type=int, nargs="+", default=[2, 8])
     ap.add_argument("--selectors", nargs="+", default=["random", "oracle", "loss", "mates"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rate", type=float, default=0.07)
@@ -175,53 +216,43 @@ def main() -> None:
     args = ap.parse_args()
     from datamates.config.base import data_dir
     from datamates.config.run import load_config
-    from datamates.core.pool import Pool
-    from datamates.run_dir import RunDir
 
     corpus = HERE / "runs" / "noise_corpus"
     counts = planted_corpus(data_dir() / "pretrain", corpus, args.rate, seed=args.seed)
-    results: dict[str, Any] = {"corpus": counts, "runs": {}}
     pool_dir = HERE / "runs" / "noise_pool"
-    for w in args.warmup_stages:
-        name = f"noise_w{w}_s{args.seed}"
-        sets = [f"name={name}", f"pool.inputs=[{corpus}]", f"pool_dir={pool_dir}", f"mates.warmup_stages={w}",
-                f"mates.stages={w + args.selection_stages}", f"mates.selectors=[{','.join(args.selectors)}]",
-                f"train.seed={args.seed}", f"mates.select.seed={args.seed}", f"mates.plan_seed={args.seed}",
-                "eval.tasks=[]", *args.sets]
-        if not (pool_dir / "meta.json").exists():
-            subprocess.run([sys.executable, "-m", "datamates", "pool", "build", "-c", args.config, "--out",
-                            str(pool_dir), "--set", f"pool.inputs=[{corpus}]"], check=True)
-        cmd = [sys.executable, "-m", "datamates", "run", "-c", args.config, "--no-report"]
-        for s in sets:
-            cmd += ["--set", s]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        run = HERE / "runs" / name
-        rep = noise_report(run)
-        pool = Pool(pool_dir)
-        rd = RunDir(run)
-        held = np.load(run / "plan" / "heldout.npy")
-        clean = held[np.asarray(pool.seq_domain)[held] != pool.domains.index(NOISE)]
-        rep["warmup_steps"] = w * load_config(args.config, sets).mates.stage_steps
-        rep["unigram_entropy"] = unigram_entropy(pool, clean)
-        rep["warmup_heldout_loss"] = heldout_loss(rd.branch("warmup").checkpoint(w), pool, clean)
-        results["runs"][name] = rep
+    w_max = max(args.warmup_stages)
+    name = f"noise_s{args.seed}"
+    # the warmup only: w_max stages of random data (+ one random stage, the run's first selection stage)
+    sets = [f"name={name}", f"pool.inputs=[{corpus}]", f"pool_dir={pool_dir}", f"mates.warmup_stages={w_max}",
+            f"mates.stages={w_max + 1}", "mates.selectors=[random]", f"train.seed={args.seed}",
+            f"mates.select.seed={args.seed}", f"mates.plan_seed={args.seed}", "eval.tasks=[]", "mates.decay_steps=0",
+            *args.sets]
+    if not (pool_dir / "DONE").exists():
+        subprocess.run([sys.executable, "-m", "datamates", "pool", "build", "-c", args.config, "--out",
+                        str(pool_dir), "--set", f"pool.inputs=[{corpus}]"], check=True)
+    cmd = [sys.executable, "-m", "datamates", "run", "-c", args.config, "--no-report"]
+    for s in sets:
+        cmd += ["--set", s]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    cfg = load_config(args.config, sets)
+    run = Path(cfg.runs_root) / name
+    results = {"corpus": counts, "config": args.config, "seed": args.seed,
+               **selections_after_warmup(cfg, run, args.selectors, sorted(args.warmup_stages))}
     (HERE / "noise_results.json").write_text(json.dumps(results, indent=2))
     print(markdown(results))
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| warmup (stages, steps) | warmup loss / H1 (nats) | " + " | ".join(
-        sorted({s for r in results["runs"].values() for s in r["selectors"]})) + " |"]
-    names = sorted({s for r in results["runs"].values() for s in r["selectors"]})
-    lines.append("|" + "---|" * (len(names) + 2))
-    for name, r in results["runs"].items():
-        cells = []
-        for s in names:
-            v = r["selectors"].get(s)
-            cells.append("" if v is None else f"{v['kept']:.1%}" + (" (flag)" if v["more_than_random"] else ""))
-        lines.append(f"| {name} ({r['warmup_steps']} steps) | {r['warmup_heldout_loss']:.2f} / "
-                     f"{r['unigram_entropy']:.2f} | " + " | ".join(cells) + " |")
+    """The README table: per warmup length, the warmup model's held-out loss against H1 and every
+    selector's share of noise kept (flagged where it keeps more than random)."""
+    names = list(next(iter(results["warmups"].values()))["selectors"])
+    lines = [f"| warmup | held-out loss (H1 = {results['unigram_entropy']:.2f} nats) | "
+             + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for w, r in results["warmups"].items():
+        cells = [f"{v['kept']:.1%}" + (" **more than random**" if v["more_than_random"] else "")
+                 for v in r["selectors"].values()]
+        lines.append(f"| {w} stages ({r['steps']} steps) | {r['heldout_loss']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
