@@ -82,3 +82,24 @@ def test_config_show_documents_knobs():
     r = _run("config", "show", "-c", "tiny_cpu")
     assert r.returncode == 0
     assert "seq_len: 256  # tokens per training sequence" in r.stdout
+
+
+def test_run_config_change_names_the_key_and_a_stale_hash_alone_is_accepted(tmp_path):
+    import yaml
+
+    from datamates.commands._common import write_run_config
+    from datamates.config.run import load_config
+    from datamates.errors import ConfigError
+    from datamates.run_dir import RunDir
+
+    rd = RunDir(tmp_path / "r")
+    rd.root.mkdir()
+    write_run_config(load_config("tiny_cpu"), rd)
+    with pytest.raises(ConfigError) as e:
+        write_run_config(load_config("tiny_cpu", ["train.lr=0.001"]), rd)
+    assert "(train.lr: 0.002 -> 0.001)" in str(e.value) and "config_hash" not in str(e.value)
+    # the same settings under a hash an older datamates computed: the settings decide, the run resumes
+    data = yaml.safe_load(rd.config.read_text())
+    rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
+    write_run_config(load_config("tiny_cpu"), rd)
+    assert yaml.safe_load(rd.config.read_text())["config_hash"] == data["config_hash"]

@@ -146,8 +146,11 @@ def write_run_config(cfg, rd) -> None:
     data["config_hash"] = config_hash(cfg)
     if rd.config.exists():
         old = yaml.safe_load(rd.config.read_text()) or {}
-        if old.get("config_hash") not in (None, data["config_hash"]):
-            diff = _first_diff(old, data)
+        body = {k: v for k, v in data.items() if k != "config_hash"}
+        old_body = {k: v for k, v in old.items() if k != "config_hash"}
+        # the settings decide, not the stored hash (a hash of the same settings may change with the code)
+        if old.get("config_hash") not in (None, data["config_hash"]) and old_body != body:
+            diff = _first_diff(old_body, body)
             raise ConfigError(
                 f"{rd.config}: this run was started with a different config ({diff}); use a new run name "
                 f"(--set name=...) or delete {rd.root}"
