@@ -180,8 +180,9 @@ def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(tmp_path, ca
 
 
 def test_a_truncated_pool_file_is_refused_on_open(corpus, tmp_path):
-    from datamates.errors import ArtifactMissing
     from datamates_testing import tiny_pool_config
+
+    from datamates.errors import ArtifactMissing
 
     out = build_pool(tiny_pool_config([str(corpus / "web")], seq_len=32, vocab=300), tmp_path / "p")
     Pool(out)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datamates_testing import tiny_pool_config
 
 from datamates.config.influence import SelectConfig
 from datamates.core.pool import Pool, build_pool
 from datamates.selection.select import select
-from datamates_testing import tiny_pool_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

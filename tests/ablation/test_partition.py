@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from datamates.ablation.partition import partition, read_manifest
-from datamates.core.documents import DocIndex
 from datamates.cli import main
 from datamates.config.ablation import PartitionConfig
+from datamates.core.documents import DocIndex
 from datamates.errors import ArtifactMissing, InputError
 
 

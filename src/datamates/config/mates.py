@@ -10,6 +10,7 @@ from datamates.config.influence import FitConfig, ScoreConfig, SelectConfig
 from datamates.config.probe import ProbeConfig
 from datamates.errors import ConfigError
 
+
 @dataclass(kw_only=True)
 class MatesConfig:
     selectors: list[str] = knob(
