@@ -29,8 +29,8 @@ from datamates.config.base import config_hash
 from datamates.core.pool import Pool
 from datamates.errors import IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.scores_io import SIGN, read_shard, shard_name, write_shard
+from datamates.run_dir import atomic_dir, atomic_write_json, meta_record, read_json
+from datamates.selection.scores_io import SIGN, finished_scores, read_shard, shard_name, write_shard
 
 log = get_logger(__name__)
 
@@ -126,18 +126,6 @@ def file_digest(path: str | Path) -> str:
     return _file_digest(Path(path))[:16]
 
 
-def finished(out: Path, plan: dict[str, Any]) -> bool:
-    """True when `out` is a finished scores folder for this plan; another plan's is an error."""
-    if not is_done(out):
-        return False
-    old = read_json(out / "meta.json")
-    if all(old.get(k) == v for k, v in plan.items()):
-        log.info("%s already holds these scores; skipping", out)
-        return True
-    diff = next(k for k, v in plan.items() if old.get(k) != v)
-    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                "delete it or pass another --out")
-
 
 def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, Any], shard_size: int,
                  score_fn: Callable[[np.ndarray], np.ndarray], meta: Callable[[], dict[str, Any]],
@@ -148,7 +136,7 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
     renamed into place. `plan` must hold pool_id and model_hash."""
     out = Path(out)
     plan = {**plan, "ids_hash": config_hash(np.asarray(ids).tolist()), "n": int(len(ids)), "shard_size": shard_size}
-    if finished(out, plan):
+    if finished_scores(out, plan):
         return out
     t0 = time.time()
     n_shards = (len(ids) + shard_size - 1) // shard_size

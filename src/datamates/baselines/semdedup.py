@@ -31,7 +31,6 @@ from datamates.baselines._common import (
     digest,
     encoder_embeddings,
     encoder_parameters,
-    finished,
 )
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.baselines import SemDeDupConfig
@@ -40,7 +39,7 @@ from datamates.core.pool import Pool
 from datamates.errors import ConfigError
 from datamates.log import get_logger
 from datamates.run_dir import atomic_dir, atomic_write_json, meta_record
-from datamates.selection.scores_io import SIGN, shard_name, write_shard
+from datamates.selection.scores_io import SIGN, finished_scores, shard_name, write_shard
 
 log = get_logger(__name__)
 
@@ -86,7 +85,7 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
     out = Path(out)
     plan: dict[str, Any] = {"pool_id": pool.pool_id, "method": "semdedup", "config_hash": config_hash(cfg),
                             "ids_hash": config_hash(ids.tolist()), "n": int(len(ids))}
-    if finished(out, plan):
+    if finished_scores(out, plan):
         return out
     emb, enc_tokens, _ = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
                                                    batch_size=cfg.batch_size, device=cfg.device)

@@ -41,7 +41,7 @@ from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, is_done, meta_record, read_json
+from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
 from datamates.selection.influence_model import (
     compute_precision,
@@ -51,7 +51,14 @@ from datamates.selection.influence_model import (
     read_influence_config,
     sequence_embeddings,
 )
-from datamates.selection.scores_io import SIGN, read_scores, read_shard, shard_name, write_shard
+from datamates.selection.scores_io import (
+    SIGN,
+    finished_scores,
+    read_scores,
+    read_shard,
+    shard_name,
+    write_shard,
+)
 
 log = get_logger(__name__)
 
@@ -93,18 +100,6 @@ class InfluenceScorer:
         return self.lm.to_delta(head_predict(self.lm.model, self.embeddings(ids)))
 
 
-def _finished(out: Path, plan: dict[str, Any]) -> bool:
-    """True when `out` is a finished scores folder for this plan; one for another plan is an error."""
-    if not is_done(out):
-        return False
-    old = read_json(out / "meta.json")
-    if all(old.get(k) == v for k, v in plan.items()):
-        log.info("%s already holds these scores; skipping", out)
-        return True
-    diff = next(k for k, v in plan.items() if old.get(k) != v)
-    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                "delete it or pass another --out")
-
 
 def _check_ids(ids: np.ndarray, pool: Pool) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -131,7 +126,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             "n": int(len(ids)), "shard_size": cfg.shard_size}
     if icfg.get("pool_id") not in (None, pool.pool_id):
         log.warning("influence model %s was fitted on pool %s; scoring pool %s", model_dir, icfg["pool_id"], pool.pool_id)
-    if _finished(out, plan):
+    if finished_scores(out, plan):
         return out
     t0 = time.time()
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
@@ -382,7 +377,7 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     ids = _check_ids(ids, pool)
     plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
             "n": int(len(ids)), "mode": "lm_loss"}
-    if _finished(out, plan):
+    if finished_scores(out, plan):
         return out
     t0 = time.time()
     model = load_model(checkpoint, device=resolve_device(device))

@@ -20,7 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.log import get_logger
 from datamates.run_dir import is_done, read_json
+
+log = get_logger(__name__)
 
 SIGN = ("ref_loss_delta = L_ref(after one AdamW step on the sequence) - L_ref(before); "
         "lower is better; selectors keep the lowest")
@@ -91,3 +94,18 @@ def read_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def finished_scores(out: Path, plan: dict[str, Any]) -> bool:
+    """True when `out` is a finished scores folder for this plan (the meta.json keys in `plan`);
+    a finished folder of another plan is a one-line error, never silently reused or replaced."""
+    out = Path(out)
+    if not is_done(out):
+        return False
+    old = read_json(out / "meta.json")
+    if all(old.get(k) == v for k, v in plan.items()):
+        log.info("%s already holds these scores; skipping", out)
+        return True
+    diff = next(k for k, v in plan.items() if old.get(k) != v)
+    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
+                                "delete it or pass another --out")
