@@ -30,22 +30,19 @@ from datamates.core.pool import Pool
 from datamates.errors import IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, meta_record, read_json
-from datamates.selection.scores_io import SIGN, finished_scores, read_shard, shard_name, write_shard
+from datamates.selection.scores_io import (
+    SIGN,
+    check_candidate_ids,
+    finished_scores,
+    read_shard,
+    shard_name,
+    write_shard,
+)
 
 log = get_logger(__name__)
 
 
-def check_ids(ids: np.ndarray | None, pool: Pool) -> np.ndarray:
-    """Candidate ids: every pool sequence when None; refused when empty, out of range or repeated."""
-    ids = np.arange(len(pool), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) == 0:
-        raise InputError("no candidate sequences to score (the id list is empty)")
-    if ids.min() < 0 or ids.max() >= len(pool):
-        bad = ids[(ids < 0) | (ids >= len(pool))][0]
-        raise InputError(f"sequence id {int(bad)} is not in the pool {pool.path} (0..{len(pool) - 1})")
-    if len(np.unique(ids)) != len(ids):
-        raise InputError(f"the candidate ids hold {len(ids) - len(np.unique(ids))} duplicates; each is scored once")
-    return ids
+check_ids = check_candidate_ids  # the scorers' one candidate-id check (selection/scores_io.py)
 
 
 def sequence_texts(pool: Pool, ids: np.ndarray, tok=None) -> list[str]:

@@ -39,7 +39,7 @@ from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
-from datamates.errors import DatamatesError, IncompatibleArtifacts, InputError
+from datamates.errors import DatamatesError, IncompatibleArtifacts
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
@@ -53,6 +53,7 @@ from datamates.selection.influence_model import (
 )
 from datamates.selection.scores_io import (
     SIGN,
+    check_candidate_ids,
     finished_scores,
     read_scores,
     read_shard,
@@ -101,17 +102,6 @@ class InfluenceScorer:
 
 
 
-def _check_ids(ids: np.ndarray, pool: Pool) -> np.ndarray:
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) == 0:
-        raise InputError("no candidate sequences to score (the id list is empty)")
-    if ids.min() < 0 or ids.max() >= len(pool):
-        bad = ids[(ids < 0) | (ids >= len(pool))][0]
-        raise InputError(f"sequence id {int(bad)} is not in the pool {pool.path} (0..{len(pool) - 1})")
-    if len(np.unique(ids)) != len(ids):
-        raise InputError(f"the candidate ids hold duplicates ({len(ids) - len(np.unique(ids))}); each sequence is scored once")
-    return ids
-
 
 def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, out: str | Path, *,
           cache_dir: str | Path | None = None) -> Path:
@@ -120,7 +110,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
     the same model, pool and ids is returned as it is; one for anything else is an error."""
     validate(cfg)
     out = Path(out)
-    ids = _check_ids(ids, pool)
+    ids = check_candidate_ids(ids, pool)
     icfg = read_influence_config(model_dir)
     plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": config_hash(ids.tolist()),
             "n": int(len(ids)), "shard_size": cfg.shard_size}
@@ -374,7 +364,7 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     cheap next to a tiny LM, expensive at pool scale for a large one (that is what MATES's small
     influence model avoids). A finished `out` for the same checkpoint and ids is returned as it is."""
     out = Path(out)
-    ids = _check_ids(ids, pool)
+    ids = check_candidate_ids(ids, pool)
     plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
             "n": int(len(ids)), "mode": "lm_loss"}
     if finished_scores(out, plan):

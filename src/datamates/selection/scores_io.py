@@ -109,3 +109,17 @@ def finished_scores(out: Path, plan: dict[str, Any]) -> bool:
     diff = next(k for k, v in plan.items() if old.get(k) != v)
     raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
                                 "delete it or pass another --out")
+
+
+def check_candidate_ids(ids: np.ndarray | None, pool: Any) -> np.ndarray:
+    """Candidate ids of a scorer: every pool sequence when None; refused (one line) when empty, out
+    of range or repeated (each sequence is scored once)."""
+    ids = np.arange(len(pool), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise InputError("no candidate sequences to score (the id list is empty)")
+    if ids.min() < 0 or ids.max() >= len(pool):
+        bad = ids[(ids < 0) | (ids >= len(pool))][0]
+        raise InputError(f"sequence id {int(bad)} is not in the pool {pool.path} (0..{len(pool) - 1})")
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"the candidate ids hold {len(ids) - len(np.unique(ids))} duplicates; each is scored once")
+    return ids
