@@ -26,11 +26,14 @@ class TokenizerConfig:
 @dataclass(kw_only=True)
 class PoolConfig:
     inputs: list[str] = knob(
-        [], "JSONL, JSONL.gz or Parquet files, directories of them, or glob patterns"
+        [], "files (JSONL, .jsonl.gz/.json.gz, .jsonl.zst/.json.zst, Parquet, token .bin, datatrove .ds), "
+        "folders of them, glob patterns, save_to_disk folders, fsspec URLs (file://, s3://, gs://, hf://) "
+        "or Hugging Face datasets hf:NAME[:CONFIG]:SPLIT (docs/formats.md)"
     )
     text_field: str = knob("text", "record field holding the document text")
     id_field: str | None = knob(
-        "id", "record field holding a unique document id; records without it get '<file>:<line>'"
+        "id", "record field holding a unique document id; records without it get '<name>:<line>' (the file's "
+        "relative path less its container suffix, so the id does not depend on the format)"
     )
     domain_field: str | None = knob(None, "record field holding the domain (dotted path, e.g. meta.domain)")
     domain_from: Literal["field", "folder", "file", "none"] = knob(
@@ -44,6 +47,13 @@ class PoolConfig:
     )
     shard_sequences: int = knob(65536, "sequences per token shard file", ge=1)
     read_batch: int = knob(512, "documents tokenized per batch", ge=1)
+    token_dtype: Literal["auto", "uint16", "uint32"] = knob(
+        "auto", "pre-tokenized .bin inputs: the token dtype (auto: uint16 when the tokenizer has at most "
+        "65536 tokens, else uint32; datatrove .ds shards: from their .ds.metadata)"
+    )
+    token_eos_id: int | None = knob(
+        None, "pre-tokenized inputs: the id separating documents (null: the tokenizer's eos_token)", ge=0
+    )
     tokenizer: TokenizerConfig = knob(TokenizerConfig(), "tokenizer")
 
 

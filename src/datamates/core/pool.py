@@ -1,6 +1,7 @@
 """The pool: documents -> fixed-length token sequences, MATES's selection unit.
 
-`build_pool` streams JSONL / JSONL.gz / Parquet records, tokenizes them, appends EOS to every
+`build_pool` streams documents from any input core/sources.py reads (JSONL, gzip, zstandard, Parquet,
+Hugging Face datasets, fsspec URLs, pre-tokenized binaries; docs/formats.md), tokenizes the text ones, appends EOS to every
 document and cuts each domain's token stream into `seq_len`-token rows (memory stays
 O(domains x seq_len) whatever the pool size). On disk (`<run>/pool/`):
 
@@ -9,7 +10,7 @@ O(domains x seq_len) whatever the pool size). On disk (`<run>/pool/`):
     seq_bytes.npy          [n_seq] float32 UTF-8 bytes of text behind each sequence (for bits/byte)
     seq_doc_ptr.npy        [n_seq+1] int64 CSR pointers into seq_doc_idx
     seq_doc_idx.npy        [nnz] int64     documents overlapping each sequence
-    docs.parquet           doc index -> id, domain, file, line, n_tokens, n_bytes
+    docs.parquet           doc index -> id, domain, file, line, n_tokens, n_bytes, n_chars
     tokenizer.json, meta.json (counts, tokens per domain, what was skipped and why), DONE
 
 A killed build resumes after the last fully processed input file (`progress.json` in the
@@ -18,8 +19,7 @@ A killed build resumes after the last fully processed input file (`progress.json
 
 from __future__ import annotations
 
-import glob as globlib
-import gzip
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +35,16 @@ import pyarrow.parquet as pq
 
 from datamates.config.base import config_hash, to_dict
 from datamates.config.core import PoolConfig
+from datamates.core.sources import (  # noqa: F401 (re-exported: the pool's readers)
+    SUFFIXES,
+    InputFile,
+    Record,
+    describe,
+    discover_inputs,
+    iter_records,
+    source_identity,
+    strip_suffix,
+)
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
@@ -54,146 +64,7 @@ from datamates.run_dir import (
 
 log = get_logger(__name__)
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
-
-
-# ----------------------------------------------------------------------------- reading inputs
-
-
-@dataclass
-class InputFile:
-    path: Path
-    rel: str  # path shown in ids and messages
-    folder_domain: str
-    file_domain: str
-
-
-def _strip_suffix(name: str) -> str:
-    for s in sorted(SUFFIXES, key=len, reverse=True):
-        if name.endswith(s):
-            return name[: -len(s)]
-    return name
-
-
-def discover_inputs(inputs: list[str]) -> list[InputFile]:
-    """Expand files, folders (recursive) and globs into a sorted, de-duplicated file list."""
-    if not inputs:
-        raise InputError("pool.inputs is empty: give files, folders or glob patterns of JSONL / Parquet")
-    found: list[InputFile] = []
-    for spec in inputs:
-        p = Path(spec)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
-            if not files:
-                raise InputError(f"{spec}: no {', '.join(SUFFIXES)} files in this folder")
-            for f in files:
-                rel = f.relative_to(p)
-                folder = rel.parts[0] if len(rel.parts) > 1 else p.resolve().name
-                found.append(InputFile(f, str(Path(p.name) / rel), folder, _strip_suffix(f.name)))
-        elif p.is_file():
-            if not p.name.endswith(SUFFIXES):
-                raise InputError(f"{spec}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
-            found.append(InputFile(p, p.name, p.resolve().parent.name, _strip_suffix(p.name)))
-        else:
-            matches = sorted(m for m in globlib.glob(spec, recursive=True) if m.endswith(SUFFIXES))
-            if not matches:
-                raise InputError(f"{spec}: no such file or folder, and no matching {', '.join(SUFFIXES)} files")
-            for m in matches:
-                mp = Path(m)
-                found.append(InputFile(mp, m, mp.resolve().parent.name, _strip_suffix(mp.name)))
-    seen: set[Path] = set()
-    unique = []
-    for f in found:
-        key = f.path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-@dataclass
-class Record:
-    line: int
-    text: str
-    id: str
-    domain: str
-
-
-def _get(record: dict, dotted: str) -> Any:
-    node: Any = record
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def iter_records(f: InputFile, cfg: PoolConfig, counters: dict[str, int]) -> Iterator[Record]:
-    """Records of one file. Bad JSON, a missing text field or a non-string text raise InputError
-    naming file and line; empty texts and undecodable lines are skipped and counted."""
-    for line_no, obj in _raw_records(f, counters):
-        if not isinstance(obj, dict):
-            raise InputError(f"{f.rel}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-        text = _get(obj, cfg.text_field)
-        if text is None:
-            raise InputError(
-                f"{f.rel}:{line_no}: no field '{cfg.text_field}' (set pool.text_field to the text field's name)"
-            )
-        if not isinstance(text, str):
-            raise InputError(f"{f.rel}:{line_no}: field '{cfg.text_field}' is {type(text).__name__}, not text")
-        if not text.strip():
-            counters["skipped_empty"] += 1
-            continue
-        rid = _get(obj, cfg.id_field) if cfg.id_field else None
-        doc_id = str(rid) if rid is not None else f"{f.rel}:{line_no}"
-        if cfg.domain_from == "field":
-            if not cfg.domain_field:
-                raise InputError("pool.domain_from = 'field' needs pool.domain_field")
-            d = _get(obj, cfg.domain_field)
-            domain = str(d) if d is not None else "unknown"
-            if d is None:
-                counters["missing_domain"] += 1
-        elif cfg.domain_from == "folder":
-            domain = f.folder_domain
-        elif cfg.domain_from == "file":
-            domain = f.file_domain
-        else:
-            domain = "default"
-        yield Record(line_no, text, doc_id, domain)
-
-
-def _raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
-    if f.path.name.endswith(".parquet"):
-        try:
-            pf = pq.ParquetFile(f.path)
-        except Exception as e:
-            raise InputError(f"{f.rel}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        row = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for rec in batch.to_pylist():
-                row += 1
-                yield row, rec
-        return
-    opener = gzip.open if f.path.name.endswith(".gz") else open
-    try:
-        with opener(f.path, "rb") as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    counters["blank_lines"] += 1
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    counters["skipped_undecodable"] += 1
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{f.rel}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-    except (OSError, EOFError) as e:
-        if isinstance(e, gzip.BadGzipFile) or "gzip" in str(e).lower() or isinstance(e, EOFError):
-            raise InputError(f"{f.rel}: corrupt or truncated gzip file ({e})") from None
-        raise
+# reading inputs: core/sources.py (every format -> one document stream); re-exported here
 
 
 # ----------------------------------------------------------------------------- building
@@ -273,6 +144,10 @@ def _tokenizer_for_build(cfg: PoolConfig, files: list[InputFile], work: Path, co
     tok_path = work / "tokenizer.json"
     if tok_path.exists():
         return load_tokenizer(tok_path), json.loads((work / "tokenizer_source.json").read_text())
+    pre = [f.rel for f in files if f.pretokenized]
+    if pre and cfg.tokenizer.name_or_path is None:
+        raise InputError(f"{pre[0]}: a pre-tokenized input needs the tokenizer that made it; set "
+                         "pool.tokenizer.name_or_path (--tokenizer) to its tokenizer.json, folder or hub name")
     if cfg.tokenizer.name_or_path is not None:
         tok = load_tokenizer(cfg.tokenizer.name_or_path)
         source = {"kind": "given", "name_or_path": cfg.tokenizer.name_or_path}
@@ -300,14 +175,15 @@ def _tokenizer_for_build(cfg: PoolConfig, files: list[InputFile], work: Path, co
 _COLUMNS = {
     "seq_domain": "int16", "seq_bytes": "float32", "seq_doc_end": "int64", "seq_doc_idx": "int64",
     "doc_ntok": "int64", "doc_nbytes": "int64", "doc_domain": "int16", "doc_file": "int32",
-    "doc_line": "int64", "doc_hash": "uint64",
+    "doc_line": "int64", "doc_hash": "uint64", "doc_digest": "uint64", "doc_nchars": "int64",
 }
 
 
 def input_identity(files: list[InputFile]) -> list[dict[str, Any]]:
-    """What identifies the inputs: their names relative to the given folder, sizes and content
-    hashes (not their absolute paths: a moved corpus is the same corpus)."""
-    return [{"rel": f.rel, "bytes": f.path.stat().st_size, "sha256": file_sha256(f.path)} for f in files]
+    """What identifies the inputs before they are read: their names relative to the given folder,
+    sizes and content hashes (not their absolute paths: a moved corpus is the same corpus).
+    The pool's identity (`Pool.pool_id`) hashes the documents themselves, not these."""
+    return [source_identity(f) for f in files]
 
 
 def pool_fingerprint(cfg: PoolConfig, files: list[InputFile]) -> dict[str, str]:
@@ -319,7 +195,7 @@ def pool_fingerprint(cfg: PoolConfig, files: list[InputFile]) -> dict[str, str]:
         t = Path(tok)
         t = t / "tokenizer.json" if t.is_dir() else t
         tok = file_sha256(t) if t.is_file() else tok
-    inputs = {i["rel"]: f"{i['bytes']} bytes, sha256 {i['sha256']}" for i in input_identity(files)}
+    inputs = {i["rel"]: ", ".join(f"{k} {v}" for k, v in i.items() if k != "rel") for i in input_identity(files)}
     return fingerprint(pool=section, inputs=inputs, tokenizer_file=tok)
 
 
@@ -352,6 +228,12 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
     tok, tok_source = _tokenizer_for_build(cfg, files, work, counters)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eos = eos_id(tok, cfg.tokenizer.eos_token)
+    if any(f.pretokenized for f in files):
+        if cfg.token_eos_id is None:
+            cfg = dataclasses.replace(cfg, token_eos_id=eos)
+        for f in files:
+            f.extra["vocab_size"] = vocab
+    token_bytes = _token_byte_lengths(tok) if any(f.pretokenized for f in files) else None
     dtype = "uint16" if vocab <= 65535 else "uint32"
     L = cfg.seq_len
 
@@ -421,8 +303,8 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         state["shard_rows"] = 0
         shard_fh = open(work / f"tokens_{state['shard']:05d}.bin", "ab")
 
-    total_bytes = sum(f.path.stat().st_size for f in files)
-    done_bytes = sum(f.path.stat().st_size for f in files[: state["files_done"]])
+    total_bytes = sum(f.size for f in files)
+    done_bytes = sum(f.size for f in files[: state["files_done"]])
     bar = progress_bar("pool build", total=total_bytes, unit="B")
     bar.update(done_bytes)
     for fi in range(state["files_done"], len(files)):
@@ -430,9 +312,20 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         batch: list[Record] = []
 
         def flush(batch: list[Record], fi: int = fi) -> None:
-            encs = tok.encode_batch([r.text for r in batch], add_special_tokens=False)
-            for rec, enc in zip(batch, encs):
-                ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
+            texts = [r.text for r in batch if r.tokens is None]
+            encs = iter(tok.encode_batch(texts, add_special_tokens=False) if texts else [])
+            for rec in batch:
+                if rec.tokens is None:
+                    enc = next(encs)
+                    ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
+                    nbytes, nchars = len(rec.text.encode("utf-8")), len(rec.text)
+                    content = rec.text.encode("utf-8")
+                else:  # pre-tokenized: bytes = the tokens' byte lengths (exact for byte-level BPE)
+                    ids = rec.tokens
+                    nbytes = nchars = int(token_bytes[ids].sum()) if token_bytes is not None else 0
+                    content = ids.astype("<i8").tobytes()
+                digest = hashlib.blake2b(json.dumps([rec.id, rec.domain]).encode() + b"\0" + content,
+                                         digest_size=16).digest()
                 ids = np.append(ids, eos)
                 if rec.domain not in dom_index:
                     dom_index[rec.domain] = len(domains)
@@ -440,7 +333,6 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
                     per_domain[rec.domain] = {"documents": 0, "sequences": 0, "tokens": 0, "bytes": 0,
                                               "tail_tokens_dropped": 0}
                 d = dom_index[rec.domain]
-                nbytes = len(rec.text.encode("utf-8"))
                 doc = state["n_docs"]
                 state["n_docs"] += 1
                 cols["doc_ntok"].write([len(ids)])
@@ -450,6 +342,8 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
                 cols["doc_line"].write([rec.line])
                 h = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little")
                 cols["doc_hash"].write(np.array([h], dtype=np.uint64))
+                cols["doc_digest"].write(np.frombuffer(digest, dtype="<u8"))
+                cols["doc_nchars"].write([nchars])
                 ids_fh.write((json.dumps(rec.id) + "\n").encode())
                 per_domain[rec.domain]["documents"] += 1
                 per_domain[rec.domain]["bytes"] += nbytes
@@ -474,7 +368,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         state["sizes"]["doc_ids"] = ids_fh.tell()
         _save_carry(carry, packers)
         atomic_write_json(prog_path, state)
-        bar.update(f.path.stat().st_size)
+        bar.update(f.size)
     bar.close()
     shard_fh.close()
     ids_fh.close()
@@ -509,7 +403,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         "counters": counters,
         "tokenizer": {"source": tok_source, "hash": tokenizer_hash(tok), "vocab_size": vocab, "eos_id": eos,
                       "eos_token": cfg.tokenizer.eos_token},
-        "inputs": [{"path": str(f.path), **ident} for f, ident in zip(files, input_identity(files))],
+        "inputs": [{**describe(f), **ident} for f, ident in zip(files, input_identity(files))],
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
     }
@@ -561,8 +455,9 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
     hashes = np.fromfile(work / "doc_hash.bin", dtype=np.uint64)
     order = np.argsort(hashes, kind="stable")
     dup = np.nonzero(hashes[order][1:] == hashes[order][:-1])[0]
+    meta["content_hash"] = _content_hash(work / "doc_digest.bin")
     docs = {name: np.memmap(work / f"{name}.bin", dtype=_COLUMNS[name], mode="r") for name in
-            ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line")}
+            ("doc_ntok", "doc_nbytes", "doc_domain", "doc_file", "doc_line", "doc_nchars")}
     if len(dup):
         a, b = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
         ids_ab = _read_ids(work / "doc_ids.bin", {a, b})
@@ -574,7 +469,7 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
         )
     del hashes, order
     schema = pa.schema([("id", pa.string()), ("domain", pa.int16()), ("file", pa.int32()), ("line", pa.int64()),
-                        ("n_tokens", pa.int64()), ("n_bytes", pa.int64())])
+                        ("n_tokens", pa.int64()), ("n_bytes", pa.int64()), ("n_chars", pa.int64())])
     chunk = 1 << 18
     with pq.ParquetWriter(work / "docs.parquet", schema) as writer, open(work / "doc_ids.bin", "rb") as fh:
         start = 0
@@ -590,6 +485,7 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
                 "line": pa.array(np.asarray(docs["doc_line"][sl])),
                 "n_tokens": pa.array(np.asarray(docs["doc_ntok"][sl])),
                 "n_bytes": pa.array(np.asarray(docs["doc_nbytes"][sl])),
+                "n_chars": pa.array(np.asarray(docs["doc_nchars"][sl])),
             }, schema=schema))
             start += len(ids)
     del docs
@@ -597,6 +493,52 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
     atomic_write_json(prog_path, {**state, "phase": "finalized", "meta": meta})
     fault_point("pool.cleanup")
     _cleanup(work)
+
+
+def _content_hash(digests: Path) -> str:
+    """sha256 over the documents' 16-byte digests blake2b(json([id, domain]) NUL text-or-tokens), in
+    pool order: what the documents are, whatever container or path they were read from."""
+    h = hashlib.sha256()
+    with open(digests, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte -> printable character map, inverted (what byte-level BPE tokens are spelt in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _token_byte_lengths(tok) -> np.ndarray:
+    """[vocab] UTF-8 bytes each token id stands for, so a pre-tokenized document's byte count (for
+    bits per byte) is a table look-up, not a decode. Byte-level BPE (GPT-2, GPT-NeoX, the BPE
+    datamates trains): exact, one byte per character of the token's spelling; other tokenizers:
+    the length of the token decoded alone. Special tokens count 0."""
+    spec = json.loads(tok.to_str())
+    dec = spec.get("decoder") or {}
+    parts = dec.get("decoders", [dec]) if dec.get("type") == "Sequence" else [dec]
+    byte_level = any(p.get("type") == "ByteLevel" for p in parts if isinstance(p, dict))
+    specials = {a["content"] for a in spec.get("added_tokens", []) if a.get("special")}
+    alphabet = _byte_alphabet()
+    vocab = tok.get_vocab(with_added_tokens=True)
+    out = np.zeros(max(vocab.values(), default=-1) + 1, dtype=np.int64)
+    for t, i in vocab.items():
+        if t in specials:
+            continue
+        if byte_level and all(c in alphabet for c in t):
+            out[i] = len(t)
+        else:
+            out[i] = len(tok.decode([i], skip_special_tokens=False).encode("utf-8"))
+    return out
 
 
 def _cleanup(work: Path) -> None:
@@ -693,9 +635,15 @@ class Pool:
 
     @property
     def pool_id(self) -> str:
-        """Identity of this pool's contents (tokenizer, length, inputs' relative names, sizes and
-        content hashes, counts); the same after the corpus or the pool is moved."""
+        """Identity of this pool's contents: its tokenizer, sequence length, packing, sequence count and
+        the hash of its document stream (ids, domains, texts or tokens, in order), never paths or
+        container formats: the same documents as JSONL, .jsonl.zst, Parquet, a save_to_disk folder
+        or a file:// URL give the same id, and moving the corpus or the pool keeps it."""
         m = self.meta
+        if "content_hash" in m:  # the documents, not their files (pools built since issue 16)
+            blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], m["content_hash"],
+                               m["config"].get("pack_by_domain")], sort_keys=True)
+            return hashlib.sha256(blob.encode()).hexdigest()[:16]
         inputs = [{k: v for k, v in i.items() if k != "path"} for i in m["inputs"]]  # not where they lie
         blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], inputs,
                            m["config"].get("pack_by_domain")], sort_keys=True)
