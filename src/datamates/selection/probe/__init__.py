@@ -28,7 +28,8 @@ Modes (`ProbeConfig.mode`); naive and exact give the same label, first_order est
   first_order  <grad L_ref, theta'(x) - anchor> from batched per-sample gradients; no reference pass
                per probe (first_order.py, mates.md §8.3).
 
-Probes are cut into chunks (the unit of resume and of parallel work, parallel.py); labels
+Probes are cut into chunks, the shards of datamates.executor (the unit of resume and of parallel work:
+local processes, Ray actors, the ranks of a torchrun world; docs/executor.md); labels
 do not depend on the number of workers. Output (`<out>/`): labels.parquet (seq_id, ref_loss_delta,
 ref_loss_after, loss, grad_norm [, ref_loss_delta_a/_b]) and meta.json, written atomically.
 """

@@ -38,6 +38,7 @@ from datamates.core.loss import TargetExample
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceBatches, ReferenceSet, load_reference
 from datamates.core.train_loop import lm_loss, lr_at, make_optimizer
+from datamates import executor
 from datamates.errors import (
     ArtifactMissing,
     ConfigError,
@@ -45,7 +46,7 @@ from datamates.errors import (
     InputError,
     NumericalError,
 )
-from datamates.log import get_logger, progress_bar
+from datamates.log import get_logger
 from datamates.run_dir import (
     atomic_dir,
     atomic_write_bytes,
@@ -56,7 +57,6 @@ from datamates.run_dir import (
     read_json,
 )
 from datamates.selection.probe.first_order import FirstOrderProber, first_order_constants
-from datamates.selection.probe.parallel import run_chunks
 
 log = get_logger(__name__)
 
@@ -367,6 +367,34 @@ class ProbeWorker:
         return out
 
 
+class ProbeTask:
+    """The probe stage's shards for the executor (datamates.executor): shard i = candidates
+    ids[i x chunk : (i + 1) x chunk]; `task(slot)` builds one ProbeWorker per worker on the slot's
+    device (picklable: the spec and the ids), `shards()` reuses the coordinator's loaded state."""
+
+    def __init__(self, spec: WorkSpec, ids: np.ndarray, chunk: int, *, state: ProbeState | None = None,
+                 ref: ReferenceBatches | None = None):
+        self.spec, self.ids, self.chunk = spec, ids, chunk
+        self._state, self._ref = state, ref
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "ids": self.ids, "chunk": self.chunk, "_state": None, "_ref": None}
+
+    def __call__(self, slot) -> Any:
+        return self._run(ProbeWorker(self.spec, device=slot.device))
+
+    def shards(self) -> Any:
+        return self._run(ProbeWorker(self.spec, state=self._state, ref=self._ref))
+
+    def _run(self, worker: ProbeWorker):
+        def fn(i: int) -> dict[str, np.ndarray]:
+            res = worker.run(self.ids[i * self.chunk : (i + 1) * self.chunk])
+            _check_finite(res)
+            return res
+
+        return fn
+
+
 def _naive_tokens(examples: Sequence[TargetExample], model: torch.nn.Module) -> np.ndarray:
     max_len = model.config.max_position_embeddings
     return np.array([min(len(e.target), len((e.context + e.target)[-(max_len + 1):]) - 1) for e in examples])
@@ -523,13 +551,14 @@ def probe(
                      "%d worker(s) [%s]", cfg.mode, len(ids), reference.name, len(reference),
                      reference.n_target_tokens, spec.lr, state.hyper.lr_source, cfg.workers, cfg.backend)
             t0 = time.time()
-            bar = progress_bar(f"probe {cfg.mode}", total=len(ids), unit="probe")
-            bar.update(sum(len(c) for i, c in chunks if i in done))
-            for i, res in run_chunks(spec, todo, cfg, local_state=state, local_ref=ref):
-                _check_finite(res)
-                _write_chunk(chunk_dir / f"{i:06d}.npz", res)
-                bar.update(len(res["seq_id"]))
-            bar.close()
+            job = executor.Job("probe", [chunk_dir / f"{i:06d}.npz" for i, _ in chunks], ProbeTask(spec, ids, cfg.chunk_size),
+                               save=_write_chunk, sizes=[len(c) for _, c in chunks], unit="probe")
+            executor.run(job, backend="ray" if cfg.backend == "ray" else "local", workers=cfg.workers,
+                         device=cfg.device, threads=spec.threads, ray_address=cfg.ray_address,
+                         ray_cpus=spec.threads or 1,
+                         ray_gpus=1.0 if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else 0.0,
+                         local_worker=ProbeTask(spec, ids, cfg.chunk_size, state=state, ref=ref).shards,
+                         progress=f"probe {cfg.mode}")
             seconds = time.time() - t0
         finally:
             torch.set_num_threads(threads_before)

@@ -1,0 +1,570 @@
+"""THE way datamates runs sharded work: probing, scoring and unit training all go through `run`.
+
+A **job** is a list of shards with deterministic ids 0..n-1 (shard i is fixed before any worker
+starts: e.g. probe candidates [i x chunk, (i + 1) x chunk)). Each shard has one result path; a
+shard is finished when that path exists (a folder: when it holds a `DONE` marker), so
+
+    results written atomically (temporary name, then rename: run_dir.atomic_write_bytes, or the
+                                artifact's own atomic folder)
+    restart                    finished shards are skipped, only the missing ones are computed
+    merge                      by shard index, never by arrival: the caller reads paths[0..n-1]
+
+Every backend runs the same worker code on the same shard, so a result does not depend on the
+backend or on how many workers there are (with the same torch thread count per worker: float
+sums depend on it).
+
+Backends (`backend=`):
+    inline    this process, in shard order (the default with one worker; a caller may hand in an
+              already built worker: the probe stage reuses its loaded training state)
+    local     `workers` spawned processes, each builds the worker once (worker w gets cuda:w mod
+              n_gpus on CUDA, else `threads` torch threads, default cpu_count / workers); shards go
+              to whichever process is free
+    ray       `workers` Ray actors (`num_cpus` / `num_gpus` each) on a running Ray (ray.init by the
+              caller, or `ray_address`: an existing cluster), else a local Ray this call starts and
+              stops. Keep actors fewer than the CPUs Ray knows, or it may wait forever for a free CPU
+              (ray-project/ray#44687). Results are written by the actors: the job's folder must be
+              on a filesystem every node sees.
+    torchrun  the torchrun world: rank r takes the shards i with i % world == r (of those not yet
+              finished when the job starts), then each rank reports through a marker file; no rank
+              idles while another still has shards. Chosen automatically for every job submitted
+              inside `lead` under torchrun, whatever the stage's own backend says.
+
+`lead(fn, mailbox)` is how a torchrun program runs a serial step that contains sharded jobs (a
+selector: probe -> fit -> score -> select): rank 0 runs `fn`; the other ranks *serve*: they poll
+the mailbox folder for the jobs rank 0 posts (a pickled `Job`, between datamates' own processes of
+one run), run their shards, and return `fn`'s result when rank 0 posts it. They wait on files, with
+a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
+on rank 0 (the ridge fit, the Gumbel-top-k merge, an evaluation) cannot hit the process-group
+timeout (config: `distributed.timeout_minutes`, default 30; only training's collectives and one
+token broadcast per `lead` call remain). A user error on rank 0 is raised on every rank.
+
+Each rank logs which shards it ran (`<job>: rank 1 of 2 ran shards [1, 3] (2 of 4) in 2.1 s`),
+into its own log file (logs/<verb>.rank1.log). Fault hook for the kill tests:
+DATAMATES_FAULT=shard:<job>:<rank> kills that rank (SIGKILL) after its first shard of the job.
+
+docs/executor.md describes the design and how to choose a backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datamates.errors import ConfigError, DatamatesError
+from datamates.log import get_logger, progress_bar
+from datamates.run_dir import DONE, atomic_write_bytes, fault_point
+
+log = get_logger(__name__)
+
+BACKENDS = ("inline", "local", "ray", "torchrun")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: its index among `workers`, its device, its torch threads (0: leave
+    the process's setting)."""
+
+    index: int = 0
+    workers: int = 1
+    device: str = "cpu"
+    threads: int = 0
+
+
+@dataclass
+class Job:
+    """A sharded piece of work.
+
+    name     for logs and errors ("probe", "score", "train-units")
+    paths    the result path of every shard, in shard order (n shards = len(paths))
+    worker   picklable factory `worker(slot) -> fn`, called once per worker process / actor / rank;
+             `fn(i)` computes shard i and returns its result
+    save     picklable `save(path, result)` writing atomically, run where the shard was computed;
+             None: `fn(i)` writes `paths[i]` itself (e.g. a checkpoint folder) and its (small,
+             picklable) return value is handed back to the caller
+    sizes    optional work per shard (e.g. sequences) for the progress bar"""
+
+    name: str
+    paths: list[Path]
+    worker: Callable[[Slot], Callable[[int], Any]]
+    save: Callable[[Path, Any], None] | None = None
+    sizes: list[int] | None = None
+    unit: str = "shard"
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.paths)
+
+    def done(self, i: int) -> bool:
+        return shard_done(self.paths[i])
+
+    def todo(self) -> list[int]:
+        return [i for i in range(self.n_shards) if not self.done(i)]
+
+
+def shard_done(path: str | Path) -> bool:
+    """A shard's result exists: a file, or a folder holding a DONE marker."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / DONE).exists()
+    return p.exists()
+
+
+class ShardFailed(RuntimeError):
+    """A shard raised something other than a user error (DatamatesError); the message names the
+    job, the shard and carries the worker's traceback."""
+
+
+@dataclass
+class _Failure:
+    """A shard's exception, carried across processes as plain data."""
+
+    job: str
+    shard: int
+    cls: type | None  # the exception class when it is a DatamatesError (re-raised as such)
+    message: str
+    tb: str = ""
+    rank: int | None = None
+
+    def exception(self) -> BaseException:
+        where = f"{self.job} shard {self.shard}" + (f" (rank {self.rank})" if self.rank is not None else "")
+        if self.cls is not None:
+            try:
+                return self.cls(f"{where}: {self.message}")
+            except Exception:  # noqa: BLE001 - an exception class with another signature
+                return DatamatesError(f"{where}: {self.message}")
+        return ShardFailed(f"{where} failed: {self.message}\n{self.tb}")
+
+
+def _failure(job: str, i: int, e: BaseException, rank: int | None = None) -> _Failure:
+    if isinstance(e, DatamatesError):
+        return _Failure(job, i, type(e), str(e), rank=rank)
+    return _Failure(job, i, None, f"{type(e).__name__}: {e}", traceback.format_exc(), rank=rank)
+
+
+def _compute(job: Job, fn: Callable[[int], Any], i: int) -> Any:
+    """Shard i through fn, saved at its path; returns what goes back to the caller."""
+    res = fn(i)
+    if job.save is not None:
+        job.save(job.paths[i], res)
+        return None
+    return res
+
+
+def device_for(spec: str, index: int) -> str:
+    """The device of worker `index` for a device setting: auto / cuda -> cuda:index mod n_gpus
+    when CUDA is there (auto: else cpu); anything else as it is."""
+    import torch
+
+    if spec in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return "cpu" if spec == "auto" else spec
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "auto", threads: int = 0,
+        ray_address: str | None = None, ray_cpus: float = 1.0, ray_gpus: float = 0.0,
+        local_worker: Callable[[], Callable[[int], Any]] | None = None, progress: str | bool | None = None) -> dict[int, Any]:
+    """Compute every unfinished shard of `job`; returns {shard: returned value} of the shards this
+    call computed when `job.save` is None (else {}). Afterwards every `job.paths[i]` is finished.
+
+    Inside `lead` under torchrun the job is shared over the world, whatever `backend` says.
+    `local_worker`: a zero-argument factory of `fn` for the shards this process computes (inline,
+    or rank 0 of a torchrun world), e.g. one that reuses state the caller has loaded already."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"executor backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    todo = job.todo()
+    if len(todo) < job.n_shards:
+        log.info("%s: %d of %d shards already finished; skipping them", job.name, job.n_shards - len(todo),
+                 job.n_shards)
+    if not todo:
+        return {}
+    world = _World.current()
+    if world is not None:
+        return world.run(job, todo, device=device, local_worker=local_worker, progress=progress)
+    if backend == "torchrun":
+        raise ConfigError(f"{job.name}: the torchrun backend needs a torchrun world (WORLD_SIZE > 1) and a caller "
+                          "inside executor.lead")
+    t0 = time.time()
+    with _Progress(job, todo, progress) as bar:
+        if backend == "ray":
+            out = _run_ray(job, todo, workers, device, ray_address, ray_cpus, ray_gpus, bar)
+        elif backend == "local" and workers > 1 and len(todo) > 1:
+            out = _run_local(job, todo, workers, device, threads, bar)
+        else:
+            out = _run_inline(job, todo, device, threads, local_worker, bar)
+    log.info("%s: %d shard(s) computed in %.1f s (%s)", job.name, len(todo), time.time() - t0,
+             backend if backend != "local" or workers > 1 else "inline")
+    return out
+
+
+class _Progress:
+    """A progress bar over the shards (by `job.sizes` when given)."""
+
+    def __init__(self, job: Job, todo: list[int], desc: str | None):
+        self.job = job
+        sizes = job.sizes or [1] * job.n_shards
+        self.sizes = sizes
+        unit = job.unit if job.sizes else "shard"
+        self.bar = None if desc is False else progress_bar(desc or job.name, total=sum(sizes), unit=unit)
+        if self.bar is not None:
+            self.bar.update(sum(sizes) - sum(sizes[i] for i in todo))
+
+    def done(self, i: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.sizes[i])
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_inline(job: Job, todo: list[int], device: str, threads: int, local_worker, bar: _Progress) -> dict[int, Any]:
+    out = {}
+    with _threads(threads):
+        fn = local_worker() if local_worker is not None else job.worker(Slot(0, 1, device_for(device, 0), threads))
+        for i in todo:
+            try:
+                res = _compute(job, fn, i)
+            except Exception as e:
+                raise _failure(job.name, i, e).exception() from (None if isinstance(e, DatamatesError) else e)
+            if job.save is None:
+                out[i] = res
+            bar.done(i)
+    return out
+
+
+# ----------------------------------------------------------------------------- local processes
+
+_LOCAL: tuple[Job, Callable[[int], Any]] | None = None  # the job and worker of a local worker process
+
+
+def _local_init(job: Job, slots) -> None:
+    global _LOCAL
+    import torch
+
+    os.environ["DATAMATES_PROGRESS"] = "0"
+    slot = slots.get()
+    if slot.threads > 0:
+        torch.set_num_threads(slot.threads)
+    _LOCAL = (job, job.worker(slot))
+
+
+def _local_shard(i: int) -> tuple[int, Any, _Failure | None]:
+    job, fn = _LOCAL
+    try:
+        return i, _compute(job, fn, i), None
+    except Exception as e:  # noqa: BLE001 - carried back as data, raised by the caller
+        return i, None, _failure(job.name, i, e)
+
+
+def _run_local(job: Job, todo: list[int], workers: int, device: str, threads: int, bar: _Progress) -> dict[int, Any]:
+    n = min(workers, len(todo))
+    threads = threads or max(1, (os.cpu_count() or 1) // n)
+    ctx = mp.get_context("spawn")
+    slots = ctx.Queue()
+    for w in range(n):
+        slots.put(Slot(w, n, device_for(device, w), threads))
+    log.info("%s: %d shard(s) on %d local processes (%d torch threads each)", job.name, len(todo), n, threads)
+    out: dict[int, Any] = {}
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_local_init, initargs=(job, slots)) as ex:
+        pending = {ex.submit(_local_shard, i) for i in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    i, res, err = f.result()
+                    if err is not None:
+                        raise err.exception()
+                    if job.save is None:
+                        out[i] = res
+                    bar.done(i)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+    return out
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+class _RayActor:
+    """A Ray actor holding one worker (the class is wrapped with ray.remote at run time, so Ray
+    stays optional)."""
+
+    def __init__(self, job: Job, slot: Slot):
+        import torch
+
+        os.environ.setdefault("DATAMATES_PROGRESS", "0")
+        if slot.threads > 0:
+            torch.set_num_threads(slot.threads)
+        self.job = job
+        self.fn = job.worker(slot)
+
+    def shard(self, i: int) -> tuple[int, Any, _Failure | None]:
+        try:
+            return i, _compute(self.job, self.fn, i), None
+        except Exception as e:  # noqa: BLE001 - carried back as data
+            return i, None, _failure(self.job.name, i, e)
+
+
+def _run_ray(job: Job, todo: list[int], workers: int, device: str, address: str | None, cpus: float, gpus: float,
+             bar: _Progress) -> dict[int, Any]:
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise ConfigError(f"{job.name}: backend 'ray' needs Ray: pip install 'datamates[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+        started = True
+    n = min(workers, len(todo))
+    log.info("%s: %d shard(s) on %d Ray actors (%g CPU%s each)", job.name, len(todo), n, cpus,
+             f", {gpus:g} GPU" if gpus else "")
+    actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus or None)(_RayActor)
+    job_ref = ray.put(job)
+    dev = "cuda" if gpus else ("cpu" if device == "auto" else device)  # Ray hands each actor its own GPU
+    actors = [actor_cls.remote(job_ref, Slot(w, n, dev, max(1, int(cpus)))) for w in range(n)]
+    out: dict[int, Any] = {}
+    try:
+        pool = ActorPool(actors)
+        for i in todo:
+            pool.submit(lambda a, i: a.shard.remote(i), i)
+        while pool.has_next():
+            try:
+                i, res, err = pool.get_next_unordered()
+            except ray.exceptions.RayTaskError as e:  # the actor's constructor failed
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, DatamatesError):
+                    raise type(cause)(f"{job.name}: {cause}") from None
+                raise
+            if err is not None:
+                raise err.exception()
+            if job.save is None:
+                out[i] = res
+            bar.done(i)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+    return out
+
+
+# ----------------------------------------------------------------------------- the torchrun world
+
+
+def world_size() -> int:
+    """Ranks of the initialised torch.distributed group (1 without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _post(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, pickle.dumps(obj))
+
+
+def _read(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+@dataclass
+class _World:
+    """Rank 0's view while it leads: where to post jobs, how many ranks serve them."""
+
+    folder: Path
+    rank: int
+    world: int
+    heartbeat_s: float
+    poll_s: float
+    jobs: int = 0
+
+    @classmethod
+    def current(cls) -> _World | None:
+        return _CURRENT[0]
+
+    def run(self, job: Job, todo: list[int], *, device: str, local_worker, progress) -> dict[int, Any]:
+        n = self.jobs
+        self.jobs += 1
+        _post(self.folder / f"job_{n:04d}.pkl", {"job": job, "todo": todo, "device": device})
+        t0 = time.time()
+        with _Progress(job, todo, progress) as bar:
+            out = _serve_job(job, todo, self.rank, self.world, device, local_worker, self.folder, n, bar)
+            # wait for the other ranks' markers: files, not a collective
+            last = time.time()
+            waiting = set(range(1, self.world))
+            while waiting:
+                for r in sorted(waiting):
+                    if (self.folder / f"job_{n:04d}.rank{r}.error").exists():
+                        raise _read(self.folder / f"job_{n:04d}.rank{r}.error").exception()
+                    if (self.folder / f"job_{n:04d}.rank{r}.done").exists():
+                        waiting.discard(r)
+                        for i in _read(self.folder / f"job_{n:04d}.rank{r}.done")["shards"]:
+                            bar.done(i)
+                if waiting:
+                    if time.time() - last > self.heartbeat_s:
+                        log.info("%s: rank 0 waits for rank(s) %s (%.0f s)", job.name, sorted(waiting), time.time() - t0)
+                        last = time.time()
+                    time.sleep(self.poll_s)
+        missing = job.todo()
+        if missing:
+            raise ShardFailed(f"{job.name}: shards {missing[:10]} have no result after every rank reported done; "
+                              f"is {job.paths[missing[0]].parent} on a filesystem every rank sees?")
+        log.info("%s: %d shard(s) computed by %d ranks in %.1f s", job.name, len(todo), self.world, time.time() - t0)
+        return out
+
+
+_CURRENT: list[_World | None] = [None]
+
+
+def _serve_job(job: Job, todo: list[int], rank: int, world: int, device: str, local_worker, folder: Path, n: int,
+               bar: _Progress | None) -> dict[int, Any]:
+    """This rank's share of a job: shards i % world == rank, then its marker file. Rank 0 raises a
+    shard's error; another rank posts it (rank 0 raises it and ends the `lead` call, so every rank
+    leaves with the same error) and goes on serving."""
+    mine = [i for i in todo if i % world == rank]
+    t0 = time.time()
+    out: dict[int, Any] = {}
+    tag = f"job_{n:04d}.rank{rank}"
+    try:
+        with _threads(0):  # whatever a worker sets, training afterwards runs with this rank's threads
+            fn = None
+            if mine:
+                fn = local_worker() if local_worker is not None else job.worker(Slot(rank, world, _rank_device(device), 0))
+            for k, i in enumerate(mine):
+                try:
+                    res = _compute(job, fn, i)
+                except Exception as e:
+                    fail = _failure(job.name, i, e, rank=rank)
+                    if rank != 0:
+                        _post(folder / f"{tag}.error", fail)
+                        log.error("%s", fail.exception())
+                        return out
+                    raise fail.exception() from (None if isinstance(e, DatamatesError) else e)
+                if job.save is None:
+                    out[i] = res
+                if bar is not None:
+                    bar.done(i)
+                if k == 0:
+                    fault_point(f"shard:{job.name}:{rank}")
+    except Exception as e:  # building the worker failed
+        if rank == 0:
+            raise
+        _post(folder / f"{tag}.error", _failure(job.name, mine[0], e, rank=rank))
+        log.error("%s: rank %d could not start its shards: %s", job.name, rank, e)
+        return out
+    log.info("%s: rank %d of %d ran shards %s (%d of %d) in %.1f s", job.name, rank, world, _short(mine), len(mine),
+             len(todo), time.time() - t0)
+    if rank != 0:
+        _post(folder / f"{tag}.done", {"shards": mine, "seconds": time.time() - t0})
+    return out
+
+
+def _short(ids: list[int]) -> str:
+    return str(ids) if len(ids) <= 12 else f"[{', '.join(map(str, ids[:6]))}, ..., {', '.join(map(str, ids[-3:]))}]"
+
+
+def _rank_device(spec: str) -> str:
+    """A rank's device: its LOCAL_RANK GPU under auto / cuda (torchrun's one GPU per rank)."""
+    import torch
+
+    if spec in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return "cpu" if spec == "auto" else spec
+
+
+def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.0, poll_s: float = 0.2) -> Any:
+    """Run `fn` on rank 0 while the other ranks serve the jobs it submits (see the module
+    docstring); every rank returns `fn`'s result (which must be picklable). A single process, or
+    a call inside another `lead`: just `fn()`.
+
+    The mailbox is a folder every rank sees (a run's logs/ranks); each call uses a fresh
+    sub-folder named by a token rank 0 broadcasts (the only collective here: all ranks arrive at a
+    `lead` call together), so files of a killed earlier run are never read."""
+    import torch.distributed as dist
+
+    if world_size() == 1 or _World.current() is not None:
+        return fn()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box = [uuid.uuid4().hex[:12] if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    mailbox = Path(mailbox)
+    folder = mailbox / box[0]
+    if rank == 0:
+        for old in mailbox.glob("*") if mailbox.exists() else []:
+            if old.is_dir() and old.name != box[0]:  # every rank is past the previous call's end
+                shutil.rmtree(old, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        _CURRENT[0] = _World(folder, rank, world, heartbeat_s, poll_s)
+        try:
+            result = fn()
+        except DatamatesError as e:
+            _post(folder / "end.pkl", ("user", type(e), str(e)))
+            raise
+        except BaseException as e:
+            _post(folder / "end.pkl", ("error", None, f"rank 0 failed: {type(e).__name__}: {e}"))
+            raise
+        finally:
+            _CURRENT[0] = None
+        _post(folder / "end.pkl", ("ok", result, ""))
+        return result
+    return _serve(folder, rank, world, heartbeat_s, poll_s)
+
+
+def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: float) -> Any:
+    n = 0
+    t0 = last = time.time()
+    while True:
+        jf = folder / f"job_{n:04d}.pkl"
+        if jf.exists():
+            msg = _read(jf)
+            _serve_job(msg["job"], msg["todo"], rank, world, msg["device"], None, folder, n, None)
+            n += 1
+            last = time.time()
+            continue
+        end = folder / "end.pkl"
+        if end.exists():
+            kind, value, text = _read(end)
+            if kind == "ok":
+                return value
+            if kind == "user":
+                raise value(text)
+            raise ShardFailed(text)
+        if time.time() - last > heartbeat_s:
+            log.info("rank %d: waiting for rank 0's serial step (%.0f s)", rank, time.time() - t0)
+            last = time.time()
+        time.sleep(poll_s)
