@@ -37,7 +37,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -78,9 +78,25 @@ LAMBADA = "lambada"
 # ----------------------------------------------------------------------------- evaluation sets
 
 
+def ratio_se(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """Standard error of log PPL = sum(nll_i) / sum(t_i) over n sequences (the ratio estimator's
+    delta-method SE: sqrt(sum (nll_i - r t_i)^2 / (n (n - 1))) / mean(t)); nan for n < 2."""
+    n = len(nll)
+    if n < 2:
+        return float("nan")
+    r = nll.sum() / tokens.sum()
+    return float(math.sqrt(((nll - r * tokens) ** 2).sum() / (n * (n - 1))) / tokens.mean())
+
+
 @dataclass
 class EvalSets:
-    """Held-out sequences per domain and LAMBADA examples, tokenized once."""
+    """Held-out sequences per domain and LAMBADA examples, tokenized once.
+
+    Every result carries `se`, the standard error of its log PPL over the set's sequences
+    (`ratio_se`), so a fixed token budget (`eval.tokens_per_set`) says how precise it is. With
+    `early_stop_z`, `evaluate(model, race=True)` scores each held-out set in chunks and stops once
+    the model is worse than the best model so far (`self.best`, per-sequence NLL on the same
+    sequences) by more than z paired standard errors: that mixture is separated from the best."""
 
     heldout: dict[str, np.ndarray]  # domain -> [n, L] int64 tokens
     heldout_bytes: dict[str, float]  # domain -> UTF-8 bytes behind the predicted tokens
@@ -88,6 +104,9 @@ class EvalSets:
     batch_size: int
     precision: str
     ident: str
+    early_stop_z: float | None = None
+    early_stop_chunk: int = 8
+    best: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)  # set -> (logppl, per-seq nll)
 
     @property
     def names(self) -> list[str]:
@@ -98,24 +117,59 @@ class EvalSets:
             out.append(LAMBADA)
         return out
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
-        """{set name: {nll, tokens, ppl, logppl, bpb (held-out), acc (LAMBADA)}}."""
+    def _heldout_nll(self, model: torch.nn.Module, name: str, toks: np.ndarray, race: bool) -> tuple[np.ndarray, bool]:
+        z = self.early_stop_z
+        if not (race and z and name in self.best):
+            return sequence_nll(model, toks, batch_size=self.batch_size, precision=self.precision), False
+        ref = self.best[name][1]
+        out: list[np.ndarray] = []
+        step = self.early_stop_chunk
+        for i in range(0, len(toks), step):
+            out.append(sequence_nll(model, toks[i : i + step], batch_size=self.batch_size, precision=self.precision))
+            done = sum(len(o) for o in out)
+            if i + step < len(toks) and done >= 2 * step:
+                d = np.concatenate(out) - ref[:done]  # paired per-sequence difference
+                if d.mean() - z * d.std(ddof=1) / math.sqrt(done) > 0:
+                    return np.concatenate(out), True
+        return np.concatenate(out), False
+
+    def evaluate(self, model: torch.nn.Module, race: bool = False) -> dict[str, dict[str, float]]:
+        """{set name: {nll, tokens, ppl, logppl, se, n, bpb (held-out), acc (LAMBADA), stopped_early}}."""
         res: dict[str, dict[str, float]] = {}
-        tot_nll, tot_tok, tot_bytes = 0.0, 0, 0.0
+        all_nll, all_tok, tot_bytes, stopped_any = [], [], 0.0, False
         for dom, toks in self.heldout.items():
-            nll = float(sequence_nll(model, toks, batch_size=self.batch_size, precision=self.precision).sum())
-            n_tok = int(toks.shape[0] * (toks.shape[1] - 1))
-            ppl, bpb = perplexity_and_bpb(nll, n_tok, self.heldout_bytes[dom])
-            res[f"heldout/{dom}"] = {"nll": nll, "tokens": n_tok, "ppl": ppl, "logppl": nll / n_tok, "bpb": bpb}
-            tot_nll, tot_tok, tot_bytes = tot_nll + nll, tot_tok + n_tok, tot_bytes + self.heldout_bytes[dom]
+            name = f"heldout/{dom}"
+            seq, stopped = self._heldout_nll(model, name, toks, race)
+            n = len(seq)
+            t = np.full(n, toks.shape[1] - 1, dtype=np.float64)
+            nbytes = self.heldout_bytes[dom] * n / len(toks)
+            nll, n_tok = float(seq.sum()), int(t.sum())
+            ppl, bpb = perplexity_and_bpb(nll, n_tok, nbytes)
+            res[name] = {"nll": nll, "tokens": n_tok, "ppl": ppl, "logppl": nll / n_tok, "bpb": bpb,
+                         "se": ratio_se(seq, t), "n": n, "stopped_early": stopped}
+            res[name]["_seq"] = seq
+            stopped_any |= stopped
+            all_nll.append(seq)
+            all_tok.append(t)
+            tot_bytes += nbytes
         if self.heldout:
-            ppl, bpb = perplexity_and_bpb(tot_nll, tot_tok, tot_bytes)
-            res[HELDOUT_ALL] = {"nll": tot_nll, "tokens": tot_tok, "ppl": ppl, "logppl": tot_nll / tot_tok, "bpb": bpb}
+            seq, t = np.concatenate(all_nll), np.concatenate(all_tok)
+            ppl, bpb = perplexity_and_bpb(float(seq.sum()), int(t.sum()), tot_bytes)
+            res[HELDOUT_ALL] = {"nll": float(seq.sum()), "tokens": int(t.sum()), "ppl": ppl,
+                                "logppl": float(seq.sum() / t.sum()), "bpb": bpb, "se": ratio_se(seq, t),
+                                "n": len(seq), "stopped_early": stopped_any}
         if self.lambada:
             sc = score_targets(model, self.lambada, batch_size=self.batch_size, precision=self.precision)
             nll, n_tok = float(sc.nll.sum()), int(sc.n_tokens.sum())
             res[LAMBADA] = {"nll": nll, "tokens": n_tok, "ppl": math.exp(nll / n_tok), "logppl": nll / n_tok,
-                            "acc": float(sc.greedy.mean())}
+                            "acc": float(sc.greedy.mean()), "se": ratio_se(sc.nll, sc.n_tokens.astype(np.float64)),
+                            "n": len(sc.nll)}
+        if race and self.early_stop_z:  # a fully evaluated set that beats the best becomes the reference
+            for name, r in res.items():
+                if "_seq" in r and not r["stopped_early"] and (name not in self.best or r["logppl"] < self.best[name][0]):
+                    self.best[name] = (r["logppl"], r["_seq"])
+        for r in res.values():
+            r.pop("_seq", None)
         return res
 
 
@@ -128,6 +182,9 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
                              "set ablation.eval.heldout: false or re-partition")
         for dom in manifest.heldout_domains:
             ids = manifest.heldout_ids(dom)
+            if cfg.tokens_per_set is not None:  # a fixed subsample, the same for every model
+                n = min(len(ids), max(2, math.ceil(cfg.tokens_per_set / (L - 1))))
+                ids = np.sort(np.random.default_rng([0, 4099]).permutation(ids)[:n])
             heldout[dom] = pool.tokens(ids)
             nbytes[dom] = float(np.asarray(pool.seq_bytes, dtype=np.float64)[ids].sum()) * (L - 1) / L
     lambada: list[TargetExample] = []
@@ -139,9 +196,11 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
         lambada = load_lambada(lam_path, pool.tokenizer(), n=cfg.lambada_n)
     if not heldout and not lambada:
         raise ConfigError("ablation.eval: no evaluation set (heldout: false and lambada: null)")
-    ident = hashlib.sha256(json.dumps([manifest.data["config_hash"], manifest.data["pool_id"],
-                                       str(lam_path), cfg.lambada_n, cfg.heldout]).encode()).hexdigest()[:16]
-    return EvalSets(heldout, nbytes, lambada, cfg.batch_size, precision, ident)
+    key = [manifest.data["config_hash"], manifest.data["pool_id"], str(lam_path), cfg.lambada_n, cfg.heldout]
+    if cfg.tokens_per_set is not None or cfg.early_stop_z is not None:
+        key += [cfg.tokens_per_set, cfg.early_stop_z, cfg.early_stop_chunk]
+    ident = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return EvalSets(heldout, nbytes, lambada, cfg.batch_size, precision, ident, cfg.early_stop_z, cfg.early_stop_chunk)
 
 
 class EvalCache:
@@ -319,11 +378,14 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     def spec_weights(sp) -> list[float] | None:
         return token_w if sp.method == "weighted" else None
 
-    tags = {sp.name: hashlib.sha256(json.dumps([unit_ids, sp.method, sp.lam, sp.lam_scale, spec_weights(sp)])
-                                    .encode()).hexdigest()[:16] for sp in specs}
-
     def pkey(sp, mask: int) -> str:
-        return EvalCache.key("proxy", mixture_key([units[i] for i in members(mask)]), tags[sp.name], evs.ident)
+        """A proxy's identity: its members' weights (and token counts) and the rule, nothing about the
+        units outside it, so adding a unit to a study (`add_unit`) leaves every cached proxy valid."""
+        idx = members(mask)
+        w = spec_weights(sp)
+        tag = hashlib.sha256(json.dumps([[unit_ids[units[i]] for i in idx], sp.method, sp.lam, sp.lam_scale,
+                                         [w[i] for i in idx] if w else None]).encode()).hexdigest()[:16]
+        return EvalCache.key("proxy", mixture_key([units[i] for i in idx]), tag, evs.ident)
 
     timings: dict[str, float] = {}
 
@@ -381,7 +443,7 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
                     t0 = time.time()
                     rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
                     t1 = time.time()
-                    ev = evs.evaluate(model)
+                    ev = evs.evaluate(model, race=True)
                     t2 = time.time()
                     cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
                                                "k": len(names), "eval": ev, "merge_s": t1 - t0 + t_set,

@@ -150,6 +150,17 @@ class AblationEvalConfig:
     )
     lambada_n: int | None = knob(500, "LAMBADA examples (a fixed subsample, seed 1234); null: all 5,153", ge=1)
     batch_size: int = knob(32, "sequences per forward pass", ge=1)
+    tokens_per_set: int | None = knob(
+        None, "evaluate every held-out set on a fixed budget of about this many predicted tokens (a fixed "
+        "seeded subsample of its sequences, the same for every model; the standard error of log PPL is "
+        "reported either way); null: every held-out sequence", ge=1,
+    )
+    early_stop_z: float | None = knob(
+        None, "stop a proxy's evaluation of a held-out set early once its per-sequence log PPL, paired with "
+        "the best mixture evaluated so far, is worse by more than z standard errors (it cannot be the best); "
+        "null: off (every proxy sees the full budget)", gt=0,
+    )
+    early_stop_chunk: int = knob(8, "early_stop_z: sequences evaluated between two checks", ge=2)
 
 
 @dataclass(kw_only=True)

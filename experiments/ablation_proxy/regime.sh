@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The proxy-vs-gold study in the paper's regime (issue 17): configs/ablation_plateau.yaml, a seed
+# trained to its plateau, 2 study seeds sharing it (unit / gold data order and gold draw differ).
+# From the repository root:  nohup bash experiments/ablation_proxy/regime.sh > regime.log 2>&1 &
+# Training runs from a snapshot of src/ taken at the start; the evaluation (ablate) waits for
+# $GO (a file) when set, and runs from a snapshot taken then. Resumable: re-run to continue.
+set -euo pipefail
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+HERE=experiments/ablation_proxy
+CFG=configs/ablation_plateau.yaml
+ROOT=${ROOT:-$HERE/runs/regime}
+POOL=${POOL:-runs/tiny_cpu/pool}
+[ -f $POOL/DONE ] || POOL=runs/arena_cpu/pool   # the same pool (same inputs, seq_len, tokenizer)
+PY=$PWD/.venv/bin/python
+SNAP=${SNAP:-/tmp/datamates_regime_snap}
+rm -rf $SNAP.train && mkdir -p $SNAP.train && cp -r src/datamates $SNAP.train/
+mkdir -p $ROOT
+declare -A TSEED=([s1]=1337 [s2]=2024) GSEED=([s1]=0 [s2]=1)
+stamp() { echo "{\"stage\": \"$1\", \"study\": \"$2\", \"t\": $(date +%s)}" >> $ROOT/times.jsonl; }
+for s in s1 s2; do
+  RUN=$ROOT/$s
+  SETS=(--set train.seed=${TSEED[$s]} --set ablation.gold_seed=${GSEED[$s]})
+  [ $s = s1 ] || SETS+=(--set ablation.seed.checkpoint=$ROOT/s1/seed)
+  stamp partition $s
+  PYTHONPATH=$SNAP.train $PY -m datamates partition -c $CFG --run-dir $RUN --pool $POOL "${SETS[@]}"
+  stamp train_partitions $s
+  PYTHONPATH=$SNAP.train $PY -m datamates train-partitions -c $CFG --run-dir $RUN --pool $POOL "${SETS[@]}"
+  stamp train_gold $s
+  PYTHONPATH=$SNAP.train $PY $HERE/train_gold.py $CFG $RUN $POOL "${SETS[@]}"
+  stamp trained $s
+done
+if [ -n "${GO:-}" ]; then while [ ! -f "$GO" ]; do sleep 20; done; fi
+rm -rf $SNAP.eval && mkdir -p $SNAP.eval && cp -r src/datamates $SNAP.eval/
+for s in s1 s2; do
+  RUN=$ROOT/$s
+  SETS=(--set train.seed=${TSEED[$s]} --set ablation.gold_seed=${GSEED[$s]})
+  [ $s = s1 ] || SETS+=(--set ablation.seed.checkpoint=$ROOT/s1/seed)
+  stamp ablate $s
+  PYTHONPATH=$SNAP.eval $PY -m datamates ablate -c $CFG --run-dir $RUN --pool $POOL "${SETS[@]}" ${ABLATE_ARGS:-}
+  stamp done $s
+done
