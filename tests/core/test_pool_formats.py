@@ -1,0 +1,192 @@
+"""The same documents in every input format build the same pool (issue 16, docs/formats.md).
+
+JSONL, .jsonl.zst, .json.gz, Parquet, a `save_to_disk` folder and a `file://` URL give the same pool
+identity and the same token stream; a pre-tokenized flat binary and datatrove's tokenized shards
+(made by datatrove's own DocumentTokenizer) give the same token stream without re-tokenising; a
+moved corpus folder keeps the identity. Real Dolma documents from the sample data, a 300-token BPE.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datamates_testing import tiny_pool_config
+
+from datamates.core.pool import Pool, build_pool, discover_inputs
+from datamates.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def records(data: Path) -> list[dict]:
+    """40 real documents, `id` and `text`: two Dolma shards (their ids) and DCLM pool documents
+    (which ship without one: given `dclm-<n>` here)."""
+    rows = []
+    for name in ("dolma_cc_en_head-0091", "dolma_cc_en_head-0174", "dclm_pool_quality_labeled_499"):
+        with gzip.open(data / f"pretrain/web/{name}.jsonl.gz", "rt", encoding="utf-8") as fh:
+            for i, line in enumerate(itertools.islice(fh, 20)):
+                r = json.loads(line)
+                rows.append({"id": r.get("id", f"dclm-{i}"), "text": r["text"][:1500]})
+    assert len(rows) == 40
+    return rows
+
+
+def _jsonl_bytes(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def _write(fmt: str, folder: Path, records: list[dict]) -> Path:
+    """The records as `folder/x.<fmt>` (or the folder `folder/x` for save_to_disk); returns folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        (folder / "x.jsonl").write_bytes(_jsonl_bytes(records))
+    elif fmt == "jsonl.zst":
+        import zstandard
+
+        (folder / "x.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(_jsonl_bytes(records)))
+    elif fmt == "json.gz":
+        (folder / "x.json.gz").write_bytes(gzip.compress(_jsonl_bytes(records)))
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), folder / "x.parquet", row_group_size=7)
+    elif fmt == "save_to_disk":
+        import datasets
+
+        datasets.Dataset.from_list(records).save_to_disk(str(folder / "x"), max_shard_size="20KB")
+    else:
+        raise AssertionError(fmt)
+    return folder
+
+
+def _cfg(inputs, **kw):
+    cfg = tiny_pool_config([str(i) for i in inputs], seq_len=32, vocab=300)
+    cfg.domain_from = "none"
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _stream(p: Pool) -> np.ndarray:
+    return p.tokens(np.arange(len(p))).reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def reference(records, tmp_path_factory) -> Pool:
+    root = tmp_path_factory.mktemp("formats")
+    src = _write("jsonl", root / "jsonl" / "in", records)
+    return Pool(build_pool(_cfg([src]), root / "pool_jsonl"))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "json.gz", "parquet", "save_to_disk", "file_url"])
+def test_every_container_gives_the_same_pool(fmt, records, reference, tmp_path):
+    if fmt == "file_url":
+        src = f"file://{_write('jsonl', tmp_path / 'url' / 'in', records)}"
+    else:
+        src = _write(fmt, tmp_path / fmt / "in", records)
+    p = Pool(build_pool(_cfg([src]), tmp_path / "pool"))
+    np.testing.assert_array_equal(_stream(p), _stream(reference))
+    assert p.docs.column("id").to_pylist() == [r["id"] for r in records]
+    assert p.docs.column("n_bytes").to_pylist() == reference.docs.column("n_bytes").to_pylist()
+    assert p.meta["content_hash"] == reference.meta["content_hash"]
+    assert p.pool_id == reference.pool_id
+
+
+def test_documents_without_ids_get_the_same_ids_in_every_container(records, tmp_path):
+    bare = [{"text": r["text"]} for r in records[:12]]
+    a = Pool(build_pool(_cfg([_write("jsonl", tmp_path / "a" / "in", bare)]), tmp_path / "pa"))
+    b = Pool(build_pool(_cfg([_write("parquet", tmp_path / "b" / "in", bare)]), tmp_path / "pb"))
+    assert a.docs.column("id").to_pylist() == [f"in/x:{i}" for i in range(1, 13)]
+    assert b.docs.column("id").to_pylist() == a.docs.column("id").to_pylist()
+    assert a.pool_id == b.pool_id
+
+
+def test_other_documents_give_another_identity(records, reference, tmp_path):
+    changed = [dict(r) for r in records]
+    changed[5]["text"] = changed[5]["text"] + " And one more sentence."
+    p = Pool(build_pool(_cfg([_write("jsonl", tmp_path / "in", changed)]), tmp_path / "pool"))
+    assert p.pool_id != reference.pool_id
+
+
+def test_moving_the_corpus_folder_keeps_the_identity(records, reference, tmp_path):
+    first = _write("jsonl.zst", tmp_path / "disk1" / "in", records)
+    a = Pool(build_pool(_cfg([first]), tmp_path / "pool"))
+    moved = tmp_path / "elsewhere" / "deeper" / "in"
+    moved.parent.mkdir(parents=True)
+    shutil.move(str(first), str(moved))
+    again = build_pool(_cfg([moved]), tmp_path / "pool")  # the same inputs: reused, not refused or rebuilt
+    assert Pool(again).pool_id == a.pool_id == reference.pool_id
+    b = Pool(build_pool(_cfg([moved]), tmp_path / "pool2"))
+    assert b.pool_id == a.pool_id
+
+
+def test_a_flat_token_binary_gives_the_same_token_stream(records, reference, tmp_path):
+    """nanoGPT / Megatron layout: uint16 ids, documents separated by EOS; no re-tokenising."""
+    tok = reference.tokenizer()
+    eos = reference.eos_id
+    ids: list[int] = []
+    for r in records:
+        ids += tok.encode(r["text"], add_special_tokens=False).ids + [eos]
+    d = tmp_path / "in"
+    d.mkdir()
+    np.asarray(ids, dtype=np.uint16).tofile(d / "x.bin")
+    cfg = _cfg([d])
+    cfg.tokenizer.name_or_path = str(reference.path / "tokenizer.json")
+    p = Pool(build_pool(cfg, tmp_path / "pool"))
+    np.testing.assert_array_equal(_stream(p), _stream(reference))
+    assert len(p.docs) == len(records)
+    # bytes behind each document (bits per byte): the tokens' byte lengths equal the text's UTF-8 bytes
+    assert p.docs.column("n_bytes").to_pylist() == reference.docs.column("n_bytes").to_pylist()
+    np.testing.assert_allclose(np.asarray(p.seq_bytes), np.asarray(reference.seq_bytes), rtol=1e-6)
+
+
+def test_datatrove_tokenized_shards_give_the_same_token_stream(records, reference, tmp_path):
+    """Shards written by datatrove's DocumentTokenizer in a real LocalPipelineExecutor run."""
+    pytest.importorskip("datatrove")
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    src = _write("jsonl", tmp_path / "src", records)
+    out = tmp_path / "tokenized"
+    LocalPipelineExecutor(pipeline=[
+        JsonlReader(str(src)),
+        DocumentTokenizer(str(out), tokenizer_name_or_path=str(reference.path / "tokenizer.json"),
+                          eos_token="<|endoftext|>", shuffle_documents=False),
+    ], tasks=1, logging_dir=str(tmp_path / "logs")).run()
+    shards = sorted(out.glob("*.ds"))
+    assert shards and all(Path(f"{s}.index").is_file() for s in shards)
+    cfg = _cfg([out])
+    cfg.tokenizer.name_or_path = str(reference.path / "tokenizer.json")
+    p = Pool(build_pool(cfg, tmp_path / "pool"))
+    np.testing.assert_array_equal(_stream(p), _stream(reference))
+    assert len(p.docs) == len(records)
+
+
+def test_a_hub_dataset_streams_from_the_local_cache(records, reference, tmp_path, monkeypatch):
+    """hf:NAME:SPLIT goes through datasets.load_dataset(streaming=True); a local dataset folder (the
+    `json` builder on data files) resolves offline, so the same documents give the same pool."""
+    pytest.importorskip("datasets")
+    _write("jsonl", tmp_path / "hub" / "in", records)
+    monkeypatch.chdir(tmp_path / "hub")
+    p = Pool(build_pool(_cfg(["hf:in:train"]), tmp_path / "pool"))
+    np.testing.assert_array_equal(_stream(p), _stream(reference))
+    assert p.pool_id == reference.pool_id
+
+
+def test_unknown_suffix_next_to_known_ones_is_ignored_and_datatrove_index_is_not_an_input(tmp_path):
+    (tmp_path / "x.ds").write_bytes(np.arange(4, dtype=np.uint16).tobytes())
+    (tmp_path / "x.ds.index").write_bytes(np.array([4], dtype=np.uint64).tobytes())
+    (tmp_path / "notes.txt").write_text("hi")
+    assert [f.kind for f in discover_inputs([str(tmp_path)])] == ["datatrove"]
+
+
+def test_pre_tokenized_input_without_a_tokenizer_is_refused(tmp_path):
+    np.arange(10, dtype=np.uint16).tofile(tmp_path / "x.bin")
+    with pytest.raises(InputError, match=r"x.bin: a pre-tokenized input needs the tokenizer.*pool.tokenizer.name_or_path"):
+        build_pool(_cfg([tmp_path / "x.bin"]), tmp_path / "pool")
