@@ -13,33 +13,32 @@ What makes it fast (benchmarks/score.py measures each against MATES's way):
 
 Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
 (scores_io.py). Shards are the unit of resume (a killed run recomputes only missing shards) and of
-parallel work: backend `local` runs `workers` processes (one per GPU on CUDA), backend `ray` runs
-Ray Data actors that hold the model (`map_batches(..., compute=ActorPoolStrategy(size=workers))`);
-both give the same scores. With Ray on a small node leave CPUs free for Ray's own tasks (actors claiming every CPU
-hang the dataset: ray-project/ray#44687). Ray runs its workers at niceness 15
-(ray-project/ray#24928): on a machine shared with other jobs set RAY_worker_niceness=0 before
-Ray starts, or the actors get a fraction of the CPU.
+parallel work, through datamates.executor (docs/executor.md): backend `local` runs `workers`
+processes (one per GPU on CUDA), backend `ray` runs `workers` Ray actors that hold the model
+(`ray_cpus_per_actor` / `ray_gpus_per_actor` each), and inside `datamates run` under torchrun the
+ranks share the shards; all give the same scores. With Ray on a small node leave CPUs free
+(ray-project/ray#44687). Ray runs its workers at niceness 15 (ray-project/ray#24928): on a machine
+shared with other jobs set RAY_worker_niceness=0 before Ray starts, or the actors get a fraction of
+the CPU.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from datamates import executor
 from datamates.config.base import config_hash, from_dict, to_dict, validate
 from datamates.config.influence import ScoreConfig
 from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
-from datamates.errors import DatamatesError, IncompatibleArtifacts
+from datamates.errors import IncompatibleArtifacts
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
@@ -63,7 +62,7 @@ from datamates.selection.scores_io import (
 
 log = get_logger(__name__)
 
-__all__ = ["InfluenceScorer", "read_scores", "score"]
+__all__ = ["InfluenceScorer", "ScoreTask", "read_scores", "score"]
 
 
 class InfluenceScorer:
@@ -143,14 +142,14 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         if todo:
             n_tokens = _prepare_tokens(icfg, model_dir, pool, ids, todo, cfg.shard_size, cache_dir,
                                        compute_precision(resolve_device(cfg.device), cfg.precision))
-            args = (str(model_dir), str(pool.path), None if cache_dir is None else str(cache_dir), to_dict(cfg),
-                    str(work), pool.pool_id, icfg["model_hash"])
-            if cfg.backend == "ray":
-                _run_ray(todo, *args)
-            elif cfg.workers == 1:
-                _score_shards(0, todo, *args)
-            else:
-                _run_local(todo, *args)
+            task = ScoreTask(str(model_dir), str(pool.path), None if cache_dir is None else str(cache_dir),
+                             to_dict(cfg), str(work), pool.pool_id, icfg["model_hash"])
+            S = cfg.shard_size
+            job = executor.Job("score", [work / shard_name(i) for i in range(n_shards)], task,
+                               sizes=[len(ids[i * S : (i + 1) * S]) for i in range(n_shards)], unit="seq")
+            executor.run(job, backend="ray" if cfg.backend == "ray" else "local", workers=cfg.workers,
+                         device=cfg.device, threads=cfg.threads_per_worker or 0, ray_address=cfg.ray_address,
+                         ray_cpus=cfg.ray_cpus_per_actor, ray_gpus=cfg.ray_gpus_per_actor, progress="score")
         seconds = time.time() - t0
         ids_back, _ = _collect(work, n_shards, pool.pool_id, icfg["model_hash"])
         if len(ids_back) != len(ids) or not np.array_equal(np.sort(ids_back), np.sort(ids)):
@@ -201,156 +200,30 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     return 0
 
 
-def _worker_device(cfg: ScoreConfig, rank: int) -> tuple[str, int]:
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None:
-        return f"cuda:{rank % max(1, torch.cuda.device_count())}", 1
-    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)
-    return str(device), threads
+class ScoreTask:
+    """The score stage's shards for the executor (datamates.executor): shard i = ids[i x S : (i + 1)
+    x S] of the plan's ids.npy. `task(slot)` loads the influence model once per worker on the
+    slot's device; `fn(i)` scores shard i and writes shard_XXXXX.parquet (scores_io.write_shard,
+    atomic). Picklable: paths and the config as a dict."""
 
+    def __init__(self, model_dir: str, pool_path: str, cache_dir: str | None, cfg_dict: dict, work: str,
+                 pool_id: str, model_hash: str):
+        self.model_dir, self.pool_path, self.cache_dir, self.cfg_dict = model_dir, pool_path, cache_dir, cfg_dict
+        self.work, self.pool_id, self.model_hash = work, pool_id, model_hash
 
-def _score_shards(rank: int, shards: list[int], model_dir: str, pool_path: str, cache_dir: str | None,
-                  cfg_dict: dict, work: str, pool_id: str, model_hash: str, bar: bool = True) -> None:
-    cfg = from_dict(ScoreConfig, cfg_dict)
-    device, threads = _worker_device(cfg, rank)
-    if cfg.workers > 1 and device == "cpu":
-        torch.set_num_threads(threads)
-    scorer = InfluenceScorer(model_dir, pool_path, cache_dir=cache_dir, batch_size=cfg.batch_size, device=device,
-                             precision=cfg.precision)
-    ids = np.load(Path(work) / "ids.npy")
-    S = cfg.shard_size
-    pb = progress_bar("score", total=sum(len(ids[i * S : (i + 1) * S]) for i in shards), unit="seq") if bar else None
-    for i in shards:
-        part = ids[i * S : (i + 1) * S]
-        write_shard(Path(work) / shard_name(i), part, scorer(part), pool_id=pool_id, model_hash=model_hash)
-        if pb is not None:
-            pb.update(len(part))
-    if pb is not None:
-        pb.close()
+    def __call__(self, slot: executor.Slot):
+        cfg = from_dict(ScoreConfig, self.cfg_dict)
+        scorer = InfluenceScorer(self.model_dir, self.pool_path, cache_dir=self.cache_dir, batch_size=cfg.batch_size,
+                                 device=slot.device, precision=cfg.precision)
+        ids = np.load(Path(self.work) / "ids.npy")
+        S = cfg.shard_size
 
+        def fn(i: int) -> None:
+            part = ids[i * S : (i + 1) * S]
+            write_shard(Path(self.work) / shard_name(i), part, scorer(part), pool_id=self.pool_id,
+                        model_hash=self.model_hash)
 
-def _local_worker(rank: int, shards: list[int], *args: Any) -> None:
-    work = Path(args[4])
-    try:
-        _score_shards(rank, shards, *args, bar=False)
-    except DatamatesError as e:
-        (work / f"error-{rank}.txt").write_text(f"{type(e).__name__}\t{e}")
-        raise SystemExit(2) from None
-    except BaseException:
-        (work / f"error-{rank}.txt").write_text("RuntimeError\t" + traceback.format_exc())
-        raise
-
-
-def _run_local(todo: list[int], *args: Any) -> None:
-    """`workers` spawned processes, shard i -> worker i mod workers; each writes its shards."""
-    cfg = from_dict(ScoreConfig, args[3])
-    work = Path(args[4])
-    W = min(cfg.workers, len(todo))
-    ctx = mp.get_context("spawn")
-    procs = []
-    for r in range(W):
-        p = ctx.Process(target=_local_worker, args=(r, todo[r::W], *args), daemon=False)
-        p.start()
-        procs.append(p)
-    bar = progress_bar(f"score ({W} workers)", total=len(todo), unit="shard")
-    done_before = 0
-    try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.5)
-            n = sum((work / shard_name(i)).exists() for i in todo)
-            bar.update(n - done_before)
-            done_before = n
-    finally:
-        for p in procs:
-            p.join()
-        bar.close()
-    for r, p in enumerate(procs):
-        if p.exitcode != 0:
-            err = work / f"error-{r}.txt"
-            kind, _, msg = err.read_text().partition("\t") if err.exists() else ("RuntimeError", "", "")
-            err.unlink(missing_ok=True)
-            if kind != "RuntimeError":
-                raise DatamatesError(msg)
-            raise RuntimeError(f"score worker {r} failed (exit code {p.exitcode}):\n{msg}")
-
-
-class _RayScorer:
-    """Ray Data actor: loads the influence model once, scores whole shards."""
-
-    def __init__(self, model_dir: str, pool_path: str, cache_dir: str | None, cfg_dict: dict, work: str):
-        cfg = from_dict(ScoreConfig, cfg_dict)
-        device = "cuda" if cfg.ray_gpus_per_actor > 0 else "cpu"
-        if device == "cpu":
-            torch.set_num_threads(max(1, int(cfg.ray_cpus_per_actor)))
-        self.scorer = InfluenceScorer(model_dir, pool_path, cache_dir=cache_dir, batch_size=cfg.batch_size,
-                                      device=device, precision=cfg.precision)
-        self.ids = np.load(Path(work) / "ids.npy")
-        self.S = cfg.shard_size
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shard, seq, sc = [], [], []
-        for i in batch["shard"]:
-            part = self.ids[int(i) * self.S : (int(i) + 1) * self.S]
-            shard.append(np.full(len(part), int(i), dtype=np.int64))
-            seq.append(part)
-            sc.append(self.scorer(part).astype(np.float32))
-        return {"shard": np.concatenate(shard), "seq_id": np.concatenate(seq), "score": np.concatenate(sc)}
-
-
-def _run_ray(todo: list[int], model_dir: str, pool_path: str, cache_dir: str | None, cfg_dict: dict, work: str,
-             pool_id: str, model_hash: str) -> None:
-    """Ray Data: a dataset of shard indices -> `workers` actors -> rows streamed back to this
-    process, which writes each shard once all its rows have arrived."""
-    try:
-        import ray
-    except ImportError:
-        raise DatamatesError("score.backend = 'ray' needs Ray: pip install 'datamates[ray]'") from None
-    cfg = from_dict(ScoreConfig, cfg_dict)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=False)
-    total_cpus = ray.cluster_resources().get("CPU", 0)
-    if cfg.ray_gpus_per_actor == 0 and cfg.workers * cfg.ray_cpus_per_actor >= total_cpus:
-        log.warning("Ray: %d actors x %g CPUs claim all %g CPUs of the cluster; Ray Data can hang "
-                    "(ray-project/ray#44687); lower score.workers or score.ray_cpus_per_actor",
-                    cfg.workers, cfg.ray_cpus_per_actor, total_cpus)
-    import logging
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is below; Ray's would log every 10 s off a terminal
-    ray_log = logging.getLogger("ray.data")
-    level = ray_log.level
-    ray_log.setLevel(logging.WARNING)
-    ids = np.load(Path(work) / "ids.npy")
-    S = cfg.shard_size
-    expected = {i: len(ids[i * S : (i + 1) * S]) for i in todo}
-    ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(
-        _RayScorer, fn_constructor_kwargs={"model_dir": model_dir, "pool_path": pool_path, "cache_dir": cache_dir,
-                                           "cfg_dict": cfg_dict, "work": work},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.workers), num_cpus=cfg.ray_cpus_per_actor,
-        num_gpus=cfg.ray_gpus_per_actor or None, batch_format="numpy",
-    )
-    pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    bar = progress_bar(f"score (ray, {cfg.workers} actors)", total=len(todo), unit="shard")
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in np.unique(batch["shard"]):
-            m = batch["shard"] == i
-            pending.setdefault(int(i), []).append((batch["seq_id"][m], batch["score"][m]))
-            got = sum(len(p[0]) for p in pending[int(i)])
-            if got == expected[int(i)]:
-                parts = pending.pop(int(i))
-                seq = np.concatenate([p[0] for p in parts])
-                sc = np.concatenate([p[1] for p in parts])
-                order = np.argsort(np.argsort(ids[int(i) * S : (int(i) + 1) * S]))  # back to plan order
-                by_id = np.argsort(seq)
-                write_shard(Path(work) / shard_name(int(i)), seq[by_id][order], sc[by_id][order],
-                            pool_id=pool_id, model_hash=model_hash)
-                bar.update(1)
-    bar.close()
-    ray_log.setLevel(level)
-    if pending:
-        raise RuntimeError(f"Ray returned incomplete shards: {sorted(pending)}")
+        return fn
 
 
 # ----------------------------------------------------------------------------- the loss baseline
