@@ -190,3 +190,64 @@ def test_pre_tokenized_input_without_a_tokenizer_is_refused(tmp_path):
     np.arange(10, dtype=np.uint16).tofile(tmp_path / "x.bin")
     with pytest.raises(InputError, match=r"x.bin: a pre-tokenized input needs the tokenizer.*pool.tokenizer.name_or_path"):
         build_pool(_cfg([tmp_path / "x.bin"]), tmp_path / "pool")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path):
+    """Scores keyed by sequence come out per document: the Parquet rows are the (sequence,
+    document) pairs of the pool's incidence; a document's attribute value is the hand-computed mean
+    of its sequences' scores, over a span of its whole text; `selected` marks the documents
+    write_documents writes. The .jsonl.zst input keeps its name and compression (Dolma's mixer)."""
+    import zstandard
+
+    from datamates.config.influence import SelectConfig
+    from datamates.selection.select import select
+
+    src = _write("jsonl.zst", tmp_path / "in", records)
+    pool = Pool(build_pool(_cfg([src]), tmp_path / "pool"))
+    ids = np.arange(len(pool), dtype=np.int64)
+    scores = np.sin(ids * 1.7)  # any values: the test recomputes the document means from them
+    out = select(SelectConfig(method="topk", fraction=0.25, write_documents=True), (ids, scores), pool,
+                 tmp_path / "sel")
+    chosen = np.load(out / "ids.npy")
+    table = pq.read_table(out / "scores.parquet").to_pylist()
+    expect = [(int(s), int(d)) for s in ids for d in pool.docs_of(int(s))]
+    assert [(r["seq_id"], r["doc_index"]) for r in table] == expect
+    doc_ids = pool.docs.column("id").to_pylist()
+    assert all(r["doc_id"] == doc_ids[r["doc_index"]] and r["score"] == scores[r["seq_id"]]
+               and r["selected"] == (r["seq_id"] in set(chosen.tolist())) for r in table)
+
+    lines = zstandard.ZstdDecompressor().stream_reader(open(out / "attributes/datamates/in/x.jsonl.zst", "rb")).read()
+    attrs = [json.loads(x) for x in lines.decode().splitlines()]
+    assert [a["id"] for a in attrs] == doc_ids
+    kept_docs = set(pool.docs_of_many(chosen).tolist())
+    for d, a in enumerate(attrs):
+        seqs = [s for s in ids if d in pool.docs_of(int(s))]
+        (start, end, value), = a["attributes"]["datamates__score"]
+        assert (start, end) == (0, len(records[d]["text"]))
+        assert value == pytest.approx(float(np.mean(scores[seqs])), rel=1e-12) if seqs else np.isnan(value)
+        assert a["attributes"]["datamates__selected"][0][2] == (1.0 if d in kept_docs else 0.0)
+    # the selected documents, in the input's format (zstandard JSON lines, byte for byte)
+    got = zstandard.ZstdDecompressor().stream_reader(open(out / "documents/in/x.jsonl.zst", "rb")).read()
+    assert got == b"".join(_jsonl_bytes([records[d]]) for d in sorted(kept_docs))
+
+
+def test_export_format_hf_loads_with_load_from_disk(records, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from datamates.cli import main
+
+    src = _write("parquet", tmp_path / "in", records)
+    pool = Pool(build_pool(_cfg([src]), tmp_path / "pool"))
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    chosen = np.array([0, 3, len(pool) - 1], dtype=np.int64)
+    np.save(sel / "ids.npy", chosen)
+    assert main(["export", "--selection", str(sel), "--pool", str(pool.path), "--format", "hf",
+                 "--out", str(tmp_path / "hf")]) == 0
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    want = sorted(pool.docs_of_many(chosen).tolist())
+    assert ds["id"] == [records[d]["id"] for d in want]
+    assert ds["text"] == [records[d]["text"] for d in want]
+    assert not (tmp_path / "hf.partial").exists()

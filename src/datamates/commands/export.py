@@ -1,4 +1,5 @@
-"""`datamates export`: a checkpoint as a plain Hugging Face folder (weights, config, tokenizer)."""
+"""`datamates export`: a checkpoint as a plain Hugging Face folder (weights, config, tokenizer), or
+a selection as a Hugging Face dataset folder (`--selection DIR --format hf`, docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,60 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="datamates checkpoint")
+    p.add_argument("--checkpoint", metavar="DIR", help="datamates checkpoint (format 'model', the default)")
+    p.add_argument("--selection", metavar="DIR", help="a selection folder (ids.npy) to export (format 'hf')")
+    p.add_argument("--pool", metavar="DIR", help="with --selection: the pool it selects from (default: the one "
+                   "its meta.json names, else <run>/pool)")
+    p.add_argument("--format", choices=["model", "hf"], help="model: AutoModelForCausalLM folder (from --checkpoint); "
+                   "hf: the selected documents as a datasets save_to_disk folder (from --selection)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamates.core.checkpoint import export_hf
+    from datamates.errors import ConfigError
 
-    out = export_hf(args.checkpoint, args.out)
-    print(f"exported: {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    fmt = args.format or ("hf" if args.selection and not args.checkpoint else "model")
+    if fmt == "model":
+        if not args.checkpoint:
+            raise ConfigError("export: give --checkpoint DIR (a model), or --selection DIR --format hf (documents)")
+        from datamates.core.checkpoint import export_hf
+
+        out = export_hf(args.checkpoint, args.out)
+        print(f"exported: {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+        return 0
+    if not args.selection:
+        raise ConfigError("export --format hf: give --selection DIR (a folder `datamates select` wrote)")
+    return _export_selection(args)
+
+
+def _export_selection(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from datamates.core.pool import Pool
+    from datamates.errors import ConfigError
+    from datamates.run_dir import atomic_dir, meta_record, read_json
+    from datamates.selection.attributes import write_hf_dataset
+    from datamates.selection.select import read_selection
+
+    sel = Path(args.selection)
+    ids = read_selection(sel)
+    pool_dir = args.pool
+    if pool_dir is None:
+        meta_f = sel / "meta.json"
+        pool_dir = (read_json(meta_f) if meta_f.is_file() else {}).get("pool")
+    if pool_dir is None:
+        raise ConfigError(f"{sel}: its meta.json does not name the pool; give --pool DIR")
+    pool = Pool(pool_dir)
+    out = Path(args.out)
+    meta = meta_record("export", format="hf", selection=str(sel), pool=str(pool.path), pool_id=pool.pool_id,
+                       n_sequences=int(len(ids)))
+    with atomic_dir(out, meta, kind="export") as tmp:
+        scratch = tmp.with_name(tmp.name + ".cache")
+        try:
+            meta["n_documents"] = write_hf_dataset(pool, ids, tmp, scratch)
+        finally:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"exported: {out} ({meta['n_documents']:,} documents; load with datasets.load_from_disk)")
     return 0

@@ -541,5 +541,75 @@ def describe(f: InputFile) -> dict[str, Any]:
     return {"path": str(f.path) if f.path is not None else None, "url": f.url, "kind": f.kind}
 
 
+# ----------------------------------------------------------------------------- documents out
+
+
+def reopen(entry: dict[str, Any], cfg: PoolConfig) -> InputFile:
+    """The InputFile a pool's meta.json `inputs` entry describes (to read its documents again)."""
+    path = Path(entry["path"]) if entry.get("path") else None
+    kind = entry.get("kind") or _kind(entry["rel"])
+    f = InputFile(path, entry["rel"], "", "", kind=kind, url=entry.get("url"))
+    if path is None and kind != "hf":
+        fs, fs_path = url_fs(str(entry["url"]))
+        f.extra.update(fs=fs, fs_path=fs_path)
+    elif path is not None and not path.exists():
+        raise InputError(f"{path}: input of the pool is gone; cannot write the selected documents")
+    return f
+
+
+def _compressed_writer(dst: Path):
+    if dst.name.endswith(".gz"):
+        return gzip.open(dst, "wb")
+    if dst.name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdCompressor().stream_writer(open(dst, "wb"), closefd=True)
+    return open(dst, "wb")
+
+
+def write_selected(entry: dict[str, Any], rows: set[int], out: Path, cfg: PoolConfig) -> Path:
+    """The records `rows` (line / row / document numbers from 1) of one input, in its format, under
+    `out/<rel>`: JSON lines copied byte for byte (recompressed as the input was: gzip, zstandard),
+    Parquet rows with the input schema, token documents as an EOS-separated binary (a datatrove
+    shard also gets its .ds.index). A save_to_disk folder or a hub dataset gives `<rel>.jsonl.gz`
+    of its records. Returns the file written."""
+    f = reopen(entry, cfg)
+    dst = out / f.rel
+    if f.kind in ("arrow", "hf"):
+        dst = out / f"{f.rel}.jsonl.gz"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if f.kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(f.path if f.path is not None else open_binary(f))
+        pq.write_table(table.take(pa.array(np.array(sorted(rows), dtype=np.int64) - 1)), dst)
+    elif f.kind in ("arrow", "hf"):
+        counters: dict[str, int] = {"blank_lines": 0, "skipped_undecodable": 0}
+        with gzip.open(dst, "wt", encoding="utf-8") as fout:
+            for n, rec in raw_records(f, counters):
+                if n in rows:
+                    fout.write(json.dumps(rec, default=str) + "\n")
+    elif f.pretokenized:
+        f.extra["vocab_size"] = None
+        dtype = _token_dtype(f, cfg, None)
+        ends, total = [], 0
+        with open(dst, "wb") as fout:
+            for n, toks in _token_documents(f, cfg):
+                if n in rows:
+                    doc = np.append(toks, cfg.token_eos_id).astype(dtype)
+                    fout.write(doc.tobytes())
+                    total += len(doc)
+                    ends.append(total)
+        if f.kind == "datatrove":
+            Path(f"{dst}.index").write_bytes(np.asarray(ends, dtype="<u8").tobytes())
+    else:
+        with open_binary(f) as raw, _decompressed(f, raw) as fin, _compressed_writer(dst) as fout:
+            for line_no, line in enumerate(fin, start=1):
+                if line_no in rows:
+                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+    return dst
+
+
 __all__ = ["InputFile", "Record", "SUFFIXES", "arrow_files", "describe", "discover_inputs", "iter_records",
-           "raw_records", "source_identity", "strip_suffix", "url_fs"]
+           "raw_records", "reopen", "source_identity", "strip_suffix", "url_fs", "write_selected"]

@@ -44,14 +44,11 @@ buffer per k/4 candidates that pass the threshold (benchmarks/select.py).
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datamates.config.base import to_dict, validate
 from datamates.config.influence import SelectConfig
@@ -321,6 +318,12 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
+        if info["scores"] is not None:  # per-document scores for filter tools (selection/attributes.py)
+            from datamates.selection.attributes import write_attributes
+
+            parts = [(np.asarray(i, np.int64), np.asarray(v, np.float64)) for i, v in factory()]
+            meta["attributes"] = write_attributes(pool, np.concatenate([i for i, _ in parts]),
+                                                  np.concatenate([v for _, v in parts]), chosen, tmp)
         atomic_write_json(tmp / "meta.json", meta)
     log.info("selected %d of %d candidates (%s%s) -> %s; per domain: %s", k, n, method,
              f", tau {cfg.temperature} on sd(z) {effective['z_sd']:.3g}, {effective['topk_overlap']:.0%} of exact "
@@ -340,9 +343,9 @@ def read_selection(path: str | Path) -> np.ndarray:
 
 
 def write_documents(pool: Pool, seq_ids: np.ndarray, out: Path) -> dict[str, Any]:
-    """The documents behind the selected sequences, in their input format: JSONL lines copied byte
-    for byte (gzip-compressed if the input was), Parquet rows with the input schema, under the
-    input's relative path. A document overlapping any selected sequence is written once, whole."""
+    """The documents behind the selected sequences, in their input format (core/sources.py
+    write_selected: JSON lines copied byte for byte and recompressed as the input was, Parquet rows
+    with the input schema, token documents as a binary), under the input's relative path. A document overlapping any selected sequence is written once, whole."""
     docs = pool.docs
     doc_idx = pool.docs_of_many(seq_ids)
     files = np.asarray(docs.column("file").to_numpy())[doc_idx]
@@ -351,24 +354,13 @@ def write_documents(pool: Pool, seq_ids: np.ndarray, out: Path) -> dict[str, Any
     written = {"documents": int(len(doc_idx)), "files": 0,
                "tokens_in_selected_sequences": int(len(seq_ids) * pool.seq_len),
                "tokens_in_documents": int(np.asarray(docs.column("n_tokens").to_numpy())[doc_idx].sum())}
-    for fi in np.unique(files):
-        src = Path(inputs[int(fi)]["path"])
-        rel = inputs[int(fi)]["rel"]
-        if not src.exists():
-            raise ArtifactMissing(f"{src}: input file of the pool is gone; cannot write the selected documents")
-        want = set(int(x) for x in lines[files == fi])
-        dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.name.endswith(".parquet"):
-            table = pq.read_table(src)
-            rows = np.array(sorted(want), dtype=np.int64) - 1  # pool numbers parquet rows from 1
-            pq.write_table(table.take(pa.array(rows)), dst)
-        else:
-            opener = gzip.open if src.name.endswith(".gz") else open
-            with opener(src, "rb") as fin, opener(dst, "wb") as fout:
-                for line_no, raw in enumerate(fin, start=1):
-                    if line_no in want:
-                        fout.write(raw if raw.endswith(b"\n") else raw + b"\n")
+    from datamates.config.base import from_dict
+    from datamates.config.core import PoolConfig
+    from datamates.core.sources import write_selected
+
+    pool_cfg = from_dict(PoolConfig, pool.meta.get("config"))
+    for fi in np.unique(files):  # each input in its own format (core/sources.py)
+        write_selected(inputs[int(fi)], set(int(x) for x in lines[files == fi]), out, pool_cfg)
         written["files"] += 1
     return written
 
