@@ -39,7 +39,7 @@ def _export_selection(args: argparse.Namespace) -> int:
     from datamates.core.pool import Pool
     from datamates.errors import ConfigError
     from datamates.run_dir import atomic_dir, meta_record, read_json
-    from datamates.selection.attributes import write_hf_dataset
+    from datamates.integrations.attributes import write_hf_dataset
     from datamates.selection.select import read_selection
 
     sel = Path(args.selection)

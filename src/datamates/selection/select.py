@@ -318,8 +318,8 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
-        if info["scores"] is not None:  # per-document scores for filter tools (selection/attributes.py)
-            from datamates.selection.attributes import write_attributes
+        if info["scores"] is not None:  # per-document scores for filter tools (integrations/attributes.py)
+            from datamates.integrations.attributes import write_attributes
 
             parts = [(np.asarray(i, np.int64), np.asarray(v, np.float64)) for i, v in factory()]
             meta["attributes"] = write_attributes(pool, np.concatenate([i for i, _ in parts]),
