@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from datamates import executor
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
@@ -44,7 +45,10 @@ WARMUP = "warmup"
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     selectors = resolve_selectors(cfg.mates.selectors)  # an unknown name fails before any work
-    dist_setup(cfg.train.device)  # under torchrun: training is DDP, selection runs on rank 0
+    # under torchrun: training is DDP; a selector runs on rank 0 and shares its probe and score
+    # shards with every rank (executor.lead); its serial steps (fit, select) stay on rank 0
+    dist_setup(cfg.train.device, timeout_minutes=cfg.distributed.timeout_minutes)
+    _WORLD.update(mailbox=rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds)
     pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
     plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
     m = cfg.mates
@@ -88,17 +92,15 @@ def _pool(cfg: RunConfig, rd: RunDir) -> Path:
     return build_pool(cfg.pool, rd.pool)
 
 
-def on_rank0(fn):
-    """Run `fn` on rank 0 only (selection, evaluation); under torchrun the other ranks wait, then
-    every rank reads the artifact rank 0 wrote. Single process: just `fn()`."""
-    import torch.distributed as dist
+_WORLD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0}
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return fn()
-    result = fn() if dist.get_rank() == 0 else None
-    box = [result]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+
+def on_rank0(fn):
+    """Run `fn` on rank 0 (selection, evaluation); under torchrun the other ranks serve the sharded
+    jobs `fn` submits (probe, score: executor.lead) and wait for the rest on files, with a
+    heartbeat, never inside a collective; then every rank reads the artifact rank 0 wrote.
+    Single process: just `fn()`."""
+    return executor.lead(fn, _WORLD["mailbox"], heartbeat_s=_WORLD["heartbeat_s"])
 
 
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):

@@ -146,8 +146,9 @@ def write_run_config(cfg, rd) -> None:
     data["config_hash"] = config_hash(cfg)
     if rd.config.exists():
         old = yaml.safe_load(rd.config.read_text()) or {}
-        body = {k: v for k, v in data.items() if k != "config_hash"}
-        old_body = {k: v for k, v in old.items() if k != "config_hash"}
+        skip = ("config_hash", "distributed")  # distributed: how ranks wait, not what a run computes
+        body = {k: v for k, v in data.items() if k not in skip}
+        old_body = {k: v for k, v in old.items() if k not in skip}
         # the settings decide, not the stored hash (a hash of the same settings may change with the code)
         if old.get("config_hash") not in (None, data["config_hash"]) and old_body != body:
             diff = _first_diff(old_body, body)

@@ -1,6 +1,7 @@
 """`datamates probe`: oracle data influence of candidate sequences at a checkpoint (MATES §3.2):
 ref_loss_delta = L_ref(after one AdamW step on the sequence) - L_ref(before), lower is better.
-Knobs: mates.probe.* (`datamates config show`)."""
+Knobs: mates.probe.* (`datamates config show`). Under `torchrun --nproc_per_node N -m datamates probe`
+the ranks share the chunks (docs/executor.md)."""
 
 from __future__ import annotations
 
@@ -56,8 +57,17 @@ def run(args: argparse.Namespace) -> int:
         exclude = read_ids(args.exclude, flag="--exclude") if args.exclude else None
         ids = sample_probe_set(pool, pcfg.n_probes, seed=pcfg.probe_seed, exclude=exclude, stage=args.stage,
                                resample_each_stage=pcfg.resample_each_stage)
-    out = args.out or (rd.probe(args.stage) if args.stage is not None else rd.root / "probe")
-    out = probe(pcfg, args.checkpoint, pool, ids, out)
+    dest = args.out or (rd.probe(args.stage) if args.stage is not None else rd.root / "probe")
+    # under torchrun every rank probes its share of the chunks (datamates.executor), rank 0 writes labels
+    from datamates import executor
+    from datamates.core.train_loop import dist_setup
+    from datamates.log import is_main
+
+    dist_setup(pcfg.device, timeout_minutes=cfg.distributed.timeout_minutes)
+    out = executor.lead(lambda: probe(pcfg, args.checkpoint, pool, ids, dest), rd.logs / "ranks",
+                        heartbeat_s=cfg.distributed.heartbeat_seconds)
+    if not is_main():
+        return 0
     meta = read_meta(out)
     t = read_labels_table(out)
     d = t.column("ref_loss_delta").to_numpy()

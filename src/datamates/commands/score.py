@@ -1,5 +1,6 @@
 """`datamates score`: predicted ref_loss_delta of every candidate sequence, in resumable shards.
-Knobs: mates.score.* (`datamates config show`)."""
+Knobs: mates.score.* (`datamates config show`). Under `torchrun --nproc_per_node N -m datamates score`
+the ranks share the shards (docs/executor.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,15 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or rd.scores(args.stage)
     pool = Pool(args.pool or rd.pool)
     ids = read_ids(args.ids, len(pool), "--ids") if args.ids else np.arange(len(pool))
-    score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir)
+    from datamates import executor
+    from datamates.core.train_loop import dist_setup
+    from datamates.log import is_main
+
+    dist_setup(cfg.mates.score.device, timeout_minutes=cfg.distributed.timeout_minutes)
+    executor.lead(lambda: score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir), rd.logs / "ranks",
+                  heartbeat_s=cfg.distributed.heartbeat_seconds)  # under torchrun the ranks share the shards
+    if not is_main():
+        return 0
     meta = scores_meta(out)
     print(f"scores: {out} ({meta['n']:,} sequences in {len(meta['shards'])} shards)")
     return 0

@@ -14,6 +14,21 @@ from datamates.errors import ConfigError
 
 
 @dataclass(kw_only=True)
+class DistributedConfig:
+    """torchrun: how ranks wait for one another (datamates.executor, docs/executor.md). Not part of
+    any artifact's identity: changing it never invalidates a run."""
+
+    timeout_minutes: float = knob(
+        30.0,
+        "process-group timeout (torch.distributed) in minutes; only training's collectives and one short "
+        "broadcast per serial step wait inside a collective (the serial selection steps on rank 0 are waited "
+        "for on files), so torch's own default of 30 minutes is ample",
+        gt=0,
+    )
+    heartbeat_seconds: float = knob(60.0, "a rank waiting for another logs a line this often", gt=0)
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     name: str = knob("run", "run name; artifacts go to <runs_root>/<name>")
     runs_root: str = knob("runs", "folder holding run directories")
@@ -26,6 +41,7 @@ class RunConfig:
     eval: EvalConfig = knob(EvalConfig(), "evaluation")
     mates: MatesConfig = knob(MatesConfig(), "model-aware selection loop")
     ablation: AblationConfig = knob(AblationConfig(), "data ablations by merging")
+    distributed: DistributedConfig = knob(DistributedConfig(), "torchrun: timeouts and heartbeats")
 
     def check(self) -> None:
         check_name(self.name, "name")  # runs/<name>: '../x' or '' would write outside runs_root

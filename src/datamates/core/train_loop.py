@@ -139,8 +139,11 @@ def ids_hash(ids: np.ndarray) -> str:
 # ----------------------------------------------------------------------------- distributed
 
 
-def dist_setup(device_spec: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Initialises the process group under torchrun."""
+def dist_setup(device_spec: str, timeout_minutes: float | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Initialises the process group under torchrun, with a timeout of
+    `timeout_minutes` (default: $DATAMATES_DIST_TIMEOUT_MINUTES, else 30; the run config's
+    distributed.timeout_minutes). Long serial steps on rank 0 are waited for on files
+    (datamates.executor.lead), never inside a collective, so the timeout bounds only training's."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -149,9 +152,10 @@ def dist_setup(device_spec: str) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        # long timeout: in `datamates run` the other ranks wait while rank 0 probes, fits and scores
+        minutes = timeout_minutes if timeout_minutes is not None else float(
+            os.environ.get("DATAMATES_DIST_TIMEOUT_MINUTES", "30"))
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=12))
+                                timeout=datetime.timedelta(minutes=minutes))
     return rank, world, device
 
 
