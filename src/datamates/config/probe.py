@@ -48,7 +48,19 @@ class ProbeConfig:
         "step every candidate shares (zero gradient: momentum and weight decay only); same cost, residual halved at a "
         "late tiny checkpoint, equal at an early one (experiments/probe_fidelity)",
     )
-    candidate_batch: int = knob(16, "first_order: candidates per batched forward/backward (per-sample gradients)", ge=1)
+    candidate_batch: int = knob(
+        16,
+        "first_order: most candidates per batched forward/backward (per-sample gradients); lowered, with a warning, "
+        "when memory_budget_gb cannot hold them (selection/probe/first_order.py, docs/scaling.md)",
+        ge=1,
+    )
+    memory_budget_gb: float | None = knob(
+        None,
+        "first_order: GiB the batched passes may use on top of the model and optimizer state (activations of "
+        "candidate_batch candidates, streamed per-sample gradients); null: 80% of the free memory when probing starts "
+        "(CUDA: torch.cuda.mem_get_info; CPU: /proc/meminfo)",
+        gt=0,
+    )
     chunk_size: int = knob(64, "probes per unit of work: resume and parallel scheduling happen per chunk", ge=1)
     workers: int = knob(1, "parallel probe workers (processes, or Ray actors)", ge=1)
     threads: int = knob(0, "torch threads per worker; 0: this process's setting (1 worker), cpu_count / workers", ge=0)
