@@ -1,5 +1,5 @@
 """Configs of the static baselines (docs/baselines.md): DSIR, SemDeDup, the quality rater, the
-fastText classifier filter and the perplexity filter. One dataclass per method; `BaselinesConfig`
+fastText classifier filter and the perplexity filter; DsDm, reducible loss and group-level selection. One dataclass per method; `BaselinesConfig`
 holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`)."""
 
 from __future__ import annotations
@@ -101,12 +101,64 @@ class PerplexityConfig:
 
 
 @dataclass(kw_only=True)
+class DsDmConfig:
+    """DsDm (Engstrom et al. 2024): TRAK datamodel scores of the candidates on the reference loss."""
+
+    dim: int = knob(2048, "d, dimensions of the random projection of per-example gradients (TRAK/DsDm: 2048)", ge=1)
+    projection: Literal["countsketch", "rademacher", "gaussian", "identity"] = knob(
+        "countsketch", "random projection P [n_params, d]: countsketch (one +-1 per parameter in a hashed column: "
+                       "O(n_params) per example, the CPU default), rademacher or gaussian (dense, entries +-1/sqrt(d) "
+                       "or N(0, 1/d), generated from the seed in row blocks, never stored), identity (no projection: "
+                       "d = n_params, tiny models and tests only)")
+    damping: float = knob(0.01, "lambda of the kernel (Phi^T Phi + lambda I)^-1, relative to the mean squared norm of a "
+                                "candidate's projected gradient", gt=0)
+    checkpoints: list[str] = knob([], "models the scores are averaged over (TRAK's ensemble); empty: the stage's "
+                                      "starting checkpoint")
+    batch_size: int = knob(16, "candidates per batched per-example-gradient pass", ge=1)
+    precision: str = knob("fp32", "precision of the gradient passes (fp32, bf16)", choices=("fp32", "bf16", "auto"))
+    seed: int = knob(0, "seed of the projection")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+
+
+@dataclass(kw_only=True)
+class RhoLossConfig:
+    """RHO-LOSS (Mindermann et al. 2022): reducible loss = current loss - irreducible-model loss."""
+
+    model: str | None = knob(None, "irreducible-loss model: a datamates checkpoint; null: fine-tune one from the "
+                                   "first selection stage's starting checkpoint on the plan's reference part "
+                                   "(once per branch, cached in <branch>/irreducible_model)")
+    steps: int = knob(50, "optimizer steps of that fine-tune", ge=1)
+    lr: float = knob(5e-4, "constant learning rate of that fine-tune (AdamW, fresh optimizer state)", gt=0)
+    micro_batch_size: int = knob(8, "sequences per step of that fine-tune", ge=1)
+    seed: int = knob(0, "seed of the fine-tune's data order")
+    batch_size: int = knob(16, "sequences per forward when scoring", ge=1)
+
+
+@dataclass(kw_only=True)
+class GroupConfig:
+    """Group-level selection (Group-MATES style, 2025): cluster-wise greedy with a diversity bonus."""
+
+    clusters: int = knob(16, "k-means clusters of the candidate block (capped at n / 4)", ge=1)
+    alpha: float = knob(1.0, "diversity weight: goodness(x) * (1 + alpha * (1 - mean cosine to the selected))", ge=0)
+    allocation: Literal["size", "score"] = knob(
+        "size", "share of k per cluster: size (proportional to its members) or score (to its softmax(-z / tau) "
+                "mass; top-k: to its members in the plain top-k)")
+    kmeans_iters: int = knob(20, "k-means iterations (faiss)", ge=1)
+    seed: int = knob(0, "seed of the k-means initialisation")
+    batch_size: int = knob(64, "encoder chunks per forward (embeddings not yet cached)", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+
+
+@dataclass(kw_only=True)
 class BaselinesConfig:
     dsir: DSIRConfig = knob(DSIRConfig(), "DSIR importance resampling")
     semdedup: SemDeDupConfig = knob(SemDeDupConfig(), "SemDeDup")
     rater: RaterConfig = knob(RaterConfig(), "QuRating-style quality rater")
     classifier: ClassifierConfig = knob(ClassifierConfig(), "fastText classifier filter")
     perplexity: PerplexityConfig = knob(PerplexityConfig(), "perplexity filter")
+    dsdm: DsDmConfig = knob(DsDmConfig(), "DsDm (TRAK datamodels)")
+    rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
+    group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:

@@ -22,6 +22,9 @@ With G_i ~ Gumbel(0, 1) and k = floor(fraction * N):
       is a noisy "prefer low z" rule but not sampling from softmax(-z/tau)
   topk (or tau = 0):        keep the k smallest z_i
   random:                   keep the k largest G_i (a uniform k-subset; MATES: zeros + Gumbel)
+  group:                    keep the k smallest raw values, unscaled and without noise: the pick order of
+                            group-level selection (selection/group.py), which applied the scale and the
+                            noise itself through `standardised_keys`
 
 Why exact is the default: it is the only variant with a stated distribution (Plackett-Luce on
 softmax(-z/tau)); both agree as tau -> 0 (exact top-k) and both prefer low z, so nothing in MATES's
@@ -90,7 +93,7 @@ def selection_keys(ids: np.ndarray, z: np.ndarray | None, *, method: str, temper
     if method == "random":
         return gumbel_noise(ids, seed)
     z = np.asarray(z, dtype=np.float64)
-    if method == "topk" or temperature == 0:
+    if method in ("topk", "group") or temperature == 0:
         return -z
     g = gumbel_noise(ids, seed)
     return -z / temperature + (g if gumbel == "exact" else -g)
@@ -240,27 +243,10 @@ def _moments(factory: Any, n: int) -> tuple[float, float]:
     return mu, float(np.sqrt(max(s2 / n - mu * mu, 0.0)))
 
 
-def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
-           k: int | None = None) -> Path:
-    """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
-    array) and write `out/ids.npy` (sorted int64) + meta.json (+ documents/ with write_documents).
-    `method` and `k` override cfg.method and floor(cfg.fraction * N). Returns `out`."""
-    validate(cfg)
-    out = Path(out)
-    method = method or cfg.method
-    if method not in ("gumbel", "topk", "random"):
-        raise InputError(f"select method {method!r}: allowed values are 'gumbel', 'topk', 'random'")
-    factory, n, info = _chunks(candidates, pool.pool_id)
-    if info["scores"] is None and method != "random":
-        raise InputError(f"select method '{method}' needs scores; give a scores folder (or use method 'random')")
-    if n == 0:
-        raise InputError("no candidates to select from")
-    k = int(k) if k is not None else int(n * cfg.fraction)
-    if not 0 < k <= n:
-        raise InputError(f"k = {k}: must be between 1 and the {n} candidates (fraction {cfg.fraction})")
-
+def _scale(cfg: SelectConfig, method: str, info: dict[str, Any], factory: Any, n: int) -> tuple[str | None, float, float]:
+    """(scale, mu, sd) of the protocol: z = (s - mu) / sd (module docstring)."""
     mu, sd = 0.0, 1.0
-    scale = cfg.scale if method != "random" else None
+    scale = cfg.scale if method not in ("random", "group") else None
     if scale == "label" and not info.get("label_std"):
         # only an influence model's scores carry label statistics; other selectors of a parity run
         # (oracle, loss, baselines) are standardised over the block, and meta.json says so
@@ -271,6 +257,50 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
     elif scale == "block":  # one extra pass over the scores
         mu, sd = _moments(factory, n)
         sd = sd or 1.0
+    return scale, mu, sd
+
+
+def standardised_keys(cfg: SelectConfig, candidates: Candidates, pool: Pool, *, method: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(ids, z, keys, info) of a block of scores held in memory: the protocol's standardised scores
+    z and the keys `select` would rank (the k largest are kept), for selections that post-process
+    them (group-level selection) and then hand their pick order back with method 'group'."""
+    validate(cfg)
+    method = method or cfg.method
+    factory, n, info = _chunks(candidates, pool.pool_id)
+    if info["scores"] is None or n == 0:
+        raise InputError("standardised keys need scores of at least one candidate")
+    scale, mu, sd = _scale(cfg, method, info, factory, n)
+    parts = list(factory())
+    ids = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts])
+    z = (np.concatenate([np.asarray(v, dtype=np.float64) for _, v in parts]) - mu) / sd
+    if not np.isfinite(z).all():
+        raise InputError(f"{info['scores']}: {int((~np.isfinite(z)).sum())} scores are NaN or inf")
+    keys = selection_keys(ids, z, method=method, temperature=cfg.temperature, seed=cfg.seed, gumbel=cfg.gumbel)
+    return ids, z, keys, {**info, "method": method, "scale": scale, "z_mean": mu, "z_std": sd}
+
+
+def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
+           k: int | None = None, group: dict[str, Any] | None = None) -> Path:
+    """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
+    array) and write `out/ids.npy` (sorted int64) + meta.json (+ documents/ with write_documents).
+    `method` and `k` override cfg.method and floor(cfg.fraction * N); `group` (method 'group') is
+    recorded in meta.json. Returns `out`."""
+    validate(cfg)
+    out = Path(out)
+    method = method or cfg.method
+    if method not in ("gumbel", "topk", "random", "group"):
+        raise InputError(f"select method {method!r}: allowed values are 'gumbel', 'topk', 'random', 'group'")
+    factory, n, info = _chunks(candidates, pool.pool_id)
+    if info["scores"] is None and method != "random":
+        raise InputError(f"select method '{method}' needs scores; give a scores folder (or use method 'random')")
+    if n == 0:
+        raise InputError("no candidates to select from")
+    k = int(k) if k is not None else int(n * cfg.fraction)
+    if not 0 < k <= n:
+        raise InputError(f"k = {k}: must be between 1 and the {n} candidates (fraction {cfg.fraction})")
+
+    scale, mu, sd = _scale(cfg, method, info, factory, n)
 
     bar = progress_bar("select", total=n, unit="seq")
     top = StreamingTopK(k)
@@ -299,7 +329,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
     if len(np.unique(chosen)) != len(chosen):
         raise InputError("the candidates hold duplicate sequence ids")
     effective = None
-    if method != "random":
+    if method not in ("random", "group"):
         z_sd = float(np.sqrt(max(z2 / n - (z1 / n) ** 2, 0.0)))
         overlap = 1.0 if exact is None else float(len(np.intersect1d(chosen, exact.result())) / k)
         tau = cfg.temperature if method == "gumbel" else 0.0
@@ -311,6 +341,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         "select", method=method, gumbel=cfg.gumbel if method == "gumbel" else None, k=int(k), n_candidates=int(n),
         fraction=float(k / n), temperature=cfg.temperature, scale=scale,
         z_mean=mu, z_std=sd, effective=effective, seed=cfg.seed, pool_id=pool.pool_id, config=to_dict(cfg), **info,
+        **({"group": group} if group is not None else {}),
         kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
         candidates_per_domain={d: int(cand_dom[i]) for i, d in enumerate(pool.domains) if cand_dom[i]},
     )
@@ -366,4 +397,4 @@ def write_documents(pool: Pool, seq_ids: np.ndarray, out: Path) -> dict[str, Any
 
 
 __all__ = ["StreamingTopK", "gumbel_noise", "gumbel_top_k", "read_selection", "select", "selection_keys",
-           "top_k_exact", "uniform_noise", "write_documents"]
+           "standardised_keys", "top_k_exact", "uniform_noise", "write_documents"]
