@@ -339,8 +339,8 @@ def _(w, t):
 @case("config", "task name that escapes the output folder")
 def _(w, t):
     spec = t / "evil.yaml"
-    spec.write_text("task: ../../evil\ndata: x.jsonl\noutput_type: loglikelihood\ncontext: '{a}'\n"
-                    "continuation: '{b}'\n")
+    spec.write_text("task: ../../evil\ndataset_path: json\ndata_files: x.jsonl\ntest_split: test\n"
+                    "output_type: loglikelihood\ndoc_to_text: a\ndoc_to_target: b\n")
     out = t / "ev"
     return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
             [f"{spec}:1", "task = '../../evil'", "plain name"], [out])
@@ -619,11 +619,34 @@ def _(w, t):
 def _(w, t):
     (t / "d.jsonl").write_text(json.dumps({"q": "Is the sky blue?", "a": "yes"}) + "\n")
     spec = t / "mine.yaml"
-    spec.write_text("task: mine\ndata: d.jsonl\noutput_type: loglikelihood\ncontext: '{question}'\n"
-                    "continuation: ' {a}'\n")
+    spec.write_text("task: mine\ndataset_path: json\ndata_files: d.jsonl\ntest_split: test\n"
+                    "output_type: loglikelihood\ndoc_to_text: '{{question}}'\ndoc_to_target: ' {{a}}'\n")
     out = t / "ev"
     return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
-            ["question"], [out])
+            ["d.jsonl:1", "'question' is undefined", "doc_to_text"], [out])
+
+
+@case("artifacts", "an lm-eval task YAML with a !function hook")
+def _(w, t):
+    (t / "d.jsonl").write_text(json.dumps({"sentence": "The cat _ sat.", "option1": "a", "option2": "b"}) + "\n")
+    spec = t / "wino.yaml"
+    spec.write_text("task: wino\ndataset_path: json\ndata_files: d.jsonl\nvalidation_split: train\n"
+                    "output_type: multiple_choice\ndoc_to_text: !function preprocess.doc_to_text\n"
+                    "doc_to_choice: '{{[option1, option2]}}'\ndoc_to_target: 0\n")
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
+            [f"{spec}:6", "!function preprocess.doc_to_text", "Jinja2 template"], [out])
+
+
+@case("artifacts", "an lm-eval task YAML with an unknown key")
+def _(w, t):
+    (t / "d.jsonl").write_text(json.dumps({"q": "Is the sky blue?", "c": ["yes", "no"], "g": 0}) + "\n")
+    spec = t / "mine.yaml"
+    spec.write_text("task: mine\ndataset_path: json\ndata_files: d.jsonl\ntest_split: test\n"
+                    "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choices: c\ndoc_to_target: g\n")
+    out = t / "ev"
+    return (["evaluate", "--checkpoint", w.ckpt, "--tasks", spec, "--reference", "--out", out, "-c", w.cfg],
+            [f"{spec}:7", "unknown key 'doc_to_choices'", "allowed keys"], [out])
 
 
 @case("artifacts", "a missing task file")
@@ -1035,3 +1058,78 @@ def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(world, tmp_p
 
 
 HELD_CASES.append(test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar)
+
+
+# ----------------------------------------------------------------------------- ecosystem inputs (issue 16)
+#
+# Inputs datamates reads since issue 16 (docs/formats.md): each mistake is one line naming the file,
+# dataset or URL and what to do, exit 2, nothing written. Same shape as CASES.
+
+ECOSYSTEM_CASES: dict[str, Case] = {}
+
+
+def ecosystem_case(name: str):
+    def deco(fn: Case) -> Case:
+        ECOSYSTEM_CASES[name] = fn
+        return fn
+    return deco
+
+
+@ecosystem_case("a .zst that is not zstandard")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.jsonl.zst").write_bytes((DOC + "\n").encode() * 3)  # plain JSON lines under a .zst name
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.jsonl.zst: not a zstandard file", "give a .zst made by zstd"], [out]
+
+
+@ecosystem_case("a Hugging Face dataset that does not resolve offline")
+def _(w, t):
+    argv, out = _pool_build(w, t, "hf:no-such-user/no-such-dataset:train")
+    return argv, ["hf:no-such-user/no-such-dataset:train: the dataset does not resolve", "download it first"], [out]
+
+
+@ecosystem_case("an fsspec URL with no installed filesystem backend")
+def _(w, t):
+    argv, out = _pool_build(w, t, "nosuchfs://bucket/corpus/")
+    return argv, ["nosuchfs://bucket/corpus/: no fsspec filesystem for 'nosuchfs://' is installed"], [out]
+
+
+@ecosystem_case("a token binary whose size is not a multiple of the dtype")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.bin").write_bytes(np.arange(10, dtype=np.uint16).tobytes() + b"\x01")  # 21 bytes of uint16
+    argv, out = _pool_build(w, t, d, "--tokenizer", w.pool / "tokenizer.json")
+    return argv, ["in/x.bin: 21 bytes is not a multiple of the token size 2 (uint16)", "pool.token_dtype"], [out]
+
+
+@ecosystem_case("a token binary without the tokenizer that made it")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.bin").write_bytes(np.arange(10, dtype=np.uint16).tobytes())
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.bin: a pre-tokenized input needs the tokenizer", "pool.tokenizer.name_or_path"], [out]
+
+
+@ecosystem_case("a datatrove shard without its .ds.index")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.ds").write_bytes(np.arange(10, dtype=np.uint16).tobytes())
+    argv, out = _pool_build(w, t, d, "--tokenizer", w.pool / "tokenizer.json")
+    return argv, ["in/x.ds: no in/x.ds.index beside it"], [out]
+
+
+@pytest.mark.parametrize("name", list(ECOSYSTEM_CASES))
+def test_ecosystem_input_mistake_is_one_line_exit_2_and_nothing_written(world, tmp_path, name, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv, names, outputs = ECOSYSTEM_CASES[name](world, tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert_one_error_line(cli(*argv), *names)
+    for p, data in before.items():
+        assert p.exists() and p.read_bytes() == data, f"{p} was changed"
+    assert_nothing_written(*outputs)

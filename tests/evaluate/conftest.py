@@ -37,11 +37,13 @@ def tiny_tok(tiny_ckpt):
 
 
 def write_task(folder: Path, records: list, spec: dict, name: str = "toy") -> Path:
-    """A JSONL file and a spec pointing at it (relative path); returns the spec path."""
+    """A JSONL file and an lm-eval task YAML pointing at it (relative path, test split,
+    multiple_choice unless `spec` says otherwise); returns the task file's path."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.jsonl").write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
                                                   for r in records))
-    spec = {"data": f"{name}.jsonl", **spec}
+    spec = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": f"{name}.jsonl"}},
+            "test_split": "test", "output_type": "multiple_choice", **spec}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

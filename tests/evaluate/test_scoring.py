@@ -40,7 +40,7 @@ def _hand_ll(model, tok, context: str, continuation: str) -> float:
 
 
 def test_scores_match_hand_computation(tiny_model, tiny_tok, tmp_path):
-    spec = write_task(tmp_path, QUESTIONS, {"context": "Q: {q}\nA:", "choices": "{choices}", "gold": "{gold}"})
+    spec = write_task(tmp_path, QUESTIONS, {"doc_to_text": "Q: {{q}}\nA:", "doc_to_choice": "choices", "doc_to_target": "gold"})
     res = evaluate_task(tiny_model, tiny_tok, spec, batch_size=2)
     acc, acc_norm = [], []
     for q, s in zip(QUESTIONS, res["samples"]):
@@ -61,7 +61,7 @@ def test_gold_logprob_and_prob_match_hand_computation(tiny_model, tiny_tok, tmp_
     """The continuous metrics (DataDecide): the gold continuation's log-likelihood per UTF-8 byte
     of the continuation (its delimiter included), and its probability mass among the choices."""
     qs = QUESTIONS + [{"q": "Café au", "choices": ["lait", "thé noir"], "gold": 1}]  # multi-byte characters
-    spec = write_task(tmp_path, qs, {"context": "Q: {q}\nA:", "choices": "{choices}", "gold": "{gold}"})
+    spec = write_task(tmp_path, qs, {"doc_to_text": "Q: {{q}}\nA:", "doc_to_choice": "choices", "doc_to_target": "gold"})
     res = evaluate_task(tiny_model, tiny_tok, spec, batch_size=2)
     lp, pm = [], []
     for q in qs:
@@ -84,7 +84,7 @@ def test_gold_logprob_and_prob_match_hand_computation(tiny_model, tiny_tok, tmp_
 def test_acc_norm_flips_on_length(tiny_model, tiny_tok, tmp_path):
     """A long choice loses acc (summed LL) but its per-character LL can win acc_norm."""
     rec = {"q": "She opened the door and", "choices": ["x", "walked slowly into the quiet old house"], "gold": 1}
-    spec = write_task(tmp_path, [rec], {"context": "{q}", "choices": "{choices}", "gold": "{gold}"})
+    spec = write_task(tmp_path, [rec], {"doc_to_text": "q", "doc_to_choice": "choices", "doc_to_target": "gold"})
     s = evaluate_task(tiny_model, tiny_tok, spec)["samples"][0]
     lls = np.array(s["lls"])
     assert s["acc"] == float(np.argmax(lls) == 1)
@@ -161,5 +161,5 @@ def test_fewshot_prefix_is_seeded_and_excludes_the_example(tiny_tok):
     assert a != fewshot_prefixes(spec, docs, 20, 3, 1)
     for i, pre in enumerate(a):
         shots = pre.split("\n\n")[:-1]
-        assert len(shots) == 3 and docs[i].shot not in shots
+        assert len(shots) == 3 and docs[i].shot.removesuffix("\n\n") not in shots
         assert all(s.startswith("Question: ") and "\nAnswer: " in s for s in shots)

@@ -7,22 +7,36 @@ import json
 import pytest
 
 from datamates.cli import main
-from datamates.errors import ConfigError
-from datamates.evaluate.spec import Template, load_docs, load_spec
+from datamates.evaluate.spec import load_docs, load_spec
 
 from .conftest import write_task
 
 
-def test_template_language():
+def test_rendering_follows_lm_eval():
+    """lm-eval's rules (lm_eval/api/task.py): a field name gives the field, a template renders with
+    Jinja2, digits become an index when there are choices, doc_to_choice templates are literal_eval'd."""
+    from datamates.evaluate.spec import JINJA, Rule
+
     rec = {"a": "  Passage: text ", "opts": ["x", "y"], "meta": {"t": "The Title"}, "n": 3}
-    assert Template("{a|strip|removeprefix('Passage: ')}!", "k").render(rec) == "text!"
-    assert Template("{opts[1]} {meta.t|lower} {n} {{lit}}", "k").render(rec) == "y the title 3 {lit}"
-    assert Template("{opts}", "k").render(rec) == ["x", "y"]  # a lone placeholder keeps the type
-    assert Template("{a|replace(' ', '_')}", "k").render(rec) == "__Passage:_text_"
-    with pytest.raises(ConfigError, match="unknown filter 'title'"):
-        Template("{a|title}", "context")
-    with pytest.raises(ConfigError, match="unclosed"):
-        Template("{a", "context")
+    fields = set(rec)
+
+    def r(key, v, choices=True):
+        return Rule(key, v, JINJA.from_string(v) if isinstance(v, str) else None).apply(rec, fields, choices)
+
+    assert r("doc_to_text", "{{a.strip().removeprefix('Passage: ')}}!") == "text!"
+    assert r("doc_to_text", "{{opts[1]}} {{meta.t|lower}} {{n}} {lit}") == "y the title 3 {lit}"
+    assert r("doc_to_choice", "opts") == ["x", "y"] and r("doc_to_choice", "{{[a, meta.t]}}") == ["  Passage: text ", "The Title"]
+    assert r("doc_to_target", "n") == 3 and r("doc_to_target", "{{n}}") == 3 and r("doc_to_target", "{{n}}", False) == "3"
+    assert r("doc_to_target", "{{opts}}") == ["x", "y"] and r("doc_to_text", 2) == 2
+    assert r("doc_to_text", "{{a|regex_replace(' +', '_')}}") == "_Passage:_text_"
+    assert r("doc_to_text", "{{a}}\n") == "  Passage: text \n"  # keep_trailing_newline, as lm-eval
+
+
+def test_sandbox_refuses_python_internals():
+    from datamates.evaluate.spec import JINJA, FieldError, Rule
+
+    with pytest.raises(FieldError, match="SecurityError"):
+        Rule("doc_to_text", "x", JINJA.from_string("{{a.__class__.__mro__}}")).apply({"a": "s"}, {"a"}, False)
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -37,8 +51,9 @@ def test_custom_task_evaluates_without_code(tiny_ckpt, tmp_path, capsys):
     recs = [{"statement": f"The number {i} is {'even' if i % 2 == 0 else 'odd'}.", "label": "true" if i % 3 else "false"}
             for i in range(12)]
     spec = write_task(tmp_path / "mytask", recs, {
-        "task": "truth", "split": "test", "context": "Claim: {statement}\nThis claim is",
-        "choices": ["true", "false"], "gold": "{label}", "target_delimiter": " ", "metric": "acc"}, name="truth")
+        "task": "truth", "doc_to_text": "Claim: {{statement}}\nThis claim is",
+        "doc_to_choice": ["true", "false"], "doc_to_target": "{{label}}", "target_delimiter": " ",
+        "metric_list": [{"metric": "acc"}]}, name="truth")
     code, out, err = _run(capsys, "--checkpoint", str(tiny_ckpt), "--tasks", str(spec), "--reference",
                           "--out", str(tmp_path / "ev"))
     assert code == 0, err
@@ -49,22 +64,35 @@ def test_custom_task_evaluates_without_code(tiny_ckpt, tmp_path, capsys):
     assert "| truth | test | 12 |" in out
 
 
+MC = {"doc_to_text": "{{q}}", "doc_to_choice": "c", "doc_to_target": "g"}
+
+
 @pytest.mark.parametrize("case, records, spec, expect", [
     ("gold out of range", [{"q": "a", "c": ["x", "y"], "g": 0}, {"q": "b", "c": ["x", "y"], "g": 2}],
-     {"context": "{q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl:2: gold index 2 is out of range for 2 choices.*key 'gold'"),
+     MC, r"toy\.jsonl:2: gold index 2 is out of range for 2 choices \(key 'doc_to_target'\)"),
     ("missing field", [{"q": "a", "c": ["x", "y"], "g": 0}, {"question": "b", "c": ["x"], "g": 0}],
-     {"context": "Q: {q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl:2: field 'q' is missing.*key 'context'"),
-    ("empty task", ["", "  "], {"context": "{q}", "choices": "{c}", "gold": "{g}"}, r"toy\.jsonl: no examples"),
-    ("unknown key", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}", "contxt": "x"},
-     r"toy\.yaml:5: unknown key 'contxt'; allowed keys: task, "),
-    ("malformed json", ['{"q": "a", "c": ["x"], "g": 0}', '{"q": '], {"context": "{q}", "choices": "{c}", "gold": "{g}"},
-     r"toy\.jsonl:2: malformed JSON"),
-    ("choices not a list", [{"q": "a", "c": "x", "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}"},
-     r"toy\.jsonl:1: template '\{c\}' must give a list of texts.*key 'choices'"),
-    ("bad metric", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}", "gold": "{g}", "metric": "f1"},
-     r"toy\.yaml:5: key 'metric': 'f1': allowed values are acc, acc_norm"),
-    ("missing key", [{"q": "a", "c": ["x"], "g": 0}], {"context": "{q}", "choices": "{c}"},
-     r"toy\.yaml: missing required key 'gold'"),
+     {**MC, "doc_to_text": "Q: {{q}}"}, r"toy\.jsonl:2: 'q' is undefined \(key 'doc_to_text'\)"),
+    ("empty task", ["", "  "], MC, r"toy\.jsonl: no examples"),
+    ("unknown key", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "doc_to_txt": "x"},
+     r"toy\.yaml:\d+: unknown key 'doc_to_txt'; allowed keys: task, "),
+    ("malformed json", ['{"q": "a", "c": ["x"], "g": 0}', '{"q": '], MC, r"toy\.jsonl:2: malformed JSON"),
+    ("choices not a list", [{"q": "a", "c": "x", "g": 0}], MC,
+     r"toy\.jsonl:1: the choices must be a list of texts, got str \(key 'doc_to_choice'\)"),
+    ("bad metric", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "metric_list": [{"metric": "f1"}]},
+     r"toy\.yaml:\d+: key 'metric_list': item 0: metric 'f1'; datamates computes acc, acc_norm"),
+    ("missing key", [{"q": "a", "c": ["x"], "g": 0}], {"doc_to_text": "{{q}}", "doc_to_choice": "c"},
+     r"toy\.yaml: missing key 'doc_to_target'"),
+    ("datamates-style placeholder", [{"q": "a", "c": ["x"], "g": 0}, {"q": "b", "c": ["x"], "g": 0}],
+     {**MC, "doc_to_text": "Question: {q}\nAnswer:"},
+     r"toy\.yaml:\d+: key 'doc_to_text': the template .* renders the same text for all 2 records .*write \{\{field\}\}"),
+    ("a hub dataset", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "dataset_path": "allenai/ai2_arc"},
+     r"toy\.yaml:\d+: key 'dataset_path': 'allenai/ai2_arc': datamates reads local JSON lines"),
+    ("generate_until", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "output_type": "generate_until"},
+     r"key 'output_type': 'generate_until': datamates scores multiple_choice, loglikelihood"),
+    ("no file for the split", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "test_split": "dev"},
+     r"no file for the evaluated split 'dev'; data_files has: test"),
+    ("bad Jinja", [{"q": "a", "c": ["x"], "g": 0}], {**MC, "doc_to_text": "{{q"},
+     r"toy\.yaml:\d+: key 'doc_to_text': Jinja2 syntax error"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_ckpt, tmp_path, capsys, case, records, spec, expect):
     path = write_task(tmp_path, records, spec)
@@ -95,7 +123,7 @@ def test_shipped_specs_resolve_through_datamates_data(monkeypatch, tmp_path):
         s = load_spec(TASKS_DIR / f"{n}.yaml")
         assert s.data == tmp_path / "eval" / f"{n}.jsonl"
         assert "${DATAMATES_DATA}" in (TASKS_DIR / f"{n}.yaml").read_text()
-        assert s.notes and s.split and s.harness_task == n
+        assert s.notes and s.split and s.harness_task == n and s.raw["dataset_path"] == "json"
 
 
 def test_shipped_specs_load_every_example(data):

@@ -2,6 +2,11 @@
 
     datamates evaluate --checkpoint runs/tiny_cpu/checkpoint                # nine tasks + LAMBADA
     datamates evaluate --checkpoint CKPT --tasks sciq my_task.yaml --limit 200 --num-fewshot 5
+    datamates evaluate --checkpoint CKPT --tasks path/to/lm_eval_task.yaml    # an lm-eval task file
+
+A task is an lm-evaluation-harness task YAML (multiple_choice or loglikelihood, `dataset_path: json`
+with `data_files`), rendered with Jinja2 as lm-eval renders it (datamates.evaluate.spec,
+docs/evaluation.md).
     datamates evaluate --checkpoint CKPT --tasks --heldout runs/tiny_cpu/pool:heldout_ids.npy
 
 Writes eval.json and eval.md into --out (default: `eval/` beside a stage's `checkpoint/`, else
@@ -19,18 +24,18 @@ from datamates.commands._common import add_config_args
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint (or any Hugging Face GPT-NeoX folder with a tokenizer.json)")
     p.add_argument("--tasks", nargs="*", metavar="TASK",
-                   help="task names, spec files (.yaml) or 'nine' (default: eval.tasks = nine); the bare flag: no tasks")
+                   help="task names, lm-eval task files (.yaml) or 'nine' (default: eval.tasks = nine); the bare flag: no tasks")
     p.add_argument("--reference", nargs="*", metavar="SET",
                    help="reference sets (default: eval.reference = lambada_openai); the bare flag: none")
     p.add_argument("--heldout", action="append", default=[], metavar="POOL[:IDS]",
                    help="a pool folder (optionally :FILE of sequence ids) for perplexity / bits per byte (repeatable)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N examples of each task")
-    p.add_argument("--num-fewshot", type=int, metavar="K", help="in-context examples per question (default 0)")
+    p.add_argument("--num-fewshot", type=int, metavar="K", help="in-context examples per question (default: each task file's num_fewshot, else 0)")
     p.add_argument("--batch-size", type=int, metavar="B", help="sequences per forward pass (eval.batch_size)")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (eval.device)")
     p.add_argument("--log-samples", action="store_true", default=None,
                    help="write per-example log-likelihoods to samples/")
-    p.add_argument("--list-tasks", action="store_true", help="list the shipped task specs and exit")
+    p.add_argument("--list-tasks", action="store_true", help="list the shipped task files and exit")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder")
     add_config_args(p)
 

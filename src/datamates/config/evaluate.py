@@ -27,7 +27,9 @@ class EvalConfig:
     limit: int | None = knob(
         None, "evaluate only the first N examples of each task (lm-evaluation-harness --limit)", ge=1
     )
-    num_fewshot: int = knob(0, "in-context examples per question (drawn from the task's own file)", ge=0)
+    num_fewshot: int | None = knob(
+        None, "in-context examples per question; unset: each task file's own num_fewshot (0 if it names none)",
+        ge=0)
     fewshot_seed: int = knob(1234, "seed that picks the few-shot examples (per example: seed, example index)")
     average_metric: str = knob(
         "spec", "metric of each task in the averages: 'spec' (the spec's `metric`), 'acc' or 'acc_norm'",

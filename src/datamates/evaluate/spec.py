@@ -1,44 +1,68 @@
-"""Task specs: a small YAML file turns each JSONL record into lm-evaluation-harness requests.
+"""Task files: lm-evaluation-harness task YAMLs, rendered with Jinja2 exactly as lm-eval renders them.
 
-A multiple-choice example becomes one (context, continuation) request per choice, scored by the
-summed log-likelihood of the continuation tokens (lm-eval's `output_type: multiple_choice`):
+A task file is an lm-eval task config (lm_eval/api/task.py, `ConfigurableTask`) whose data is a local
+JSON-lines file (`dataset_path: json`, the Hugging Face `json` builder's `data_files`). The ten
+shipped tasks (`datamates/tasks/*.yaml`) are written this way; there is no other template language
+(docs/evaluation.md). Per record `doc` of the evaluated split:
 
-    choices_are: continuations   request_k = (context,    target_delimiter + choice_k)
-    choices_are: contexts        request_k = (choice_k,   target_delimiter + continuation)
-                                 (WinoGrande's partial scoring; lm-eval's "multiple inputs")
+    doc_to_text    an int            -> that int
+                   a field of doc    -> doc[field] (any type)
+                   otherwise         -> Jinja2(template).render(**doc); digits -> int when doc_to_choice is set
+    doc_to_target  the same, plus a YAML list -> the list, a rendered "[...]" -> ast.literal_eval
+    doc_to_choice  a field -> doc[field]; a YAML list -> the list (not rendered); a mapping -> its values;
+                   otherwise ast.literal_eval(Jinja2(template).render(**doc))   (e.g. "{{[sol1, sol2]}}")
 
-A `loglikelihood` spec (LAMBADA) has one request per example, (context, delimiter + continuation).
-With k shots, `shot_1 + fewshot_delimiter + ... + shot_k + fewshot_delimiter` is prepended to every
-context, where a shot is another example of the same file written as context + delimiter + answer.
+Requests (`construct_requests`), with d = target_delimiter (default " ") and f = fewshot_delimiter
+(default "\\n\\n"):
 
-Templates are plain text with `{field}` placeholders, no Python:
+    multiple_choice         request_k = (text, d + choice_k), gold = target (an index, or a choice's text)
+    multiple inputs         when doc_to_text gives an int on the first record (WinoGrande):
+                            request_k = (choice_k, d + target), gold = the int
+    loglikelihood           one request (text, target): no delimiter, as lm-eval (LAMBADA's target
+                            template carries its own leading space)
 
-    {question}                a record field          {options[0]}   an item of a list field
-    {meta.title}              a nested field          {{ and }}      literal braces
-    {support|lstrip}          filters: strip lstrip rstrip lower upper capitalize
-    {query|removeprefix('Passage: ')}    removeprefix removesuffix (one quoted argument),
-                                         replace('a', 'b')
+With k shots every context is prefixed by `description + shot_1 + ... + shot_k`, where a shot is
+`text + d + answer + f` (answer = choices[gold] or the target; for multiple inputs, choices[gold] + d +
+target + f), lm-eval's `build_qa_turn`. Shots come from the few-shot split (fewshot_split,
+training_split, validation_split, test_split: the first that names a file); from the evaluated file
+itself when it is the same, the example itself excluded. Which shots: rng(fewshot_seed, example
+index), not lm-eval's sampler, so k-shot numbers are ours (0-shot numbers are lm-eval's).
 
-A template that is exactly one placeholder keeps the field's type (a list of choices, an int gold
-index); anything else renders to a string.
+Jinja2 is lm-eval's environment (StrictUndefined, keep_trailing_newline, the `regex_replace` filter)
+in a sandbox: the same text for every template lm-eval accepts, without attribute access to Python
+internals from a downloaded task file. `!function` (Python hooks: process_docs, a callable
+doc_to_text) is refused with a one-line error; a template that renders the same text for every
+record is an error (a `{field}` left from another template language renders literally); an unknown
+key is an error naming it.
+
+Decisions where lm-eval has no local-file equivalent: relative `data_files` are relative to the task
+file; `${DATAMATES_DATA}` and `$ENV` expand; a single file (not a split mapping) is the evaluated
+split; one file per split. `metric_list` names what is averaged: acc_norm when it lists acc_norm,
+else acc (acc, acc_norm and the continuous metrics are always computed). acc_norm divides by the
+characters of each choice (lm-eval); for multiple inputs by the shared target's length, so it
+equals acc (lm-eval reports acc only there). A gold index out of range is an error naming the
+line (lm-eval warns and scores 0).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import gzip
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import yaml
+from jinja2.sandbox import SandboxedEnvironment
 
-from datamates.config.base import check_name, expand_vars, parse_yaml
+from datamates.config.base import check_name, expand_vars
 from datamates.errors import ConfigError, InputError
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
@@ -49,36 +73,65 @@ TASK_GROUPS: dict[str, list[str]] = {
              "winogrande"],
 }
 
-SPEC_KEYS: dict[str, str] = {
+HARNESS_KEYS: dict[str, str] = {
     "task": "name shown in the tables (default: the file name without .yaml)",
-    "notes": "free text: provenance and every difference from lm-evaluation-harness",
-    "harness_task": "the lm-evaluation-harness task this spec mirrors (documentation)",
-    "data": "JSONL or JSONL.gz file; ${DATAMATES_DATA} and $ENV expand; relative paths are relative to the spec",
-    "split": "which split of the dataset the file holds (reported next to the numbers)",
-    "output_type": "multiple_choice (default) or loglikelihood",
-    "context": "template of the context (choices_are: continuations, and loglikelihood)",
-    "choices": "template naming a list field, or a YAML list of templates",
-    "choices_are": "continuations (default) or contexts (each choice is a context for `continuation`)",
-    "continuation": "template of the continuation (choices_are: contexts, and loglikelihood)",
-    "gold": "the right choice: an int, or a template giving its index or its text",
+    "include": "another task YAML (relative to this one) whose keys this file extends, as lm-eval",
+    "tag": "lm-eval tag(s) (documentation)",
+    "task_alias": "lm-eval display name (documentation)",
+    "dataset_path": "json: the records are JSON lines in data_files",
+    "dataset_name": "must be empty for dataset_path: json",
+    "dataset_kwargs": "{data_files: FILE or {split: FILE}}",
+    "data_files": "shorthand for dataset_kwargs.data_files (lm-eval itself needs the long form)",
+    "training_split": "split name of the few-shot examples (needs a file in data_files)",
+    "validation_split": "split evaluated when there is no test_split",
+    "test_split": "split evaluated",
+    "fewshot_split": "split the few-shot examples come from",
+    "output_type": "multiple_choice or loglikelihood",
+    "doc_to_text": "Jinja2 template, field name or int: the context (an int: WinoGrande-style multiple inputs)",
+    "doc_to_target": "Jinja2 template, field name, int or list: the gold index / text, or the target",
+    "doc_to_choice": "Jinja2 template giving a list, field name, list or mapping: the choices",
+    "description": "Jinja2 template prepended to every context (before the shots)",
     "target_delimiter": "string between context and continuation (default ' ')",
     "fewshot_delimiter": "string after each in-context example (default '\\n\\n')",
-    "metric": "acc or acc_norm: what this task contributes to averages (default acc_norm)",
+    "num_fewshot": "in-context examples (eval.num_fewshot, when set, overrides it)",
+    "metric_list": "acc, acc_norm (multiple_choice); perplexity, acc (loglikelihood)",
+    "metadata": "free mapping; datamates reads metadata.notes and metadata.harness_task",
+    "should_decontaminate": "lm-eval decontamination flag (not used)",
+    "doc_to_decontamination_query": "lm-eval decontamination query (not used)",
 }
+UNSUPPORTED_KEYS = ("process_docs", "process_results", "generation_kwargs", "filter_list", "repeats",
+                    "use_prompt", "doc_to_image", "doc_to_audio", "gen_prefix", "fewshot_config",
+                    "custom_dataset", "unsafe_code", "group", "group_alias", "aggregate_metric_list")
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood")
+METRICS = {"multiple_choice": ("acc", "acc_norm"), "loglikelihood": ("perplexity", "acc")}
 
 
-# ----------------------------------------------------------------------------- templates
+# ----------------------------------------------------------------------------- YAML and Jinja2
 
-FILTERS: dict[str, tuple[int, Callable[..., str]]] = {
-    "strip": (0, str.strip), "lstrip": (0, str.lstrip), "rstrip": (0, str.rstrip),
-    "lower": (0, str.lower), "upper": (0, str.upper), "capitalize": (0, str.capitalize),
-    "removeprefix": (1, str.removeprefix), "removesuffix": (1, str.removesuffix), "replace": (2, str.replace),
-}
+class _FunctionHook(Exception):
+    def __init__(self, line: int, value: str):
+        self.line, self.value = line, value
 
-_PATH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FILTER_RE = re.compile(r"\s*([A-Za-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
-_ARG_RE = re.compile(r"""\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*(,|$)""", re.S)
+
+class HarnessLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that knows lm-eval's `!function` tag, only to refuse it (Python code)."""
+
+
+def _refuse_function(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise _FunctionHook(node.start_mark.line + 1, str(getattr(node, "value", "")))
+
+
+HarnessLoader.add_constructor("!function", _refuse_function)
+
+
+def _regex_replace(string: str, pattern: str, repl: str, count: int = 0) -> str:
+    """lm-eval's `regex_replace` Jinja filter: re.sub."""
+    return re.sub(pattern, repl, string, count=count)
+
+
+JINJA = SandboxedEnvironment(loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+JINJA.filters["regex_replace"] = _regex_replace
 
 
 class FieldError(Exception):
@@ -86,166 +139,49 @@ class FieldError(Exception):
 
 
 @dataclass(frozen=True)
-class _Placeholder:
-    text: str  # as written, for messages
-    path: tuple[str | int, ...]
-    filters: tuple[tuple[str, tuple[str, ...]], ...]
+class Rule:
+    """One of doc_to_text / doc_to_target / doc_to_choice: a literal, a field name, or a template."""
 
-    def value(self, record: Any) -> Any:
-        v = record
-        for i, step in enumerate(self.path):
-            where = _path_str(self.path[: i + 1])
-            if isinstance(step, int):
-                if not isinstance(v, list):
-                    raise FieldError(f"field '{_path_str(self.path[:i])}' is not a list")
-                if not -len(v) <= step < len(v):
-                    raise FieldError(f"field '{where}' is out of range (the list has {len(v)} items)")
-                v = v[step]
-            else:
-                if not isinstance(v, dict) or step not in v:
-                    raise FieldError(f"field '{where}' is missing")
-                v = v[step]
-        for name, args in self.filters:
-            if not isinstance(v, str):
-                raise FieldError(f"filter '{name}' needs text, field '{_path_str(self.path)}' is {type(v).__name__}")
-            v = FILTERS[name][1](v, *args)
-        return v
+    key: str
+    value: Any  # as written in the YAML
+    template: Any = None  # compiled jinja2.Template (strings that are not a field name)
 
-
-def _path_str(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
-    return out
-
-
-class Template:
-    """`{field}` placeholders in literal text (see the module docstring)."""
-
-    def __init__(self, source: str, key: str):
-        self.source = source
-        self.key = key
-        self.parts: list[str | _Placeholder] = []
-        i, lit = 0, []
-        while i < len(source):
-            c = source[i]
-            if source.startswith("{{", i) or source.startswith("}}", i):
-                lit.append(c)
-                i += 2
-            elif c == "{":
-                j = source.find("}", i)
-                if j < 0:
-                    raise ConfigError(f"key '{key}': unclosed '{{' in template {source!r} (write '{{{{' for a brace)")
-                if lit:
-                    self.parts.append("".join(lit))
-                    lit = []
-                self.parts.append(self._parse(source[i + 1 : j]))
-                i = j + 1
-            elif c == "}":
-                raise ConfigError(f"key '{key}': unmatched '}}' in template {source!r} (write '}}}}' for a brace)")
-            else:
-                lit.append(c)
-                i += 1
-        if lit:
-            self.parts.append("".join(lit))
-
-    def _parse(self, inner: str) -> _Placeholder:
-        # split off filters on '|' outside quotes
-        pieces, cur, quote = [], [], None
-        for ch in inner:
-            if quote:
-                cur.append(ch)
-                if ch == quote:
-                    quote = None
-            elif ch in "'\"":
-                quote = ch
-                cur.append(ch)
-            elif ch == "|":
-                pieces.append("".join(cur))
-                cur = []
-            else:
-                cur.append(ch)
-        pieces.append("".join(cur))
-        path = self._parse_path(pieces[0].strip(), inner)
-        filters = []
-        for raw in pieces[1:]:
-            m = _FILTER_RE.match(raw)
-            if not m:
-                raise ConfigError(f"key '{self.key}': cannot read filter {raw.strip()!r} in {{{inner}}}")
-            name, argtext = m.group(1), m.group(2)
-            if name not in FILTERS:
-                raise ConfigError(f"key '{self.key}': unknown filter '{name}' in {{{inner}}}; "
-                                  f"available: {', '.join(FILTERS)}")
-            args = self._parse_args(argtext or "", inner)
-            if len(args) != FILTERS[name][0]:
-                raise ConfigError(f"key '{self.key}': filter '{name}' takes {FILTERS[name][0]} quoted "
-                                  f"argument(s), got {len(args)} in {{{inner}}}")
-            filters.append((name, tuple(args)))
-        return _Placeholder(inner, path, tuple(filters))
-
-    def _parse_path(self, text: str, inner: str) -> tuple[str | int, ...]:
-        path: list[str | int] = []
-        i = 0
-        while i < len(text):
-            if text[i] == "[":
-                j = text.find("]", i)
-                try:
-                    path.append(int(text[i + 1 : j]))
-                except ValueError:
-                    j = -1
-                if j < 0:
-                    raise ConfigError(f"key '{self.key}': bad index in {{{inner}}} (write e.g. {{options[0]}})")
-                i = j + 1
-                continue
-            if text[i] == "." and path:
-                i += 1
-            m = _PATH_RE.match(text, i)
-            if not m:
-                raise ConfigError(f"key '{self.key}': cannot read field name in {{{inner}}}")
-            path.append(m.group(0))
-            i = m.end()
-        if not path or not isinstance(path[0], str):
-            raise ConfigError(f"key '{self.key}': empty placeholder {{{inner}}}")
-        return tuple(path)
-
-    def _parse_args(self, text: str, inner: str) -> list[str]:
-        args, i = [], 0
-        text = text.strip()
-        while i < len(text):
-            m = _ARG_RE.match(text, i)
-            if not m:
-                raise ConfigError(f"key '{self.key}': filter arguments must be quoted strings in {{{inner}}}")
-            raw = m.group(1) if m.group(1) is not None else m.group(2)
-            args.append(re.sub(r"\\(.)", lambda mm: {"n": "\n", "t": "\t"}.get(mm.group(1), mm.group(1)), raw))
-            i = m.end()
-        return args
+    def apply(self, doc: dict[str, Any], fields: set[str], has_choices: bool) -> Any:
+        v = self.value
+        if isinstance(v, bool):
+            raise FieldError(f"{self.key} is a boolean")
+        if isinstance(v, (int, list)):
+            return v
+        if isinstance(v, dict):
+            return list(v.values())
+        if v in fields:
+            if v not in doc:
+                raise FieldError(f"field '{v}' is missing")
+            return doc[v]
+        try:
+            text = self.template.render(**doc)
+        except jinja2.UndefinedError as e:
+            raise FieldError(f"{e.message}") from None
+        except Exception as e:  # a template's own error (a bad index, .index() of a missing value)
+            raise FieldError(f"template {v!r} failed: {type(e).__name__}: {e}") from None
+        if self.key == "doc_to_choice":
+            try:
+                out = ast.literal_eval(text)
+            except (SyntaxError, ValueError):
+                raise FieldError(f"template {v!r} must render a Python list, got {text[:60]!r}") from None
+            return out
+        if text.isdigit() and has_choices:
+            return ast.literal_eval(text)
+        if self.key == "doc_to_target" and len(text) >= 2 and text[0] == "[" and text[-1] == "]":
+            try:
+                return ast.literal_eval(text)
+            except (SyntaxError, ValueError):
+                return text
+        return text
 
     @property
-    def single(self) -> bool:
-        return len(self.parts) == 1 and isinstance(self.parts[0], _Placeholder)
-
-    def render(self, record: Any) -> Any:
-        if self.single:
-            return self.parts[0].value(record)  # type: ignore[union-attr]
-        out = []
-        for p in self.parts:
-            if isinstance(p, str):
-                out.append(p)
-                continue
-            v = p.value(record)
-            if isinstance(v, (list, dict)):
-                raise FieldError(f"field '{_path_str(p.path)}' is a {type(v).__name__}; pick an item, e.g. "
-                                 f"{{{_path_str(p.path)}[0]}}")
-            out.append(v if isinstance(v, str) else json.dumps(v))
-        return "".join(out)
-
-    def render_str(self, record: Any) -> str:
-        v = self.render(record)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(v)
-        if not isinstance(v, str):
-            raise FieldError(f"template {self.source!r} gives a {type(v).__name__}, expected text")
-        return v
+    def is_template(self) -> bool:
+        return self.template is not None
 
 
 # ----------------------------------------------------------------------------- specs
@@ -253,32 +189,40 @@ class Template:
 @dataclass
 class TaskSpec:
     name: str
-    path: Path  # the spec file
-    data: Path
+    path: Path  # the task file
+    data: Path  # the evaluated split's file
     split: str = ""
     output_type: str = "multiple_choice"
-    choices_are: str = "continuations"
-    context: Template | None = None
-    continuation: Template | None = None
-    choices: Template | list[Template] | None = None
-    gold: int | Template | None = None
+    doc_to_text: Rule | None = None
+    doc_to_target: Rule | None = None
+    doc_to_choice: Rule | None = None
+    description: Rule | None = None
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    num_fewshot: int = 0
+    fewshot_data: Path | None = None  # None: shots from `data`, the example itself excluded
     metric: str = "acc_norm"
     notes: str = ""
     harness_task: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)  # key -> "file:line" (for messages)
 
     @property
     def is_mc(self) -> bool:
         return self.output_type == "multiple_choice"
 
     def fingerprint(self) -> str:
-        """Hash of the spec's settings and of the data file's bytes: the resume key. Content, not
+        """Hash of the task's settings and of its data files' bytes: the resume key. Content, not
         mtime: a data bundle copied or re-mounted elsewhere keeps its finished evaluations."""
-        blob = json.dumps([self.raw, _file_digest(self.data) if self.data.exists() else None],
+        files = [self.data] + ([self.fewshot_data] if self.fewshot_data else [])
+        blob = json.dumps([_portable(self.raw), [_file_digest(p) if p.exists() else None for p in files]],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _portable(raw: dict[str, Any]) -> dict[str, Any]:
+    """The settings without the data paths (their bytes are hashed instead)."""
+    return {k: v for k, v in raw.items() if k not in ("dataset_kwargs", "data_files")}
 
 
 @functools.lru_cache(maxsize=64)
@@ -300,7 +244,7 @@ def available_tasks() -> list[str]:
 
 
 def resolve_tasks(names: list[str]) -> list[Path]:
-    """Task names, groups ('nine') and spec paths -> spec files (order kept, duplicates dropped)."""
+    """Task names, groups ('nine') and task file paths -> task files (order kept, duplicates dropped)."""
     out: list[Path] = []
     for name in names:
         if name in TASK_GROUPS:
@@ -308,13 +252,13 @@ def resolve_tasks(names: list[str]) -> list[Path]:
         elif name.endswith((".yaml", ".yml")) or "/" in name:
             p = Path(name)
             if not p.exists():
-                raise ConfigError(f"task spec {name}: file not found")
+                raise ConfigError(f"task file {name}: file not found")
             paths = [p]
         elif (TASKS_DIR / f"{name}.yaml").exists():
             paths = [TASKS_DIR / f"{name}.yaml"]
         else:
             raise ConfigError(f"unknown task '{name}'; available: {', '.join(available_tasks())}; groups: "
-                              f"{', '.join(TASK_GROUPS)}; or a path to a spec .yaml")
+                              f"{', '.join(TASK_GROUPS)}; or a path to an lm-eval task .yaml")
         for p in paths:
             if p.resolve() not in [q.resolve() for q in out]:
                 out.append(p)
@@ -323,7 +267,7 @@ def resolve_tasks(names: list[str]) -> list[Path]:
 
 def _key_lines(text: str) -> dict[str, int]:
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=HarnessLoader)
     except yaml.YAMLError:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -331,98 +275,168 @@ def _key_lines(text: str) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def load_spec(path: str | Path) -> TaskSpec:
-    """Read and check a spec file; every problem is a one-line ConfigError naming the file, line, key."""
-    path = Path(path)
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
+    """The file's keys (an `include` merged underneath, as lm-eval) and where each key was written."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: task spec not found") from None
-    raw = parse_yaml(text, path)
+        raise ConfigError(f"{path}: task file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; give an lm-eval task .yaml") from None
+    try:
+        raw = yaml.load(text, Loader=HarnessLoader)
+    except _FunctionHook as e:
+        raise ConfigError(f"{path}:{e.line}: '!function {e.value}' is Python code, which datamates does not "
+                          f"run; write the step as a Jinja2 template or pre-process the data file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: a task spec is a mapping of keys ({', '.join(SPEC_KEYS)})")
-    lines = _key_lines(text)
+        raise ConfigError(f"{path}: a task file is a mapping of lm-eval task keys ({', '.join(HARNESS_KEYS)})")
+    lines = {k: (path, n) for k, n in _key_lines(text).items()}
+    if "include" in raw:
+        inc = raw.pop("include")
+        if not isinstance(inc, str):
+            raise ConfigError(f"{path}:{lines['include'][1]}: key 'include': expected a file name")
+        base_path = Path(expand_vars(inc))
+        base_path = base_path if base_path.is_absolute() else path.parent / base_path
+        if base_path.resolve() in seen:
+            raise ConfigError(f"{path}:{lines['include'][1]}: key 'include': {inc} includes itself")
+        base, base_lines = _read_yaml(base_path, seen + (path.resolve(),))
+        raw, lines = {**base, **raw}, {**base_lines, **lines}
+    return raw, lines
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and check a task file; every problem is a one-line ConfigError naming the file, line and key."""
+    path = Path(path)
+    raw, lines = _read_yaml(path)
+
+    def where(key: str) -> str:
+        f, n = lines.get(key, (path, "?"))
+        return f"{f}:{n}"
 
     def err(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{path}:{lines.get(key, '?')}: key '{key}': {msg}")
+        return ConfigError(f"{where(key)}: key '{key}': {msg}")
 
     for k in raw:
-        if k not in SPEC_KEYS:
-            raise ConfigError(f"{path}:{lines.get(k, '?')}: unknown key '{k}'; allowed keys: {', '.join(SPEC_KEYS)}")
-    for k, v in raw.items():
-        if k in ("choices", "gold"):
-            continue
-        if not isinstance(v, str):
-            raise err(k, f"expected text, got {type(v).__name__} {v!r}")
-    output_type = raw.get("output_type", "multiple_choice")
+        if k in UNSUPPORTED_KEYS:
+            raise err(k, "an lm-evaluation-harness key datamates does not support (it scores multiple_choice "
+                         "and loglikelihood tasks from local JSON lines); remove it")
+        if k not in HARNESS_KEYS:
+            raise ConfigError(f"{where(k)}: unknown key '{k}'; allowed keys: {', '.join(HARNESS_KEYS)}")
+    for k in ("task", "dataset_path", "training_split", "validation_split", "test_split", "fewshot_split",
+              "output_type", "target_delimiter", "fewshot_delimiter"):
+        if k in raw and not isinstance(raw[k], str):
+            raise err(k, f"expected text, got {type(raw[k]).__name__} {raw[k]!r}")
+    output_type = raw.get("output_type")
+    if output_type is None:
+        raise ConfigError(f"{path}: missing key 'output_type' (lm-eval's default is generate_until); "
+                          f"set multiple_choice or loglikelihood")
     if output_type not in OUTPUT_TYPES:
-        raise err("output_type", f"{output_type!r}: allowed values are {', '.join(OUTPUT_TYPES)}")
-    choices_are = raw.get("choices_are", "continuations")
-    if choices_are not in ("continuations", "contexts"):
-        raise err("choices_are", f"{choices_are!r}: allowed values are continuations, contexts")
-    metric = raw.get("metric", "acc_norm")
-    if metric not in ("acc", "acc_norm"):
-        raise err("metric", f"{metric!r}: allowed values are acc, acc_norm")
-    if "data" not in raw:
-        raise ConfigError(f"{path}: missing required key 'data' (the JSONL file of examples)")
-
-    def template(key: str) -> Template:
-        try:
-            return Template(raw[key], key)
-        except ConfigError as e:
-            raise ConfigError(f"{path}:{lines.get(key, '?')}: {e}") from None
-
-    def need(*keys: str) -> None:
-        for k in keys:
-            if k not in raw:
-                raise ConfigError(f"{path}: missing required key '{k}' for output_type {output_type}"
-                                  + (f", choices_are {choices_are}" if output_type == "multiple_choice" else ""))
-
-    def forbid(*keys: str) -> None:
-        for k in keys:
-            if k in raw:
-                raise err(k, f"not used with output_type {output_type}"
-                          + (f", choices_are {choices_are}" if output_type == "multiple_choice" else ""))
-
+        raise err("output_type", f"{output_type!r}: datamates scores {', '.join(OUTPUT_TYPES)}")
+    if raw.get("dataset_path") != "json":
+        raise err("dataset_path", f"{raw.get('dataset_path')!r}: datamates reads local JSON lines; write "
+                  f"dataset_path: json and dataset_kwargs: {{data_files: {{test: FILE.jsonl}}}} (save a Hugging "
+                  f"Face split with Dataset.to_json)") if "dataset_path" in raw else \
+            ConfigError(f"{path}: missing key 'dataset_path' (write dataset_path: json with data_files)")
+    if raw.get("dataset_name") is not None:
+        raise err("dataset_name", "must be empty with dataset_path: json")
     try:  # the name becomes result and sample file names: '../x' would write outside the output
         check_name(raw.get("task", path.stem), "task")
     except ConfigError as e:
-        raise ConfigError(f"{path}:{lines.get('task', '?')}: {e}") from None
-    spec = TaskSpec(name=raw.get("task", path.stem), path=path, data=Path("."), split=raw.get("split", ""),
-                    output_type=output_type, choices_are=choices_are, metric=metric,
+        raise ConfigError(f"{where('task')}: {e}") from None
+
+    # data files and splits
+    kwargs = raw.get("dataset_kwargs") or {}
+    if not isinstance(kwargs, dict) or any(k != "data_files" for k in kwargs):
+        raise err("dataset_kwargs", "only data_files is supported (a file, or a mapping split -> file)")
+    if "data_files" in raw and "data_files" in kwargs:
+        raise err("data_files", "given twice (also in dataset_kwargs); keep one")
+    dkey = "data_files" if "data_files" in raw else "dataset_kwargs"
+    files = raw.get("data_files", kwargs.get("data_files"))
+    if files is None:
+        raise ConfigError(f"{path}: missing data_files (dataset_kwargs: {{data_files: {{test: FILE.jsonl}}}})")
+    split = raw.get("test_split") or raw.get("validation_split")
+    if not split:
+        raise ConfigError(f"{path}: missing key 'test_split' (or 'validation_split'): the split to evaluate")
+
+    def one_file(v: Any, what: str) -> Path:
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        if not isinstance(v, str):
+            raise err(dkey, f"{what}: expected one file name, got {v!r} (concatenate several files into one)")
+        p = Path(expand_vars(v))
+        return p if p.is_absolute() else path.parent / p
+
+    if isinstance(files, dict):
+        for s, v in files.items():
+            one_file(v, f"split '{s}'")
+        if split not in files:
+            raise err(dkey, f"no file for the evaluated split '{split}'; data_files has: {', '.join(map(str, files))}")
+        data = one_file(files[split], f"split '{split}'")
+        few = next((raw[k] for k in ("fewshot_split", "training_split", "validation_split", "test_split")
+                    if raw.get(k) in files), split)
+        fewshot_data = None if few == split else one_file(files[few], f"split '{few}'")
+    else:
+        data, fewshot_data = one_file(files, "data_files"), None
+
+    # templates
+    def rule(key: str) -> Rule | None:
+        if key not in raw or raw[key] is None:
+            return None
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, (str, int, list, dict)):
+            raise err(key, f"expected a template, a field name, an int or a list, got {v!r}")
+        if key in ("doc_to_text", "description") and not isinstance(v, (str, int)):
+            raise err(key, f"expected a template, a field name or an int, got {type(v).__name__}")
+        if key == "doc_to_choice" and isinstance(v, int):
+            raise err(key, "expected a template, a field name or a list")
+        if isinstance(v, list) and not all(isinstance(c, str) for c in v) and key == "doc_to_choice":
+            raise err(key, "a list of choices must hold texts")
+        tmpl = None
+        if isinstance(v, str):
+            try:
+                tmpl = JINJA.from_string(v)
+            except jinja2.TemplateSyntaxError as e:
+                raise err(key, f"Jinja2 syntax error ({e.message}) in {v!r}") from None
+        return Rule(key, v, tmpl)
+
+    spec = TaskSpec(name=raw.get("task", path.stem), path=path, data=data, split=split, output_type=output_type,
                     target_delimiter=raw.get("target_delimiter", " "),
-                    fewshot_delimiter=raw.get("fewshot_delimiter", "\n\n"), notes=raw.get("notes", "").strip(),
-                    harness_task=raw.get("harness_task", ""), raw=raw)
-    data = Path(expand_vars(raw["data"]))
-    spec.data = data if data.is_absolute() else (path.parent / data)
-    if output_type == "loglikelihood":
-        need("context", "continuation")
-        forbid("choices", "gold", "choices_are", "metric")
-        spec.context, spec.continuation = template("context"), template("continuation")
-        return spec
-    need("choices", "gold")
-    if choices_are == "continuations":
-        need("context")
-        forbid("continuation")
-        spec.context = template("context")
-    else:
-        need("continuation")
-        forbid("context")
-        spec.continuation = template("continuation")
-    ch = raw["choices"]
-    if isinstance(ch, str):
-        spec.choices = template("choices")
-    elif isinstance(ch, list) and ch and all(isinstance(c, str) for c in ch):
-        try:
-            spec.choices = [Template(c, f"choices[{i}]") for i, c in enumerate(ch)]
-        except ConfigError as e:
-            raise ConfigError(f"{path}:{lines.get('choices', '?')}: {e}") from None
-    else:
-        raise err("choices", "expected a template naming a list field, or a non-empty list of templates")
-    g = raw["gold"]
-    if isinstance(g, bool) or not isinstance(g, (int, str)):
-        raise err("gold", f"expected an int or a template, got {g!r}")
-    spec.gold = g if isinstance(g, int) else template("gold")
+                    fewshot_delimiter=raw.get("fewshot_delimiter", "\n\n"), fewshot_data=fewshot_data, raw=raw,
+                    where={k: where(k) for k in raw})
+    for k in ("doc_to_text", "doc_to_target", "doc_to_choice", "description"):
+        setattr(spec, k, rule(k))
+    for k in ("doc_to_text", "doc_to_target"):
+        if getattr(spec, k) is None:
+            raise ConfigError(f"{path}: missing key '{k}'")
+    if spec.is_mc and spec.doc_to_choice is None:
+        raise ConfigError(f"{path}: missing key 'doc_to_choice' (output_type multiple_choice)")
+    if not spec.is_mc and spec.doc_to_choice is not None:
+        raise err("doc_to_choice", "not used with output_type loglikelihood")
+    nf = raw.get("num_fewshot", 0)
+    if nf is None:
+        nf = 0
+    if isinstance(nf, bool) or not isinstance(nf, int) or nf < 0:
+        raise err("num_fewshot", f"expected an int >= 0, got {nf!r}")
+    spec.num_fewshot = nf
+    metrics = []
+    for i, m in enumerate(raw.get("metric_list") or []):
+        name = m.get("metric") if isinstance(m, dict) else m
+        extra = set(m) - {"metric", "aggregation", "higher_is_better"} if isinstance(m, dict) else set()
+        if name not in METRICS[output_type] or extra:
+            bad = f"unknown field {sorted(extra)[0]!r}" if extra and name in METRICS[output_type] else f"metric {name!r}"
+            raise err("metric_list", f"item {i}: {bad}; datamates computes {', '.join(METRICS[output_type])} "
+                                     f"for output_type {output_type}")
+        metrics.append(name)
+    spec.metric = "acc_norm" if "acc_norm" in metrics else "acc"
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise err("metadata", f"expected a mapping, got {type(meta).__name__}")
+    spec.notes = str(meta.get("notes", "")).strip()
+    spec.harness_task = str(meta.get("harness_task", ""))
     return spec
 
 
@@ -437,7 +451,8 @@ class Doc:
     continuations: list[str]  # per request, delimiter included
     norm_len: list[int]  # per request: characters acc_norm divides by
     gold: int  # -1 for loglikelihood
-    shot: str  # this example solved, as an in-context example
+    shot: str  # this example solved, as an in-context example (fewshot delimiter included)
+    description: str = ""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -445,7 +460,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         fh = opener(path, "rt", encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: task data not found (set DATAMATES_DATA or fix the spec's 'data')") from None
+        raise InputError(f"{path}: task data not found (set DATAMATES_DATA or fix the task's data_files)") from None
     with fh:
         for n, line in enumerate(fh, start=1):
             if line.strip():
@@ -457,79 +472,148 @@ def count_examples(spec: TaskSpec) -> int:
     return sum(1 for _ in _lines(spec.data))
 
 
-def load_docs(spec: TaskSpec, limit: int | None = None) -> list[Doc]:
-    """The examples of the spec's data file (the first `limit` of them), checked: a missing field,
-    a gold index out of range, an empty choice list or an empty file is an InputError naming the
-    file and line."""
-    docs: list[Doc] = []
-    for line, text in _lines(spec.data):
-        if limit is not None and len(docs) >= limit:
+def _records(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    for line, text in _lines(path):
+        if limit is not None and len(out) >= limit:
             break
         try:
             rec = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputError(f"{spec.data}:{line}: malformed JSON ({e.msg})") from None
-        key = "?"
-        try:
-            if not spec.is_mc:
-                key = "context"
-                ctx = spec.context.render_str(rec)  # type: ignore[union-attr]
-                key = "continuation"
-                cont = spec.target_delimiter + spec.continuation.render_str(rec)  # type: ignore[union-attr]
-                docs.append(Doc(line, [ctx], [cont], [len(cont)], -1, ctx + cont))
-                continue
-            key = "choices"
-            if isinstance(spec.choices, list):
-                choices = [t.render_str(rec) for t in spec.choices]
-            else:
-                choices = spec.choices.render(rec)  # type: ignore[union-attr]
-                if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-                    raise FieldError(f"template {spec.choices.source!r} must give a list of texts, "  # type: ignore[union-attr]
-                                     f"got {type(choices).__name__}")
-            if not choices:
-                raise FieldError("no choices")
-            key = "gold"
-            gold = spec.gold if isinstance(spec.gold, int) else spec.gold.render(rec)  # type: ignore[union-attr]
-            if isinstance(gold, str) and gold.strip().lstrip("-").isdigit():
-                gold = int(gold)
-            elif isinstance(gold, str):
+            raise InputError(f"{path}:{line}: malformed JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}:{line}: a record is a JSON object, got {type(rec).__name__}")
+        out.append((line, rec))
+    return out
+
+
+def _text(v: Any, what: str) -> str:
+    if isinstance(v, str):
+        return v
+    raise FieldError(f"{what} must be text, got {type(v).__name__} {v!r}")
+
+
+def _doc(spec: TaskSpec, rec: dict[str, Any], fields: set[str], multiple_input: bool) -> Doc:
+    """One record -> its requests (module docstring); raises FieldError naming the key."""
+    key = "doc_to_text"
+    try:
+        has_choices = spec.doc_to_choice is not None
+        text = spec.doc_to_text.apply(rec, fields, has_choices)  # type: ignore[union-attr]
+        key = "doc_to_target"
+        target = spec.doc_to_target.apply(rec, fields, has_choices)  # type: ignore[union-attr]
+        key = "description"
+        desc = _text(spec.description.apply(rec, fields, False), "description") if spec.description else ""
+        d = spec.target_delimiter
+        if not spec.is_mc:
+            key = "doc_to_text"
+            ctx = _text(text, "the context")
+            key = "doc_to_target"
+            tgt = _text(target, "the target")
+            return Doc(0, [ctx], [tgt], [len(tgt)], -1, ctx + d + tgt + spec.fewshot_delimiter, desc)
+        key = "doc_to_choice"
+        choices = spec.doc_to_choice.apply(rec, fields, has_choices)  # type: ignore[union-attr]
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise FieldError(f"the choices must be a list of texts, got {type(choices).__name__}")
+        if not choices:
+            raise FieldError("no choices")
+        if multiple_input:
+            key = "doc_to_text"
+            gold = text
+            if isinstance(gold, bool) or not isinstance(gold, int):
+                raise FieldError(f"the first record's doc_to_text was an int (multiple inputs), this one is {gold!r}")
+            key = "doc_to_target"
+            if isinstance(target, list):
+                raise FieldError("a list target (multiple targets) is not supported")
+            cont = d + str(target)
+        else:
+            key = "doc_to_target"
+            gold = target
+            if isinstance(gold, list):
+                raise FieldError("a list target (multiple targets) is not supported")
+            if isinstance(gold, str):
                 if gold not in choices:
                     raise FieldError(f"gold {gold!r} is not one of the choices")
                 gold = choices.index(gold)
             if isinstance(gold, bool) or not isinstance(gold, int):
                 raise FieldError(f"gold must be an index or a choice's text, got {gold!r}")
-            if not 0 <= gold < len(choices):
-                raise FieldError(f"gold index {gold} is out of range for {len(choices)} choices")
-            if spec.choices_are == "continuations":
-                key = "context"
-                ctx = spec.context.render_str(rec)  # type: ignore[union-attr]
-                conts = [spec.target_delimiter + c for c in choices]
-                docs.append(Doc(line, [ctx] * len(choices), conts, [len(c) for c in choices], gold,
-                                ctx + conts[gold]))
-            else:
-                key = "continuation"
-                cont = spec.target_delimiter + spec.continuation.render_str(rec)  # type: ignore[union-attr]
-                # lm-eval divides by len(choice); with one shared continuation we divide by its
-                # length, identical for every choice, so acc_norm == acc (lm-eval reports acc only)
-                docs.append(Doc(line, list(choices), [cont] * len(choices), [len(cont)] * len(choices), gold,
-                                choices[gold] + cont))
+        if not 0 <= gold < len(choices):
+            raise FieldError(f"gold index {gold} is out of range for {len(choices)} choices")
+        if multiple_input:
+            # lm-eval divides by len(choice); with one shared continuation we divide by its
+            # length, identical for every choice, so acc_norm == acc (lm-eval reports acc only)
+            return Doc(0, list(choices), [cont] * len(choices), [len(cont)] * len(choices), gold,
+                       choices[gold] + cont + spec.fewshot_delimiter, desc)
+        key = "doc_to_text"
+        ctx = _text(text, "the context")
+        conts = [d + c for c in choices]
+        return Doc(0, [ctx] * len(choices), conts, [len(c) for c in choices], gold,
+                   ctx + conts[gold] + spec.fewshot_delimiter, desc)
+    except FieldError as e:
+        raise FieldError(f"{e} (key '{key}')") from None
+
+
+def _constant(spec: TaskSpec, docs: list[Doc]) -> str | None:
+    """The key whose template renders the same text for every record (needs two or more records)."""
+    if len(docs) < 2:
+        return None
+    if spec.doc_to_text.is_template and len({tuple(d.contexts) for d in docs}) == 1:  # type: ignore[union-attr]
+        return "doc_to_text"
+    if not spec.is_mc and spec.doc_to_target.is_template and len({d.continuations[0] for d in docs}) == 1:  # type: ignore[union-attr]
+        return "doc_to_target"
+    return None
+
+
+def load_docs(spec: TaskSpec, limit: int | None = None, *, fewshot: bool = False) -> list[Doc]:
+    """The examples of the task's data file (the first `limit` of them; `fewshot`: of its few-shot
+    file), checked: a missing field, a gold index out of range, an empty choice list, an empty file
+    or a template that renders the same text for every record is an InputError naming the file,
+    line and key."""
+    path = spec.fewshot_data if fewshot and spec.fewshot_data else spec.data
+    recs = _records(path, limit)
+    if not recs:
+        raise InputError(f"{path}: no examples (task {spec.path})")
+    fields: set[str] = set()
+    for _, r in recs:
+        fields.update(r)
+    multiple_input = False
+    if spec.is_mc:  # lm-eval decides on the first record: doc_to_text gives an int -> multiple inputs
+        try:
+            first = spec.doc_to_text.apply(recs[0][1], fields, True)  # type: ignore[union-attr]
         except FieldError as e:
-            raise InputError(f"{spec.data}:{line}: {e} (spec {spec.path}, key '{key}')") from None
-    if not docs:
-        raise InputError(f"{spec.data}: no examples (spec {spec.path})")
+            raise InputError(f"{path}:{recs[0][0]}: {e} (task {spec.path}, key 'doc_to_text')") from None
+        multiple_input = isinstance(first, int) and not isinstance(first, bool)
+    docs = []
+    for line, rec in recs:
+        try:
+            doc = _doc(spec, rec, fields, multiple_input)
+        except FieldError as e:
+            raise InputError(f"{path}:{line}: {e}, task {spec.path}") from None
+        doc.line = line
+        docs.append(doc)
+    bad = _constant(spec, docs)
+    if bad:
+        v = str(spec.raw[bad])
+        hint = (" ({field} is not a placeholder in Jinja2: write {{field}})" if re.search(r"(?<!\{)\{\s*\w[\w.\[\]]*\s*\}", v)
+                else " (name a field, or use {{field}} placeholders)")
+        raise InputError(f"{spec.where.get(bad, spec.path)}: key '{bad}': the template {v!r} renders the same text for all {len(docs)} "
+                         f"records of {path}{hint}")
     return docs
 
 
-def fewshot_prefixes(spec: TaskSpec, docs: list[Doc], n_eval: int, k: int, seed: int) -> list[str]:
-    """For each of the first n_eval docs, k other docs of the file drawn with rng(seed, doc index),
-    each written as a solved example and followed by the few-shot delimiter."""
+def fewshot_prefixes(spec: TaskSpec, docs: list[Doc], n_eval: int, k: int, seed: int,
+                     shots: list[Doc] | None = None) -> list[str]:
+    """For each of the first n_eval docs: its description, then k solved examples drawn with
+    rng(seed, doc index) from `shots` (the few-shot split), or from `docs` without the example itself."""
     if k == 0:
-        return [""] * n_eval
-    if k > len(docs) - 1:
-        raise ConfigError(f"num_fewshot = {k}: task {spec.name} has only {len(docs)} examples")
+        return [d.description for d in docs[:n_eval]]
+    pool = shots if shots is not None else docs
+    skip_self = shots is None
+    if k > len(pool) - skip_self:
+        raise ConfigError(f"num_fewshot = {k}: task {spec.name} has only {len(pool)} few-shot examples")
     out = []
     for i in range(n_eval):
-        pick = np.random.default_rng([seed, i]).choice(len(docs) - 1, size=k, replace=False)
-        pick = pick + (pick >= i)  # skip the example itself
-        out.append("".join(docs[j].shot + spec.fewshot_delimiter for j in pick))
+        pick = np.random.default_rng([seed, i]).choice(len(pool) - skip_self, size=k, replace=False)
+        if skip_self:
+            pick = pick + (pick >= i)  # skip the example itself
+        out.append(docs[i].description + "".join(pool[j].shot for j in pick))
     return out

@@ -93,7 +93,7 @@ def evaluate_task(
     spec: TaskSpec | str | Path,
     *,
     limit: int | None = None,
-    num_fewshot: int = 0,
+    num_fewshot: int | None = None,
     fewshot_seed: int = 1234,
     batch_size: int = 32,
     max_tokens: int = 16384,
@@ -105,11 +105,14 @@ def evaluate_task(
     if not isinstance(spec, TaskSpec):
         spec = load_spec(spec)
     t0 = time.perf_counter()
+    num_fewshot = spec.num_fewshot if num_fewshot is None else num_fewshot  # the task file's, unless set
+    own_shots = num_fewshot and spec.fewshot_data is None
     if docs is None:  # all examples when shots are drawn from them, else only those evaluated
-        docs = load_docs(spec, limit=limit if not num_fewshot else None)
+        docs = load_docs(spec, limit=limit if not own_shots else None)
     n = min(limit, len(docs)) if limit else len(docs)
     n_total = len(docs) if n < len(docs) or not limit else count_examples(spec)
-    prefixes = fewshot_prefixes(spec, docs, n, num_fewshot, fewshot_seed)
+    shots = load_docs(spec, fewshot=True) if num_fewshot and spec.fewshot_data is not None else None
+    prefixes = fewshot_prefixes(spec, docs, n, num_fewshot, fewshot_seed, shots)
     pairs, spans = [], []
     for d, pre in zip(docs[:n], prefixes):
         spans.append((len(pairs), len(pairs) + len(d.contexts)))
@@ -296,7 +299,10 @@ def evaluate(
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
-    all_docs = {s.name: load_docs(s, limit=cfg.limit if not cfg.num_fewshot else None) for s in specs}
+    def shots_from_file(s: TaskSpec) -> bool:  # shots drawn from the evaluated file itself: load all of it
+        return bool(s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot) and s.fewshot_data is None
+
+    all_docs = {s.name: load_docs(s, limit=cfg.limit if not shots_from_file(s) else None) for s in specs}
     for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
         if name in all_docs:
             docs = load_docs(next(s for s in specs if s.name == name))
