@@ -1133,3 +1133,78 @@ def test_ecosystem_input_mistake_is_one_line_exit_2_and_nothing_written(world, t
     for p, data in before.items():
         assert p.exists() and p.read_bytes() == data, f"{p} was changed"
     assert_nothing_written(*outputs)
+
+
+# ----------------------------------------------------------------------------- ecosystem inputs (issue 16)
+#
+# Inputs datamates reads since issue 16 (docs/formats.md): each mistake is one line naming the file,
+# dataset or URL and what to do, exit 2, nothing written. Same shape as CASES.
+
+ECOSYSTEM_CASES: dict[str, Case] = {}
+
+
+def ecosystem_case(name: str):
+    def deco(fn: Case) -> Case:
+        ECOSYSTEM_CASES[name] = fn
+        return fn
+    return deco
+
+
+@ecosystem_case("a .zst that is not zstandard")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.jsonl.zst").write_bytes((DOC + "\n").encode() * 3)  # plain JSON lines under a .zst name
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.jsonl.zst: not a zstandard file", "give a .zst made by zstd"], [out]
+
+
+@ecosystem_case("a Hugging Face dataset that does not resolve offline")
+def _(w, t):
+    argv, out = _pool_build(w, t, "hf:no-such-user/no-such-dataset:train")
+    return argv, ["hf:no-such-user/no-such-dataset:train: the dataset does not resolve", "download it first"], [out]
+
+
+@ecosystem_case("an fsspec URL with no installed filesystem backend")
+def _(w, t):
+    argv, out = _pool_build(w, t, "nosuchfs://bucket/corpus/")
+    return argv, ["nosuchfs://bucket/corpus/: no fsspec filesystem for 'nosuchfs://' is installed"], [out]
+
+
+@ecosystem_case("a token binary whose size is not a multiple of the dtype")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.bin").write_bytes(np.arange(10, dtype=np.uint16).tobytes() + b"\x01")  # 21 bytes of uint16
+    argv, out = _pool_build(w, t, d, "--tokenizer", w.pool / "tokenizer.json")
+    return argv, ["in/x.bin: 21 bytes is not a multiple of the token size 2 (uint16)", "pool.token_dtype"], [out]
+
+
+@ecosystem_case("a token binary without the tokenizer that made it")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.bin").write_bytes(np.arange(10, dtype=np.uint16).tobytes())
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.bin: a pre-tokenized input needs the tokenizer", "pool.tokenizer.name_or_path"], [out]
+
+
+@ecosystem_case("a datatrove shard without its .ds.index")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.ds").write_bytes(np.arange(10, dtype=np.uint16).tobytes())
+    argv, out = _pool_build(w, t, d, "--tokenizer", w.pool / "tokenizer.json")
+    return argv, ["in/x.ds: no in/x.ds.index beside it"], [out]
+
+
+@pytest.mark.parametrize("name", list(ECOSYSTEM_CASES))
+def test_ecosystem_input_mistake_is_one_line_exit_2_and_nothing_written(world, tmp_path, name, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv, names, outputs = ECOSYSTEM_CASES[name](world, tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert_one_error_line(cli(*argv), *names)
+    for p, data in before.items():
+        assert p.exists() and p.read_bytes() == data, f"{p} was changed"
+    assert_nothing_written(*outputs)

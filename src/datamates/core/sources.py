@@ -526,7 +526,11 @@ def source_identity(f: InputFile) -> dict[str, Any]:
     if f.path is not None:
         ident = {"rel": f.rel, "bytes": f.size, "sha256": file_sha256(f.path)}
         if f.kind == "datatrove":
-            ident["index_sha256"] = file_sha256(Path(str(f.path) + ".index"))
+            idx = Path(str(f.path) + ".index")
+            if not idx.is_file():
+                raise InputError(f"{f.rel}: no {f.rel}.index beside it (datatrove's DocumentTokenizer writes one; "
+                                 "save_index=True)")
+            ident["index_sha256"] = file_sha256(idx)
         return ident
     fs = f.extra["fs"]
     try:
