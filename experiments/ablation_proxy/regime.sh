@@ -15,11 +15,17 @@ PY=$PWD/.venv/bin/python
 SNAP=${SNAP:-/tmp/datamates_regime_snap}
 rm -rf $SNAP.train && mkdir -p $SNAP.train && cp -r src/datamates $SNAP.train/
 mkdir -p $ROOT
-declare -A TSEED=([s1]=1337 [s2]=2024) GSEED=([s1]=0 [s2]=1)
+declare -A TSEED=([s1]=1337 [s2]=2024)
+# gold mixtures per study: 3 pairs, 2 triples and the full set, drawn at random (numpy seeds 0 / 1);
+# proxies only for them and the 5 single units (the mean-unit baseline needs the unit models)
+declare -A GOLD=(
+  [s1]='[[science,web],[science,wiki],[web,wiki],[books,domain_samples,web],[domain_samples,science,web],[books,domain_samples,science,web,wiki]]'
+  [s2]='[[books,domain_samples],[domain_samples,web],[science,web],[domain_samples,science,web],[science,web,wiki],[books,domain_samples,science,web,wiki]]')
+SINGLE='[[books],[domain_samples],[science],[web],[wiki]]'
 stamp() { echo "{\"stage\": \"$1\", \"study\": \"$2\", \"t\": $(date +%s)}" >> $ROOT/times.jsonl; }
 for s in s1 s2; do
   RUN=$ROOT/$s
-  SETS=(--set train.seed=${TSEED[$s]} --set ablation.gold_seed=${GSEED[$s]})
+  SETS=(--set train.seed=${TSEED[$s]} --set "ablation.gold=${GOLD[$s]}" --set "ablation.subsets=$SINGLE")
   [ $s = s1 ] || SETS+=(--set ablation.seed.checkpoint=$ROOT/s1/seed)
   stamp partition $s
   PYTHONPATH=$SNAP.train $PY -m datamates partition -c $CFG --run-dir $RUN --pool $POOL "${SETS[@]}"
@@ -33,7 +39,7 @@ if [ -n "${GO:-}" ]; then while [ ! -f "$GO" ]; do sleep 20; done; fi
 rm -rf $SNAP.eval && mkdir -p $SNAP.eval && cp -r src/datamates $SNAP.eval/
 for s in s1 s2; do
   RUN=$ROOT/$s
-  SETS=(--set train.seed=${TSEED[$s]} --set ablation.gold_seed=${GSEED[$s]})
+  SETS=(--set train.seed=${TSEED[$s]} --set "ablation.gold=${GOLD[$s]}" --set "ablation.subsets=$SINGLE")
   [ $s = s1 ] || SETS+=(--set ablation.seed.checkpoint=$ROOT/s1/seed)
   stamp ablate $s
   PYTHONPATH=$SNAP.eval $PY -m datamates ablate -c $CFG --run-dir $RUN --pool $POOL "${SETS[@]}" ${ABLATE_ARGS:-}

@@ -30,10 +30,7 @@ scatter.png, ranking.png, report.md, report.html. Evaluations are cached in
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
-import io
 import json
 import math
 import time
@@ -56,6 +53,8 @@ from datamates.ablation.merge import (
     walk_order,
 )
 from datamates.ablation.partition import Manifest, read_manifest
+from datamates.ablation.report import headline, write_outputs
+from datamates.ablation.stats import BASELINE, claim_table, correlations, pairwise_agreement
 from datamates.ablation.train_partition import gold_dir, train_gold
 from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
@@ -64,14 +63,13 @@ from datamates.core.checkpoint import load_model
 from datamates.core.lm import resolve_device
 from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
 from datamates.core.pool import Pool
-from datamates.errors import ArtifactMissing, ConfigError, InputError
+from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import RunDir, atomic_dir, atomic_write_text, is_done, meta_record
+from datamates.run_dir import RunDir, atomic_dir, is_done, meta_record
 
 log = get_logger(__name__)
 
 HELDOUT_ALL = "heldout_all"
-BASELINE = "mean_unit_logppl"  # free baseline proxy: the mean of the unit models' log perplexities
 LAMBADA = "lambada"
 
 
@@ -270,55 +268,6 @@ def choose_gold(units: list[str], count: int, seed: int) -> list[list[str]]:
     return chosen
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def pairwise_agreement(proxy: np.ndarray, gold: np.ndarray, groups: np.ndarray | None = None) -> float:
-    """Fraction of pairs (i < j, gold_i != gold_j) that proxy orders like gold (proxy ties: 1/2);
-    with `groups`, only pairs in the same group (e.g. mixtures of the same size)."""
-    agree, n = 0.0, 0
-    for i in range(len(gold)):
-        for j in range(i + 1, len(gold)):
-            if groups is not None and groups[i] != groups[j]:
-                continue
-            g = np.sign(gold[i] - gold[j])
-            if g == 0:
-                continue
-            p = np.sign(proxy[i] - proxy[j])
-            agree += 1.0 if p == g else (0.5 if p == 0 else 0.0)
-            n += 1
-    return agree / n if n else float("nan")
-
-
-def correlations(proxy_log: np.ndarray, gold_log: np.ndarray, sizes: np.ndarray | None = None) -> dict[str, float]:
-    """Pearson on log PPL, Spearman, Kendall, pairwise agreement, mean |log error|; with `sizes`
-    (units per mixture) also the within-size versions: pairwise agreement over pairs of equal size
-    and Pearson after subtracting each size's mean (sizes with one mixture left out)."""
-    from scipy import stats
-
-    n = len(gold_log)
-    out = {"n": n, "pearson": float("nan"), "spearman": float("nan"), "kendall": float("nan"),
-           "pairwise": pairwise_agreement(proxy_log, gold_log) if n >= 2 else float("nan"),
-           "mean_abs_log_err": float(np.mean(np.abs(proxy_log - gold_log))) if n else float("nan")}
-    if n >= 3 and np.ptp(proxy_log) > 0 and np.ptp(gold_log) > 0:
-        out["pearson"] = float(stats.pearsonr(proxy_log, gold_log)[0])
-        out["spearman"] = float(stats.spearmanr(proxy_log, gold_log)[0])
-        out["kendall"] = float(stats.kendalltau(proxy_log, gold_log)[0])
-    if sizes is not None:
-        sizes = np.asarray(sizes)
-        out["pairwise_same_size"] = pairwise_agreement(proxy_log, gold_log, sizes)
-        keep = np.array([np.sum(sizes == k) >= 2 for k in sizes], dtype=bool)
-        p, g = proxy_log[keep].copy(), gold_log[keep].copy()
-        for k in np.unique(sizes[keep]):
-            m = sizes[keep] == k
-            p[m] -= p[m].mean()
-            g[m] -= g[m].mean()
-        out["n_within_size"] = int(keep.sum())
-        out["pearson_within_size"] = (float(stats.pearsonr(p, g)[0])
-                                      if keep.sum() >= 3 and np.ptp(p) > 0 and np.ptp(g) > 0 else float("nan"))
-    return out
-
-
 # ----------------------------------------------------------------------------- the study
 
 
@@ -328,8 +277,11 @@ def _model_id(paths: list[Path]) -> str:
 
 def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool, *,
            subsets: list[list[str]] | None = None, gold: list[list[str]] | None = None,
-           train_gold_models: bool = True, out: str | Path | None = None) -> dict[str, Any]:
-    """Run the study and write `<run>/ablation/` (or `out`). Returns the results dict."""
+           train_gold_models: bool = True, out: str | Path | None = None,
+           this_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the study and write `<run>/ablation/` (or `out`). Returns the results dict; its
+    `this_run` counts the work of this call (proxy evaluations, gold models trained, plus the
+    entries of `this_run`)."""
     t_start = time.time()
     manifest = read_manifest(rd.partitions)
     manifest.check_pool(pool)
@@ -346,6 +298,9 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     infos = [inspect_checkpoint(p) for p in unit_paths]
     seed_info = inspect_checkpoint(seed)
     check_compatible(infos, seed_info)
+    seed_sha = weights_sha(seed)
+    provenance = check_unit_seeds(manifest, units, unit_paths, seed, seed_sha)
+    counts = {"proxy_evaluations": 0, "gold_trained": 0, **(this_run or {})}  # work of this call
 
     # ---- which mixtures
     subsets = subsets if subsets is not None else cfg.subsets
@@ -444,6 +399,7 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
                     rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
                     t1 = time.time()
                     ev = evs.evaluate(model, race=True)
+                    counts["proxy_evaluations"] += 1
                     t2 = time.time()
                     cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
                                                "k": len(names), "eval": ev, "merge_s": t1 - t0 + t_set,
@@ -460,6 +416,7 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     gold_root = rd.root / "gold"
     if gold_multi:
         needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
+        counts["gold_trained"] = len(needed)
         if needed and not train_gold_models:
             raise ArtifactMissing(f"{gold_dir(gold_root, needed[0])}: gold model not trained ({len(needed)} missing)")
         train_gold(manifest, pool, seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
@@ -494,6 +451,10 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     timings["gold_eval_s"] = sum(r.get("seconds", 0.0) for r in gold_rows)
     timings["seed_eval_s"] = cache.get(seed_key).get("seconds", 0.0)
     results = _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed)
+    results["claim"] = claim_table([results], B=cfg.bootstrap) if len(gold_multi) >= 3 else {}
+    results["this_run"] = counts
+    for u in results["units"]:
+        u["provenance"] = provenance[u["name"]]
     results["elapsed_s"] = time.time() - t_start
     out = Path(out) if out else rd.ablation
     with atomic_dir(out, meta=meta_record("ablate", config_hash=config_hash(cfg), partition=str(manifest.path),
@@ -502,6 +463,68 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     log.info(headline(results))
     log.info("ablation report: %s", out / "report.md")
     return results
+
+
+def check_unit_seeds(manifest: Manifest, units: list[str], paths: list[Path], seed: Path, seed_sha: str) -> dict:
+    """Every unit model must have branched from this study's seed (its meta.json records the
+    seed's weights hash): a unit from another seed is refused with one line, since its delta
+    from the seed would not be a unit's effect. Returns each unit's provenance (manifest entry +
+    the model's seed hash)."""
+    out = {}
+    for u, p in zip(units, paths):
+        meta_f = p / "meta.json"
+        meta = json.loads(meta_f.read_text()) if meta_f.exists() else {}
+        got = meta.get("seed_sha")
+        if got is not None and got != seed_sha:
+            raise IncompatibleArtifacts(
+                f"{p}: unit model '{u}' was trained from another seed (weights {got}; this study's seed {seed} is "
+                f"{seed_sha}); retrain it from this seed (`datamates train-partitions --units {u}`)")
+        out[u] = {**manifest.unit(u).get("provenance", {"source": "partition"}), "seed_sha": got,
+                  "model": str(p)}
+    return out
+
+
+def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool,
+                   name: str, ids: np.ndarray, source: str, *, model: str | Path | None = None,
+                   out: str | Path | None = None) -> dict[str, Any]:
+    """An incremental study (Na et al. 2024 §5): add unit `name` (sequence ids of the pool) to the
+    study in `rd`, train only its model from the same seed state (or take `model`, which must have
+    branched from this seed), and re-run the study: every cached proxy and gold evaluation is
+    reused, so only the 2^K mixtures that contain the new unit are merged and evaluated. Without
+    `ablation.gold`, the gold mixtures are the previous study's (results.json), so no gold model
+    is trained; the new unit model is its own single-unit gold model."""
+    import shutil
+
+    from datamates.ablation.partition import add_unit
+    from datamates.ablation.train_partition import resolve_seed, train_partitions
+
+    manifest = read_manifest(rd.partitions)
+    seed = resolve_seed(cfg.seed, rd.seed_model)
+    gold = cfg.gold
+    prev = rd.ablation / "results.json"
+    if gold is None and prev.exists():
+        gold = [g["mixture"].split("+") for g in json.loads(prev.read_text())["gold"] if g["k"] > 1]
+    manifest = add_unit(manifest, pool, name, ids, source)
+    dest = rd.unit(name)
+    trained = 0
+    if model is not None:
+        model = Path(model)
+        meta = json.loads((model / "meta.json").read_text()) if (model / "meta.json").exists() else {}
+        if meta.get("seed_sha") != weights_sha(seed):
+            raise IncompatibleArtifacts(
+                f"{model}: --model was not trained from this study's seed ({seed}, weights {weights_sha(seed)}; the "
+                f"model records {meta.get('seed_sha')}); train the unit from this seed instead (leave out --model)")
+        if not is_done(dest):
+            tmp = dest.with_name(dest.name + ".copy-partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(model, tmp)
+            tmp.rename(dest)
+    elif not is_done(dest):
+        train_partitions(manifest, pool, seed, rd.root / "units", train_cfg, model_cfg, cfg.branch, units=[name],
+                         log_dir=rd.logs)
+        trained = 1
+    return ablate(cfg, train_cfg, model_cfg, rd, pool, gold=gold, out=out,
+                  this_run={"units_trained": trained, "added_unit": name})
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -572,275 +595,5 @@ def _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timing
     }
 
 
-def headline(results: dict[str, Any]) -> str:
-    lines = [f"{'eval set':<28} {'n':>3} {'pearson':>8} {'spearman':>9} {'pairwise':>9}   (multi-unit gold mixtures)"]
-    for s, e in results["correlations"].items():
-        c = e["multi"]
-        lines.append(f"{s:<28} {c['n']:>3} {c['pearson']:>8.3f} {c['spearman']:>9.3f} {c['pairwise']:>9.3f}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def _short(mixture: str, units: list[str]) -> str:
-    """'books+web' -> 'B+W' style labels: shortest unique prefixes of unit names."""
-    pre = {}
-    for u in units:
-        n = 1
-        while any(v != u and v[:n].lower() == u[:n].lower() for v in units) and n < len(u):
-            n += 1
-        pre[u] = u[:n]
-    return "+".join(pre.get(p, p) for p in mixture.split("+"))
-
-
-def write_outputs(results: dict[str, Any], out: Path, plots: bool = True) -> None:
-    from datamates.run_dir import atomic_write_json
-
-    atomic_write_json(out / "results.json", results)
-    sets = results["eval_sets"]
-    for name, rows in (("proxies", results["proxies"]), ("gold", results["gold"])):
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["mixture", "k", "eval_set", "ppl", "logppl", "bpb", "acc"])
-        for r in rows:
-            for s in sets:
-                e = r["eval"][s]
-                w.writerow([r["mixture"], r["k"], s, f"{e['ppl']:.6g}", f"{e['logppl']:.6g}",
-                            f"{e['bpb']:.6g}" if "bpb" in e else "", f"{e['acc']:.6g}" if "acc" in e else ""])
-        atomic_write_text(out / f"{name}.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["eval_set", "scope", "proxy", "n", "pearson_log", "spearman", "kendall", "pairwise", "mean_abs_log_err",
-                "pairwise_same_size", "pearson_within_size", "n_within_size"])
-    for s, e in results["correlations"].items():
-        for name, scopes in e["by_proxy"].items():
-            for scope, c in scopes.items():
-                w.writerow([s, scope, name, c["n"], f"{c['pearson']:.4f}", f"{c['spearman']:.4f}",
-                            f"{c['kendall']:.4f}", f"{c['pairwise']:.4f}", f"{c['mean_abs_log_err']:.4f}",
-                            f"{c.get('pairwise_same_size', float('nan')):.4f}",
-                            f"{c.get('pearson_within_size', float('nan')):.4f}", c.get("n_within_size", "")])
-    atomic_write_text(out / "correlations.csv", buf.getvalue())
-    if plots:
-        for i, name in enumerate(results["proxy_methods"]):
-            plot_scatter(results, out / ("scatter.png" if i == 0 else f"scatter_{_slug(name)}.png"), name)
-        plot_ranking(results, out / "ranking.png")
-    atomic_write_text(out / "report.md", report_markdown(results, plots))
-    atomic_write_text(out / "report.html", report_html(results, plots))
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
-def plot_scatter(results: dict[str, Any], path: Path, method: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = results["eval_sets"]
-    units = [u["name"] for u in results["units"]]
-    method = method or results["method"]
-    proxy = {r["mixture"]: {"eval": r["evals"][method]} for r in results["proxies"]}
-    ncol = min(3, len(sets))
-    nrow = math.ceil(len(sets) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 4.0 * nrow), squeeze=False)
-    K = len(units)
-    cmap = plt.get_cmap("viridis")
-    for ax, s in zip(axes.flat, sets):
-        xs, ys = [], []
-        for r in results["gold"]:
-            x, y = proxy[r["mixture"]]["eval"][s]["ppl"], r["eval"][s]["ppl"]
-            xs.append(x)
-            ys.append(y)
-            ax.scatter([x], [y], color=cmap((r["k"] - 1) / max(K - 1, 1)), s=36,
-                       marker="o" if r["k"] > 1 else "s", edgecolor="k", linewidth=0.4, zorder=3)
-            ax.annotate(_short(r["mixture"], units), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        lo, hi = min(xs + ys), max(xs + ys)
-        ax.plot([lo, hi], [lo, hi], color="0.7", lw=0.8, ls="--", zorder=1)
-        pad = 0.04 * (hi - lo)
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.ticklabel_format(style="plain", useOffset=False)
-        c = results["correlations"][s]["by_proxy"][method]["multi"]
-        ca = results["correlations"][s]["by_proxy"][method]["all"]
-        ax.set_title(f"{s}\nmulti-unit: r={c['pearson']:.2f} rho={c['spearman']:.2f} | all: r={ca['pearson']:.2f}",
-                     fontsize=8)
-        ax.set_xlabel("proxy perplexity (merged)", fontsize=8)
-        ax.set_ylabel("gold perplexity (trained on union)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(sets):]:
-        ax.axis("off")
-    fig.suptitle(f"perplexity: proxy ({method}) vs gold (Pearson on log PPL), colour = units in the mixture, "
-                 "squares = single units (proxy = gold)",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def plot_ranking(results: dict[str, Any], path: Path) -> None:
-    """Heat map: every mixture's proxy rank per evaluation set (1 = lowest perplexity); rows
-    sorted by mean rank; gold mixtures marked with their gold rank among the gold mixtures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = results["eval_sets"]
-    units = [u["name"] for u in results["units"]]
-    rows = results["proxies"]
-    P = np.array([[r["eval"][s]["logppl"] for s in sets] for r in rows])  # [M, S]
-    ranks = P.argsort(0).argsort(0) + 1
-    order = np.argsort(ranks.mean(1), kind="stable")
-    gold = {r["mixture"]: r for r in results["gold"]}
-    G = {s: sorted(gold, key=lambda m: gold[m]["eval"][s]["logppl"]) for s in sets}
-    fig, ax = plt.subplots(figsize=(1.1 * len(sets) + 3, 0.22 * len(rows) + 1.6))
-    im = ax.imshow(ranks[order], cmap="RdYlGn_r", aspect="auto")
-    ax.set_xticks(range(len(sets)))
-    ax.set_xticklabels([s.replace("heldout/", "") for s in sets], rotation=35, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([("* " if rows[i]["mixture"] in gold else "") + _short(rows[i]["mixture"], units) for i in order],
-                       fontsize=6)
-    for yi, i in enumerate(order):
-        m = rows[i]["mixture"]
-        for j, s in enumerate(sets):
-            txt = str(ranks[i, j])
-            if m in gold:
-                txt += f"|{G[s].index(m) + 1}"
-            ax.text(j, yi, txt, ha="center", va="center", fontsize=5)
-    fig.colorbar(im, ax=ax, fraction=0.03, label="proxy rank (1 = best)")
-    ax.set_title("mixtures ranked by proxy perplexity; * gold mixtures: 'proxy rank|gold rank among gold'", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return format(x, spec)
-
-
-def report_markdown(results: dict[str, Any], plots: bool = True) -> str:
-    sets = results["eval_sets"]
-    units = results["units"]
-    cfg = results["config"]
-    costs = results["costs"]
-    L = []
-    L.append("# Data ablation by merging: proxy vs gold\n")
-    L.append(f"{len(units)} units, {len(results['proxies'])} mixture proxies ({results['method']} merge"
-             + (f", lambda {results['lam']}" if results["method"] == "task_arithmetic" else "") + f"), "
-             f"{sum(1 for g in results['gold'] if g['k'] > 1)} multi-unit gold models"
-             + (f" + {sum(1 for g in results['gold'] if g['k'] == 1)} single-unit gold (= the unit models)"
-                if any(g["k"] == 1 for g in results["gold"]) else "") + ".\n")
-    L.append("| unit | sequences | tokens | documents |\n|---|---:|---:|---:|")
-    for u in units:
-        L.append(f"| {u['name']} | {u['sequences']:,} | {u['tokens']:,} | {u['documents']:,} |")
-    L.append("")
-    L.append(f"Unit models: {cfg['branch']['steps']} steps from the seed; gold model of k units: k x "
-             f"{cfg['branch']['steps']} steps on the union (balance: {cfg['gold_balance']}).\n")
-    L.append("## Proxy vs gold\n")
-    L.append("Pearson on log perplexity, Spearman, Kendall, and pairwise agreement (share of mixture pairs ordered "
-             "alike), over the multi-unit gold mixtures (`multi`) and over all gold mixtures including single units "
-             "(`all`; a single unit's proxy is its gold model). *Same size*: pairs of mixtures with equally many "
-             "units; *within size*: Pearson after removing each size's mean (a gold model of k units trains k times "
-             "longer, which averaging cannot reproduce). Baseline: the mean of the unit models' log PPL.\n")
-    L.append("| eval set | seed PPL | n | Pearson | Spearman | Kendall | pairwise | pairwise (same size) | "
-             "Pearson (within size) | n (all) | Pearson (all) | Spearman (all) | pairwise (all) | baseline Pearson | "
-             "baseline pairwise |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in sets:
-        e = results["correlations"][s]
-        c, a = e["multi"], e["all"]
-        b = e["by_proxy"].get(BASELINE, {}).get("multi", {})
-        L.append(f"| {s} | {results['seed']['eval'][s]['ppl']:.2f} | {c['n']} | {_fmt(c['pearson'])} | "
-                 f"{_fmt(c['spearman'])} | {_fmt(c['kendall'])} | {_fmt(c['pairwise'])} | "
-                 f"{_fmt(c.get('pairwise_same_size'))} | {_fmt(c.get('pearson_within_size'))} | {a['n']} | "
-                 f"{_fmt(a['pearson'])} | {_fmt(a['spearman'])} | {_fmt(a['pairwise'])} | "
-                 f"{_fmt(b.get('pearson'))} | {_fmt(b.get('pairwise'))} |")
-    names = list(results["correlations"][sets[0]]["by_proxy"]) if sets else []
-    if len(names) > 1:
-        L.append("\nEvery proxy rule, multi-unit gold mixtures: Pearson (log PPL) / Spearman / pairwise agreement / "
-                 "pairwise agreement within a size.\n")
-        L.append("| eval set | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for s in sets:
-            by = results["correlations"][s]["by_proxy"]
-            L.append(f"| {s} | " + " | ".join(
-                f"{_fmt(by[n]['multi']['pearson'], '.2f')} / {_fmt(by[n]['multi']['spearman'], '.2f')} / "
-                f"{_fmt(by[n]['multi']['pairwise'], '.2f')} / {_fmt(by[n]['multi'].get('pairwise_same_size'), '.2f')}"
-                for n in names) + " |")
-    L.append("\n![proxy vs gold](scatter.png)\n" if plots else "")
-    if plots:
-        for name in results["proxy_methods"][1:]:
-            L.append(f"![proxy vs gold, {name}](scatter_{_slug(name)}.png)\n")
-    L.append("## Gold mixtures: perplexity (proxy / gold)\n")
-    L.append("| mixture | k | " + " | ".join(s.replace("heldout/", "") for s in sets) + " |")
-    L.append("|---|---:|" + "---:|" * len(sets))
-    proxy = {r["mixture"]: r for r in results["proxies"]}
-    for g in results["gold"]:
-        cells = [f"{proxy[g['mixture']]['eval'][s]['ppl']:.2f} / {g['eval'][s]['ppl']:.2f}" for s in sets]
-        L.append(f"| {g['mixture']} | {g['k']} | " + " | ".join(cells) + " |")
-    L.append("\n## Best mixtures by proxy\n")
-    L.append("| eval set | top 3 by proxy perplexity |\n|---|---|")
-    for s in sets:
-        top = sorted(results["proxies"], key=lambda r: r["eval"][s]["logppl"])[:3]
-        L.append(f"| {s} | " + ", ".join(f"{r['mixture']} ({r['eval'][s]['ppl']:.2f})" for r in top) + " |")
-    L.append("\n![mixture ranking](ranking.png)\n" if plots else "")
-    L.append("## Cost\n")
-    n_gold = sum(1 for g in results["gold"] if g["k"] > 1)
-    rows = [("seed training", costs.get("seed_train_s"), ""),
-            (f"unit training ({len(units)} models)", costs.get("unit_train_s"), f"{len(units)} unit-trainings"),
-            (f"gold training ({n_gold} models)", costs.get("gold_train_s"),
-             f"{costs.get('gold_unit_trainings')} unit-trainings"),
-            ("proxy merges (Gray-code running sums)", costs.get("proxy_merge_s"), ""),
-            ("proxy evaluations", costs.get("proxy_eval_s"), f"{costs.get('proxy_evaluations')} evaluations"),
-            ("gold evaluations", costs.get("gold_eval_s"), ""),
-            ("seed evaluation", costs.get("seed_eval_s"), "")]
-    L.append("| item | seconds | |\n|---|---:|---|")
-    for name, sec, note in rows:
-        L.append(f"| {name} | {_fmt(sec, ',.1f')} | {note} |")
-    L.append(f"\nTraining a gold model for every one of the {len(results['proxies'])} mixtures would take "
-             f"{costs['every_gold_unit_trainings']} unit-trainings (~{_fmt(costs['every_gold_train_s_estimate'], ',.0f')} s "
-             f"at the measured unit training time) instead of {len(units)} for the proxies; evaluation costs the "
-             "same per mixture either way.\n")
-    return "\n".join(L)
-
-
-def report_html(results: dict[str, Any], plots: bool = True) -> str:
-    """The Markdown report rendered as plain HTML (tables, headings, images)."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>datamates ablation</title>",
-           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-           "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
-           "img{max-width:100%}</style></head><body>"]
-    in_table = False
-    for line in report_markdown(results, plots).splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= set("-:") for c in cells):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](")
-            out.append(f"<p><img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}'></p>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
+__all__ = ["EvalCache", "EvalSets", "ablate", "add_unit_study", "build_eval_sets", "choose_gold", "claim_table", "correlations",
+           "headline", "pairwise_agreement", "ratio_se"]

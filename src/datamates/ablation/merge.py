@@ -273,9 +273,14 @@ def merge(
             is_float = t0.get_dtype() in ("F32", "F64", "BF16", "F16")
             dtype = OUT_DTYPES[out_dtype] if is_float else _torch_dtype(t0.get_dtype())
             specs.append((k, dtype, tuple(t0.get_shape())))
+        toks = [i.unit_tokens for i in infos]
+        group = {"unit_tokens": int(sum(toks))} if all(toks) else {}  # a pre-merged group's tokens (macro-merging)
+        seeds = {i.seed_sha for i in infos}
+        if len(seeds) == 1 and None not in seeds:
+            group["seed_sha"] = seeds.pop()
         with atomic_dir(out, meta=meta_record("merge", inputs=[str(i.path) for i in infos], weights=w,
                                               method=method, lam=lam, seed=str(seed) if seed else None,
-                                              **(meta or {}))) as tmp:
+                                              **group, **(meta or {}))) as tmp:
             writer = SafetensorsWriter(tmp / WEIGHTS, specs)
             for (k, dtype, _shape) in specs:
                 first = handles[0].get_tensor(k)
@@ -306,6 +311,35 @@ def merge(
             atomic_write_json(tmp / "merge.json", state["merged"])
     log.info("merged %d checkpoints (%s) -> %s", len(infos), method, out)
     return out
+
+
+def macro_merge(groups: Sequence[Sequence[str | Path]], out: str | Path, *, group_dir: str | Path,
+                within: str = "weighted", across: str = "weighted", out_dtype: str = "float32") -> Path:
+    """Macro-merging (Na et al. 2024, §5): merge pre-merged groups. Each group's models are merged
+    into `group_dir/<i>` (skipped when already there), then the group checkpoints are merged:
+
+        theta_g   = sum_{i in g} w_i theta_i / sum_{i in g} w_i            (within: uniform w_i = 1, or
+                                                                          weighted w_i = tokens of unit i)
+        theta_out = sum_g W_g theta_g / sum_g W_g                           (across: uniform W_g = 1, or
+                                                                          weighted W_g = sum_{i in g} tokens)
+
+    With token weights on both levels, W_g theta_g = sum_{i in g} w_i theta_i, so theta_out is the
+    flat token-weighted average of all units, whatever the grouping (a pre-merged group can stand in
+    for its members); uniform on both levels equals the flat uniform mean only when the groups are
+    equally large. A group checkpoint records its members' total tokens (meta.json unit_tokens), so
+    a group can itself be merged again. Returns `out`."""
+    if not groups or any(len(g) == 0 for g in groups):
+        raise InputError("macro-merge: every group needs at least one checkpoint")
+    group_dir = Path(group_dir)
+    paths = []
+    for i, g in enumerate(groups):
+        ident = hashlib.sha256(json.dumps([within, [weights_sha(x) for x in g]]).encode()).hexdigest()[:12]
+        gp = group_dir / f"group_{i:02d}_{ident}"  # named by its members' weights: never a stale group
+        if not is_done(gp):
+            merge(list(g), gp, method=within, weights="tokens" if within == "weighted" else None, out_dtype="float32")
+        paths.append(gp)
+    return merge(paths, out, method=across, weights="tokens" if across == "weighted" else None, out_dtype=out_dtype,
+                 meta={"macro": {"groups": [[str(p) for p in g] for g in groups], "within": within, "across": across}})
 
 
 def _torch_dtype(st: str) -> torch.dtype:

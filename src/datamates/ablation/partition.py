@@ -392,7 +392,8 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
             np.save(tmp / "units" / f"{name}.npy", ids)
             base = name.rsplit(".", 1)[0] if cfg.token_balanced and cfg.balance == "split" else name
             manifest["units"].append({"name": name, **describe(ids), "ids": f"units/{name}.npy",
-                                      "available_sequences": available.get(base, len(ids))})
+                                      "available_sequences": available.get(base, len(ids)),
+                                      "provenance": {"source": "partition", "by": cfg.by}})
         for dom, ids in heldout.items():
             np.save(tmp / "heldout" / f"{safe_name(dom)}.npy", ids)
             manifest["heldout"].append({"domain": dom, **describe(ids), "ids": f"heldout/{safe_name(dom)}.npy"})
@@ -401,6 +402,77 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         atomic_write_json(tmp / MANIFEST, manifest)
     log.info(summary(manifest))
     return Manifest(out, manifest)
+
+
+def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source: str) -> Manifest:
+    """Add one unit to a written partition (an incremental study, Na et al. 2024 §5: cost grows
+    linearly with new data): `ids` are sequence ids of the same pool. Refused (InputError): a name
+    that is not a safe unit name, ids that are held out or guarded (they would leak into
+    evaluation), or ids already in another unit; ids from the seed's rest are allowed and counted
+    (the seed has seen them). Adding the same unit with the same ids again is a no-op, so a killed
+    `ablate --add-unit` resumes; with other ids it is refused. The manifest keeps its config_hash
+    (every cached evaluation stays valid) and records the unit's provenance (source file, ids hash,
+    time); the whole folder is rewritten atomically."""
+    import hashlib
+    import shutil
+    import time
+
+    manifest.check_pool(pool)
+    if safe_name(name) != name or "+" in name:
+        raise InputError(f"--add-unit {name!r}: not a usable unit name; use letters, digits, '_', '.', '-' "
+                         f"(e.g. {safe_name(name)!r})")
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if len(ids) == 0:
+        raise InputError(f"{source}: no sequence ids; the new unit would be empty")
+    if ids[0] < 0 or ids[-1] >= len(pool):
+        raise InputError(f"{source}: sequence id {int(ids[-1] if ids[-1] >= len(pool) else ids[0])} is outside the "
+                         f"pool ({len(pool):,} sequences)")
+    sha = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+    if name in manifest.units:
+        old = manifest.unit(name)
+        if old.get("provenance", {}).get("ids_sha") == sha or np.array_equal(manifest.unit_ids(name), ids):
+            log.info("unit '%s' is already in %s with these ids; nothing to add", name, manifest.path)
+            return manifest
+        raise InputError(f"--add-unit {name}: {manifest.path} already has a unit '{name}' with other sequences; "
+                         "choose another name")
+    held = np.concatenate([manifest.heldout_ids(d) for d in manifest.heldout_domains] or [np.zeros(0, np.int64)])
+    bad = np.intersect1d(ids, held)
+    if len(bad):
+        raise InputError(f"{source}: {len(bad):,} of the ids are held-out evaluation sequences (e.g. {int(bad[0])}); "
+                         "remove them")
+    for u in manifest.units:
+        both = np.intersect1d(ids, manifest.unit_ids(u))
+        if len(both):
+            raise InputError(f"{source}: {len(both):,} of the ids are already in unit '{u}' (e.g. {int(both[0])}); "
+                             "units must be disjoint")
+    in_rest = int(len(np.intersect1d(ids, manifest.rest_ids())))
+    if in_rest:
+        log.warning("new unit '%s': %d of its %d sequences are in the seed's rest (the seed trained on them)",
+                    name, in_rest, len(ids))
+    index = DocIndex(pool)
+    seq_bytes = np.asarray(pool.seq_bytes, dtype=np.float64)
+    seq_domain = np.asarray(pool.seq_domain)
+    doms = np.bincount(seq_domain[ids], minlength=len(pool.domains))
+    data = dict(manifest.data)
+    entry = {"name": name, "sequences": int(len(ids)), "tokens": int(len(ids) * pool.seq_len),
+             "documents": index.n_docs_of(ids), "bytes": float(seq_bytes[ids].sum()),
+             "domains": {pool.domains[d]: int(c) for d, c in enumerate(doms) if c}, "ids": f"units/{name}.npy",
+             "available_sequences": int(len(ids)),
+             "provenance": {"source": "add-unit", "input": str(source), "ids_sha": sha, "in_seed_rest": in_rest,
+                            "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    data["units"] = [*data["units"], entry]
+    with atomic_dir(manifest.path, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
+                                                    config_hash=data["config_hash"], added_unit=name)) as tmp:
+        for f in manifest.path.rglob("*"):
+            rel = f.relative_to(manifest.path)
+            if f.is_file() and rel.name not in ("DONE", "PARTIAL", "meta.json", MANIFEST):
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, tmp / rel)
+        (tmp / "units").mkdir(exist_ok=True)
+        np.save(tmp / "units" / f"{name}.npy", ids)
+        atomic_write_json(tmp / MANIFEST, data)
+    log.info("added unit '%s' (%d sequences, %d tokens) to %s", name, len(ids), entry["tokens"], manifest.path)
+    return Manifest(manifest.path, data)
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -201,6 +201,7 @@ class AblationConfig:
     )
     gold_seed: int = knob(0, "seed of the gold-mixture draw")
     plots: bool = knob(True, "draw scatter.png and ranking.png (matplotlib)")
+    bootstrap: int = knob(500, "bootstrap resamples of the claim's intervals (ablation/stats.py)", ge=10)
 
     def check(self) -> None:
         for i, spec in enumerate(self.extra_proxies):
