@@ -88,7 +88,8 @@ class Job:
     name     for logs and errors ("probe", "score", "train-units")
     paths    the result path of every shard, in shard order (n shards = len(paths))
     worker   picklable factory `worker(slot) -> fn`, called once per worker process / actor / rank;
-             `fn(i)` computes shard i and returns its result
+             `fn(i)` computes shard i and returns its result (None: only `run(local_worker=...)`
+             in this process)
     save     picklable `save(path, result)` writing atomically, run where the shard was computed;
              None: `fn(i)` writes `paths[i]` itself (e.g. a checkpoint folder) and its (small,
              picklable) return value is handed back to the caller
@@ -96,7 +97,7 @@ class Job:
 
     name: str
     paths: list[Path]
-    worker: Callable[[Slot], Callable[[int], Any]]
+    worker: Callable[[Slot], Callable[[int], Any]] | None
     save: Callable[[Path, Any], None] | None = None
     sizes: list[int] | None = None
     unit: str = "shard"
@@ -176,11 +177,13 @@ def device_for(spec: str, index: int) -> str:
 
 def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "auto", threads: int = 0,
         ray_address: str | None = None, ray_cpus: float = 1.0, ray_gpus: float = 0.0,
-        local_worker: Callable[[], Callable[[int], Any]] | None = None, progress: str | bool | None = None) -> dict[int, Any]:
+        local_worker: Callable[[], Callable[[int], Any]] | None = None, progress: str | bool | None = None,
+        share: bool = True) -> dict[int, Any]:
     """Compute every unfinished shard of `job`; returns {shard: returned value} of the shards this
     call computed when `job.save` is None (else {}). Afterwards every `job.paths[i]` is finished.
 
-    Inside `lead` under torchrun the job is shared over the world, whatever `backend` says.
+    Inside `lead` under torchrun the job is shared over the world, whatever `backend` says, unless
+    `share` is False (a job whose worker cannot be pickled, e.g. a closure: it runs in this process).
     `local_worker`: a zero-argument factory of `fn` for the shards this process computes (inline,
     or rank 0 of a torchrun world), e.g. one that reuses state the caller has loaded already."""
     if backend not in BACKENDS:
@@ -191,7 +194,7 @@ def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "a
                  job.n_shards)
     if not todo:
         return {}
-    world = _World.current()
+    world = _World.current() if share else None
     if world is not None:
         return world.run(job, todo, device=device, local_worker=local_worker, progress=progress)
     if backend == "torchrun":

@@ -14,22 +14,22 @@ seed and one checkpoint format.
            weighs about the same, like the uniform merge; with token-balanced units m_i = 1.
 
 Each model is an atomic checkpoint folder (`<run>/units/<unit>`, `<run>/gold/<mixture>`): a
-finished one is skipped, a killed one resumes from its `.partial` folder. Jobs run serially, in a
-process pool (`branch.workers` processes, `threads_per_worker` torch threads each), or as Ray tasks.
+finished one is skipped, a killed one resumes from its `.partial` folder. Jobs are the shards of
+datamates.executor (docs/executor.md): serial, `branch.workers` local processes (`threads_per_worker`
+torch threads each), or Ray actors.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datamates import executor
 from datamates.ablation import mixture_key, weights_sha
 from datamates.config.ablation import BranchConfig, SeedConfig
 from datamates.config.core import ModelConfig, TrainConfig
@@ -79,13 +79,6 @@ class BranchJob:
 
     def ids(self) -> np.ndarray:
         return np.concatenate([np.tile(np.load(f), r) for f, r in self.parts]).astype(np.int64)
-
-
-def _init_worker(threads: int | None) -> None:
-    import torch
-
-    os.environ["DATAMATES_PROGRESS"] = "0"
-    torch.set_num_threads(threads or 1)
 
 
 def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, pool_path: str, init: str,
@@ -142,59 +135,35 @@ def run_jobs(jobs: list[BranchJob], train_cfg: TrainConfig, model_cfg: ModelConf
     args = (train_cfg, model_cfg, str(pool_path), str(init), threads, None if serial or not log_dir else str(log_dir))
     log.info("training %d models (%s, %d worker%s x %s threads)", len(todo), "serial" if serial else branch.backend,
              workers, "s" if workers > 1 else "", threads or "default")
-    if serial:
-        for i, job in enumerate(todo):
-            log.info("[%d/%d] %s: %d steps on %d sequences", i + 1, len(todo), job.name, job.steps, len(job.ids()))
-            out, sec = _run_job(job, *args, i)
-            results[job.name] = {"out": out, "seconds": sec, "skipped": False}
-        return results
-    if branch.backend == "ray":
-        return {**results, **_run_ray(todo, args, branch)}
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(branch.threads_per_worker,)) as ex:
-        futs = {ex.submit(_run_job, job, *args, i): job for i, job in enumerate(todo)}
-        try:
-            done, _ = wait(futs, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                for f in futs:
-                    f.cancel()
-                wait(futs)
-                raise failed[0].exception()
-        except KeyboardInterrupt:
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-        for f, job in futs.items():
-            out, sec = f.result()
-            results[job.name] = {"out": out, "seconds": sec, "skipped": False}
+    job = executor.Job("train", [j.out for j in todo], _TrainTask(todo, args), save=None)
+    out = executor.run(job, backend="ray" if branch.backend == "ray" else "local", workers=workers,
+                       device=train_cfg.device, threads=threads or 0, ray_cpus=branch.threads_per_worker or 1,
+                       ray_gpus=branch.gpus_per_worker, progress=False)
+    for i, job_ in enumerate(todo):
+        o, sec = out.get(i, (str(job_.out), 0.0))
+        results[job_.name] = {"out": o, "seconds": sec, "skipped": False}
+    return results
+
+
+class _TrainTask:
+    """The models to train as executor shards (datamates.executor): shard i trains `jobs[i]` into
+    its checkpoint folder (atomic: finished when it holds DONE) and returns (out, seconds)."""
+
+    def __init__(self, jobs: list[BranchJob], args: tuple):
+        self.jobs, self.args = jobs, args
+
+    def __call__(self, slot: executor.Slot):
+        def fn(i: int) -> tuple[str, float]:
+            job = self.jobs[i]
+            log.info("[%d/%d] %s: %d steps on %d sequences", i + 1, len(self.jobs), job.name, job.steps, len(job.ids()))
+            try:
+                out, sec = _run_job(job, *self.args, slot.index)
+            except DatamatesError as e:
+                raise type(e)(f"{job.name}: {e}") from None
             log.info("%s: trained in %.0f s", job.name, sec)
-    return results
+            return out, sec
 
-
-def _run_ray(todo: list[BranchJob], args: tuple, branch: BranchConfig) -> dict[str, dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise InputError("ablation.branch.backend = 'ray' needs Ray: pip install 'datamates[ray]'") from None
-    address = os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        kw = {} if address else {"num_cpus": branch.workers * (branch.threads_per_worker or 1)}
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kw)
-    task = ray.remote(num_cpus=branch.threads_per_worker or 1, num_gpus=branch.gpus_per_worker, max_retries=0)(_run_job)
-    refs = {task.remote(job, *args, i): job for i, job in enumerate(todo)}
-    results = {}
-    for ref, job in refs.items():
-        try:
-            out, sec = ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
-            if isinstance(cause, DatamatesError):
-                raise cause from None
-            raise
-        results[job.name] = {"out": out, "seconds": sec, "skipped": False}
-        log.info("%s: trained in %.0f s", job.name, sec)
-    return results
+        return fn
 
 
 # ----------------------------------------------------------------------------- stages

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from datamates import executor
 from datamates.config.base import config_hash
 from datamates.core.pool import Pool
 from datamates.errors import IncompatibleArtifacts, InputError
-from datamates.log import get_logger, progress_bar
+from datamates.log import get_logger
 from datamates.run_dir import atomic_dir, atomic_write_json, meta_record, read_json
 from datamates.selection.scores_io import (
     SIGN,
@@ -147,21 +148,25 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
                                             "folder to start over")
         else:
             atomic_write_json(plan_f, plan)
-        bar = progress_bar(desc, total=len(ids), unit="seq")
-        done = 0
+        done = sum((work / shard_name(i)).exists() for i in range(n_shards))
         for i in range(n_shards):
-            part = ids[i * shard_size : (i + 1) * shard_size]
-            f = work / shard_name(i)
-            if f.exists():
-                read_shard(f, pool_id=plan["pool_id"], model_hash=plan["model_hash"])
-                done += 1
-            else:
+            if (work / shard_name(i)).exists():
+                read_shard(work / shard_name(i), pool_id=plan["pool_id"], model_hash=plan["model_hash"])
+
+        def shards():
+            def fn(i: int) -> None:
+                part = ids[i * shard_size : (i + 1) * shard_size]
                 s = np.asarray(score_fn(part), dtype=np.float64)
                 if not np.isfinite(s).all():
                     raise InputError(f"{desc}: {int((~np.isfinite(s)).sum())} scores are not finite")
-                write_shard(f, part, s, pool_id=plan["pool_id"], model_hash=plan["model_hash"])
-            bar.update(len(part))
-        bar.close()
+                write_shard(work / shard_name(i), part, s, pool_id=plan["pool_id"], model_hash=plan["model_hash"])
+
+            return fn
+
+        # the executor's resume and ordering; score_fn is a closure, so the shards stay in this process
+        job = executor.Job(desc, [work / shard_name(i) for i in range(n_shards)], None,
+                           sizes=[len(ids[i * shard_size : (i + 1) * shard_size]) for i in range(n_shards)], unit="seq")
+        executor.run(job, local_worker=shards, progress=desc, share=False)
         if done:
             log.info("resumed: %d of %d score shards were already done", done, n_shards)
         plan_f.unlink()
