@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from datamates.accounting import summarize_branch
+from datamates.html import markdown, md_table, page_head
 from datamates.run_dir import RunDir, atomic_write_json, atomic_write_text, is_done, read_json
 
 WARMUP = "warmup"
@@ -783,16 +784,7 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
 
 
 def _md_table_to_html(md: str) -> str:
-    rows = [r for r in md.splitlines() if r.startswith("|") and not r.startswith("|---")]
-    if not rows:
-        return f"<p>{html.escape(md)}</p>"
-    out = ["<table>"]
-    for i, r in enumerate(rows):
-        cells = [c.strip() for c in r.strip("|").split("|")]
-        tag = "th" if i == 0 else "td"
-        out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    return md_table(md)  # the shared renderer (datamates.html), also used by the ablation report
 
 
 def _paired_html(runs: list[dict[str, Any]]) -> str:
@@ -809,12 +801,8 @@ def _paired_html(runs: list[dict[str, Any]]) -> str:
 
 
 def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
-           "th{background:#f3f3f3}img{max-width:100%}pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}")
     names = ", ".join(html.escape(r["name"]) for r in runs)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>datamates report: {names}</title>"
-             f"<style>{css}</style></head><body>", f"<h1>datamates report: {names}</h1>",
+    parts = [page_head(f"datamates report: {', '.join(r['name'] for r in runs)}"), f"<h1>datamates report: {names}</h1>",
              f"<p>{len(runs)} run(s); pool of {pool_meta.get('n_sequences', 0):,} sequences x "
              f"{pool_meta.get('seq_len', '?')} tokens. Mean ± standard deviation over runs. "
              "ref_loss_delta = L_ref(after) - L_ref(before): lower is better.</p>",
@@ -831,7 +819,7 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "<h2>FLOPs and time</h2>", _md_table_to_html(flops_table(runs)),
              *[f"<p>{html.escape(r)}</p>" for r in flops_table(runs).splitlines() if r.startswith("- ")]]
     if ablation_md:
-        parts.append(f"<h2>Data ablation by merging</h2><pre>{html.escape(ablation_md)}</pre>")
+        parts.append(f"<h2>Data ablation by merging</h2>{markdown(ablation_md)}")
     for title, _, png in figs:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     if examples:
