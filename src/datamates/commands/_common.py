@@ -46,6 +46,9 @@ def setup(args: argparse.Namespace, verb: str):
     root = Path(args.run_dir) if getattr(args, "run_dir", None) else cfg.run_dir
     rd = RunDir(root)
     setup_logging(rd.logs / f"{verb}.log", verbose=getattr(args, "verbose", False))
+    from datamates import tracking
+
+    tracking.configure(cfg.log)  # log.backend: a missing package is one line before any work
     return cfg, rd
 
 
@@ -146,9 +149,11 @@ def write_run_config(cfg, rd) -> None:
     data["config_hash"] = config_hash(cfg)
     if rd.config.exists():
         old = yaml.safe_load(rd.config.read_text()) or {}
-        skip = ("config_hash", "distributed")  # distributed: how ranks wait, not what a run computes
+        skip = ("config_hash", "distributed", "log")  # how ranks wait / where metrics go, not what a run computes
         body = {k: v for k, v in data.items() if k not in skip}
         old_body = {k: v for k, v in old.items() if k not in skip}
+        if (old_body.get("eval") or {}).get("num_fewshot") == 0 and body["eval"]["num_fewshot"] is None:
+            old_body["eval"]["num_fewshot"] = None  # before task files could name num_fewshot, 0 was the default
         # the settings decide, not the stored hash (a hash of the same settings may change with the code)
         if old.get("config_hash") not in (None, data["config_hash"]) and old_body != body:
             diff = _first_diff(old_body, body)

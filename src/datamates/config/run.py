@@ -9,6 +9,7 @@ from datamates.config.ablation import AblationConfig
 from datamates.config.base import Sources, apply_sets, check_name, expand_vars, from_dict, knob, load_yaml
 from datamates.config.core import ModelConfig, PoolConfig, TrainConfig
 from datamates.config.evaluate import EvalConfig
+from datamates.config.log import LogConfig
 from datamates.config.mates import MatesConfig
 from datamates.errors import ConfigError
 
@@ -41,6 +42,7 @@ class RunConfig:
     eval: EvalConfig = knob(EvalConfig(), "evaluation")
     mates: MatesConfig = knob(MatesConfig(), "model-aware selection loop")
     ablation: AblationConfig = knob(AblationConfig(), "data ablations by merging")
+    log: LogConfig = knob(LogConfig(), "metrics tracking: metrics.jsonl always, TensorBoard / wandb on request")
     distributed: DistributedConfig = knob(DistributedConfig(), "torchrun: timeouts and heartbeats")
 
     def check(self) -> None:

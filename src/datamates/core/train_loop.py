@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from datamates import tracking
 from datamates.config.base import to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import (
@@ -362,6 +363,8 @@ def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, 
     records = _read_log(log_path, call["done"]) if resume is not None else []
     if is_main():
         _write_log(log_path, records)
+    tracking.start(work, resume_step=call["start_step"] + call["done"] if resume is not None else None,
+                   config=state["train_config"])  # metrics.jsonl (+ TensorBoard / wandb on request)
     params = [p for p in model.parameters() if p.requires_grad]
 
     t0, window_t, window_tokens = time.time(), time.time(), 0
@@ -406,6 +409,8 @@ def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, 
         if is_main():
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+        tracking.log_metrics(gstep + 1, {f"train/{k}": rec[k] for k in ("loss", "lr", "grad_norm", "tokens")},
+                             folder=work)
         bar.update(1)
         if call["done"] % cfg.log_every == 0 or call["done"] == cfg.steps:
             dt = time.time() - window_t
@@ -446,6 +451,9 @@ def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, met
         meta=meta_record("train", pool_id=pool.pool_id, **meta), rng=rng,
     )
     _write_log(tmp_final / "train_log.jsonl", records)
+    tracking.close(work)
+    if (work / "metrics.jsonl").exists():
+        shutil.copyfile(work / "metrics.jsonl", tmp_final / "metrics.jsonl")
     atomic_write_json(tmp_final / "train_summary.json", state["summary"])
     write_done(tmp_final, "checkpoint", fp)  # certifies every file, the log and summary too
     replace_dir(tmp_final, out, "checkpoint")
