@@ -259,3 +259,12 @@ def test_export_format_hf_loads_with_load_from_disk(records, tmp_path):
     assert ds["id"] == [records[d]["id"] for d in want]
     assert ds["text"] == [records[d]["text"] for d in want]
     assert not (tmp_path / "hf.partial").exists()
+
+
+def test_a_token_id_outside_the_vocabulary_is_refused(reference, tmp_path):
+    np.array([1, 2, 60000, 3], dtype=np.uint16).tofile(tmp_path / "x.bin")
+    cfg = _cfg([tmp_path / "x.bin"])
+    cfg.tokenizer.name_or_path = str(reference.path / "tokenizer.json")
+    with pytest.raises(InputError, match=r"x.bin: token id 60000 is not in the tokenizer's vocabulary \(300\)"):
+        build_pool(cfg, tmp_path / "pool")
+    assert not (tmp_path / "pool").exists()
