@@ -81,6 +81,8 @@ def test_finetune_keeps_best_checkpoint(tiny_pool, im_labels, im_cache, tmp_path
     m = json.loads((out / "metrics.json").read_text())
     hist = m["history"]
     assert [h["step"] for h in hist] == [2, 3]
+    curve = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # datamates.tracking
+    assert curve == [{"step": h["step"], **{f"fit/{k}": v for k, v in sorted(h.items()) if k != "step"}} for h in hist]
     best = max(hist, key=lambda h: h["val_spearman"])
     assert m["best_step"] == best["step"] and m["val_spearman"] == pytest.approx(best["val_spearman"])
     assert (out / "encoder" / "model.safetensors").exists()

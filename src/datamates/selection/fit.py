@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from datamates import tracking
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
 from datamates.core.lm import flops_per_token, resolve_device
@@ -198,6 +199,9 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
     from safetensors.torch import save_file
 
     with atomic_dir(out, meta) as tmp:
+        for h in extra.get("history", []):  # the validation curve: metrics.jsonl (+ TensorBoard / wandb)
+            tracking.log_metrics(h["step"], {f"fit/{k}": v for k, v in h.items() if k != "step"}, folder=tmp)
+        tracking.close(tmp)
         save_file({"head.weight": model.head.weight.detach().float().cpu().contiguous(),
                    "head.bias": model.head.bias.detach().float().cpu().contiguous()}, str(tmp / HEAD_FILE))
         if cfg.mode == "finetune":
