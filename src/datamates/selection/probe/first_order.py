@@ -52,12 +52,17 @@ Memory (`plan_micro_batch`; bytes, b = 4 for fp32 activations / gradients, n = t
     resident     n x (bytes of theta + m + v) + n x G x 4 (rho, G = 1 or 3 reference groups)
     per sample   T x b x [ sum_layers (in + out)       (the hooked A and G; A shared with autograd)
                          + c_body x L x d              (other saved activations: attention, MLP, residual)
-                         + c_head x V ]                (logits, their float32 copy, log-softmax, its gradient)
-                 + b x largest numel                   (one sample's gradient of the largest parameter)
+                         + c_head x V                  (logits, their float32 copy, log-softmax, its gradient)
+                         + 2 d ]                       (the input embeddings and their gradient)
+    workspace    >= max(b x largest numel, 2 b T^2)    (one sample's gradient of the largest parameter,
+                                                       or the ghost norm's two Gram matrices)
+                 + 2 n under CUDA bf16 autocast        (autocast's cached bf16 weight copies)
     micro-batch  K = min(candidate_batch, floor((budget - workspace_min) / per_sample))
 
-with c_body = 8 and c_head = 4 (`BODY_FACTOR`, `HEAD_FACTOR`; benchmarks/probe_memory.py compares
-the estimate with the measured peak), the budget `probe.memory_budget_gb` or, by default, the free
+with c_body = 8 and c_head = 4 (`BODY_FACTOR`, `HEAD_FACTOR`): on purpose on the safe side; on CPU
+in fp32 the measured working set was 0.60x the estimate with a 50k-row head (pythia-14m shape, T =
+128) and 0.77x with a 512-row head (pythia-70m shape, T = 256); benchmarks/probe_memory.py
+measures it, also on CUDA), the budget `probe.memory_budget_gb` or, by default, the free
 memory when the prober starts (CUDA: `torch.cuda.mem_get_info` plus the allocator's cached free
 blocks; CPU: MemAvailable of /proc/meminfo) times `MEMORY_FRACTION`. The per-sample gradients
 never exist for all parameters at once: memory no longer grows with K x n. `candidate_batch` is an
@@ -387,6 +392,11 @@ class MemoryPlan:
         return max(self.budget - self.micro_batch * self.per_sample, self.workspace_min)
 
     @property
+    def least_peak(self) -> int:
+        """Resident + K x per-sample + the minimum workspace: the peak when the budget is just enough."""
+        return self.resident + self.micro_batch * self.per_sample + self.workspace_min
+
+    @property
     def peak(self) -> int:
         """Estimated peak: resident + K x per-sample + the streamed gradients' workspace (<= budget)."""
         return self.resident + self.micro_batch * self.per_sample + self.workspace
@@ -395,7 +405,7 @@ class MemoryPlan:
         return {"micro_batch": self.micro_batch, "seq_len": self.seq_len, "budget_gb": self.budget / GiB,
                 "budget_source": self.budget_source, "per_sample_gb": self.per_sample / GiB,
                 "workspace_min_gb": self.workspace_min / GiB, "resident_gb": self.resident / GiB,
-                "peak_gb": self.peak / GiB, "n_params": self.n_params,
+                "peak_gb": self.peak / GiB, "least_peak_gb": self.least_peak / GiB, "n_params": self.n_params,
                 "per_sample_terms_gb": {k: v / GiB for k, v in self.breakdown.items()}}
 
 
@@ -406,8 +416,10 @@ def _shapes(model: nn.Module) -> tuple[int, int, int]:
     return L, int(d), int(V)
 
 
-def memory_terms(model: nn.Module, params: list[nn.Parameter], seq_len: int, n_groups: int = 1) -> dict[str, int]:
-    """Per-sample bytes by term, the minimum workspace and the resident bytes (module docstring)."""
+def memory_terms(model: nn.Module, params: list[nn.Parameter], seq_len: int, n_groups: int = 1,
+                 bf16_autocast: bool = False) -> dict[str, int]:
+    """Per-sample bytes by term, the minimum workspace (plus, under CUDA bf16 autocast, the cached
+    bf16 copies of the weights: 2 bytes per parameter) and the resident bytes (module docstring)."""
     L, d, V = _shapes(model)
     b = 8 if params[0].dtype == torch.float64 else 4
     hooked = 0
@@ -421,7 +433,8 @@ def memory_terms(model: nn.Module, params: list[nn.Parameter], seq_len: int, n_g
              "head (logits)": int(T * b * HEAD_FACTOR * V), "input embeddings": T * b * 2 * d}
     largest = max(p.numel() for p in params)
     resident = sum(p.numel() * (p.element_size() + 2 * p.element_size() + b * n_groups) for p in params)
-    return {**terms, "workspace_min": max(b * largest, 2 * b * T * T), "resident": resident}
+    cache = 2 * sum(p.numel() for p in params) if bf16_autocast else 0
+    return {**terms, "workspace_min": max(b * largest, 2 * b * T * T) + cache, "resident": resident}
 
 
 def _size(n: float) -> str:
@@ -430,14 +443,15 @@ def _size(n: float) -> str:
 
 def plan_micro_batch(model: nn.Module, params: list[nn.Parameter], seq_len: int, *, candidate_batch: int,
                      budget_bytes: int | None = None, n_groups: int = 1, device: torch.device | str | None = None,
-                     knob: str = "probe.memory_budget_gb") -> MemoryPlan:
+                     precision: str = "fp32", knob: str = "probe.memory_budget_gb") -> MemoryPlan:
     """K = min(candidate_batch, floor((budget - workspace_min) / per_sample)) (module docstring).
     `budget_bytes` None: MEMORY_FRACTION of the free memory of `device` now. Raises ConfigError,
     naming `knob`, when not even one candidate fits."""
-    t = memory_terms(model, params, seq_len, n_groups)
+    dev = torch.device(device) if device is not None else params[0].device
+    t = memory_terms(model, params, seq_len, n_groups, bf16_autocast=dev.type == "cuda" and precision in ("auto", "bf16"))
     per_sample = sum(v for k, v in t.items() if k not in ("workspace_min", "resident"))
     if budget_bytes is None:
-        free, source = free_memory(device if device is not None else params[0].device)
+        free, source = free_memory(dev)
         budget, source = int(free * MEMORY_FRACTION), f"{MEMORY_FRACTION:.0%} of {source}"
     else:
         budget, source = int(budget_bytes), knob
@@ -490,7 +504,8 @@ class FirstOrderProber:
         key = (int(seq_len), int(cap))
         if key not in self._plans:
             p = plan_micro_batch(self.state.model, self.state.params, seq_len, candidate_batch=cap,
-                                 budget_bytes=self.budget, n_groups=self.const.numel(), device=self.state.device)
+                                 budget_bytes=self.budget, n_groups=self.const.numel(), device=self.state.device,
+                                 precision=self.state.precision)
             if p.micro_batch < cap:
                 log.warning("first_order probe: %d candidates per batched pass instead of %d (%.2f GiB each, "
                             "%.2f GiB available: %s)", p.micro_batch, cap, p.per_sample / GiB, p.budget / GiB,
