@@ -10,7 +10,8 @@ from datamates.commands._common import add_config_args
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["build", "info"], help="build: tokenize inputs into a pool; info: summary")
     p.add_argument("--input", "-i", action="append", metavar="PATH",
-                   help="input file, folder or glob (repeatable; overrides pool.inputs)")
+                   help="input file, folder, glob, save_to_disk folder, fsspec URL or hf:NAME[:CONFIG]:SPLIT "
+                   "(repeatable; overrides pool.inputs; formats: docs/formats.md)")
     p.add_argument("--out", "-o", metavar="DIR", help="pool folder (default: <run>/pool); for info: the pool")
     p.add_argument("--tokenizer", metavar="PATH|NAME", help="tokenizer.json / folder / hub name (pool.tokenizer.name_or_path)")
     p.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (pool.seq_len)")
