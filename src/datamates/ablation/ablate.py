@@ -504,16 +504,20 @@ def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: Model
     prev = rd.ablation / "results.json"
     if gold is None and prev.exists():
         gold = [g["mixture"].split("+") for g in json.loads(prev.read_text())["gold"] if g["k"] > 1]
-    manifest = add_unit(manifest, pool, name, ids, source)
-    dest = rd.unit(name)
-    trained = 0
-    if model is not None:
+    if not is_done(seed) and not (seed / "model.safetensors").exists():
+        raise ArtifactMissing(f"{seed}: no seed model; an incremental study extends a trained study")
+    if model is not None:  # refused before anything is written
         model = Path(model)
+        inspect_checkpoint(model)
         meta = json.loads((model / "meta.json").read_text()) if (model / "meta.json").exists() else {}
         if meta.get("seed_sha") != weights_sha(seed):
             raise IncompatibleArtifacts(
                 f"{model}: --model was not trained from this study's seed ({seed}, weights {weights_sha(seed)}; the "
                 f"model records {meta.get('seed_sha')}); train the unit from this seed instead (leave out --model)")
+    manifest = add_unit(manifest, pool, name, ids, source)
+    dest = rd.unit(name)
+    trained = 0
+    if model is not None:
         if not is_done(dest):
             tmp = dest.with_name(dest.name + ".copy-partial")
             shutil.rmtree(tmp, ignore_errors=True)

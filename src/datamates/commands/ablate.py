@@ -15,6 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gold", metavar="FILE", help="gold mixtures, same format (default: ablation.gold / gold_count)")
     p.add_argument("--no-train-gold", action="store_true", help="fail instead of training missing gold models")
     p.add_argument("--out", "-o", metavar="DIR", help="report folder (default: <run>/ablation)")
+    p.add_argument("--add-unit", metavar="NAME",
+                   help="incremental study: add unit NAME (sequence ids of the pool, --input) to the partition, train "
+                        "only its model from the study's seed, and evaluate only the mixtures that contain it")
+    p.add_argument("--input", metavar="PATH", help="--add-unit: the unit's sequence ids (.npy, text, or a folder with ids.npy)")
+    p.add_argument("--model", metavar="CKPT",
+                   help="--add-unit: an already trained unit model (must have branched from this study's seed)")
     add_config_args(p)
 
 
@@ -57,12 +63,30 @@ def run(args: argparse.Namespace) -> int:
     write_run_config(cfg, rd)
     from datamates.ablation.ablate import ablate, headline
     from datamates.core.pool import Pool
+    from datamates.errors import InputError
 
     pool = Pool(args.pool or getattr(cfg, "pool_dir", None) or rd.pool)
     subsets = read_mixtures(args.subsets) if args.subsets else None
     gold = read_mixtures(args.gold) if args.gold else None
-    res = ablate(cfg.ablation, cfg.train, cfg.model, rd, pool, subsets=subsets, gold=gold,
-                 train_gold_models=not args.no_train_gold, out=args.out)
+    if args.add_unit is None and (args.input or args.model):
+        raise InputError("--input / --model go with --add-unit NAME")
+    if args.add_unit is not None:
+        from datamates.ablation.ablate import add_unit_study
+        from datamates.commands._common import read_ids
+
+        if not args.input:
+            raise InputError(f"--add-unit {args.add_unit}: give the unit's sequence ids with --input PATH")
+        if subsets or gold:
+            raise InputError("--add-unit evaluates the mixtures that contain the new unit; leave out --subsets / --gold")
+        ids = read_ids(args.input, len(pool), "--input")
+        res = add_unit_study(cfg.ablation, cfg.train, cfg.model, rd, pool, args.add_unit, ids, args.input,
+                             model=args.model, out=args.out)
+        t = res["this_run"]
+        print(f"added unit {args.add_unit}: {t['units_trained']} model trained, {t['proxy_evaluations']} mixtures "
+              f"evaluated, {t['gold_trained']} gold models trained")
+    else:
+        res = ablate(cfg.ablation, cfg.train, cfg.model, rd, pool, subsets=subsets, gold=gold,
+                     train_gold_models=not args.no_train_gold, out=args.out)
     print(headline(res))
     print(f"report: {(args.out or rd.ablation)}/report.md")
     return 0
