@@ -192,6 +192,18 @@ def main() -> None:
               f"{f['selection']:.3g} | {r['overhead_of_train']:.1%} | {r['share_of_total']:.1%} | "
               f"{h['train']:.1f} | {h['selection']:.1f} |")
     print()
+    print("per stage (one selection round before each of the stages after the warmup; training: one stage of "
+          "stage_steps; FLOPs, hours):")
+    for r in rows:
+        if "as configured" not in r["plan"] and "+ MiniLM-L6, 512" not in r["plan"]:
+            continue
+        n, f, h = r["selection_rounds"], r["flops"], r["hours"]
+        stage_train = f["train"] / (cfg.mates.stages + cfg.mates.decay_steps / cfg.mates.stage_steps)
+        stage_h = h["train"] / (cfg.mates.stages + cfg.mates.decay_steps / cfg.mates.stage_steps)
+        print(f"  {r['plan']}: train {stage_train:.3g} ({stage_h:.2f} h); probe {f['probe'] / n:.3g} "
+              f"({h['probe'] / n:.2f} h); fit {f['fit'] / n:.3g} ({h['fit'] / n:.2f} h); score {f['score'] / n:.3g} "
+              f"({h['score'] / n:.2f} h); selection / stage training {f['selection'] / n / stage_train:.1%}")
+    print()
     print(f"first-order probe memory at seq_len {cfg.pool.seq_len}, candidate_batch {cfg.mates.probe.candidate_batch}, "
           f"{args.gpu_memory_gb:g} GB GPU (default budget: 80% of what is free after the resident state):")
     for preset, m in mem.items():
