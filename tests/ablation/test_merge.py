@@ -134,3 +134,37 @@ def test_cli_merge_and_one_line_errors(seed_and_units, tmp_path, monkeypatch, ca
     assert "positive" in capsys.readouterr().err
     assert main(["merge", str(units[0]), str(units[1]), "--out", "bad", "--method", "weighted", "--weights", "a,b"]) == 2
     assert TINY.n_layers == 2
+
+
+def test_macro_merge_with_token_weights_equals_the_flat_weighted_average(seed_and_units, tmp_path):
+    """Macro-merging (issue 17): merging pre-merged groups with token weights on both levels is the
+    flat token-weighted mean sum t_i theta_i / sum t_i, for any grouping, and a merged group can be
+    merged again; uniform on both levels is the mean of group means (= flat mean only for equal groups)."""
+    from datamates.ablation.merge import macro_merge
+
+    _, units = seed_and_units
+    t = [1000.0 * (i + 1) for i in range(4)]  # the fixture's unit_tokens
+    ps = [params(u) for u in units]
+    flat_w = {n: sum(ti * p[n].double() for ti, p in zip(t, ps)) / sum(t) for n in ps[0]}
+    for groups in ([[0, 1], [2, 3]], [[0], [1, 2, 3]], [[0, 2], [1], [3]]):
+        out = macro_merge([[units[i] for i in g] for g in groups], tmp_path / f"w{len(groups)}{groups[0]}",
+                          group_dir=tmp_path / "groups")
+        got = params(out)
+        for n in got:
+            torch.testing.assert_close(got[n].double(), flat_w[n], rtol=1e-6, atol=1e-7)
+    # a pre-merged group inside a group (two levels of macro-merging)
+    g01 = merge(units[:2], tmp_path / "g01", method="weighted", weights="tokens")
+    out = macro_merge([[g01, units[2]], [units[3]]], tmp_path / "nested", group_dir=tmp_path / "groups")
+    for n, v in params(out).items():
+        torch.testing.assert_close(v.double(), flat_w[n], rtol=1e-6, atol=1e-7)
+    # uniform within and across
+    uni = macro_merge([[units[0]], units[1:]], tmp_path / "u", group_dir=tmp_path / "groups", within="uniform",
+                      across="uniform")
+    differs = 0
+    for n, v in params(uni).items():
+        hand = 0.5 * ps[0][n].double() + 0.5 * sum(p[n].double() for p in ps[1:]) / 3
+        torch.testing.assert_close(v.double(), hand, rtol=1e-6, atol=1e-7)
+        differs += not torch.allclose(v.double(), sum(p[n].double() for p in ps) / 4, rtol=1e-5, atol=1e-6)
+    assert differs > 0  # unequal groups: not the flat uniform mean
+    with pytest.raises(InputError, match="at least one checkpoint"):
+        macro_merge([[units[0]], []], tmp_path / "bad", group_dir=tmp_path / "groups")

@@ -11,6 +11,9 @@ from datamates.commands._common import add_config_args
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint folders to average")
     p.add_argument("--units", metavar="A,B,...", help="merge these units of the run (instead of CKPT paths)")
+    p.add_argument("--groups", metavar="A,B;C,D",
+                   help="macro-merge units of the run: merge each ';'-separated group, then the group models "
+                        "(token-weighted on both levels = the flat token-weighted mean; --method uniform: mean of means)")
     p.add_argument("--out", "-o", metavar="DIR", help="output checkpoint (default with --units: <run>/merged/<A+B>)")
     p.add_argument("--method", choices=["uniform", "weighted", "task_arithmetic"], help="ablation.merge.method")
     p.add_argument("--weights", metavar="W1,W2,...|tokens",
@@ -34,6 +37,22 @@ def run(args: argparse.Namespace) -> int:
     from datamates.ablation.merge import merge
 
     mc = cfg.ablation.merge
+    if args.groups:
+        from datamates.ablation.merge import macro_merge
+        from datamates.ablation.partition import read_manifest
+
+        if args.units or args.checkpoints:
+            raise InputError("give --groups alone (no --units or checkpoint folders)")
+        manifest = read_manifest(rd.partitions)
+        groups = [manifest.check_names([u.strip() for u in g.split(",") if u.strip()], f"--groups [{i}]: ")
+                  for i, g in enumerate(args.groups.split(";"))]
+        rule = "uniform" if mc.method == "uniform" and args.method == "uniform" else "weighted"
+        key = ";".join(mixture_key(g) for g in groups)
+        out = args.out or rd.merged("macro~" + key.replace(";", "~"))
+        path = macro_merge([[rd.unit(u) for u in g] for g in groups], out, group_dir=rd.root / "merged" / "groups",
+                           within=rule, across=rule, out_dtype=mc.out_dtype)
+        print(f"macro-merged checkpoint: {path}")
+        return 0
     if args.units and args.checkpoints:
         raise InputError("give checkpoint folders or --units, not both")
     seed = args.seed
