@@ -24,9 +24,10 @@ Backends (`backend=`):
               stops. Keep actors fewer than the CPUs Ray knows, or it may wait forever for a free CPU
               (ray-project/ray#44687). Results are written by the actors: the job's folder must be
               on a filesystem every node sees.
-    torchrun  the torchrun world: rank r takes the shards i with i % world == r (of those not yet
-              finished when the job starts), then each rank reports through a marker file; no rank
-              idles while another still has shards. Chosen automatically for every job submitted
+    torchrun  the torchrun world: of the shards not finished when the job starts (listed once, by
+              rank 0), rank r takes every world-th from position r (on a fresh job: the shards i
+              with i % world == r; after a resume the remainder is split evenly, so no rank idles
+              while another still has a backlog), then reports through a marker file. Chosen automatically for every job submitted
               inside `lead` under torchrun, whatever the stage's own backend says.
 
 `lead(fn, mailbox)` is how a torchrun program runs a serial step that contains sharded jobs (a
@@ -456,10 +457,11 @@ _CURRENT: list[_World | None] = [None]
 
 def _serve_job(job: Job, todo: list[int], rank: int, world: int, device: str, local_worker, folder: Path, n: int,
                bar: _Progress | None) -> dict[int, Any]:
-    """This rank's share of a job: shards i % world == rank, then its marker file. Rank 0 raises a
+    """This rank's share of a job: every world-th of the unfinished shards, from position `rank`
+    (shard i % world == rank on a fresh job; balanced after a resume too), then its marker file. Rank 0 raises a
     shard's error; another rank posts it (rank 0 raises it and ends the `lead` call, so every rank
     leaves with the same error) and goes on serving."""
-    mine = [i for i in todo if i % world == rank]
+    mine = todo[rank::world]
     t0 = time.time()
     out: dict[int, Any] = {}
     tag = f"job_{n:04d}.rank{rank}"
