@@ -167,6 +167,20 @@ class Projection:
             out += torch.einsum("uw,uwd->d", vals[sel], P[local])
         return out
 
+    def rows_many(self, i: int, per: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """`rows` for K gradients at once [K, d]; dense kinds generate each needed block of P once."""
+        if self.kind in ("identity", "countsketch"):
+            return torch.stack([self.rows(i, r, v) for r, v in per])
+        R, w = self.rows_per_block[i], self.width[i]
+        out = torch.zeros(len(per), self.d, device=self.device, dtype=self.dtype)
+        for b in torch.unique(torch.cat([r // R for r, _ in per])).tolist():
+            P = self._block(i, b).view(-1, w, self.d)  # [rows in block, width, d]
+            for k, (rows, vals) in enumerate(per):
+                sel = (rows // R) == b
+                if bool(sel.any()):
+                    out[k] += torch.einsum("uw,uwd->d", vals[sel].to(self.dtype), P[rows[sel] - b * R])
+        return out
+
     def matrix(self) -> torch.Tensor:
         """P [N, d] materialised (tests and the brute-force benchmark only)."""
         parts = []
@@ -203,8 +217,7 @@ def featurize(model: torch.nn.Module, tokens: np.ndarray, proj: Projection, *, b
             for i, g in dense.items():
                 f += proj.dense(i, g.reshape(K, -1))
             for i, per in sparse.items():
-                for k, (rows, vals) in enumerate(per):
-                    f[k] += proj.rows(i, rows, vals)
+                f += proj.rows_many(i, per)
             out[s : s + K] = f.cpu().numpy()
             del dense, sparse
             bar.update(K)
