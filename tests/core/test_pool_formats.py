@@ -133,8 +133,13 @@ def test_moving_the_corpus_folder_keeps_the_identity(records, reference, tmp_pat
     assert b.pool_id == a.pool_id
 
 
-def test_a_flat_token_binary_gives_the_same_token_stream(records, reference, tmp_path):
-    """nanoGPT / Megatron layout: uint16 ids, documents separated by EOS; no re-tokenising."""
+@pytest.mark.parametrize("block", [1 << 24, 7])
+def test_a_flat_token_binary_gives_the_same_token_stream(records, reference, tmp_path, block, monkeypatch):
+    """nanoGPT / Megatron layout: uint16 ids, documents separated by EOS; no re-tokenising. Read in
+    blocks (7 tokens: documents cross block boundaries)."""
+    from datamates.core import sources
+
+    monkeypatch.setattr(sources, "BLOCK", block)
     tok = reference.tokenizer()
     eos = reference.eos_id
     ids: list[int] = []

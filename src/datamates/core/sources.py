@@ -235,10 +235,15 @@ def _load_hf(spec: str):
         import datasets
     except ImportError:
         raise InputError(f"{spec}: Hugging Face datasets need the `datasets` package (pip install 'datamates[io]')") from None
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         return datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # datasets raises many types (DatasetNotFoundError, ConnectionError, ValueError)
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        if offline:  # streaming reads the hub; a dataset downloaded before is in the local cache
+            try:
+                return datasets.load_dataset(name, config, split=split)  # memory-mapped Arrow
+            except Exception:
+                pass
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise InputError(f"{spec}: the dataset does not resolve{' offline' if offline else ''} ({type(e).__name__}: "
                          f"{msg}); download it first (or unset HF_DATASETS_OFFLINE), or give a save_to_disk "
@@ -340,8 +345,7 @@ def raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, A
     if f.kind == "hf":
         ds = f.extra.get("dataset") or _load_hf(str(f.url))
         try:
-            for row, rec in enumerate(ds, start=1):
-                yield row, rec
+            yield from enumerate(ds, start=1)
         except InputError:
             raise
         except Exception as e:
@@ -470,7 +474,7 @@ def _token_documents(f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.nd
                              f"({dtype.name}); set pool.token_dtype to the dtype the file was written with")
         toks = np.frombuffer(data, dtype=dtype)
     vocab = f.extra.get("vocab_size")
-    if vocab is not None and len(toks) and int(toks.max()) >= vocab:
+    if vocab is not None and len(toks) and int(toks.max()) >= vocab:  # streams over the memory map
         raise InputError(f"{f.rel}: token id {int(toks.max())} is not in the tokenizer's vocabulary ({vocab}); "
                          "set pool.tokenizer.name_or_path to the tokenizer that made the file, or pool.token_dtype")
     if f.kind == "datatrove":
@@ -496,15 +500,26 @@ def _token_documents(f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.nd
     if eos is None:
         raise InputError(f"{f.rel}: a token binary needs pool.token_eos_id (the separator), or a tokenizer with "
                          f"pool.tokenizer.eos_token")
-    cuts = np.nonzero(toks == eos)[0]
-    start = 0
+    # scanned in blocks of BLOCK tokens (memory O(block + longest document), whatever the file size)
     n = 0
-    for c in [*cuts.tolist(), len(toks)]:
-        if c == len(toks) and start == len(toks):
-            break
+    carry = np.zeros(0, dtype=np.int64)
+    for lo in range(0, len(toks), BLOCK):
+        block = np.asarray(toks[lo : lo + BLOCK], dtype=np.int64)
+        cuts = np.nonzero(block == eos)[0]
+        start = 0
+        for c in cuts.tolist():
+            doc = np.concatenate([carry, block[start:c]]) if len(carry) else block[start:c]
+            carry = np.zeros(0, dtype=np.int64)
+            n += 1
+            yield n, doc
+            start = c + 1
+        carry = np.concatenate([carry, block[start:]])
+    if len(carry):  # a last document without a closing EOS
         n += 1
-        yield n, np.asarray(toks[start:c], dtype=np.int64)
-        start = c + 1
+        yield n, carry
+
+
+BLOCK = 1 << 24  # tokens read at a time from a flat token binary
 
 
 # ----------------------------------------------------------------------------- identity
