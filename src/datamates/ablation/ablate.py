@@ -324,6 +324,8 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     evs = build_eval_sets(manifest, pool, cfg.eval, train_cfg.precision)
     cache = EvalCache(rd.root / "ablation_cache" / "evals.jsonl")
     specs = [cfg.merge, *(MergeConfig.parse(x) for x in cfg.extra_proxies)]
+    if cfg.gold_balance == "both":  # both pairings need both merge rules
+        specs += [MergeConfig(method=m) for m in ("uniform", "weighted") if m not in [sp.name for sp in specs]]
     spec_names = [sp.name for sp in specs]
     if len(set(spec_names)) != len(spec_names):
         raise ConfigError(f"ablation.extra_proxies repeats a merge rule: {spec_names}")
@@ -412,32 +414,38 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
         timings["resident_unit_bytes"] = store.nbytes()
         del model, store, groups
 
-    # ---- gold models
-    gold_root = rd.root / "gold"
-    if gold_multi:
-        needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
-        counts["gold_trained"] = len(needed)
-        if needed and not train_gold_models:
-            raise ArtifactMissing(f"{gold_dir(gold_root, needed[0])}: gold model not trained ({len(needed)} missing)")
-        train_gold(manifest, pool, seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
-                   balance=cfg.gold_balance, log_dir=rd.logs)
-    gold_rows = []
-    for g in gold_multi + gold_single:
-        key = mixture_key(g)
-        path = gold_dir(gold_root, g) if len(g) > 1 else rd.unit(g[0])
-        ck = EvalCache.key("gold", key, weights_sha(path), evs.ident)
-        if cache.get(ck) is None:
-            reuse = (len(g) == 1 and cfg.merge.method != "task_arithmetic"
-                     and cache.get(pkey(cfg.merge, mask_of([units.index(g[0])]))))
-            if reuse:  # a one-unit uniform / weighted proxy is bit-for-bit the unit model
-                cache.put(ck, {"kind": "gold", "mixture": key, "k": 1, "eval": reuse["eval"], "reused_proxy": True})
-            else:
-                m = load_model(path, device)
-                t0 = time.time()
-                cache.put(ck, {"kind": "gold", "mixture": key, "k": len(g), "eval": evs.evaluate(m),
-                               "seconds": time.time() - t0})
-                del m
-        gold_rows.append({**cache.get(ck), "path": str(path)})
+    # ---- gold models (gold_balance 'both': upsampled to equal weight per unit (paper) in gold/, and
+    # natural token proportions in gold_natural/; paired with the uniform and the token-weighted merge)
+    balances = ["upsample", "natural"] if cfg.gold_balance == "both" else [cfg.gold_balance]
+    gold_by: dict[str, list[dict[str, Any]]] = {}
+    for bal in balances:
+        gold_root = rd.root / ("gold_natural" if cfg.gold_balance == "both" and bal == "natural" else "gold")
+        if gold_multi:
+            needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
+            counts["gold_trained"] += len(needed)
+            if needed and not train_gold_models:
+                raise ArtifactMissing(f"{gold_dir(gold_root, needed[0])}: gold model not trained ({len(needed)} missing)")
+            train_gold(manifest, pool, seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
+                       balance=bal, log_dir=rd.logs)
+        rows = []
+        for g in gold_multi + gold_single:
+            key = mixture_key(g)
+            path = gold_dir(gold_root, g) if len(g) > 1 else rd.unit(g[0])
+            ck = EvalCache.key("gold", key, weights_sha(path), evs.ident)
+            if cache.get(ck) is None:
+                reuse = (len(g) == 1 and cfg.merge.method != "task_arithmetic"
+                         and cache.get(pkey(cfg.merge, mask_of([units.index(g[0])]))))
+                if reuse:  # a one-unit uniform / weighted proxy is bit-for-bit the unit model
+                    cache.put(ck, {"kind": "gold", "mixture": key, "k": 1, "eval": reuse["eval"], "reused_proxy": True})
+                else:
+                    m = load_model(path, device)
+                    t0 = time.time()
+                    cache.put(ck, {"kind": "gold", "mixture": key, "k": len(g), "eval": evs.evaluate(m),
+                                   "seconds": time.time() - t0})
+                    del m
+            rows.append({**cache.get(ck), "path": str(path)})
+        gold_by[bal] = rows
+    gold_rows = gold_by[balances[0]]
 
     proxy_rows = [{"mixture": mixture_key([units[i] for i in members(m)]), "k": len(members(m)),
                    "evals": {sp.name: cache.get(pkey(sp, m))["eval"] for sp in specs}} for m in masks]
@@ -452,6 +460,14 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     timings["seed_eval_s"] = cache.get(seed_key).get("seconds", 0.0)
     results = _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed)
     results["claim"] = claim_table([results], B=cfg.bootstrap) if len(gold_multi) >= 3 else {}
+    if cfg.gold_balance == "both":  # uneven units: each merge rule against the gold recipe it mirrors
+        results["gold_natural"] = [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"], "path": r["path"]}
+                                   for r in gold_by["natural"]]
+        results["pairings"] = {}
+        for rule, bal in (("uniform", "upsample"), ("weighted", "natural")):
+            alt = {**results, "gold": [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"]} for r in gold_by[bal]]}
+            results["pairings"][f"{rule}~{bal}"] = (claim_table([alt], B=cfg.bootstrap, method=rule)
+                                                    if len(gold_multi) >= 3 else {})
     results["this_run"] = counts
     for u in results["units"]:
         u["provenance"] = provenance[u["name"]]

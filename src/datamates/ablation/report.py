@@ -262,6 +262,11 @@ def report_markdown(results: dict[str, Any], plots: bool = True) -> str:
     if results.get("claim"):
         L.append("\n### The claim, with 95% bootstrap intervals (ablation/stats.py)\n")
         L.append(claim_markdown(results["claim"]))
+    for name, claim in (results.get("pairings") or {}).items():
+        if claim:
+            rule, bal = name.split("~")
+            L.append(f"\n### Uneven units: {rule} merge against {bal} gold mixtures\n")
+            L.append(claim_markdown(claim))
     L.append("\n![proxy vs gold](scatter.png)\n" if plots else "")
     if plots:
         for name in results["proxy_methods"][1:]:

@@ -186,10 +186,11 @@ class AblationConfig:
     gold_singletons: bool = knob(
         True, "count the unit models as the gold models of single-unit mixtures (same recipe, no extra cost)"
     )
-    gold_balance: Literal["upsample", "natural"] = knob(
+    gold_balance: Literal["upsample", "natural", "both"] = knob(
         "upsample",
         "gold data: 'upsample' repeats each unit floor(max_tokens / tokens) times so units weigh the same "
-        "(paper); 'natural' uses each unit once",
+        "(paper); 'natural' uses each unit once; 'both' (uneven units) trains both gold sets and correlates "
+        "the uniform merge with the upsampled gold and the token-weighted merge with the natural one",
     )
     recompute_every: int = knob(
         16, "Gray-code walk: recompute the running sum from scratch every this many steps (bounds drift)", ge=1
