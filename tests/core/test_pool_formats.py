@@ -273,3 +273,14 @@ def test_a_token_id_outside_the_vocabulary_is_refused(reference, tmp_path):
     with pytest.raises(InputError, match=r"x.bin: token id 60000 is not in the tokenizer's vocabulary \(300\)"):
         build_pool(cfg, tmp_path / "pool")
     assert not (tmp_path / "pool").exists()
+
+
+def test_a_glob_names_its_files_relative_to_where_the_pattern_starts(records, tmp_path):
+    """Default ids of documents without one do not carry the absolute path a glob was given with."""
+    bare = [{"text": r["text"]} for r in records[:10]]
+    a = _write("jsonl", tmp_path / "one" / "corpus" / "in", bare)
+    b = _write("jsonl", tmp_path / "two" / "deeper" / "corpus" / "in", bare)
+    pa_ = Pool(build_pool(_cfg([f"{a.parent}/*/*.jsonl"]), tmp_path / "pa"))
+    pb_ = Pool(build_pool(_cfg([f"{b.parent}/*/*.jsonl"]), tmp_path / "pb"))
+    assert pa_.docs.column("id").to_pylist()[:2] == ["corpus/in/x:1", "corpus/in/x:2"]
+    assert pa_.pool_id == pb_.pool_id

@@ -32,6 +32,7 @@ import glob as globlib
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -145,9 +146,14 @@ def discover_inputs(inputs: list[str]) -> list[InputFile]:
             matches = sorted(m for m in globlib.glob(spec, recursive=True) if _wanted(m))
             if not matches:
                 raise InputError(f"{spec}: no such file or folder, and no matching {', '.join(SUFFIXES)} files")
+            root = _glob_root(spec)
             for m in matches:
                 mp = Path(m)
-                found.append(InputFile(mp, m, mp.resolve().parent.name, strip_suffix(mp.name), kind=_kind(m),
+                try:  # named relative to the folder the pattern starts in (as a folder input is)
+                    rel = str(Path(root.resolve().name) / mp.resolve().relative_to(root.resolve()))
+                except ValueError:
+                    rel = m
+                found.append(InputFile(mp, rel, mp.resolve().parent.name, strip_suffix(mp.name), kind=_kind(m),
                                        size=mp.stat().st_size))
     seen: set[str] = set()
     unique = []
@@ -157,6 +163,14 @@ def discover_inputs(inputs: list[str]) -> list[InputFile]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern starts in: its leading components without wildcards."""
+    parts = Path(pattern).parts
+    fixed = [q for q in itertools.takewhile(lambda q: not any(c in q for c in "*?["), parts)]
+    root = Path(*fixed) if fixed else Path(".")
+    return root if len(fixed) < len(parts) else root.parent
 
 
 # ----------------------------------------------------------------------------- fsspec and the hub
