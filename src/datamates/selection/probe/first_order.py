@@ -39,10 +39,10 @@ over parameters, so each parameter's [k, numel] per-sample gradient is materiali
 candidates at a time, used and dropped. The clip coefficient c(x) needs ||g_x|| over ALL
 parameters first, so there are two passes over the parameters:
 
-    pass 1 (norms)   ||dW_x||_F^2 per layer: materialised (cost 2 T in out per sample), or by the
-                     ghost norm ||G_x^T A_x||_F^2 = <A_x A_x^T, G_x G_x^T> (cost 2 T^2 (in + out)),
-                     whichever is cheaper; never both. Materialised gradients are kept for pass 2
-                     while they fit in the workspace.
+    pass 1 (norms)   ||dW_x||_F^2 per layer: by the ghost norm ||G_x^T A_x||_F^2 = <A_x A_x^T, G_x G_x^T>
+                     (cost 2 T^2 (in + out) per sample) where that is cheaper than materialising
+                     (2 T in out), i.e. T (in + out) < in out, decided by shape alone; otherwise
+                     materialised, and kept for pass 2 while they fit in half the workspace.
     pass 2 (labels)  c(x) g_x, then u - u0 and its dot with rho_p in cache-sized column blocks; the
                      x-independent b1 m, b2 v / bc2 and u0 are recomputed per block from m and v
                      (the same float operations, so the same numbers, and no parameter-sized copies).
@@ -67,7 +67,9 @@ memory when the prober starts (CUDA: `torch.cuda.mem_get_info` plus the allocato
 blocks; CPU: MemAvailable of /proc/meminfo) times `MEMORY_FRACTION`. The per-sample gradients
 never exist for all parameters at once: memory no longer grows with K x n. `candidate_batch` is an
 upper bound that the chooser only lowers (with a warning), so a machine with enough memory always
-runs the configured batch and a resumed run gives the same bytes. When not even one candidate fits,
+runs the configured batch and a resumed run gives the same bytes (memory decides K and the chunk
+sizes, which move labels only at float rounding, ~1e-7 relative; a fixed `memory_budget_gb` makes
+them reproducible on any machine). When not even one candidate fits,
 `plan_micro_batch` raises a ConfigError naming `probe.memory_budget_gb`.
 """
 
@@ -560,15 +562,16 @@ class FirstOrderProber:
         for i in psg.dense_ids:
             numel = state.params[i].numel()
             lin = psg.linear_only(i)
-            if kept_bytes + K * numel * b <= workspace // 2:
+            if lin is not None and T * (lin.in_features + lin.out_features) < lin.in_features * lin.out_features:
+                # by shape alone, never by memory: the norm's float rounding must not depend on the budget
+                k = int(min(K, max(1, workspace // (2 * b * T * T))))
+                for lo in range(0, K, k):
+                    sq[lo : lo + k] += psg.ghost_sq_norms(cap, lin, slice(lo, lo + k))
+            elif kept_bytes + K * numel * b <= workspace // 2:
                 g = psg.grad(cap, i).reshape(K, -1)
                 sq += torch.bmm(g.unsqueeze(1), g.unsqueeze(2)).reshape(K).double()
                 kept[i] = g
                 kept_bytes += K * numel * b
-            elif lin is not None and T * (lin.in_features + lin.out_features) < lin.in_features * lin.out_features:
-                k = int(min(K, max(1, workspace // (2 * b * T * T))))
-                for lo in range(0, K, k):
-                    sq[lo : lo + k] += psg.ghost_sq_norms(cap, lin, slice(lo, lo + k))
             else:
                 k = step(i)
                 for lo in range(0, K, k):
