@@ -19,8 +19,14 @@ training step and per full evaluation (held-out sets + LAMBADA) give the cost of
 (K unit trainings + 2^K - 1 merges and evaluations) against training a gold model for every
 mixture (sum_k C(K,k) k = K 2^(K-1) unit trainings + the same evaluations).
 
+Part 3 - incremental studies (issue 17): on a real pool, a K-unit study (the first K domains, the
+tiny preset) is extended by `add_unit_study` with the (K+1)-th domain, and a (K+1)-unit study is run
+from scratch from the same seed state, in one run: models trained, mixtures evaluated and seconds
+of each (the seed is shared and not counted); the two tables must agree.
+
     .venv/bin/python benchmarks/merge.py                 # pythia-70m shapes, K = 5
     .venv/bin/python benchmarks/merge.py --preset tiny   # quick
+    .venv/bin/python benchmarks/merge.py --incremental-only --pool runs/tiny_cpu/pool   # part 3 only
 Prints JSON; the figures go to benchmarks/RESULTS.md.
 """
 
@@ -208,6 +214,78 @@ def amortisation(K: int, unit_steps: int, seed_steps: int) -> dict:
     }
 
 
+def incremental(pool_path: Path, out: Path, K: int, unit_steps: int, seed_steps: int, tokens: int,
+                lambada_n: int) -> dict:
+    """Part 3: a (K+1)-unit study from scratch vs a K-unit study extended by one unit."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from datamates.ablation.ablate import ablate, add_unit_study
+    from datamates.ablation.partition import add_unit, partition
+    from datamates.ablation.train_partition import train_partitions, train_seed
+    from datamates.config.ablation import (
+        AblationConfig,
+        AblationEvalConfig,
+        BranchConfig,
+        PartitionConfig,
+        SeedConfig,
+    )
+    from datamates.config.base import data_dir, from_dict
+    from datamates.config.core import ModelConfig, TrainConfig
+    from datamates.core.pool import Pool
+    from datamates.run_dir import RunDir
+
+    if not (pool_path / "DONE").exists():
+        return {"skipped": f"no pool at {pool_path} (build it with `datamates pool build -c tiny_cpu`)"}
+    pool = Pool(pool_path)
+    if len(pool.domains) < K + 1:
+        return {"skipped": f"{pool_path} has {len(pool.domains)} domains; K + 1 = {K + 1} needed"}
+    if out.exists():
+        shutil.rmtree(out)
+    doms = pool.domains[: K + 1]
+    cfg = AblationConfig(
+        partition=PartitionConfig(by="domain", token_balanced=True, heldout_sequences=16, domains=doms[:K]),
+        seed=SeedConfig(steps=seed_steps, warmup_steps=max(1, seed_steps // 10)),
+        branch=BranchConfig(steps=unit_steps), gold_count=0, gold_singletons=True, plots=False,
+        eval=AblationEvalConfig(tokens_per_set=tokens, lambada=str(data_dir() / "eval" / "lambada_openai.jsonl"),
+                                lambada_n=lambada_n))
+    tcfg = TrainConfig(micro_batch_size=8, checkpoint_every=10_000, log_every=10_000, device="cpu", seed=0)
+    mcfg = from_dict(ModelConfig, {"preset": "tiny"})
+    a = RunDir(out / "incremental")
+    man = partition(pool, cfg.partition, a.partitions)
+    seed = train_seed(man, pool, cfg.seed, tcfg, mcfg, a.seed_model)
+    rest = man.rest_ids()
+    new_ids = rest[np.asarray(pool.seq_domain)[rest] == pool.domains.index(doms[K])][: man.data["unit_sequences"]]
+    t0 = time.time()
+    train_partitions(man, pool, seed, a.root / "units", tcfg, mcfg, cfg.branch)
+    base = ablate(cfg, tcfg, mcfg, a, pool)
+    t_base = time.time() - t0
+    t0 = time.time()
+    inc = add_unit_study(cfg, tcfg, mcfg, a, pool, doms[K], new_ids, "benchmark")
+    t_inc = time.time() - t0
+    b = RunDir(out / "scratch")
+    man_b = add_unit(partition(pool, cfg.partition, b.partitions), pool, doms[K], new_ids, "benchmark")
+    shutil.copytree(seed, b.seed_model)
+    t0 = time.time()
+    train_partitions(man_b, pool, b.seed_model, b.root / "units", tcfg, mcfg, cfg.branch)
+    scratch = ablate(cfg, tcfg, mcfg, b, pool)
+    t_scratch = time.time() - t0
+    ta = {r["mixture"]: r["eval"]["heldout_all"]["logppl"] for r in inc["proxies"]}
+    tb = {r["mixture"]: r["eval"]["heldout_all"]["logppl"] for r in scratch["proxies"]}
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "K": K, "unit_steps": unit_steps, "seed_steps": seed_steps, "tokens_per_set": tokens, "lambada_n": lambada_n,
+        "k_unit_study": {"seconds": t_base, "models_trained": K, "evaluations": base["this_run"]["proxy_evaluations"]},
+        "incremental_add_one": {"seconds": t_inc, "models_trained": inc["this_run"]["units_trained"],
+                                "evaluations": inc["this_run"]["proxy_evaluations"]},
+        "scratch_k_plus_1": {"seconds": t_scratch, "models_trained": K + 1,
+                             "evaluations": scratch["this_run"]["proxy_evaluations"]},
+        "ratio_scratch_over_incremental": t_scratch / t_inc,
+        "max_abs_logppl_diff": max(abs(ta[m] - tb[m]) for m in tb) if ta.keys() == tb.keys() else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="pythia-70m", help="model shape of the merge benchmark")
@@ -217,7 +295,20 @@ def main() -> None:
     ap.add_argument("--unit-steps", type=int, default=70, help="amortisation: steps per unit (experiment: 70)")
     ap.add_argument("--seed-steps", type=int, default=400, help="amortisation: seed steps (experiment: 400)")
     ap.add_argument("--skip-amortisation", action="store_true")
+    ap.add_argument("--pool", default=str(ROOT / "runs" / "tiny_cpu" / "pool"), help="part 3: the pool")
+    ap.add_argument("--incremental-only", action="store_true", help="run part 3 only")
+    ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--inc-units", type=int, default=4, help="part 3: K (the study before the new unit)")
+    ap.add_argument("--inc-unit-steps", type=int, default=10, help="part 3: steps per unit")
+    ap.add_argument("--inc-seed-steps", type=int, default=50, help="part 3: seed steps (not timed)")
+    ap.add_argument("--inc-tokens", type=int, default=4096, help="part 3: eval tokens per held-out set")
+    ap.add_argument("--inc-lambada", type=int, default=200, help="part 3: LAMBADA examples")
     args = ap.parse_args()
+    if args.incremental_only:
+        print(json.dumps(incremental(Path(args.pool), Path(args.out) / "incremental", args.inc_units,
+                                     args.inc_unit_steps, args.inc_seed_steps, args.inc_tokens, args.inc_lambada),
+                         indent=2))
+        return
     out = Path(args.out)
     K = args.units
     info = _setup(out, args.preset, K, args.vocab)
@@ -243,6 +334,10 @@ def main() -> None:
     if not args.skip_amortisation:
         results["amortisation"] = amortisation(K, args.unit_steps, args.seed_steps)
     shutil.rmtree(out, ignore_errors=True)
+    if not args.skip_incremental:
+        results["incremental"] = incremental(Path(args.pool), out / "incremental", args.inc_units,
+                                             args.inc_unit_steps, args.inc_seed_steps, args.inc_tokens,
+                                             args.inc_lambada)
     print(json.dumps(results, indent=2))
 
 
