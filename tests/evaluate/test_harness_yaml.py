@@ -82,3 +82,42 @@ def test_harness_yaml_gives_the_former_log_likelihoods(tiny_model, tiny_tok, dat
     if name != "lambada_openai":
         two = [s[key] for s in evaluate_task(tiny_model, tiny_tok, spec, limit=3, num_fewshot=2)["samples"]]
         np.testing.assert_allclose(np.array(two, dtype=np.float64), np.array(REF[name]["two_shot"]), rtol=1e-4)
+
+
+def _parity_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_parity.py"
+    spec = importlib.util.spec_from_file_location("eval_parity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_task_files_lm_eval_itself_ran_give_the_shipped_requests(data, tmp_path):
+    """benchmarks/eval_parity.py writes lm-eval task YAMLs (lm-eval's own prompts, adapted to the
+    bundle's fields) and runs them in lm-evaluation-harness; datamates reads those same files and
+    builds the requests of the shipped task file (first 400 examples of every task)."""
+    mod = _parity_module()
+    mod.write_lm_eval_tasks(tmp_path, data)
+    for name in mod.LM_EVAL_TASKS:
+        theirs = load_docs(load_spec(tmp_path / f"dmparity_{name}.yaml"), limit=400)  # all: the digests above
+        ours = load_docs(load_spec(TASKS_DIR / f"{name}.yaml"), limit=400)
+        assert [(d.contexts, d.continuations, d.norm_len, d.gold, d.shot) for d in theirs] == \
+               [(d.contexts, d.continuations, d.norm_len, d.gold, d.shot) for d in ours], name
+
+
+def test_include_and_lm_eval_bookkeeping_keys(data, tmp_path):
+    """lm-eval's `include` (a base file whose keys this one extends) and its documentation keys
+    (tag, metadata, should_decontaminate, doc_to_decontamination_query) are accepted."""
+    import yaml
+
+    base = yaml.safe_load((TASKS_DIR / "arc_easy.yaml").read_text())
+    (tmp_path / "_arc_base.yaml").write_text(yaml.safe_dump({**base, "tag": ["ai2_arc"], "should_decontaminate": True,
+                                                             "doc_to_decontamination_query": "{{query}}"}))
+    (tmp_path / "arc_challenge.yaml").write_text(
+        "include: _arc_base.yaml\ntask: arc_challenge\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}/eval/arc_challenge.jsonl\n")
+    got = load_docs(load_spec(tmp_path / "arc_challenge.yaml"))
+    want = load_docs(load_spec(TASKS_DIR / "arc_challenge.yaml"))
+    assert [(d.contexts, d.continuations, d.gold) for d in got] == [(d.contexts, d.continuations, d.gold) for d in want]
