@@ -330,7 +330,8 @@ class ProbeWorker:
             self.ref = reference_batches(self.cfg, spec.examples, self.state, spec.pad_id)
         self._fo = None
         if self.cfg.mode == "first_order":
-            self._fo = FirstOrderProber(self.state, spec.first_order)
+            self._fo = FirstOrderProber(self.state, spec.first_order, candidate_batch=self.cfg.candidate_batch,
+                                        memory_budget_gb=self.cfg.memory_budget_gb)
 
     def _group_losses(self, nll: torch.Tensor, n_tokens: np.ndarray) -> np.ndarray:
         tok = self.groups @ torch.as_tensor(n_tokens, dtype=torch.float64)
