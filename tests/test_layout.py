@@ -61,7 +61,8 @@ def test_import_direction(path):
     stage = _stage_of(mod)
     if stage is not None:
         others = {i for i in imps if _stage_of(i) not in (None, stage) and i.split(".")[1] != "config"}
-        nouns = {"datamates.selection.influence_model", "datamates.selection.encode", "datamates.selection.scores_io"}
+        nouns = {"datamates.selection.influence_model", "datamates.selection.encode", "datamates.selection.scores_io",
+                 "datamates.selection.features"}
         others = {o for o in others if ".".join(o.split(".")[:3]) not in nouns}
         if stage == "datamates.ablation.ablate":
             others = {o for o in others if not o.startswith("datamates.ablation.")}

@@ -7,6 +7,9 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     random              uniform k of the block (MATES's baseline and warmup stages)
     mates               probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k
     mates-first-order   the same, with first-order probe labels
+    mates-parity        MATES's own recipe (mates.parity): exact labels, the fine-tuned encoder on text
+    mates-static        the influence model fitted once, at the first selection stage, scores every
+                        later stage (mates.static_influence; MATES's ablation)
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -105,13 +108,51 @@ def select_random(x: StageInputs) -> Path:
     return _select(x, x.candidates, method="random")
 
 
+def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
+    """The stage's probe set: the plan's, plus (label_multiplier - 1) x as many more first-order
+    probes drawn once (seed probe_seed + 1) from the pool outside this block and the plan's probe set."""
+    from datamates.selection.probe import sample_probe_set
+
+    mult = x.mates.label_multiplier if pcfg.mode == "first_order" else 1
+    if mult <= 1:
+        return x.probe_ids
+    extra = sample_probe_set(x.pool, (mult - 1) * len(x.probe_ids), seed=pcfg.probe_seed + 1,
+                             exclude=np.concatenate([x.probe_ids, x.candidates]))
+    return np.sort(np.concatenate([x.probe_ids, extra]))
+
+
+def mates_configs(x: StageInputs, mode: str | None = None):
+    """(probe config, fit config) of the `mates` selectors: `mates.parity` is MATES's own recipe
+    (exact labels of the plan's probe set, the fine-tuned encoder on text, no label history)."""
+    if x.mates.parity:
+        return replace(x.mates.probe, mode="exact"), replace(x.mates.fit, mode="finetune")
+    return replace(x.mates.probe, mode=mode or x.mates.probe.mode), x.mates.fit
+
+
 def select_mates(x: StageInputs, mode: str | None = None) -> Path:
+    """probe -> fit -> score -> select. `mates.static_influence`: the influence model of the first
+    selection stage scores every later stage (MATES's ablation, Fig. 5); `mates.label_history`: the fit
+    also uses the last stages' labels, weighted label_history_decay^(stages back)."""
     sd = x.rd.stage(x.stage)
-    pcfg = replace(x.mates.probe, mode=mode or x.mates.probe.mode)
-    with timed(sd, "probe", x.rd.probe(x.stage)):
-        labels = probe(pcfg, x.checkpoint, x.pool, x.probe_ids, x.rd.probe(x.stage), reference=x.reference)
-    with timed(sd, "fit", x.rd.influence_model(x.stage)):
-        model = fit(x.mates.fit, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir)
+    pcfg, fcfg = mates_configs(x, mode)
+    first = x.mates.warmup_stages + 1
+    if x.mates.static_influence and x.stage > first:
+        model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
+        if not (model / "DONE").exists():
+            raise ConfigError(f"mates.static_influence: {model} (the stage-{first} influence model) is missing; "
+                              "re-run the branch from its first selection stage")
+    else:
+        probe_ids = mates_probe_ids(x, pcfg) if not x.mates.parity else x.probe_ids
+        with timed(sd, "probe", x.rd.probe(x.stage)):
+            labels = probe(pcfg, x.checkpoint, x.pool, probe_ids, x.rd.probe(x.stage), reference=x.reference)
+        history = []
+        if not x.mates.parity and fcfg.mode == "lm":
+            for back in range(1, x.mates.label_history + 1):
+                if x.stage - back >= first and (x.rd.probe(x.stage - back) / "DONE").exists():
+                    history.append((x.rd.probe(x.stage - back), x.mates.label_history_decay ** back))
+        with timed(sd, "fit", x.rd.influence_model(x.stage)):
+            model = fit(fcfg, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir,
+                        checkpoint=x.checkpoint, reference=x.reference, history=history)
     with timed(sd, "score", x.rd.scores(x.stage)):
         scores = score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
     return _select(x, scores)
@@ -244,6 +285,8 @@ SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
     "random": select_random,
     "mates": select_mates,
     "mates-first-order": lambda x: select_mates(x, mode="first_order"),
+    "mates-parity": lambda x: select_mates(replace(x, mates=replace(x.mates, parity=True))),
+    "mates-static": lambda x: select_mates(replace(x, mates=replace(x.mates, static_influence=True))),
     "oracle": select_oracle,
     "loss": select_loss,
     "dsir": select_dsir,

@@ -31,11 +31,21 @@ class EncoderConfig:
 
 @dataclass(kw_only=True)
 class FitConfig:
-    mode: Literal["finetune", "frozen"] = knob(
+    mode: Literal["finetune", "frozen", "lm"] = knob(
         "finetune",
         "finetune: the whole encoder + head, fresh from the backbone each stage (MATES); "
-        "frozen: cached mean-pooled embeddings of the frozen encoder + a ridge head (mates.md §8.4)",
+        "frozen: cached mean-pooled embeddings of the frozen encoder + a ridge head; "
+        "lm: features of the current LM from one forward per candidate (`features`) + a `head` "
+        "(docs/influence_model.md)",
     )
+    features: list[str] = knob(
+        ["stats", "fo"],
+        "lm mode: feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
+        "entropy), hidden (its mean-pooled last hidden state), fo (the first-order head term "
+        "<D, grad_W loss(x)>), encoder (the frozen encoder embedding)",
+    )
+    head: Literal["ridge", "mlp"] = knob("ridge", "lm mode: ridge (alpha by leave-one-out) or a small MLP head")
+    lm_batch_size: int = knob(16, "lm mode: candidates per LM forward", ge=1)
     encoder: EncoderConfig = knob(EncoderConfig(), "encoder input")
     lr: float = knob(5e-5, "peak learning rate (linear decay to 0, as HF Trainer's default)", gt=0)
     weight_decay: float = knob(0.01, "AdamW weight decay", ge=0)
@@ -57,6 +67,13 @@ class FitConfig:
     min_labels: int = knob(16, "refuse to fit on fewer labels", ge=4)
     device: str = knob("auto", "auto, cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
+
+    def check(self) -> None:
+        known = ("stats", "hidden", "fo", "encoder")
+        bad = [f for f in self.features if f not in known]
+        if bad or not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigError(f"features = {self.features}: name each of {', '.join(known)} at most once "
+                              f"({'unknown: ' + bad[0] if bad else 'none or a repeat'})")
 
 
 @dataclass(kw_only=True)

@@ -54,6 +54,25 @@ class MatesConfig:
         500, "examples of the reference part of eval.reference scored at every stage boundary for the "
         "reference-loss curve", ge=1
     )
+    label_multiplier: int = knob(
+        1, "with probe.mode first_order: label this many times the plan's probe set (the extra probes drawn "
+        "once from the pool outside the stage's block); a first-order probe costs 1/12-1/40 of an exact one "
+        "(experiments/probe_fidelity), so 10 first-order labels cost less than one exact label", ge=1,
+    )
+    label_history: int = knob(
+        0, "fit.mode lm: also fit on the labels of this many earlier selection stages of the branch "
+        "(features from the current model), weighted label_history_decay^(stages back)", ge=0,
+    )
+    label_history_decay: float = knob(0.5, "weight per stage back of earlier stages' labels", gt=0, le=1)
+    static_influence: bool = knob(
+        False, "fit the influence model once, at the first selection stage, and score every later stage "
+        "with it (MATES's static ablation; the `mates-static` selector sets it)",
+    )
+    parity: bool = knob(
+        False, "MATES's own recipe: exact probe labels of the plan's probe set and the fine-tuned encoder "
+        "(fit.mode finetune on fit.encoder), no label multiplier or history (the `mates-parity` selector "
+        "sets it; docs/influence_model.md)",
+    )
     probe: ProbeConfig = knob(ProbeConfig(), "oracle probing")
     fit: FitConfig = knob(FitConfig(), "influence-model fit")
     score: ScoreConfig = knob(ScoreConfig(), "pool scoring")

@@ -37,17 +37,26 @@ from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
-from datamates.selection.encode import TokenCache, backbone_hash, encoder_tokens, make_chunks
+from datamates.selection.encode import (
+    TokenCache,
+    backbone_hash,
+    encoder_tokens,
+    make_chunks,
+    resolve_backbone,
+)
 from datamates.selection.influence_model import (
     CONFIG_FILE,
     HEAD_FILE,
+    LM_HEAD_FILE,
     InfluenceModel,
     compute_precision,
     frozen_embeddings,
     head_predict,
+    head_tensors,
     load_encoder,
     model_hash_of,
     pad_chunks,
+    predict_head,
     sequence_embeddings,
 )
 
@@ -132,10 +141,17 @@ def _nan_to_neg(x: float) -> float:
 
 
 def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Path, *,
-        cache_dir: str | Path | None = None) -> Path:
+        cache_dir: str | Path | None = None, checkpoint: str | Path | None = None, reference=None,
+        history: Sequence[tuple[str | Path, float]] = ()) -> Path:
     """Fit the influence model of `cfg.mode` to the labels in `labels` (probe folders) and write it
     to `out` (see influence_model.py for the layout). Returns `out`; a finished `out` fitted on the
-    same labels with the same config is kept as it is."""
+    same labels with the same config is kept as it is.
+
+    lm mode (features of the LM, selection/features.py) also takes `checkpoint` (the LM whose
+    features are used; default: the checkpoint the labels were probed at), `reference` (the probes'
+    reference set, for the `fo` direction; default: the labels' probe config) and `history`:
+    (probe folder, weight) pairs of earlier stages' labels added to the training rows with that
+    weight (weighted ridge: rows scaled by sqrt(weight)); validation uses this stage's labels only."""
     validate(cfg)
     out = Path(out)
     ids, y = read_labels(labels, pool)
@@ -144,6 +160,9 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
                          f"{cfg.min_labels}; probe more sequences or lower fit.min_labels; nothing was fitted")
     labels_digest = config_hash({"ids": ids.tolist(), "y": y.tolist()})
     cfg_digest = config_hash(cfg)
+    if cfg.mode == "lm":
+        return _fit_lm(cfg, labels, pool, out, ids, y, labels_digest=labels_digest, cache_dir=cache_dir,
+                      checkpoint=checkpoint, reference=reference, history=history)
     if is_done(out) and (out / "meta.json").exists():
         old = read_json(out / "meta.json")
         if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
@@ -224,6 +243,137 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
         pq.write_table(pa.table({"seq_id": ids[va], "ref_loss_delta": y[va],
                                  "predicted": pred_va * sigma + mu}), tmp / "val_predictions.parquet")
         _scatter(tmp / "scatter.png", y[va], pred_va * sigma + mu, metrics, extra.get("history"))
+    return out
+
+
+def _probe_meta(labels: Sequence[str | Path]) -> dict[str, Any]:
+    p = Path(labels[0])
+    f = (p.parent if p.suffix == ".parquet" else p) / "meta.json"
+    return read_json(f) if f.exists() else {}
+
+
+def lm_feature_matrix(cfg: FitConfig, featurizer, pool: Pool, ids: np.ndarray, *, cache_dir: str | Path | None,
+                      device: torch.device) -> tuple[np.ndarray, int]:
+    """[n, d] features of `cfg.features` (in that order) and the encoder tokens computed: THE feature
+    path of lm-mode fit and score (one LM forward per candidate, `featurizer.features`)."""
+    from datamates.selection.features import stack_features
+
+    feats = featurizer.features(pool.tokens(ids), cfg.features) if any(k != "encoder" for k in cfg.features) else {}
+    n_tokens = 0
+    if "encoder" in cfg.features:
+        tokens = TokenCache(pool, cfg.encoder, cache_dir)
+        tokens.ensure(ids)
+        enc = InfluenceModel(load_encoder(tokens.backbone)).to(device).eval()
+        feats["encoder"], n_tokens = frozen_embeddings(
+            enc, tokens, ids, backbone_digest=backbone_hash(tokens.backbone), device=device, precision=cfg.precision,
+            batch_size=cfg.embed_batch_size, cache_dir=cache_dir)
+    return stack_features(feats, cfg.features), n_tokens
+
+
+def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path, ids: np.ndarray, y: np.ndarray, *,
+            labels_digest: str, cache_dir: str | Path | None, checkpoint: str | Path | None, reference,
+            history: Sequence[tuple[str | Path, float]]) -> Path:
+    """lm mode: features of the LM at `checkpoint` (selection/features.py) + a ridge / MLP head."""
+    from safetensors.torch import save_file
+
+    from datamates.core.checkpoint import checkpoint_hash, load_model
+    from datamates.selection.features import LMFeaturizer, head_direction
+
+    pm = _probe_meta(labels)
+    checkpoint = Path(checkpoint or pm.get("checkpoint") or "")
+    if not str(checkpoint) or not (checkpoint / "config.json").exists():
+        raise ArtifactMissing(f"{labels[0]}: fit.mode lm needs the LM checkpoint whose features it uses; pass "
+                              f"--checkpoint (got '{checkpoint}')")
+    hist_ids, hist_y, hist_w = [], [], []
+    for folder, weight in history:
+        if weight <= 0:
+            continue
+        hi, hy = read_labels([folder], pool)
+        hist_ids.append(hi)
+        hist_y.append(hy)
+        hist_w.append(np.full(len(hi), float(weight)))
+    cfg_digest = config_hash({"cfg": to_dict(cfg), "checkpoint": checkpoint_hash(checkpoint),
+                              "history": [[str(f), float(w)] for f, w in history],
+                              "history_labels": config_hash([h.tolist() for h in hist_y])})
+    if is_done(out) and (out / "meta.json").exists():
+        old = read_json(out / "meta.json")
+        if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
+            log.info("%s is already fitted on these labels; skipping", out)
+            return out
+    t0 = time.time()
+    tr, va = split_train_val(len(ids), cfg.val_fraction, cfg.split_seed)
+    mu, sigma = float(y[tr].mean()), float(y[tr].std())
+    if not sigma > 0:
+        raise NumericalError(f"{labels[0]}: all {len(tr)} training labels are equal ({mu}); nothing to fit")
+    device = resolve_device(cfg.device)
+    direction = None
+    if "fo" in cfg.features:
+        if reference is None:
+            from datamates.core.reference import load_reference
+
+            pc = pm.get("config") or {}
+            reference = load_reference(pc.get("reference", "lambada_openai"), pool.tokenizer(),
+                                       size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
+                                       tokenizer_hash=pool.tokenizer_hash)
+        direction = head_direction(checkpoint, reference, device=device, pad_id=pool.eos_id)
+    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size)
+    all_ids = np.concatenate([ids, *hist_ids]) if hist_ids else ids
+    X, n_enc_tokens = lm_feature_matrix(cfg, featurizer, pool, all_ids, cache_dir=cache_dir, device=device)
+    Xc, Xh = X[: len(ids)], X[len(ids):]
+    z = (y - mu) / sigma
+    Xtr, ztr, wtr = Xc[tr], z[tr], np.ones(len(tr))
+    if hist_ids:
+        Xtr = np.concatenate([Xtr, Xh])
+        ztr = np.concatenate([ztr, (np.concatenate(hist_y) - mu) / sigma])
+        wtr = np.concatenate([wtr, np.concatenate(hist_w)])
+    head = fit_head(Xtr, ztr, head=cfg.head, alphas=cfg.ridge_alphas, seed=cfg.seed, weights=wtr)
+    pred_va = predict_head(head, Xc[va])
+    m_z = regression_metrics(pred_va, z[va], const=0.0)
+    metrics = {
+        "mode": "lm", "features": list(cfg.features), "head": cfg.head,
+        "n_labels": int(len(ids)), "n_train": int(len(tr)), "n_val": int(len(va)),
+        "n_history": int(len(Xh)),
+        "val_spearman": m_z["spearman"], "val_pearson": m_z["pearson"],
+        "val_mse_z": m_z["mse"], "val_mse_z_constant": m_z["mse_constant"],
+        "label_mean": mu, "label_std": sigma, "seconds": round(time.time() - t0, 2),
+        "ridge_alpha": head.get("alpha"),
+    }
+    log.info("fit lm %s (%s): validation Spearman %.4f, Pearson %.4f on %d labels (+%d earlier-stage labels)",
+             "+".join(cfg.features), cfg.head, metrics["val_spearman"], metrics["val_pearson"], len(va), len(Xh))
+    lm = load_model(checkpoint)
+    T = pool.seq_len
+    tokens = {"lm_forward": int(len(all_ids)) * T}  # counted FLOPs: one LM forward per labelled sequence
+    fpt = {"lm_forward": flops_per_token(lm, T) / 3}
+    if direction is not None:
+        V, H = direction.shape
+        tokens["fo_head"] = int(len(all_ids)) * T
+        fpt["fo_head"] = 2.0 * H * V
+    if n_enc_tokens:
+        tokens["encoder_forward"] = n_enc_tokens
+    meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
+                       labels_hash=labels_digest, pool_id=pool.pool_id, checkpoint=str(checkpoint),
+                       history=[[str(f), float(w)] for f, w in history], metrics=metrics, tokens=tokens,
+                       flops_per_token=fpt)
+    with atomic_dir(out, meta) as tmp:
+        save_file(head_tensors(head, direction), str(tmp / LM_HEAD_FILE))
+        digest = model_hash_of(tmp)
+        enc = {}
+        if "encoder" in cfg.features:
+            bpath = resolve_backbone(cfg.encoder.backbone)
+            enc = {"backbone": cfg.encoder.backbone, "backbone_path": str(bpath.resolve()),
+                   "backbone_hash": backbone_hash(bpath)}
+        atomic_write_json(tmp / CONFIG_FILE, {
+            "mode": "lm", "features": list(cfg.features), "head": head["head"], "checkpoint": str(checkpoint.resolve()),
+            "checkpoint_hash": checkpoint_hash(checkpoint), "encoder": to_dict(cfg.encoder), **enc,
+            "lm_batch_size": cfg.lm_batch_size, "precision": cfg.precision,
+            "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
+            "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
+        })
+        metrics["model_hash"] = digest
+        atomic_write_json(tmp / "metrics.json", metrics)
+        pq.write_table(pa.table({"seq_id": ids[va], "ref_loss_delta": y[va],
+                                 "predicted": pred_va * sigma + mu}), tmp / "val_predictions.parquet")
+        _scatter(tmp / "scatter.png", y[va], pred_va * sigma + mu, metrics, None)
     return out
 
 
@@ -362,6 +512,71 @@ def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[fl
     w = ws / sd
     b = float(ybar - mu @ w)
     return alpha, w, b, loo
+
+
+DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
+
+
+def fit_head(X: np.ndarray, z: np.ndarray, *, head: str = "ridge", alphas: Sequence[float] = DEFAULT_ALPHAS,
+             seed: int = 0, hidden: int = 64, epochs: int = 300, weight_decay: float = 1e-3,
+             weights: np.ndarray | None = None) -> dict[str, Any]:
+    """A head on a feature matrix X [n, d] fitted to z [n]; `predict_head` applies it.
+
+    ridge: `ridge_loo` (standardized features, alpha by exact leave-one-out MSE).
+    mlp:   f(x) = w2 . gelu(W1 xs + b1) + b2 on standardized xs, full-batch AdamW (lr 1e-2, weight decay
+           `weight_decay`) on the MSE for `epochs` steps, the step count picked by the MSE on a 10% inner
+           split of the training rows (seed `seed`), then refitted on all training rows for that many steps."""
+    X = np.asarray(X, np.float64)
+    z = np.asarray(z, np.float64)
+    wts = None if weights is None or np.all(np.asarray(weights) == 1) else np.asarray(weights, np.float64)
+    if head == "ridge":
+        if wts is None:
+            alpha, w, b, loo = ridge_loo(X, z, alphas)
+        else:  # weighted ridge: weighted centring and scaling, rows scaled by sqrt(weight)
+            mu_w = (wts[:, None] * X).sum(0) / wts.sum()
+            sd_w = np.sqrt((wts[:, None] * (X - mu_w) ** 2).sum(0) / wts.sum()) + 1e-8
+            zbar = float((wts * z).sum() / wts.sum())
+            r = np.sqrt(wts)
+            alpha, ws, _b0, loo = ridge_loo(r[:, None] * (X - mu_w) / sd_w, r * (z - zbar), alphas)
+            w = ws / sd_w
+            b = zbar - float(mu_w @ w)  # b0 (the scaled problem's intercept) is ~0 after weighted centring
+        return {"head": "ridge", "w": w, "b": b, "alpha": alpha, "loo_mse": loo}
+    if head != "mlp":
+        raise ValueError(f"unknown head {head!r}; available: ridge, mlp")
+    mu, sd = X.mean(0), X.std(0) + 1e-8
+    Xs = torch.as_tensor((X - mu) / sd, dtype=torch.float32)
+    zt = torch.as_tensor(z, dtype=torch.float32)
+    wt = torch.as_tensor(np.ones(len(z)) if wts is None else wts / wts.mean(), dtype=torch.float32)
+    perm = np.random.default_rng(seed).permutation(len(z))
+    n_in = max(2, len(z) // 10)
+    inner, rest = perm[:n_in], perm[n_in:]
+
+    def train(rows: np.ndarray, steps: int, watch: np.ndarray | None):
+        g = torch.Generator().manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+        for p in net.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[-1]) ** 0.5))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=weight_decay)
+        r = torch.as_tensor(rows)
+        best = (math.inf, 0)
+        for step in range(1, steps + 1):
+            opt.zero_grad()
+            loss = (wt[r] * (net(Xs[r])[:, 0] - zt[r]) ** 2).mean()
+            loss.backward()
+            opt.step()
+            if watch is not None and step % 10 == 0:
+                with torch.no_grad():
+                    m = float(torch.nn.functional.mse_loss(net(Xs[torch.as_tensor(watch)])[:, 0], zt[watch]))
+                if m < best[0]:
+                    best = (m, step)
+        return net, best[1]
+
+    with torch.enable_grad():
+        _, n_steps = train(rest, epochs, inner)
+        net, _ = train(np.arange(len(z)), max(10, n_steps), None)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return {"head": "mlp", "mu": mu, "sd": sd, "state": state, "hidden": hidden, "steps": max(10, n_steps)}
 
 
 def _scatter(path: Path, true: np.ndarray, pred: np.ndarray, metrics: dict[str, Any],

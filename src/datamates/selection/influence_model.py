@@ -14,7 +14,13 @@ Folder layout (`stage_NN/influence_model/`):
                            model_hash (identity of this model; scores record it)
     head.safetensors       head.weight [1, H], head.bias [1]
     encoder/               finetune mode only: the fine-tuned encoder (save_pretrained) + tokenizer
+    lm_head.safetensors    lm mode only (features of the LM, selection/features.py): the ridge weights w, b
+                           or the MLP's weights and feature standardization, and the `fo` direction D [V, H];
+                           influence_config.json records the LM checkpoint the features come from
     metrics.json, scatter.png, meta.json, DONE
+
+An lm-mode model predicts f(x) = head(phi(x)) with phi the features of one forward of the recorded
+LM checkpoint on x (docs/influence_model.md).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from datamates.selection.encode import (
 
 CONFIG_FILE = "influence_config.json"
 HEAD_FILE = "head.safetensors"
+LM_HEAD_FILE = "lm_head.safetensors"  # lm mode: the head on LM features (+ the `fo` direction D)
 
 
 def load_encoder(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -198,6 +205,98 @@ def head_predict(model: InfluenceModel, emb: np.ndarray) -> np.ndarray:
     return np.asarray(emb, dtype=np.float64) @ w + b
 
 
+def head_tensors(head: dict[str, Any], direction: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The tensors of a fitted feature head (fit.fit_head) for `lm_head.safetensors`."""
+    out: dict[str, torch.Tensor] = {}
+    if head["head"] == "ridge":
+        out["ridge.w"] = torch.as_tensor(np.asarray(head["w"], np.float64))
+        out["ridge.b"] = torch.tensor([float(head["b"])], dtype=torch.float64)
+    else:
+        out["mlp.mu"] = torch.as_tensor(np.asarray(head["mu"], np.float64))
+        out["mlp.sd"] = torch.as_tensor(np.asarray(head["sd"], np.float64))
+        out.update({f"mlp.{k}": v.contiguous() for k, v in head["state"].items()})
+    if direction is not None:
+        out["direction"] = direction.float().contiguous()
+    return out
+
+
+def head_from_tensors(t: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if "ridge.w" in t:
+        return {"head": "ridge", "w": t["ridge.w"].numpy(), "b": float(t["ridge.b"][0])}
+    return {"head": "mlp", "mu": t["mlp.mu"].numpy(), "sd": t["mlp.sd"].numpy(),
+            "state": {k[4:]: v for k, v in t.items() if k.startswith("mlp.") and k not in ("mlp.mu", "mlp.sd")}}
+
+
+def predict_head(model: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    """z predictions [n] float64 of a feature head (fit.fit_head) on features X [n, d]."""
+    X = np.asarray(X, np.float64)
+    if model["head"] == "ridge":
+        return X @ np.asarray(model["w"], np.float64) + float(model["b"])
+    st = model["state"]
+    Xs = torch.as_tensor((X - model["mu"]) / model["sd"], dtype=torch.float32)
+    with torch.no_grad():
+        hdn = torch.nn.functional.gelu(Xs @ st["0.weight"].T + st["0.bias"])
+        return (hdn @ st["2.weight"].T + st["2.bias"])[:, 0].double().numpy()
+
+
+class LMInfluenceModel:
+    """An lm-mode influence model: the LM checkpoint's features (one forward per candidate) + a head."""
+
+    def __init__(self, path: Path, cfg: dict[str, Any], device: torch.device | str = "cpu"):
+        from safetensors.torch import load_file
+
+        from datamates.selection.features import LMFeaturizer
+
+        self.path, self.cfg = Path(path), cfg
+        t = load_file(str(self.path / LM_HEAD_FILE))
+        self.head = head_from_tensors(t)
+        self.features = list(cfg["features"])
+        ckpt = Path(cfg["checkpoint"])
+        if not (ckpt / "config.json").exists():
+            raise ArtifactMissing(f"{path}: the LM checkpoint its features come from is gone ({ckpt}); re-run `datamates fit`")
+        from datamates.core.checkpoint import checkpoint_hash
+
+        if checkpoint_hash(ckpt) != cfg["checkpoint_hash"]:
+            raise IncompatibleArtifacts(f"{path}: the LM checkpoint {ckpt} changed since the fit (hash "
+                                        f"{checkpoint_hash(ckpt)}, fitted on {cfg['checkpoint_hash']}); re-run `datamates fit`")
+        self.device = torch.device(device)
+        self.featurizer = LMFeaturizer(ckpt, device=self.device, direction=t.get("direction"),
+                                       batch_size=int(cfg.get("lm_batch_size", 16)))
+
+    def eval(self) -> LMInfluenceModel:
+        return self
+
+    def predict_z(self, pool, ids: np.ndarray, cache_dir: str | Path | None = None) -> np.ndarray:
+        """z predictions [n] of pool sequences `ids` (one LM forward each; encoder features from the cache)."""
+        from datamates.selection.features import stack_features
+
+        ids = np.asarray(ids, dtype=np.int64)
+        lm_kinds = [k for k in self.features if k != "encoder"]
+        feats = self.featurizer.features(pool.tokens(ids), lm_kinds) if lm_kinds else {}
+        if "encoder" in self.features:
+            enc_cfg = from_dict(EncoderConfig, self.cfg["encoder"])
+            tokens = TokenCache(pool, enc_cfg, cache_dir)
+            tokens.ensure(ids)
+            enc = InfluenceModel(load_encoder(tokens.backbone)).to(self.device).eval()
+            feats["encoder"] = frozen_embeddings(enc, tokens, ids, backbone_digest=self.cfg["backbone_hash"],
+                                                 device=self.device, precision=self.cfg.get("precision", "auto"),
+                                                 batch_size=64, cache_dir=cache_dir)[0]
+        return predict_head(self.head, stack_features(feats, self.features))
+
+
+def score_counts(icfg: dict[str, Any], fit_meta: dict[str, Any], n_encoder_tokens: int, n_scored: int,
+                 seq_len: int) -> tuple[dict[str, int], dict[str, Any]]:
+    """(tokens, flops_per_token) a scoring call records (accounting.py): the encoder's tokens, and in
+    lm mode one LM forward (+ the `fo` head product) per scored sequence."""
+    fpt = fit_meta.get("flops_per_token", {})
+    if icfg.get("mode") != "lm":
+        return {"encoder_forward": n_encoder_tokens}, {"encoder_forward": fpt.get("encoder_forward")}
+    tokens = {k: n_scored * seq_len for k in fpt if k != "encoder_forward"}
+    if n_encoder_tokens:
+        tokens["encoder_forward"] = n_encoder_tokens
+    return tokens, dict(fpt)
+
+
 # ----------------------------------------------------------------------------- saved model
 
 
@@ -244,7 +343,7 @@ def model_hash_of(folder: Path) -> str:
     from datamates.selection.encode import _file_digest
 
     h = hashlib.sha256()
-    for rel in (HEAD_FILE, "encoder/model.safetensors"):
+    for rel in (HEAD_FILE, LM_HEAD_FILE, "encoder/model.safetensors"):
         f = folder / rel
         if f.exists():
             h.update(rel.encode())
@@ -270,6 +369,8 @@ def load_influence_model(path: str | Path, device: torch.device | str = "cpu",
     path = Path(path)
     cfg = read_influence_config(path)
     enc_cfg = from_dict(EncoderConfig, cfg["encoder"])
+    if cfg["mode"] == "lm":
+        return LoadedInfluenceModel(LMInfluenceModel(path, cfg, device), cfg, enc_cfg, path)  # type: ignore[arg-type]
     if cfg["mode"] == "finetune":
         encoder = load_encoder(path / "encoder", dtype=dtype)
     else:

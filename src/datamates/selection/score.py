@@ -48,6 +48,7 @@ from datamates.selection.influence_model import (
     head_predict,
     load_influence_model,
     read_influence_config,
+    score_counts,
     sequence_embeddings,
 )
 from datamates.selection.scores_io import (
@@ -76,6 +77,9 @@ class InfluenceScorer:
         self.precision = precision
         # fp32 weights, forward under autocast(device, precision): the embedding path fit used
         self.lm = load_influence_model(model_dir, self.device)
+        if self.lm.mode == "lm":  # features of the LM itself (selection/features.py): no encoder tokens
+            self.cache_dir, self.batch_size = cache_dir, batch_size
+            return
         self.tok = load_encoder_tokenizer(str(self.lm.tokenizer_path))
         self.cache = TokenCache(self.pool, self.lm.encoder_cfg, cache_dir, tokenizer_path=self.lm.tokenizer_path)
         self.cache_dir = cache_dir
@@ -97,6 +101,8 @@ class InfluenceScorer:
                                    device=self.device, precision=self.precision, batch_size=self.batch_size)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if self.lm.mode == "lm":
+            return self.lm.to_delta(self.lm.model.predict_z(self.pool, ids, self.cache_dir))
         return self.lm.to_delta(head_predict(self.lm.model, self.embeddings(ids)))
 
 
@@ -161,8 +167,9 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
             backend=cfg.backend, workers=cfg.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
             scored_this_call=int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size) for i in todo)),
-            tokens={"encoder_forward": n_tokens},  # counted FLOPs: the encoder's tokens of this call
-            flops_per_token={"encoder_forward": _fit_meta(model_dir).get("flops_per_token", {}).get("encoder_forward")},
+            **dict(zip(("tokens", "flops_per_token"), score_counts(  # counted FLOPs of this call
+                icfg, _fit_meta(model_dir), n_tokens, int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size)
+                                                             for i in todo)), pool.seq_len), strict=True)),
         ))
     log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
     return out
@@ -185,6 +192,8 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     tokens the workers will process (counted FLOPs)."""
     from datamates.config.influence import EncoderConfig
 
+    if icfg["mode"] == "lm":
+        return 0  # lm mode reads token rows from the pool
     enc = from_dict(EncoderConfig, icfg["encoder"])
     need = np.concatenate([ids[i * shard_size : (i + 1) * shard_size] for i in todo])
     if icfg["mode"] == "frozen":

@@ -1,0 +1,251 @@
+"""The influence-model benchmark (issue 14): every variant fitted on every label set, one command.
+
+    .venv/bin/python experiments/influence_bench/labels.py --n 2000 --exact 150 --threads 1   # labels (once)
+    .venv/bin/python experiments/influence_bench/run.py [--sets early,middle,late] [--finetune]
+
+Label sets (labels.py): first-order probe labels of 2,000 random pool candidates at warmup stages 2, 8
+and 16 of the selection arena's seed 0, one fixed 80/20 train/validation split (split.npy), and exact
+labels of the first 150 candidates to check the first-order ones. Variants (docs/influence_model.md):
+
+    encoder          MiniLM mean-pooled embedding (frozen), ridge          (today's `mates` default)
+    loss             the LM's mean loss alone, ridge                       (the `loss` selector's signal)
+    stats            LM loss statistics (6), ridge
+    hidden           LM last hidden state mean-pooled (H), ridge
+    fo               first-order head term <D, grad_W lm_loss(x)> (1), ridge
+    stats+fo, stats+hidden, stats+hidden+fo, stats+hidden+fo+encoder       ridge
+    mlp:stats+hidden+fo                                                     a small MLP head
+    finetune         MATES: the fine-tuned encoder (--finetune; minutes on CPU)
+
+Each variant: validation Spearman with a bootstrap 95% interval (2,000 resamples of the validation
+rows), Spearman against the exact labels on the validation rows that have one, FLOPs of labels (the
+training labels' probes) + fit (features of the training rows) + scoring one candidate, and wall
+time of features + fit. Writes results.json and the table in README.md (between the markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+LABELS = HERE / "runs" / "labels"
+sys_path = str(HERE)
+import sys  # noqa: E402
+
+sys.path.insert(0, sys_path)
+from labels import ARENA, SETS, arena_inputs  # noqa: E402
+
+RIDGE = ["loss", "stats", "hidden", "fo", "stats+fo", "stats+hidden", "stats+hidden+fo", "encoder",
+         "stats+hidden+fo+encoder"]
+MLP = ["mlp:stats+fo", "mlp:stats+hidden+fo"]
+
+
+def bootstrap_ci(pred, true, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    vals = [spearmanr(pred[i], true[i]).statistic for i in (rng.integers(0, len(true), len(true)) for _ in range(n))]
+    return float(np.nanpercentile(vals, 2.5)), float(np.nanpercentile(vals, 97.5))
+
+
+def read(folder: Path) -> dict[int, float]:
+    t = pq.read_table(folder / "labels.parquet")
+    return dict(zip(t.column("seq_id").to_pylist(), t.column("ref_loss_delta").to_pylist(), strict=True))
+
+
+def probe_flops(folder: Path) -> float:
+    """Counted FLOPs of a probe folder (accounting: tokens x FLOPs per token, train = 3x forward)."""
+    m = json.loads((folder / "meta.json").read_text())
+    tok, fpt = m.get("tokens", {}), m.get("flops_per_token", {})
+    return float(sum(tok[k] * fpt.get(k, 0.0) for k in tok))
+
+
+def label_set(name: str):
+    """(first-order folder, exact folder, checkpoint, arena run, ids [n] in row order, split [n] 1 = val)
+    of a label set, or None when its labels are not finished. early/middle/late: labels.py's sets;
+    arena_sN: the arena's own labels at seed N's stage-16 checkpoint (the oracle's 400 first-order
+    labels of block 17; the `mates` branch's 96 exact labels of the plan's probe set as the check)."""
+    if name in SETS:
+        fo_dir, ex_dir = LABELS / f"{name}_first_order", LABELS / f"{name}_exact"
+        ckpt, arena = ARENA / "warmup" / f"stage_{SETS[name]:02d}" / "checkpoint", ARENA
+        if not (fo_dir / "DONE").exists():
+            return None
+        ids_all, split = np.load(LABELS / "candidates.npy"), np.load(LABELS / "split.npy")
+        lab = read(fo_dir)
+        keep = np.array([int(i) in lab for i in ids_all])
+        return fo_dir, ex_dir, ckpt, arena, ids_all[keep], split[keep]
+    if name.startswith("arena_s"):
+        arena = ARENA.parent / f"arena_cpu_s{int(name[len('arena_s'):])}"
+        fo_dir, ex_dir = arena / "oracle" / "stage_17" / "probe", arena / "mates" / "stage_17" / "probe"
+        if not (fo_dir / "DONE").exists():
+            return None
+        ids = np.array(sorted(read(fo_dir)), dtype=np.int64)
+        split = np.zeros(len(ids), np.int8)
+        split[np.random.default_rng(0).permutation(len(ids))[: len(ids) // 5]] = 1
+        return fo_dir, ex_dir, arena / "warmup" / "stage_16" / "checkpoint", arena, ids, split
+    raise SystemExit(f"unknown label set {name!r}: early, middle, late, arena_s0..arena_s4")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sets", default="early,middle,late")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--finetune", action="store_true")
+    ap.add_argument("--variants", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from datamates.config.influence import EncoderConfig
+    from datamates.core.lm import flops_per_token
+    from datamates.selection.encode import TokenCache, backbone_hash, encoder_tokens
+    from datamates.selection.features import LMFeaturizer, head_direction
+    from datamates.selection.fit import fit_head
+    from datamates.selection.influence_model import (
+        InfluenceModel,
+        frozen_embeddings,
+        load_encoder,
+        predict_head,
+    )
+
+    variants = args.variants.split(",") if args.variants else RIDGE + MLP
+    enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input
+    cache_dir = HERE / "runs" / "cache"
+    results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+    for name in args.sets.split(","):
+        spec = label_set(name)
+        if spec is None:
+            print(f"{name}: labels not finished; skipped", flush=True)
+            continue
+        fo_dir, ex_dir, ckpt, arena, ids, sp = spec
+        cfg, pool, plan, ref = arena_inputs(arena)
+        lab = read(fo_dir)
+        y = np.array([lab[int(i)] for i in ids])
+        tr, va = np.flatnonzero(sp == 0), np.flatnonzero(sp == 1)
+        exact = read(ex_dir) if (ex_dir / "DONE").exists() else {}
+        ex_ids = np.array(sorted(set(exact) - set(ids[tr].tolist())), dtype=np.int64)  # never trained on
+        every = np.concatenate([ids, np.setdiff1d(ex_ids, ids)])
+        label_flops_each = probe_flops(fo_dir) / len(lab)
+        fcache = HERE / "runs" / "features" / f"{name}.npz"
+        t0 = time.time()
+        D = head_direction(ckpt, ref, pad_id=pool.eos_id)
+        lmf = LMFeaturizer(ckpt, direction=D)
+        if fcache.exists() and np.array_equal(np.load(fcache)["ids"], every):
+            zf = np.load(fcache)
+            feats = {k: zf[k] for k in ("stats", "hidden", "fo")}
+            t_lm = float(zf["seconds"])
+        else:
+            feats = lmf.features(pool.tokens(every), ["stats", "hidden", "fo"])
+            t_lm = time.time() - t0
+            fcache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(fcache, ids=every, seconds=t_lm, **feats)
+        feats["loss"] = feats["stats"][:, :1]
+        T = pool.seq_len
+        lm_fwd = flops_per_token(lmf.model, T) / 3 * T
+        V, H = D.shape
+        fo_extra = 2.0 * T * H * V
+        t0 = time.time()
+        tc = TokenCache(pool, enc_cfg, cache_dir)
+        tc.ensure(every)
+        enc = InfluenceModel(load_encoder(tc.backbone))
+        feats["encoder"], _ = frozen_embeddings(enc, tc, every, backbone_digest=backbone_hash(tc.backbone),
+                                                device=torch.device("cpu"), precision="fp32", batch_size=64,
+                                                cache_dir=cache_dir)
+        t_enc = time.time() - t0
+        enc_fwd = flops_per_token(enc.encoder, enc_cfg.chunk_len) / 3 * encoder_tokens(tc.get(ids[:200]), enc_cfg,
+                                                                                       tc.tok) / 200
+        pos = {int(i): j for j, i in enumerate(every)}
+        ex_rows = np.array([pos[int(i)] for i in ex_ids], dtype=np.int64)
+        ex_y = np.array([exact[int(i)] for i in ex_ids])
+        common = [i for i in exact if i in lab]
+        fidelity = (float(spearmanr([exact[i] for i in common], [lab[i] for i in common]).statistic)
+                    if len(common) >= 5 else None)
+        rows = []
+        for v in variants:
+            head = "mlp" if v.startswith("mlp:") else "ridge"
+            kinds = v.split(":")[-1].split("+")
+            X = np.concatenate([feats[k] for k in kinds], axis=1)
+            t0 = time.time()
+            model = fit_head(X[tr], (y[tr] - y[tr].mean()) / y[tr].std(), head=head, seed=0)  # rows of `ids` first
+            pred = predict_head(model, X[va])
+            t_fit = time.time() - t0
+            rho = float(spearmanr(pred, y[va]).statistic)
+            lo, hi = bootstrap_ci(pred, y[va])
+            rho_ex = (float(spearmanr(predict_head(model, X[ex_rows]), ex_y).statistic)
+                      if len(ex_rows) >= 5 else None)
+            uses_lm = any(k != "encoder" for k in kinds)
+            score_flops = (lm_fwd if uses_lm else 0.0) + (fo_extra if "fo" in kinds else 0.0) + \
+                          (enc_fwd if "encoder" in kinds else 0.0)
+            wall = t_fit + (t_lm if uses_lm else 0.0) * 1 + (t_enc if "encoder" in kinds else 0.0)
+            rows.append({"variant": v, "head": head, "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": rho_ex,
+                         "n_exact_val": int(len(ex_rows)), "n_train": int(len(tr)), "n_val": int(len(va)),
+                         "flops_labels": label_flops_each * len(tr), "flops_fit": score_flops * len(tr),
+                         "flops_score_one": score_flops, "wall_s": round(wall, 2), "fit_alpha": model.get("alpha")})
+            print(f"{name:7s} {v:28s} rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]  exact {rho_ex}  "
+                  f"score/cand {score_flops:.3g} FLOPs  {wall:.1f} s", flush=True)
+        if args.finetune:
+            rows.append(_finetune(name, fo_dir, pool, ids, y, tr, va, enc_cfg, cache_dir, label_flops_each))
+        results[name] = {"checkpoint": str(ckpt.relative_to(HERE.parent.parent)), "n_labels": int(len(ids)),
+                         "n_exact": len(exact), "n_exact_eval": int(len(ex_ids)),
+                         "first_order_vs_exact_spearman": fidelity,
+                         "label_flops_each": label_flops_each, "lm_forward_flops": lm_fwd, "rows": rows}
+        (HERE / "results.json").write_text(json.dumps(results, indent=1))
+    _table(results)
+
+
+def _finetune(name, fo_dir, pool, ids, y, tr, va, enc_cfg, cache_dir, label_flops_each):
+    """MATES's recipe (fine-tuned MiniLM on text) on the same split: labels of the training rows only."""
+    import pyarrow as pa
+
+    from datamates.config.influence import FitConfig
+    from datamates.selection.fit import fit
+
+    work = HERE / "runs" / "finetune" / name
+    work.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"seq_id": ids[tr], "ref_loss_delta": y[tr]}), work / "train.parquet")
+    t0 = time.time()
+    out = fit(FitConfig(mode="finetune", encoder=enc_cfg, device="cpu"), [work / "train.parquet"], pool,
+              work / "model", cache_dir=cache_dir)
+    from datamates.selection.score import InfluenceScorer
+
+    pred = InfluenceScorer(out, pool, cache_dir=cache_dir)(ids[va])
+    rho = float(spearmanr(pred, y[va]).statistic)
+    lo, hi = bootstrap_ci(pred, y[va])
+    m = json.loads((out / "meta.json").read_text())
+    fl = sum(m["tokens"][k] * m["flops_per_token"][k] for k in m["tokens"])
+    score_one = m["flops_per_token"]["encoder_forward"] * enc_cfg.max_tokens
+    print(f"{name:7s} {'finetune':28s} rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]", flush=True)
+    return {"variant": "finetune", "head": "finetune", "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": None,
+            "n_train": int(len(tr)), "n_val": int(len(va)), "flops_labels": label_flops_each * len(tr),
+            "flops_fit": fl, "flops_score_one": score_one, "wall_s": round(time.time() - t0, 1)}
+
+
+def _table(results: dict) -> None:
+    lines = ["| set | variant | val Spearman [95% CI] | vs exact | FLOPs labels | FLOPs fit | FLOPs score/cand | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for row in r["rows"]:
+            ex = "" if row.get("exact_spearman") is None else f"{row['exact_spearman']:+.2f} (n={row.get('n_exact_val')})"
+            lines.append(f"| {name} | {row['variant']} | {row['val_spearman']:+.3f} [{row['ci95'][0]:+.2f}, "
+                         f"{row['ci95'][1]:+.2f}] | {ex} | {row['flops_labels']:.2e} | {row['flops_fit']:.2e} | "
+                         f"{row['flops_score_one']:.2e} | {row['wall_s']} |")
+        if r.get("first_order_vs_exact_spearman") is not None:
+            lines.append(f"| {name} | (first-order vs exact labels, n={r['n_exact']}) | "
+                         f"{r['first_order_vs_exact_spearman']:+.3f} | | | | | |")
+    table = "\n".join(lines)
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else "<!-- table -->\n<!-- /table -->\n"
+    a, b = text.split("<!-- table -->")[0], text.split("<!-- /table -->")[1]
+    readme.write_text(a + "<!-- table -->\n" + table + "\n<!-- /table -->" + b)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
