@@ -1,5 +1,7 @@
-"""Parallel probing: labels are identical (bit for bit) with 1 worker, 2 local worker processes, and
-a Ray actor (a local Ray instance with fewer actors than CPUs: ray-project/ray#44687)."""
+"""Parallel probing through the executor (datamates/executor.py): labels are identical (bit for bit)
+with 1 worker, 2 local worker processes, and a Ray actor (a local Ray instance with fewer actors
+than CPUs: ray-project/ray#44687). Resume by chunk: tests/selection/test_probe.py; the torchrun
+world: tests/test_torchrun.py."""
 
 import numpy as np
 import pytest
@@ -50,3 +52,4 @@ def test_ray_backend_gives_identical_labels(tiny_ckpt, tiny_pool, ref, tmp_path)
     got = _labels(out)
     for c in COLUMNS:
         np.testing.assert_array_equal(local[c], got[c], err_msg=c)
+
