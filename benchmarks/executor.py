@@ -163,7 +163,7 @@ def main() -> None:
     cand = np.sort(rng.choice(held, args.probes, replace=False))
     t = {1: [], 2: []}
     labels = {}
-    for r in range(args.repeats):  # interleaved: both see the same machine load
+    for _ in range(args.repeats):  # interleaved: both see the same machine load
         for w in (1, 2):
             dt, labels[w] = timed_probe(ckpt, pool, cand, ref, w, f"w{w}")
             t[w].append(dt)
@@ -185,7 +185,7 @@ def main() -> None:
     TokenCache(pool, enc, OUT / "cache_tokens").ensure(ids)
     t = {1: [], 2: []}
     sc = {}
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         for w in (1, 2):
             dt, sc[w] = timed_score(model_dir, pool, ids, w, f"w{w}")
             t[w].append(dt)

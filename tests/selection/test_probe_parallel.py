@@ -52,4 +52,3 @@ def test_ray_backend_gives_identical_labels(tiny_ckpt, tiny_pool, ref, tmp_path)
     got = _labels(out)
     for c in COLUMNS:
         np.testing.assert_array_equal(local[c], got[c], err_msg=c)
-
