@@ -43,6 +43,7 @@ from datamates.core.documents import DocIndex
 from datamates.core.documents import draw_heldout as _draw_heldout
 from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
+from datamates.core.sources import strip_suffix
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.log import get_logger, progress
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
@@ -186,11 +187,7 @@ def _labels_field(pool: Pool, index: DocIndex, cand: np.ndarray, cfg: PartitionC
 
 
 def _file_label(rel: str) -> str:
-    name = Path(rel).name
-    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".ndjson", ".parquet"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_suffix(Path(rel).name)  # every container the pool reads (core/sources.py)
 
 
 def _labels_random(cand: np.ndarray, cfg: PartitionConfig) -> tuple[np.ndarray, list[str]]:

@@ -157,6 +157,10 @@ def selected_records(pool: Pool, seq_ids: np.ndarray):
                 yield row
 
 
+def _records_of(pool_dir: str, seq_ids: np.ndarray):
+    yield from selected_records(Pool(pool_dir), seq_ids)
+
+
 def write_hf_dataset(pool: Pool, seq_ids: np.ndarray, out: Path, scratch: Path) -> int:
     """The selected documents as a Hugging Face dataset folder (`Dataset.save_to_disk` layout,
     loadable by `datasets.load_from_disk`), built through `Dataset.from_generator` (Arrow written
@@ -167,7 +171,10 @@ def write_hf_dataset(pool: Pool, seq_ids: np.ndarray, out: Path, scratch: Path) 
         from datamates.errors import InputError
 
         raise InputError("export --format hf needs the `datasets` package (pip install 'datamates[io]')") from None
-    ds = datasets.Dataset.from_generator(selected_records, gen_kwargs={"pool": pool, "seq_ids": np.asarray(seq_ids)},
+    # the pool goes by path: datasets fingerprints gen_kwargs by pickling them (a Pool's memory maps would be
+    # pickled whole)
+    ds = datasets.Dataset.from_generator(_records_of, gen_kwargs={"pool_dir": str(pool.path),
+                                                                  "seq_ids": np.asarray(seq_ids, np.int64)},
                                          cache_dir=str(scratch), keep_in_memory=False)
     ds.save_to_disk(str(out))
     return len(ds)
