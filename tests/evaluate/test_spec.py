@@ -177,3 +177,26 @@ def test_resume_key_follows_content_not_mtime(monkeypatch, tmp_path, data):
     assert load_spec(TASKS_DIR / "arc_easy.yaml").fingerprint() == before
     dst.write_bytes(dst.read_bytes() + b"\n")
     assert load_spec(TASKS_DIR / "arc_easy.yaml").fingerprint() != before
+
+
+def test_fewshot_split_and_num_fewshot_from_the_task_file(tiny_model, tiny_tok, tmp_path):
+    """lm-eval's few-shot examples come from the training split when it has a file, and the task
+    file's num_fewshot is used unless the caller sets one (eval.num_fewshot / --num-fewshot)."""
+    import json as _json
+
+    from datamates.evaluate import evaluate_task
+    from datamates.evaluate.spec import fewshot_prefixes
+
+    recs = [{"q": f"Question {i}?", "c": ["yes", "no"], "g": i % 2} for i in range(5)]
+    shots = [{"q": f"Solved {i}?", "c": ["yes", "no"], "g": 0} for i in range(3)]
+    (tmp_path / "shots.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in shots))
+    path = write_task(tmp_path, recs, {"dataset_kwargs": {"data_files": {"test": "toy.jsonl", "train": "shots.jsonl"}},
+                                       "training_split": "train", "num_fewshot": 1,
+                                       "doc_to_text": "{{q}}", "doc_to_choice": "c", "doc_to_target": "g"})
+    spec = load_spec(path)
+    assert spec.num_fewshot == 1 and spec.fewshot_data == tmp_path / "shots.jsonl"
+    docs = load_docs(spec)
+    pre = fewshot_prefixes(spec, docs, 5, 1, 1234, load_docs(spec, fewshot=True))
+    assert all(p in {f"Solved {i}? yes\n\n" for i in range(3)} for p in pre)
+    assert evaluate_task(tiny_model, tiny_tok, spec)["num_fewshot"] == 1
+    assert evaluate_task(tiny_model, tiny_tok, spec, num_fewshot=0)["num_fewshot"] == 0
