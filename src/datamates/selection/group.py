@@ -10,7 +10,8 @@ Per stage, on the candidate block with raw scores s_i (lower is better) and froz
 2. goodness_i = exp(key_i - max_j key_j), in (0, 1]: the candidate's Gumbel-perturbed softmax(-z / tau)
    weight, the quantity Gumbel-top-k ranks by. It is positive, as the multiplicative form needs, and
    the diversity factor below multiplies the candidate's selection odds.
-3. Spherical k-means (core/kmeans.py) of the unit e_i into C = min(clusters, n / 4) clusters.
+3. Spherical k-means (core/kmeans.py, k-means++ seeding) of the unit e_i into C = min(clusters, n / 4)
+   clusters (empty ones dropped).
 4. Allocation of k over clusters by largest remainder, capped at each cluster's size (the excess
    goes to the clusters with room, by the same rule):
        size:   k_c proportional to n_c
@@ -100,7 +101,8 @@ def group_order(ids: np.ndarray, z: np.ndarray, keys: np.ndarray, emb: np.ndarra
     x = np.asarray(emb, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     C = max(1, min(cfg.clusters, n // 4))
-    labels = np.zeros(n, dtype=np.int64) if C == 1 else spherical_kmeans(x, C, seed=cfg.seed, niter=cfg.kmeans_iters)[0]
+    labels = (np.zeros(n, dtype=np.int64) if C == 1 else
+              spherical_kmeans(x, C, seed=cfg.seed, niter=cfg.kmeans_iters, init="kmeans++")[0])
     present = np.unique(labels)
     labels = np.searchsorted(present, labels)  # clusters 0..C'-1 (faiss may leave one empty)
     C = len(present)
