@@ -53,6 +53,7 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import threading
 import time
 import traceback
 import uuid
@@ -512,14 +513,18 @@ def _rank_device(spec: str) -> str:
     return "cpu" if spec == "auto" else spec
 
 
-def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.0, poll_s: float = 0.2) -> Any:
+def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.0, poll_s: float = 0.2,
+         timeout_s: float = 1800.0) -> Any:
     """Run `fn` on rank 0 while the other ranks serve the jobs it submits (see the module
     docstring); every rank returns `fn`'s result (which must be picklable). A single process, or
     a call inside another `lead`: just `fn()`.
 
     The mailbox is a folder every rank sees (a run's logs/ranks); each call uses a fresh
     sub-folder named by a token rank 0 broadcasts (the only collective here: all ranks arrive at a
-    `lead` call together), so files of a killed earlier run are never read."""
+    `lead` call together), so files of a killed earlier run are never read. Rank 0 touches
+    `<folder>/alive` every few seconds from a background thread; a serving rank that sees it go
+    stale for `timeout_s` (rank 0 died without torchrun stopping the job) stops with an error
+    instead of waiting forever."""
     import torch.distributed as dist
 
     if world_size() == 1 or _World.current() is not None:
@@ -535,6 +540,9 @@ def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.
                 shutil.rmtree(old, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         _CURRENT[0] = _World(folder, rank, world, heartbeat_s, poll_s)
+        stop = threading.Event()
+        beat = threading.Thread(target=_alive, args=(folder / "alive", min(heartbeat_s, 5.0), stop), daemon=True)
+        beat.start()
         try:
             result = fn()
         except DatamatesError as e:
@@ -545,12 +553,20 @@ def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.
             raise
         finally:
             _CURRENT[0] = None
+            stop.set()
         _post(folder / "end.pkl", ("ok", result, ""))
         return result
-    return _serve(folder, rank, world, heartbeat_s, poll_s)
+    return _serve(folder, rank, world, heartbeat_s, poll_s, timeout_s)
 
 
-def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: float) -> Any:
+def _alive(path: Path, every: float, stop: threading.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            path.touch()
+        stop.wait(every)
+
+
+def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: float, timeout_s: float) -> Any:
     n = 0
     t0 = last = time.time()
     while True:
@@ -572,4 +588,9 @@ def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: floa
         if time.time() - last > heartbeat_s:
             log.info("rank %d: waiting for rank 0's serial step (%.0f s)", rank, time.time() - t0)
             last = time.time()
+            alive = folder / "alive"
+            seen = alive.stat().st_mtime if alive.exists() else t0
+            if time.time() - seen > timeout_s:
+                raise ShardFailed(f"rank {rank}: rank 0 has given no sign of life for {time.time() - seen:.0f} s "
+                                  f"({alive}); it probably died: re-run the command to resume")
         time.sleep(poll_s)

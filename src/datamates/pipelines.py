@@ -48,7 +48,8 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     # under torchrun: training is DDP; a selector runs on rank 0 and shares its probe and score
     # shards with every rank (executor.lead); its serial steps (fit, select) stay on rank 0
     dist_setup(cfg.train.device, timeout_minutes=cfg.distributed.timeout_minutes)
-    _WORLD.update(mailbox=rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds)
+    _WORLD.update(mailbox=rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds,
+                  timeout_s=60 * cfg.distributed.timeout_minutes)
     pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
     plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
     m = cfg.mates
@@ -92,7 +93,7 @@ def _pool(cfg: RunConfig, rd: RunDir) -> Path:
     return build_pool(cfg.pool, rd.pool)
 
 
-_WORLD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0}
+_WORLD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0, "timeout_s": 1800.0}
 
 
 def on_rank0(fn):
@@ -100,7 +101,7 @@ def on_rank0(fn):
     jobs `fn` submits (probe, score: executor.lead) and wait for the rest on files, with a
     heartbeat, never inside a collective; then every rank reads the artifact rank 0 wrote.
     Single process: just `fn()`."""
-    return executor.lead(fn, _WORLD["mailbox"], heartbeat_s=_WORLD["heartbeat_s"])
+    return executor.lead(fn, _WORLD["mailbox"], heartbeat_s=_WORLD["heartbeat_s"], timeout_s=_WORLD["timeout_s"])
 
 
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     dist_setup(pcfg.device, timeout_minutes=cfg.distributed.timeout_minutes)
     out = executor.lead(lambda: probe(pcfg, args.checkpoint, pool, ids, dest), rd.logs / "ranks",
-                        heartbeat_s=cfg.distributed.heartbeat_seconds)
+                        heartbeat_s=cfg.distributed.heartbeat_seconds, timeout_s=60 * cfg.distributed.timeout_minutes)
     if not is_main():
         return 0
     meta = read_meta(out)

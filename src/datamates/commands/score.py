@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     dist_setup(cfg.mates.score.device, timeout_minutes=cfg.distributed.timeout_minutes)
     executor.lead(lambda: score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir), rd.logs / "ranks",
-                  heartbeat_s=cfg.distributed.heartbeat_seconds)  # under torchrun the ranks share the shards
+                  heartbeat_s=cfg.distributed.heartbeat_seconds,
+                  timeout_s=60 * cfg.distributed.timeout_minutes)  # under torchrun the ranks share the shards
     if not is_main():
         return 0
     meta = scores_meta(out)

@@ -23,7 +23,8 @@ class DistributedConfig:
         30.0,
         "process-group timeout (torch.distributed) in minutes; only training's collectives and one short "
         "broadcast per serial step wait inside a collective (the serial selection steps on rank 0 are waited "
-        "for on files), so torch's own default of 30 minutes is ample",
+        "for on files), so torch's own default of 30 minutes is ample; a rank waiting for rank 0 also gives up "
+        "(one error line) when rank 0 has shown no sign of life this long",
         gt=0,
     )
     heartbeat_seconds: float = knob(60.0, "a rank waiting for another logs a line this often", gt=0)
