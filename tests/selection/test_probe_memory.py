@@ -147,3 +147,13 @@ def test_chooser_formula_and_refusal(tiny_ckpt, tiny_pool, ref, tmp_path):
         probe(cfg, tiny_ckpt, tiny_pool, CANDIDATES[:4], tmp_path / "p", reference=ref)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "p").exists()  # nothing half-written under the final name
+
+
+def test_memory_budget_is_not_part_of_the_labels_identity(tiny_ckpt, tiny_pool, ref, tmp_path):
+    """After an out-of-memory stop the user lowers probe.memory_budget_gb and re-runs over the same
+    output: that must resume (or find it finished), not be refused as a different configuration."""
+    kw = dict(mode="first_order", device="cpu", chunk_size=4, candidate_batch=4)
+    out = probe(ProbeConfig(**kw), tiny_ckpt, tiny_pool, CANDIDATES[:4], tmp_path / "p", reference=ref)
+    again = probe(ProbeConfig(**kw, memory_budget_gb=50.0), tiny_ckpt, tiny_pool, CANDIDATES[:4], tmp_path / "p",
+                  reference=ref)
+    assert again == out

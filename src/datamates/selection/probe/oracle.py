@@ -455,7 +455,7 @@ def _label_config(cfg: ProbeConfig) -> dict[str, Any]:
     """The knobs a label depends on (not the ones that only decide where and how fast it runs)."""
     d = to_dict(cfg)
     for k in ("workers", "threads", "backend", "ray_address", "device", "n_probes", "probe_seed",
-              "resample_each_stage"):
+              "resample_each_stage", "memory_budget_gb"):
         d.pop(k)
     return d
 
