@@ -519,8 +519,8 @@ class FirstOrderProber:
         """u(x) - u0 of parameter i's elements `sel` from the clipped gradients g [k, len(sel)]; b1 m,
         b2 v / bc2 and u0 are recomputed from m and v here (no parameter-sized copies kept)."""
         h = self.state.hyper
-        b1m = _acc(self.state.m[i]).reshape(-1)[sel] * h.beta1
-        b2v = _acc(self.state.v[i]).reshape(-1)[sel] * (h.beta2 / self.bc2[i])  # b2 v / bc2
+        b1m = _acc(self.state.m[i].reshape(-1)[sel]) * h.beta1  # select, then widen: no full-size copy
+        b2v = _acc(self.state.v[i].reshape(-1)[sel]) * (h.beta2 / self.bc2[i])  # b2 v / bc2
         u0 = b1m / (b2v.sqrt() + h.eps)
         num = torch.add(b1m, g, alpha=1 - h.beta1)  # m'
         den = torch.addcmul(b2v, g, g, value=self.a2[i]).sqrt_().add_(h.eps)  # sqrt(v'/bc2) + eps
