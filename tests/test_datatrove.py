@@ -37,7 +37,7 @@ def world(data: Path, tmp_path_factory):
                       ("wiki", "pretrain/wiki/nq_open_oracle_wikipedia_passages.jsonl.gz")):
         (root / "corpus" / domain).mkdir(parents=True)
         with gzip.open(data / f, "rt", encoding="utf-8") as fh:
-            (root / "corpus" / domain / "part.jsonl").write_text("".join(itertools.islice(fh, 60)))
+            (root / "corpus" / domain / "part.jsonl").write_text("".join(itertools.islice(fh, 25)))
     cfg = root / "tiny.yaml"
     cfg.write_text("pool:\n  seq_len: 32\n  tokenizer:\n    vocab_size: 300\n")
     assert main(["pool", "build", "-c", str(cfg), "--input", str(root / "corpus"), "--out", str(root / "pool"),
