@@ -336,11 +336,12 @@ def load_spec(path: str | Path) -> TaskSpec:
                           f"set multiple_choice or loglikelihood")
     if output_type not in OUTPUT_TYPES:
         raise err("output_type", f"{output_type!r}: datamates scores {', '.join(OUTPUT_TYPES)}")
-    if raw.get("dataset_path") != "json":
-        raise err("dataset_path", f"{raw.get('dataset_path')!r}: datamates reads local JSON lines; write "
+    if "dataset_path" not in raw:
+        raise ConfigError(f"{path}: missing key 'dataset_path' (write dataset_path: json with data_files)")
+    if raw["dataset_path"] != "json":
+        raise err("dataset_path", f"{raw['dataset_path']!r}: datamates reads local JSON lines; write "
                   f"dataset_path: json and dataset_kwargs: {{data_files: {{test: FILE.jsonl}}}} (save a Hugging "
-                  f"Face split with Dataset.to_json)") if "dataset_path" in raw else \
-            ConfigError(f"{path}: missing key 'dataset_path' (write dataset_path: json with data_files)")
+                  f"Face split with Dataset.to_json)")
     if raw.get("dataset_name") is not None:
         raise err("dataset_name", "must be empty with dataset_path: json")
     try:  # the name becomes result and sample file names: '../x' would write outside the output
