@@ -208,7 +208,7 @@ def test_pre_tokenized_input_without_a_tokenizer_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- outputs
 
 
-def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path):
+def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path, monkeypatch):
     """Scores keyed by sequence come out per document: the Parquet rows are the (sequence,
     document) pairs of the pool's incidence; a document's attribute value is the hand-computed mean
     of its sequences' scores, over a span of its whole text; `selected` marks the documents
@@ -217,6 +217,9 @@ def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path)
 
     from datamates.config.influence import SelectConfig
     from datamates.selection.select import select
+    from datamates.integrations import attributes
+
+    monkeypatch.setattr(attributes, "CHUNK", 7)  # the Parquet table written 7 sequences at a time
 
     src = _write("jsonl.zst", tmp_path / "in", records)
     pool = Pool(build_pool(_cfg([src]), tmp_path / "pool"))

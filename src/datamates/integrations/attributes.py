@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from datamates.core.pool import Pool
 from datamates.core.sources import JSONL_SUFFIXES, strip_suffix
 
+CHUNK = 1 << 20  # sequences per Parquet write
 SCHEMA = pa.schema([("doc_id", pa.string()), ("doc_index", pa.int64()), ("seq_id", pa.int64()),
                     ("score", pa.float64()), ("selected", pa.bool_())])
 
@@ -93,11 +94,16 @@ def write_attributes(pool: Pool, seq_ids: np.ndarray, scores: np.ndarray, chosen
     selected = np.isin(seq_ids, np.asarray(chosen, dtype=np.int64))
     docs = pool.docs
     doc_ids = docs.column("id")
-    row, doc = pairs(pool, seq_ids)
-    pq.write_table(pa.table({
-        "doc_id": doc_ids.take(pa.array(doc)), "doc_index": pa.array(doc), "seq_id": pa.array(seq_ids[row]),
-        "score": pa.array(scores[row]), "selected": pa.array(selected[row]),
-    }, schema=SCHEMA), out / "scores.parquet")
+    n_pairs = 0
+    with pq.ParquetWriter(out / "scores.parquet", SCHEMA) as writer:  # CHUNK sequences at a time
+        for lo in range(0, len(seq_ids), CHUNK):
+            row, doc = pairs(pool, seq_ids[lo : lo + CHUNK])
+            row += lo
+            writer.write_table(pa.table({
+                "doc_id": doc_ids.take(pa.array(doc)), "doc_index": pa.array(doc), "seq_id": pa.array(seq_ids[row]),
+                "score": pa.array(scores[row]), "selected": pa.array(selected[row]),
+            }, schema=SCHEMA))
+            n_pairs += len(row)
 
     mean, n, sel = document_scores(pool, seq_ids, scores, selected)
     files = np.asarray(docs.column("file").to_numpy())
@@ -106,12 +112,14 @@ def write_attributes(pool: Pool, seq_ids: np.ndarray, scores: np.ndarray, chosen
     inputs = pool.meta["inputs"]
     ids_list = doc_ids.to_pylist()
     written = []
-    for fi in np.unique(files):
+    order = np.argsort(files, kind="stable")  # documents grouped by input file, in file order
+    bounds = np.searchsorted(files[order], np.unique(files), side="left").tolist() + [len(files)]
+    for k, fi in enumerate(np.unique(files)):
         rel = inputs[int(fi)]["rel"]
         dst = out / attribute_path(rel, name)
         dst.parent.mkdir(parents=True, exist_ok=True)
         with _writer(dst) as fh:
-            for d in np.nonzero(files == fi)[0]:
+            for d in order[bounds[k] : bounds[k + 1]].tolist():
                 span = int(n_chars[d])
                 attrs = ({f"{name}__score": [[0, span, float(mean[d])]],
                           f"{name}__selected": [[0, span, 1.0 if sel[d] else 0.0]]}
@@ -119,7 +127,7 @@ def write_attributes(pool: Pool, seq_ids: np.ndarray, scores: np.ndarray, chosen
                 fh.write(json.dumps({"id": ids_list[d], "attributes": attrs}) + "\n")
         written.append(str(attribute_path(rel, name)))
     return {"scores_parquet": "scores.parquet", "attributes": written, "attribute_name": name,
-            "documents_scored": int((n > 0).sum()), "documents": int(len(n)), "pairs": int(len(row))}
+            "documents_scored": int((n > 0).sum()), "documents": int(len(n)), "pairs": int(n_pairs)}
 
 
 __all__ = ["attribute_path", "document_scores", "pairs", "write_attributes"]
