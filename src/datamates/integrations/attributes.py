@@ -58,12 +58,20 @@ def document_scores(pool: Pool, seq_ids: np.ndarray, scores: np.ndarray, selecte
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[n_docs] mean score (NaN: not scored), [n_docs] scored-sequence count, [n_docs] any selected."""
     n_docs = len(pool.docs)
-    row, doc = pairs(pool, seq_ids)
-    n = np.bincount(doc, minlength=n_docs)
-    total = np.bincount(doc, weights=np.asarray(scores, np.float64)[row], minlength=n_docs)
+    n = np.zeros(n_docs, dtype=np.int64)
+    total = np.zeros(n_docs, dtype=np.float64)
+    hits = np.zeros(n_docs, dtype=np.float64)
+    scores = np.asarray(scores, np.float64)
+    selected = np.asarray(selected, np.float64)
+    for lo in range(0, len(seq_ids), CHUNK):  # memory O(CHUNK + documents)
+        row, doc = pairs(pool, seq_ids[lo : lo + CHUNK])
+        row += lo
+        n += np.bincount(doc, minlength=n_docs)
+        total += np.bincount(doc, weights=scores[row], minlength=n_docs)
+        hits += np.bincount(doc, weights=selected[row], minlength=n_docs)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-    sel = np.bincount(doc, weights=np.asarray(selected, np.float64)[row], minlength=n_docs) > 0
+    sel = hits > 0
     return mean, n, sel
 
 
