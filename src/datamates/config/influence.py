@@ -112,3 +112,7 @@ class SelectConfig:
     )
     seed: int = knob(0, "seed of the Gumbel noise; the noise of a sequence depends only on (seed, id)")
     write_documents: bool = knob(False, "also write the selected documents in the input format")
+    write_scores: bool = knob(
+        True, "with scores: also write scores.parquet ((sequence, document) rows) and Dolma-style attributes "
+        "(one line per pool document) for filter tools (docs/formats.md)"
+    )

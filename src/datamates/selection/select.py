@@ -349,7 +349,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
-        if info["scores"] is not None:  # per-document scores for filter tools (integrations/attributes.py)
+        if info["scores"] is not None and cfg.write_scores:  # per-document scores (integrations/attributes.py)
             from datamates.integrations.attributes import write_attributes
 
             parts = [(np.asarray(i, np.int64), np.asarray(v, np.float64)) for i, v in factory()]
