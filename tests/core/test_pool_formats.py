@@ -83,18 +83,19 @@ def reference(records, tmp_path_factory) -> Pool:
     return Pool(build_pool(_cfg([src]), root / "pool_jsonl"))
 
 
-@pytest.mark.parametrize("fmt", ["jsonl.zst", "json.gz", "parquet", "save_to_disk", "file_url", "fsspec_folder"])
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "json.gz", "parquet", "save_to_disk", "file_url", "fsspec_folder",
+                                 "fsspec_file"])
 def test_every_container_gives_the_same_pool(fmt, records, reference, tmp_path):
     if fmt == "file_url":
         src = f"file://{_write('jsonl', tmp_path / 'url' / 'in', records)}"
-    elif fmt == "fsspec_folder":  # a non-local filesystem (fsspec's in-memory one): listed and read by fsspec
+    elif fmt.startswith("fsspec"):  # a non-local filesystem (fsspec's in-memory one): listed and read by fsspec
         import fsspec
         import zstandard
 
         fs = fsspec.filesystem("memory")
         root = f"/{tmp_path.name}/in"
         fs.pipe(f"{root}/x.jsonl.zst", zstandard.ZstdCompressor().compress(_jsonl_bytes(records)))
-        src = f"memory://{root}"
+        src = f"memory://{root}" if fmt == "fsspec_folder" else f"memory://{root}/x.jsonl.zst"
     else:
         src = _write(fmt, tmp_path / fmt / "in", records)
     p = Pool(build_pool(_cfg([src]), tmp_path / "pool"))
