@@ -217,8 +217,8 @@ def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path,
     import zstandard
 
     from datamates.config.influence import SelectConfig
-    from datamates.selection.select import select
     from datamates.integrations import attributes
+    from datamates.selection.select import select
 
     monkeypatch.setattr(attributes, "CHUNK", 7)  # the Parquet table written 7 sequences at a time
 
@@ -288,3 +288,44 @@ def test_a_glob_names_its_files_relative_to_where_the_pattern_starts(records, tm
     pb_ = Pool(build_pool(_cfg([f"{b.parent}/*/*.jsonl"]), tmp_path / "pb"))
     assert pa_.docs.column("id").to_pylist()[:2] == ["corpus/in/x:1", "corpus/in/x:2"]
     assert pa_.pool_id == pb_.pool_id
+
+
+def test_a_killed_build_from_zstandard_and_token_inputs_resumes_to_the_same_bytes(records, reference, tmp_path,
+                                                                                 monkeypatch):
+    """Two .jsonl.zst files and a token .bin: killed on the third input, resumed, byte-identical."""
+    import os
+
+    import zstandard
+
+    from datamates.core import pool as pool_mod
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, part in enumerate((records[:15], records[15:30])):
+        (d / f"p{i}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(_jsonl_bytes(part)))
+    tok = reference.tokenizer()
+    ids: list[int] = []
+    for r in records[30:]:
+        ids += tok.encode(r["text"], add_special_tokens=False).ids + [reference.eos_id]
+    np.asarray(ids, dtype=np.uint16).tofile(d / "p2.bin")
+    cfg = _cfg([d])
+    cfg.tokenizer.name_or_path = str(reference.path / "tokenizer.json")
+    cfg.shard_sequences = 50
+    ref = build_pool(cfg, tmp_path / "ref")
+    real = pool_mod.iter_records
+
+    def dying(f, c, counters):
+        if f.rel.endswith("p2.bin"):
+            raise KeyboardInterrupt
+        yield from real(f, c, counters)
+
+    monkeypatch.setattr(pool_mod, "iter_records", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_pool(cfg, tmp_path / "p")
+    assert json.loads((tmp_path / "p.partial" / "progress.json").read_text())["files_done"] == 2
+    monkeypatch.setattr(pool_mod, "iter_records", real)
+    out = build_pool(cfg, tmp_path / "p")
+    for name in sorted(os.listdir(ref)):
+        if name not in ("meta.json", "DONE") and (ref / name).is_file():
+            assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert Pool(out).pool_id == Pool(ref).pool_id

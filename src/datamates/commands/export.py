@@ -38,8 +38,8 @@ def _export_selection(args: argparse.Namespace) -> int:
 
     from datamates.core.pool import Pool
     from datamates.errors import ConfigError
-    from datamates.run_dir import atomic_dir, meta_record, read_json
     from datamates.integrations.attributes import write_hf_dataset
+    from datamates.run_dir import atomic_dir, meta_record, read_json
     from datamates.selection.select import read_selection
 
     sel = Path(args.selection)
