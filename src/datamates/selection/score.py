@@ -154,7 +154,8 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             job = executor.Job("score", [work / shard_name(i) for i in range(n_shards)], task,
                                sizes=[len(ids[i * S : (i + 1) * S]) for i in range(n_shards)], unit="seq")
             executor.run(job, backend="ray" if cfg.backend == "ray" else "local", workers=cfg.workers,
-                         device=cfg.device, threads=cfg.threads_per_worker or 0, ray_address=cfg.ray_address,
+                         device=cfg.device, threads=(cfg.threads_per_worker or 0) if cfg.workers > 1 else 0,
+                         ray_address=cfg.ray_address,
                          ray_cpus=cfg.ray_cpus_per_actor, ray_gpus=cfg.ray_gpus_per_actor, progress="score")
         seconds = time.time() - t0
         ids_back, _ = _collect(work, n_shards, pool.pool_id, icfg["model_hash"])
