@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from datamates import executor
 from datamates.config.base import config_hash, from_dict, to_dict
 from datamates.config.core import TrainConfig
 from datamates.config.probe import ProbeConfig
@@ -38,7 +39,6 @@ from datamates.core.loss import TargetExample
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceBatches, ReferenceSet, load_reference
 from datamates.core.train_loop import lm_loss, lr_at, make_optimizer
-from datamates import executor
 from datamates.errors import (
     ArtifactMissing,
     ConfigError,
@@ -651,8 +651,8 @@ def _prepare(cfg: ProbeConfig, checkpoint: Path, pool: Pool, reference: Referenc
     if not np.isfinite(before).all():
         raise NumericalError(f"{checkpoint}: reference loss before the step is {before[0]}; the checkpoint is broken")
     threads = cfg.threads or (0 if cfg.workers == 1 else max(1, (os.cpu_count() or 1) // cfg.workers))
-    if fo is not None and (cfg.workers > 1 or cfg.backend == "ray"):
-        fo = fo.to_cpu()  # tensors cross process boundaries on CPU
+    if fo is not None and (cfg.workers > 1 or cfg.backend == "ray" or executor.world_size() > 1):
+        fo = fo.to_cpu()  # tensors cross process boundaries (and torchrun ranks) on CPU
     spec = WorkSpec(str(checkpoint), str(pool.path), to_dict(cfg), state.hyper.lr, list(reference.examples),
                     groups_arr, before, pad_id, fo, threads=threads)
     return spec, state, ref
