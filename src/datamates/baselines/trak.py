@@ -33,8 +33,8 @@ Projection P (knob `projection`), each a JL map with E[P P^T] = I, so <phi_i, ph
                            at most the Gaussian map's.
     rademacher, gaussian   dense entries +-1/sqrt(d) or N(0, 1/d), generated on the fly from
                            (seed, parameter, row block) with a counter-seeded generator in blocks of
-                           <= 2^23 entries, never stored: O(N d) per example (TRAK's BasicProjector does
-                           the same per column block)
+                           <= 2^23 entries, kept for later batches only while they fit in 1 GiB: O(N d)
+                           per example (TRAK's BasicProjector regenerates per column block)
     identity               P = I, d = N: the exact gradients (tests on tiny models)
 
 The input embedding's per-example gradient has only the rows of the example's tokens; those rows
@@ -81,6 +81,7 @@ log = get_logger(__name__)
 
 SHARD = 65536
 _BLOCK = 1 << 23  # entries of P generated at a time (dense kinds)
+CACHE_BYTES = 1 << 30  # generated blocks of P kept for the next batches while they fit in this
 
 
 def _seed(*parts: int) -> int:
@@ -109,6 +110,8 @@ class Projection:
         self.d = self.n_params if kind == "identity" else int(dim)
         self.rows_per_block = [max(1, _BLOCK // (w * self.d)) for w in self.width]
         self._hash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._cached_bytes = 0
         if kind == "countsketch":
             for i, n in enumerate(self.numel):
                 g = torch.Generator().manual_seed(_seed(self.seed, i, 1))
@@ -117,7 +120,11 @@ class Projection:
                 self._hash[i] = (bucket.to(self.device), sign.to(self.device))
 
     def _block(self, i: int, b: int) -> torch.Tensor:
-        """Rows [b * R, (b + 1) * R) of parameter i, flattened: [R * width, d] (dense kinds)."""
+        """Rows [b * R, (b + 1) * R) of parameter i, flattened: [R * width, d] (dense kinds). Kept for
+        later batches while all kept blocks fit in CACHE_BYTES (the same values either way)."""
+        hit = self._cache.get((i, b))
+        if hit is not None:
+            return hit
         R, w = self.rows_per_block[i], self.width[i]
         rows = self.numel[i] // w
         n = (min(rows, (b + 1) * R) - b * R) * w
@@ -126,7 +133,12 @@ class Projection:
             m = torch.randn(n, self.d, generator=g, dtype=torch.float32)
         else:
             m = torch.randint(0, 2, (n, self.d), generator=g, dtype=torch.int8).to(torch.float32) * 2 - 1
-        return (m / math.sqrt(self.d)).to(device=self.device, dtype=self.dtype)
+        m = (m / math.sqrt(self.d)).to(device=self.device, dtype=self.dtype)
+        size = m.numel() * m.element_size()
+        if self._cached_bytes + size <= CACHE_BYTES:
+            self._cache[(i, b)] = m
+            self._cached_bytes += size
+        return m
 
     def dense(self, i: int, g: torch.Tensor) -> torch.Tensor:
         """P_i^T g for K flattened gradients of parameter i: g [K, numel_i] -> [K, d]."""
