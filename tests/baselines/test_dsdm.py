@@ -148,3 +148,11 @@ def test_dsdm_scores_counts_resume_and_ensemble(tiny_pool, tiny_ckpt, tiny_model
     for i in cand.tolist():
         assert sab[i] == pytest.approx((sa[i] + sb[i]) / 2, rel=1e-6, abs=1e-9)  # float32 features
     assert read_json(ab / "meta.json")["tokens"]["lm_train"] == 2 * meta["tokens"]["lm_train"]
+
+
+def test_a_path_that_is_not_a_checkpoint_is_one_line(tiny_pool, ref, tmp_path):
+    from datamates.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"baselines.dsdm.checkpoints: .*nope is not a datamates checkpoint"):
+        dsdm(DsDmConfig(), [tmp_path / "nope"], tiny_pool, IDS[:4], tmp_path / "o", reference=ref)
+    assert not (tmp_path / "o").exists()

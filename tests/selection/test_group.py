@@ -78,6 +78,19 @@ def test_diversity_term_splits_a_cluster(tiny_pool, tmp_path):
     assert sorted(np.searchsorted(ids, mixed) < 6) == [False, True]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_standardised_keys_are_the_keys_select_ranks(temperature, tiny_pool, tmp_path):
+    """The group path starts from exactly what select would keep: the top-k of its keys is select's set."""
+    rng = np.random.default_rng(3)
+    ids = np.sort(rng.choice(len(tiny_pool), 300, replace=False))
+    scores = rng.normal(size=300)
+    cfg = SelectConfig(temperature=temperature, seed=5)
+    _, z, keys, info = standardised_keys(cfg, (ids, scores), tiny_pool)
+    np.testing.assert_allclose(z, (scores - scores.mean()) / scores.std())
+    want = read_selection(select(cfg, (ids, scores), tiny_pool, tmp_path / "s", k=60))
+    np.testing.assert_array_equal(np.sort(ids[np.argsort(-keys, kind="stable")[:60]]), want)
+
+
 def test_allocate():
     np.testing.assert_array_equal(allocate([10, 20, 30], [10, 20, 30], 6), [1, 2, 3])
     np.testing.assert_array_equal(allocate([1, 1, 1], [5, 5, 5], 4), [2, 1, 1])  # remainder to the lower index

@@ -289,6 +289,10 @@ def dsdm(cfg: DsDmConfig, checkpoints: list[str | Path], pool: Pool, ids: np.nda
         raise ConfigError("DsDm: no model; give baselines.dsdm.checkpoints or run it as a selector")
     if reference is None or not len(reference):
         raise ConfigError("DsDm needs a text reference set (mates.probe.reference) to take the gradient of")
+    missing = next((c for c in checkpoints if not (Path(c) / "model.safetensors").exists()), None)
+    if missing is not None:
+        raise ConfigError(f"baselines.dsdm.checkpoints: {missing} is not a datamates checkpoint (no "
+                          "model.safetensors); give checkpoint folders, or [] for the stage's model")
     ids = check_ids(ids, pool)
     out = Path(out)
     knobs = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "device", "checkpoints")}
