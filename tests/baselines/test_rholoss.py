@@ -84,3 +84,7 @@ def test_irreducible_model_trained_once_per_branch(tiny_pool, tiny_ckpt, ref, tm
     assert not m3["irreducible_trained_here"] and "lm_train" not in m3["tokens"]
     assert m3["irreducible_model"] == str(il) and m3["checkpoint"] == str(later)
     assert len(np.load(rd.selected(3) / "ids.npy")) == 10
+    from datamates.errors import IncompatibleArtifacts
+
+    with pytest.raises(IncompatibleArtifacts, match="baselines.rholoss.steps = 3, the run now says 5"):
+        irreducible_model(RhoLossConfig(steps=5, micro_batch_size=4), tiny_pool, ref, later, il)

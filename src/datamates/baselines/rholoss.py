@@ -19,7 +19,8 @@ The irreducible model (decisions where the paper's image-classification recipe d
     sequences of the pool's length with the pool's tokenizer (a small pool built by
     core/pool.build_pool; training by core/train_loop.train, which resumes a killed run and skips a
     finished one). It is trained once per branch, in `<branch>/irreducible_model/`, and reused by
-    every later stage (the fingerprint names its init, so a changed warmup is refused, not mixed).
+    every later stage (its recipe is in its meta.json: a run that changes steps, lr, micro_batch_size
+    or seed is refused in one line rather than mixing two irreducible models in one branch).
 
 Both losses come from `selection/score.score_by_loss` (one forward per candidate per model, its own
 resumable folder under `<stage>/rholoss/`). Counted compute in the scores' meta.json: two LM
@@ -43,7 +44,7 @@ from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.pool import Pool, build_pool
 from datamates.core.reference import ReferenceSet
 from datamates.core.train_loop import train
-from datamates.errors import ConfigError, InputError
+from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.log import get_logger
 from datamates.run_dir import atomic_write_text, is_done, read_json
 from datamates.selection.score import score_by_loss
@@ -78,7 +79,13 @@ def irreducible_model(cfg: RhoLossConfig, pool: Pool, reference: ReferenceSet | 
             raise ConfigError(f"baselines.rholoss.model = {cfg.model!r}: not found; give a datamates checkpoint")
         return Path(cfg.model)
     out = Path(out)
-    if is_done(out):
+    recipe = {k: getattr(cfg, k) for k in ("steps", "lr", "micro_batch_size", "seed")}
+    if is_done(out):  # trained by an earlier stage of this branch: the same recipe, or a clear refusal
+        old = read_json(out / "meta.json").get("recipe", {})
+        diff = next((k for k in recipe if k in old and old[k] != recipe[k]), None)
+        if diff is not None:
+            raise IncompatibleArtifacts(f"{out}: the irreducible model was trained with baselines.rholoss.{diff} = "
+                                        f"{old[diff]}, the run now says {recipe[diff]}; delete {out} to retrain it")
         return out
     if reference is None or not len(reference):
         raise ConfigError("reducible loss needs a text reference set (mates.probe.reference) or "
@@ -91,7 +98,8 @@ def irreducible_model(cfg: RhoLossConfig, pool: Pool, reference: ReferenceSet | 
     log.info("reducible loss: training the irreducible model on %d reference sequences, %d steps", len(ids),
              cfg.steps)
     return train(tcfg, ModelConfig(), rpool, ids, out, init=init,
-                 meta={"stage": stage, "role": "irreducible_model", "reference": reference.describe()})
+                 meta={"stage": stage, "role": "irreducible_model", "recipe": recipe,
+                       "reference": reference.describe()})
 
 
 def _losses(folder: Path, ids: np.ndarray) -> np.ndarray:
