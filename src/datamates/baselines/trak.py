@@ -195,11 +195,17 @@ class Projection:
 
     def matrix(self) -> torch.Tensor:
         """P [N, d] materialised (tests and the brute-force benchmark only)."""
+        if self.kind == "identity":
+            return torch.eye(self.n_params, dtype=self.dtype, device=self.device)
         parts = []
         for i, n in enumerate(self.numel):
-            parts.append(self.dense(i, torch.eye(n, dtype=self.dtype, device=self.device)) if self.kind in
-                         ("identity", "countsketch") else
-                         torch.cat([self._block(i, b) for b in range(-(-(n // self.width[i]) // self.rows_per_block[i]))]))
+            if self.kind == "countsketch":
+                bucket, sign = self._hash[i]
+                P = torch.zeros(n, self.d, dtype=self.dtype, device=self.device)
+                P[torch.arange(n, device=self.device), bucket] = sign
+                parts.append(P)
+            else:
+                parts.append(torch.cat([self._block(i, b) for b in range(-(-(n // self.width[i]) // self.rows_per_block[i]))]))
         return torch.cat(parts)
 
     def describe(self) -> dict[str, Any]:
