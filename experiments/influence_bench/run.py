@@ -49,6 +49,7 @@ from labels import ARENA, SETS, arena_inputs  # noqa: E402
 RIDGE = ["loss", "stats", "hidden", "fo", "stats+fo", "stats+hidden", "stats+hidden+fo", "encoder",
          "stats+hidden+fo+encoder"]
 MLP = ["mlp:stats+fo", "mlp:stats+hidden+fo"]
+CURVE = ["stats+fo", "stats+hidden+fo", "encoder"]  # validation Spearman against the number of training labels
 
 
 def bootstrap_ci(pred, true, n=2000, seed=0):
@@ -117,7 +118,6 @@ def main() -> None:
 
     variants = args.variants.split(",") if args.variants else RIDGE + MLP
     enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input
-    cache_dir = HERE / "runs" / "cache"
     results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
     for name in args.sets.split(","):
         spec = label_set(name)
@@ -126,6 +126,11 @@ def main() -> None:
             continue
         fo_dir, ex_dir, ckpt, arena, ids, sp = spec
         cfg, pool, plan, ref = arena_inputs(arena)
+        cache_dir = HERE / "runs" / "cache"
+        if name.startswith("arena_s"):  # the arena's own encoder cache holds these sequences' embeddings
+            from datamates.run_dir import encoder_cache_dir
+
+            cache_dir = encoder_cache_dir(pool.path)
         lab = read(fo_dir)
         y = np.array([lab[int(i)] for i in ids])
         tr, va = np.flatnonzero(sp == 0), np.flatnonzero(sp == 1)
@@ -190,12 +195,28 @@ def main() -> None:
                          "flops_score_one": score_flops, "wall_s": round(wall, 2), "fit_alpha": model.get("alpha")})
             print(f"{name:7s} {v:28s} rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]  exact {rho_ex}  "
                   f"score/cand {score_flops:.3g} FLOPs  {wall:.1f} s", flush=True)
+        curve = {}  # label count -> validation Spearman (the first n training rows: a random subset)
+        for v in CURVE:
+            X = np.concatenate([feats[k] for k in v.split("+")], axis=1)
+            pts = []
+            for n in (77, 154, 307, 614, 1228, len(tr)):
+                if n > len(tr):
+                    continue
+                sub = tr[np.random.default_rng(n).permutation(len(tr))[:n]]
+                mdl = fit_head(X[sub], (y[sub] - y[sub].mean()) / y[sub].std(), head="ridge")
+                pts.append([int(n), float(spearmanr(predict_head(mdl, X[va]), y[va]).statistic)])
+            curve[v] = pts
+            print(f"{name:7s} label curve {v}: " + ", ".join(f"{n}: {r:+.3f}" for n, r in pts), flush=True)
         if args.finetune:
             rows.append(_finetune(name, fo_dir, pool, ids, y, tr, va, enc_cfg, cache_dir, label_flops_each))
         results[name] = {"checkpoint": str(ckpt.relative_to(HERE.parent.parent)), "n_labels": int(len(ids)),
                          "n_exact": len(exact), "n_exact_eval": int(len(ex_ids)),
                          "first_order_vs_exact_spearman": fidelity,
-                         "label_flops_each": label_flops_each, "lm_forward_flops": lm_fwd, "rows": rows}
+                         "label_flops_each": label_flops_each, "lm_forward_flops": lm_fwd, "rows": rows,
+                         "label_curve": curve}
+        now = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+        now[name] = results[name]  # other sets may have been written by another run meanwhile
+        results = now
         (HERE / "results.json").write_text(json.dumps(results, indent=1))
     _table(results)
 

@@ -110,14 +110,17 @@ def select_random(x: StageInputs) -> Path:
 
 def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
     """The stage's probe set: the plan's, plus (label_multiplier - 1) x as many more first-order
-    probes drawn once (seed probe_seed + 1) from the pool outside this block and the plan's probe set."""
+    probes drawn (seed probe_seed + 1) from the pool outside this block, the plan's probe set and
+    its held-out documents (plan/heldout.npy, guard.npy)."""
     from datamates.selection.probe import sample_probe_set
 
     mult = x.mates.label_multiplier if pcfg.mode == "first_order" else 1
     if mult <= 1:
         return x.probe_ids
+    keep_out = [x.probe_ids, x.candidates] + [np.load(x.rd.plan / f) for f in ("heldout.npy", "guard.npy")
+                                              if (x.rd.plan / f).exists()]
     extra = sample_probe_set(x.pool, (mult - 1) * len(x.probe_ids), seed=pcfg.probe_seed + 1,
-                             exclude=np.concatenate([x.probe_ids, x.candidates]))
+                             exclude=np.concatenate(keep_out).astype(np.int64))
     return np.sort(np.concatenate([x.probe_ids, extra]))
 
 
