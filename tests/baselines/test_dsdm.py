@@ -142,6 +142,8 @@ def test_dsdm_scores_counts_resume_and_ensemble(tiny_pool, tiny_ckpt, tiny_model
     shard = a / shard_name(0)
     stamp = shard.stat().st_mtime_ns
     assert dsdm(cfg, [tiny_ckpt], tiny_pool, cand, a, reference=ref) == a and shard.stat().st_mtime_ns == stamp
+    again = dsdm(cfg, [tiny_ckpt], tiny_pool, cand, tmp_path / "again", reference=ref)  # a re-run from scratch
+    assert (again / shard_name(0)).read_bytes() == shard.read_bytes()
     b = dsdm(cfg, [other], tiny_pool, cand, tmp_path / "b", reference=ref)
     ab = dsdm(cfg, [tiny_ckpt, other], tiny_pool, cand, tmp_path / "ab", reference=ref)
     sa, sb, sab = _scores(a), _scores(b), _scores(ab)
