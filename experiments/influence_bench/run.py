@@ -49,7 +49,7 @@ from labels import ARENA, SETS, arena_inputs  # noqa: E402
 RIDGE = ["loss", "stats", "hidden", "fo", "stats+fo", "stats+hidden", "stats+hidden+fo", "encoder",
          "stats+hidden+fo+encoder"]
 MLP = ["mlp:stats+fo", "mlp:stats+hidden+fo"]
-CURVE = ["stats+fo", "stats+hidden+fo", "encoder"]  # validation Spearman against the number of training labels
+CURVE = ["stats+fo", "stats+hidden", "stats+hidden+fo", "encoder"]  # validation Spearman against the number of training labels
 
 
 def bootstrap_ci(pred, true, n=2000, seed=0):

@@ -39,8 +39,8 @@ class FitConfig:
         "(docs/influence_model.md)",
     )
     features: list[str] = knob(
-        ["stats", "fo"],
-        "lm mode: feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
+        ["stats", "hidden", "fo"],
+        "lm mode (default: the influence_bench pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
         "entropy), hidden (its mean-pooled last hidden state), fo (the first-order head term "
         "<D, grad_W loss(x)>), encoder (the frozen encoder embedding)",
     )
