@@ -91,6 +91,8 @@ def main() -> None:
         for name in names:
             ckpt = ARENA / "warmup" / f"stage_{SETS[name]:02d}" / "checkpoint"
             t0 = time.time()
+            if (out / f"{name}_{mode}" / "DONE").exists():  # a fixed label set: kept as it is, even if the
+                continue                                      # probe code's settings have grown since
             probe(replace(pcfg, mode=mode), ckpt, pool, np.sort(sub), out / f"{name}_{mode}", reference=ref)
             print(f"{name} {mode}: {len(sub)} labels in {time.time() - t0:.0f} s", flush=True)
 

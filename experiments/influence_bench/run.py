@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--finetune", action="store_true")
     ap.add_argument("--variants", default="")
+    ap.add_argument("--max-n", type=int, default=0, help="use only the first N candidates of a set (a random "
+                    "subset: labels.py draws them in random order); 0: all")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from datamates.config.influence import EncoderConfig
@@ -125,6 +127,9 @@ def main() -> None:
             print(f"{name}: labels not finished; skipped", flush=True)
             continue
         fo_dir, ex_dir, ckpt, arena, ids, sp = spec
+        if args.max_n and len(ids) > args.max_n:
+            ids, sp = ids[: args.max_n], sp[: args.max_n]
+            name = f"{name}_n{args.max_n}"
         cfg, pool, plan, ref = arena_inputs(arena)
         cache_dir = HERE / "runs" / "cache"
         if name.startswith("arena_s"):  # the arena's own encoder cache holds these sequences' embeddings

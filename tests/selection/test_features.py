@@ -202,3 +202,15 @@ def test_same_scores_across_shards(tiny_ckpt, tiny_pool, ids, ref, tmp_path, one
     want = lm.to_delta(lm.model.predict_z(tiny_pool, np.sort(cand)))
     np.testing.assert_allclose(runs["one"], want, rtol=1e-6)
     assert spearmanr(runs["one"], want).statistic > 0.999
+
+
+def test_cli_lm_fit_bad_checkpoint(tiny_pool, ids, tmp_path, capsys):
+    """`datamates fit --mode lm` on a checkpoint folder that is not one: one stderr line, exit 2."""
+    from datamates.cli import main
+
+    labels = write_labels(tmp_path / "probe", ids, 1e-3 * np.arange(len(ids), dtype=float), tiny_pool.pool_id)
+    rc = main(["fit", "--mode", "lm", "--labels", str(labels), "--pool", str(tiny_pool.path), "--out",
+               str(tmp_path / "im"), "--checkpoint", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nowhere" in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "im").exists()
