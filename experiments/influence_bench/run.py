@@ -220,6 +220,10 @@ def main() -> None:
                          "label_flops_each": label_flops_each, "lm_forward_flops": lm_fwd, "rows": rows,
                          "label_curve": curve}
         now = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+        if name in now:  # a run of some variants only (--variants, --finetune) keeps the set's other rows
+            done = {r["variant"] for r in results[name]["rows"]}
+            results[name]["rows"] = [r for r in now[name]["rows"] if r["variant"] not in done] + results[name]["rows"]
+            results[name]["label_curve"] = {**now[name].get("label_curve", {}), **results[name]["label_curve"]}
         now[name] = results[name]  # other sets may have been written by another run meanwhile
         results = now
         (HERE / "results.json").write_text(json.dumps(results, indent=1))
