@@ -103,3 +103,23 @@ def test_run_config_change_names_the_key_and_a_stale_hash_alone_is_accepted(tmp_
     rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
     write_run_config(load_config("tiny_cpu"), rd)
     assert yaml.safe_load(rd.config.read_text())["config_hash"] == data["config_hash"]
+
+
+def test_adding_a_selector_to_a_finished_run_is_accepted(tmp_path):
+    """`mates.selectors` only says which branches run; each branch's artifacts carry their own
+    fingerprints, so a selector added later (the arena's way of growing) resumes the run."""
+    import yaml
+
+    from datamates.commands._common import write_run_config
+    from datamates.config.run import load_config
+    from datamates.errors import ConfigError
+    from datamates.run_dir import RunDir
+
+    rd = RunDir(tmp_path / "r")
+    rd.root.mkdir()
+    write_run_config(load_config("tiny_cpu", ["mates.selectors=[random, mates]"]), rd)
+    write_run_config(load_config("tiny_cpu", ["mates.selectors=[random, mates, loss]"]), rd)
+    assert yaml.safe_load(rd.config.read_text())["mates"]["selectors"] == ["random", "mates", "loss"]
+    with pytest.raises(ConfigError) as e:  # anything else still refuses
+        write_run_config(load_config("tiny_cpu", ["mates.selectors=[random]", "mates.stage_steps=3"]), rd)
+    assert "mates.stage_steps" in str(e.value)

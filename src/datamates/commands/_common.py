@@ -152,6 +152,11 @@ def write_run_config(cfg, rd) -> None:
         skip = ("config_hash", "distributed", "log")  # how ranks wait / where metrics go, not what a run computes
         body = {k: v for k, v in data.items() if k not in skip}
         old_body = {k: v for k, v in old.items() if k not in skip}
+        # which selectors run: each is its own branch whose artifacts carry their own fingerprints, so
+        # adding a selector to a finished run (or dropping one) never mixes two configs' artifacts
+        for b in (body, old_body):
+            if isinstance(b.get("mates"), dict):
+                b["mates"] = {k: v for k, v in b["mates"].items() if k != "selectors"}
         if (old_body.get("eval") or {}).get("num_fewshot") == 0 and body["eval"]["num_fewshot"] is None:
             old_body["eval"]["num_fewshot"] = None  # before task files could name num_fewshot, 0 was the default
         # the settings decide, not the stored hash (a hash of the same settings may change with the code)
