@@ -141,7 +141,8 @@ def main() -> None:
         lab = read(fo_dir)
         y = np.array([lab[int(i)] for i in ids])
         tr, va = np.flatnonzero(sp == 0), np.flatnonzero(sp == 1)
-        exact = read(ex_dir) if (ex_dir / "DONE").exists() else {}
+        exact = read(ex_dir) if (ex_dir / "DONE").exists() and json.loads(
+            (ex_dir / "meta.json").read_text()).get("mode") == "exact" else {}  # a rerun arena may hold first-order ones
         ex_ids = np.array(sorted(set(exact) - set(ids[tr].tolist())), dtype=np.int64)  # never trained on
         every = np.concatenate([ids, np.setdiff1d(ex_ids, ids)])
         label_flops_each = probe_flops(fo_dir) / len(lab)
