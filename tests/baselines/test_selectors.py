@@ -50,3 +50,15 @@ def test_baseline_selector_on_a_block(name, tiny_pool, tiny_ckpt, tmp_path, data
     assert meta["n"] == len(cand) and "tokens" in meta and "flops_per_token" in meta
     timings = read_json(x.rd.stage(1) / "timings.json")
     assert timings["score"] > 0 and "select" in timings
+
+
+def test_run_config_baselines_section_reaches_the_selectors():
+    """`mates.baselines.*` in a run config is what the baseline selectors use (was: defaults only)."""
+    from types import SimpleNamespace
+
+    from datamates.config.run import load_config
+    from datamates.selectors import _baselines
+
+    cfg = load_config("tiny_cpu", ["mates.baselines.group.alpha=2.5", "mates.baselines.rholoss.steps=7"])
+    b = _baselines(SimpleNamespace(mates=cfg.mates))
+    assert b.group.alpha == 2.5 and b.rholoss.steps == 7

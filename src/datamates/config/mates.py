@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from datamates.config.base import knob
+from datamates.config.baselines import BaselinesConfig
 from datamates.config.influence import FitConfig, ScoreConfig, SelectConfig
 from datamates.config.probe import ProbeConfig
 from datamates.errors import ConfigError
@@ -77,6 +78,10 @@ class MatesConfig:
     fit: FitConfig = knob(FitConfig(), "influence-model fit")
     score: ScoreConfig = knob(ScoreConfig(), "pool scoring")
     select: SelectConfig = knob(SelectConfig(), "selection")
+    baselines: BaselinesConfig = knob(
+        BaselinesConfig(), "knobs of the baseline selectors (dsir, semdedup, qurating, fasttext, perplexity, dsdm, "
+        "rholoss, group:NAME; docs/baselines.md)",
+    )
 
     def check(self) -> None:
         if not self.selectors:
