@@ -1,4 +1,4 @@
-"""Import direction (DESIGN.md): cli -> pipelines -> stage modules -> core. Stage modules do not
+"""Import direction (docs/index.md#layout-and-import-direction): cli -> pipelines -> stage modules -> core. Stage modules do not
 import one another; core imports no stage; config, run_dir, errors, log import no stage or core.
 
 Shared nouns inside a method's folder are not stages and may be imported by its stages:

@@ -1,4 +1,4 @@
-"""Exact oracle labels for the influence-fit experiment (MATES §3.1, mates.md §3.2), computed with a
+"""Exact oracle labels for the influence-fit experiment (MATES §3.1, docs/methods.md#one-exact-probe), computed with a
 naive loop so this experiment does not depend on the prober being written concurrently:
 
     ref_loss_delta(x) = L_ref(theta') - L_ref(theta),  theta' = one AdamW step on x from the

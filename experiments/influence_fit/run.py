@@ -1,4 +1,4 @@
-"""Fine-tuned vs frozen-trunk influence model on real probe labels (issue 5, mates.md §4.1, §8.4).
+"""Fine-tuned vs frozen-trunk influence model on real probe labels (issue 5, docs/methods.md#data-influence-model, docs/methods.md#scoring-the-pool).
 
     .venv/bin/python experiments/influence_fit/probe_labels.py --n 640 --ref-size 256   # labels
     .venv/bin/python experiments/influence_fit/run.py [--finetune-seeds 1234] [--frozen-seeds 1234,1,2,3,4]

@@ -1,6 +1,6 @@
 """The two methods as their papers' algorithm boxes: the stage order and nothing else.
 
-run_mates (Yu et al. 2024, Alg. 1; mates.md §2.5):
+run_mates (Yu et al. 2024, Alg. 1; docs/methods.md#mates-the-loop):
     pool <- tokenize the corpus;  plan <- held-out documents, probe set, one candidate block per
             stage, every reference set split into a reference part and an evaluation part
     for the warmup stages:  train on a random k of the block                  (shared by all selectors)
@@ -10,7 +10,7 @@ run_mates (Yu et al. 2024, Alg. 1; mates.md §2.5):
     final <- a short learning-rate decay on the last stage's data
     evaluate(final) on the held-out documents and the evaluation part of the reference sets only
 
-run_ablation (Na et al. 2024; ablations.md §1):
+run_ablation (Na et al. 2024; docs/methods.md#data-ablations-by-merging):
     pool <- tokenize the corpus;  units <- partition(pool), held-out data of every domain set aside
     seed <- train(seed mixture)                    (or an existing checkpoint)
     theta_i <- train(seed, unit_i), i = 1..K       same steps, constant low lr, full seed state

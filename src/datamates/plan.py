@@ -13,7 +13,7 @@
                influence labels, the per-stage curve) and a disjoint *evaluation* part (the final
                evaluation), `mates.reference_eval_fraction` of the examples (core.reference.split_examples)
 
-so nothing a selector sees is ever evaluated on (issue 18; DESIGN.md, "The plan"). Written once to
+so nothing a selector sees is ever evaluated on (issue 18; docs/methods.md#the-plan). Written once to
 `<run>/plan/` (ids as .npy, sizes in meta.json) and reused by every selector.
 """
 

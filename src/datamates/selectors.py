@@ -29,7 +29,7 @@ stage modules in data-flow order; every step skips itself when its artifact is c
                         selection: per-cluster quotas and a greedy diversity bonus on the protocol's
                         noisy keys (baselines.group; selection/group.py). Not listed by `all`
 
-One protocol (DESIGN.md, "Selection protocol"): every selector but `random` hands `select` raw
+One protocol (docs/methods.md#selection-protocol): every selector but `random` hands `select` raw
 scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
 block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
 (seed, id). No selector overrides the scale or picks ids itself.

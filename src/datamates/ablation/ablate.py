@@ -1,5 +1,5 @@
 """The ablation study: a merged proxy for every mixture, gold models for a sample, and how well
-the proxies predict the gold models (Na et al. 2024, §4-5; ablations.md §1.5-1.7, §6.3, §6.6, §7).
+the proxies predict the gold models (Na et al. 2024, §4-5; docs/methods.md#merging, docs/methods.md#proxy-evaluation-and-statistics).
 
 This module composes the other ablation stages (it is the study, not a stage): it reads the
 partition manifest, the seed and unit checkpoints, trains the missing gold models through

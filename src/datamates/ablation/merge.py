@@ -1,4 +1,4 @@
-"""Parameter averaging of unit models: a mixture's proxy (Na et al. 2024, §2; ablations.md §1.5, §6.3).
+"""Parameter averaging of unit models: a mixture's proxy (Na et al. 2024, §2; docs/methods.md#merging).
 
 For a mixture S of units with weights w_i (uniform: w_i = 1; token-weighted: w_i = tokens of
 unit i), every floating-point tensor of the proxy is
@@ -148,7 +148,7 @@ def check_compatible(infos: Sequence[CheckpointInfo], seed: CheckpointInfo | Non
     if len(shas) > 1:
         raise IncompatibleArtifacts(
             "the unit models branch from different seed checkpoints (" + ", ".join(sorted(shas)) + "); "
-            "parameter averaging needs one shared seed (ablations.md §7.1)"
+            "parameter averaging needs one shared seed (docs/methods.md#unit-and-gold-training)"
         )
     if seed is not None and shas:
         sha = weights_sha(seed.path)

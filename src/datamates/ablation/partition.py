@@ -1,4 +1,4 @@
-"""Partition a pool into *units* for data ablations (Na et al. 2024, §3; ablations.md §1.3, §6.1).
+"""Partition a pool into *units* for data ablations (Na et al. 2024, §3; docs/methods.md#partitions-and-units).
 
 A unit is a set of training sequences. The paper cuts its corpus into equal-token base units
 (S2ORC field x year range, M2D2 Wikipedia topics); one model is trained per unit and a mixture is

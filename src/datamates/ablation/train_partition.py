@@ -1,4 +1,4 @@
-"""The seed model, one model per unit, and gold models (Na et al. 2024, §3; ablations.md §1.2, §1.4, §7).
+"""The seed model, one model per unit, and gold models (Na et al. 2024, §3; docs/methods.md#seed-model, docs/methods.md#unit-and-gold-training).
 
 Every model goes through `core.train_loop.train`, so all share one optimizer loop, one data-order
 seed and one checkpoint format.

@@ -11,7 +11,7 @@ The study has four stages, each with its own section under `ablation:`
 
 Knobs that are not repeated here (micro-batch, grad_accum, AdamW betas, weight decay, clip,
 precision, device, data-order seed, checkpoint cadence) come from the run's `train:` section, so
-seed, unit and gold models share one optimizer recipe (ablations.md §7.1, §7.5).
+seed, unit and gold models share one optimizer recipe (docs/methods.md#unit-and-gold-training).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class PartitionConfig:
 
 @dataclass(kw_only=True)
 class SeedConfig:
-    """The shared seed model every unit and gold model branches from (ablations.md §1.2)."""
+    """The shared seed model every unit and gold model branches from (docs/methods.md#seed-model)."""
 
     checkpoint: str | None = knob(
         None, "use this existing checkpoint as the seed (it should carry AdamW state); null: train one"
@@ -85,7 +85,7 @@ class SeedConfig:
 
 @dataclass(kw_only=True)
 class BranchConfig:
-    """Continued pretraining from the seed: unit models and gold models (ablations.md §1.4)."""
+    """Continued pretraining from the seed: unit models and gold models (docs/methods.md#unit-and-gold-training)."""
 
     steps: int = knob(80, "optimizer steps per unit model; a gold model of k units trains k x steps", ge=1)
     lr: float | None = knob(

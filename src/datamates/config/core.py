@@ -102,7 +102,7 @@ ModelConfig.PRESETS.update(
 @dataclass(kw_only=True)
 class TrainConfig:
     """One optimizer loop for every LM training in datamates (MATES stages, partitions, gold models).
-    Defaults are MATES's recipe (mates.md §2.2): AdamW (0.9, 0.95), wd 0.1 on all parameters,
+    Defaults are MATES's recipe (docs/methods.md#language-model-and-training-recipe): AdamW (0.9, 0.95), wd 0.1 on all parameters,
     clip 1.0, warmup then constant."""
 
     steps: int = knob(300, "optimizer steps to take in this call", ge=0)

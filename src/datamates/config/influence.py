@@ -1,4 +1,4 @@
-"""Configs of the data influence model: fit, score, select (MATES §4, §2.4; mates.md §4.1, §2.4, §8.4)."""
+"""Configs of the data influence model: fit, score, select (MATES §4, §2.4; docs/methods.md#data-influence-model, docs/methods.md#gumbel-top-k-selection, docs/methods.md#scoring-the-pool)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class SelectConfig:
     gumbel: Literal["exact", "mates"] = knob(
         "exact",
         "exact: the k largest of -z/tau + G, a sample without replacement from softmax(-z/tau); "
-        "mates: the k smallest of z/tau + G, the reference code's variant (mates.md §2.4)",
+        "mates: the k smallest of z/tau + G, the reference code's variant (docs/methods.md#gumbel-top-k-selection)",
     )
     scale: Literal["block", "label", "none"] = knob(
         "block",

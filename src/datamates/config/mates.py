@@ -1,4 +1,4 @@
-"""Config of the MATES loop (mates.md §2, §10): stages of training, each after the first preceded
+"""Config of the MATES loop (docs/methods.md#mates-the-loop): stages of training, each after the first preceded
 by probe -> fit -> score -> select. Defaults are MATES's schedule scaled by `stage_steps`."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The language model: Hugging Face `GPTNeoXForCausalLM` (Pythia) built from a ModelConfig,
-no download. MATES's architecture (mates.md §2.1): parallel residual, LayerNorm, GELU MLP 4x,
+no download. MATES's architecture (docs/methods.md#language-model-and-training-recipe): parallel residual, LayerNorm, GELU MLP 4x,
 rotary on 25% of head dims, untied embeddings, bias on, N(0, 0.02) init."""
 
 from __future__ import annotations

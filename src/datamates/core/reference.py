@@ -1,4 +1,4 @@
-"""Reference sets: the examples whose loss MATES's oracle watches (mates.md §3.2, §10.3).
+"""Reference sets: the examples whose loss MATES's oracle watches (docs/methods.md#reference-sets).
 
 A reference set is a list of `core.loss.TargetExample` (context tokens, target tokens); its loss is
 the token-weighted mean NLL of the target tokens,

@@ -1,4 +1,4 @@
-"""Encoder input for the data influence model, computed once per pool and cached (mates.md §4.1, §8.4).
+"""Encoder input for the data influence model, computed once per pool and cached (docs/methods.md#data-influence-model, docs/methods.md#scoring-the-pool).
 
 MATES decodes every candidate's LM tokens to text and re-tokenizes it with the encoder's WordPiece
 at every stage, for every scoring pass. Both steps depend only on (pool, encoder tokenizer), so here

@@ -1,4 +1,4 @@
-"""`datamates fit`: fit the data influence model to oracle probe labels (MATES §3.2; mates.md §4.1, §8.4).
+"""`datamates fit`: fit the data influence model to oracle probe labels (MATES §3.2; docs/methods.md#data-influence-model, docs/methods.md#scoring-the-pool).
 
 Labels y_i = ref_loss_delta of probe sequence x_i (lower is better) are z-scored with the training
 split's mean and std, z_i = (y_i - mu) / sigma, and the model f is fitted to them:

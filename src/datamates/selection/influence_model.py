@@ -1,4 +1,4 @@
-"""The data influence model (MATES §3.2, mates.md §4.1): an encoder, mean pooling, dropout, a linear head.
+"""The data influence model (MATES §3.2, docs/methods.md#data-influence-model): an encoder, mean pooling, dropout, a linear head.
 
     chunks c_1..c_m of sequence x  (m = max_tokens / chunk_len, MATES: 2 x 512; empty chunks skipped)
     h_j = Encoder(c_j)                                    [len(c_j), H] last hidden states

@@ -1,5 +1,5 @@
 """`datamates score`: predict every candidate's ref_loss_delta with the influence model (MATES §3.2
-step 3; mates.md §4.1 "pool inference", §8.4).
+step 3; docs/methods.md#scoring-the-pool).
 
     score(x) = label_std * f(x) + label_mean        predicted ref_loss_delta, lower is better
 

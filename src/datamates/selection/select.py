@@ -1,7 +1,7 @@
 """`datamates select`: keep a fraction of the candidates by Gumbel-top-k on their scores (MATES §3.2
-step 4; mates.md §2.4).
+step 4; docs/methods.md#gumbel-top-k-selection).
 
-One protocol for every selector (DESIGN.md, "Selection protocol"; issue 18): a selector hands over
+One protocol for every selector (docs/methods.md#selection-protocol; issue 18): a selector hands over
 raw scores s_i, lower is better, and `select` alone puts them on the scale the temperature refers to,
 the same way for every selector:
 

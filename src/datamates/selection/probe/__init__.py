@@ -1,4 +1,4 @@
-"""`datamates probe`: oracle data influence by local probing (MATES §3.2 / Eq. 12; mates.md §3, §8, §10.3).
+"""`datamates probe`: oracle data influence by local probing (MATES §3.2 / Eq. 12; docs/methods.md#oracle-probing, docs/methods.md#first-order-probes, docs/methods.md#reference-sets).
 
 For every candidate sequence x, start from the checkpoint's full training state (weights theta,
 AdamW moments m, v, step count t, its clip threshold c, betas, eps and decoupled weight decay
@@ -14,7 +14,7 @@ with the step exactly as `core.train_loop.train` takes it (loss = mean next-toke
     theta'(x) = theta (1 - lr lambda) - (lr / (1 - b1^s)) m' / (sqrt(v' / (1 - b2^s)) + eps)
 
 and L_ref the token-weighted mean target NLL of the reference set (core/reference.py; LAMBADA's
-last word by default). MATES stores L_ref(after) alone (mates.md §3.1, issue #5); the delta differs by
+last word by default). MATES stores L_ref(after) alone (docs/methods.md#oracle-probing, issue #5); the delta differs by
 a per-checkpoint constant and is what every datamates label and score means (docs/contracts.md).
 
 Modes (`ProbeConfig.mode`); naive and exact give the same label, first_order estimates it:
@@ -24,9 +24,9 @@ Modes (`ProbeConfig.mode`); naive and exact give the same label, first_order est
   exact        the same label without copies or optimizer objects: theta'(x) is computed out of
                place into a scratch model with the float operations of torch's AdamW (bit-identical
                weights), and the reference pass uses `ReferenceBatches` (length-sorted batches, only
-               target positions through the head). mates.md §8.2.
+               target positions through the head). docs/methods.md#exact-probe-speed-ups.
   first_order  <grad L_ref, theta'(x) - anchor> from batched per-sample gradients; no reference pass
-               per probe (first_order.py, mates.md §8.3).
+               per probe (first_order.py, docs/methods.md#first-order-probes).
 
 Probes are cut into chunks, the shards of datamates.executor (the unit of resume and of parallel work:
 local processes, Ray actors, the ranks of a torchrun world; docs/executor.md); labels

@@ -244,7 +244,7 @@ class ProbeState:
 def naive_reference_nll(model: torch.nn.Module, examples: Sequence[TargetExample], *, batch_size: int = 32,
                         max_len: int | None = None, pad_id: int = 0, precision: str = "fp32") -> torch.Tensor:
     """[n] float64 summed target NLL per example, computed the way MATES's probe code evaluates
-    LAMBADA (mates.md §3.2): batches of `batch_size` in set order, right-padded to the longest row,
+    LAMBADA (docs/methods.md#one-exact-probe): batches of `batch_size` in set order, right-padded to the longest row,
     logits for every position, context and padding masked out of the loss."""
     device = next(model.parameters()).device
     max_len = max_len or model.config.max_position_embeddings
@@ -412,7 +412,7 @@ def reference_batches(cfg: ProbeConfig, examples: Sequence[TargetExample], state
 
 def sample_probe_set(pool: Pool | int, n: int, *, seed: int = 1337, exclude: np.ndarray | None = None,
                      stage: int | None = None, resample_each_stage: bool = False) -> np.ndarray:
-    """MATES's probe set (mates.md §3.2, §10.3): `n` held-out sequence ids, disjoint from `exclude`
+    """MATES's probe set (docs/methods.md#reference-sets): `n` held-out sequence ids, disjoint from `exclude`
     (every stage's training candidates), sorted. The same `seed` gives the same set at every stage
     (MATES re-probes the same sequences); with `resample_each_stage` the seed is `seed + stage`."""
     n_total = pool if isinstance(pool, int) else len(pool)
