@@ -113,6 +113,19 @@ def test_runs_group_by_everything_but_seed(tmp_path):
     assert [[r["name"] for r in g] for g in groups] == [["a0", "a1", "a2"], ["b0", "b1"]]
 
 
+def test_a_selector_added_to_some_seeds_keeps_them_in_one_group(tmp_path):
+    """`mates.selectors` says which branches ran, not how: seeds whose config lists differ only there
+    pair together (the arena adds selectors to finished seeds)."""
+    import yaml
+
+    runs = [make_run(tmp_path / "runs", f"a{s}", seed=s, i=s) for s in range(3)]
+    cfg = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    cfg["mates"]["selectors"] = ["random", "mates"]
+    (runs[0] / "config.yaml").write_text(yaml.safe_dump(cfg))
+    groups = group_runs([summarize_run(RunDir(r)) for r in runs])
+    assert [[r["name"] for r in g] for g in groups] == [["a0", "a1", "a2"]]
+
+
 def test_report_files_and_cli(five_seeds, tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["report", *map(str, five_seeds), "--out", str(out)])

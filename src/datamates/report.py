@@ -193,11 +193,14 @@ def _strip_seeds(node: Any) -> Any:
 
 
 def group_runs(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Runs whose configs are equal once every `*seed*` key (and name, runs_root, config_hash) is
-    removed, in input order."""
+    """Runs whose configs are equal once every `*seed*` key (and name, runs_root, config_hash) and
+    `mates.selectors` are removed, in input order (a selector is paired over the seeds that ran it)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        key = json.dumps(_strip_seeds(r.get("config") or {}), sort_keys=True, default=str)
+        cfg = _strip_seeds(r.get("config") or {})
+        if isinstance(cfg.get("mates"), dict):  # which branches ran is not a setting: a selector added to
+            cfg["mates"] = {k: v for k, v in cfg["mates"].items() if k != "selectors"}  # some seeds pairs on those
+        key = json.dumps(cfg, sort_keys=True, default=str)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
