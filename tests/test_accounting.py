@@ -126,6 +126,9 @@ def test_counted_reads_token_records_and_refuses_missing_ones(tmp_path):
 
     a = art("a", {"tokens": {"lm_train": 10, "lm_forward": 30}, "flops_per_token": {"lm_train": 6.0, "lm_forward": 2.0}})
     assert counted(a)["flops"] == 10 * 6.0 + 30 * 2.0
+    # the LM-feature influence model's first-order head term is counted next to its forward (was refused: NaN)
+    f = art("fo", {"tokens": {"lm_forward": 30, "fo_head": 30}, "flops_per_token": {"lm_forward": 2.0, "fo_head": 4.0}})
+    assert counted(f)["flops"] == 30 * 2.0 + 30 * 4.0
     assert counted(art("none", {"tokens": {}}))["flops"] == 0  # no model ran
     assert counted(art("unfinished", {}, done=False)) is None
     with pytest.raises(ArtifactMissing, match="old.*meta.json: no counted tokens"):

@@ -47,7 +47,9 @@ from datamates.errors import ArtifactMissing
 from datamates.run_dir import atomic_write_json, is_done, read_json
 
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
-KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward")
+# fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
+# FLOPs per token on top of the LM forward it shares
+KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head")
 # stage sub-folder -> the component its FLOPs are charged to
 STAGE_ARTIFACTS = {"checkpoint": "train", "probe": "probe", "influence_model": "fit", "scores": "score",
                    "eval": "eval"}
