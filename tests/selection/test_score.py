@@ -128,6 +128,7 @@ def test_local_workers_give_the_same_scores(scored, im_frozen_model, tiny_pool, 
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # Ray start-up (make test-all runs it)
 def test_ray_backend_gives_the_same_scores(scored, im_frozen_model, tiny_pool, cand, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     out, _ = scored
