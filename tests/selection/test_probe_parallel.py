@@ -40,7 +40,7 @@ def test_two_local_workers_give_identical_labels(tiny_ckpt, tiny_pool, ref, tmp_
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # Ray start-up: 20 s quiet, 260 s on a loaded 2-core machine (make test-all runs it)
+@pytest.mark.slow  # Ray start-up dominates (263 s on the loaded 2-core VM); make test-all runs it
 def test_ray_backend_gives_identical_labels(tiny_ckpt, tiny_pool, ref, tmp_path):
     ray = pytest.importorskip("ray")
     local = _labels(probe(_cfg("exact"), tiny_ckpt, tiny_pool, CANDIDATES, tmp_path / "local", reference=ref))
