@@ -163,16 +163,10 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
     if cfg.mode == "lm":
         return _fit_lm(cfg, labels, pool, out, ids, y, labels_digest=labels_digest, cache_dir=cache_dir,
                       checkpoint=checkpoint, reference=reference, history=history)
-    if is_done(out) and (out / "meta.json").exists():
-        old = read_json(out / "meta.json")
-        if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
-            log.info("%s is already fitted on these labels; skipping", out)
-            return out
+    if _already_fitted(out, labels_digest, cfg_digest):
+        return out
     t0 = time.time()
-    tr, va = split_train_val(len(ids), cfg.val_fraction, cfg.split_seed)
-    mu, sigma = float(y[tr].mean()), float(y[tr].std())
-    if not sigma > 0:
-        raise NumericalError(f"{labels[0]}: all {len(tr)} training labels are equal ({mu}); nothing to fit")
+    tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
     z = (y - mu) / sigma
     device = resolve_device(cfg.device)
 
@@ -295,16 +289,10 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     cfg_digest = config_hash({"cfg": to_dict(cfg), "checkpoint": checkpoint_hash(checkpoint),
                               "history": [[str(f), float(w)] for f, w in history],
                               "history_labels": config_hash([h.tolist() for h in hist_y])})
-    if is_done(out) and (out / "meta.json").exists():
-        old = read_json(out / "meta.json")
-        if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
-            log.info("%s is already fitted on these labels; skipping", out)
-            return out
+    if _already_fitted(out, labels_digest, cfg_digest):
+        return out
     t0 = time.time()
-    tr, va = split_train_val(len(ids), cfg.val_fraction, cfg.split_seed)
-    mu, sigma = float(y[tr].mean()), float(y[tr].std())
-    if not sigma > 0:
-        raise NumericalError(f"{labels[0]}: all {len(tr)} training labels are equal ({mu}); nothing to fit")
+    tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
     device = resolve_device(cfg.device)
     direction = None
     if "fo" in cfg.features:
@@ -376,6 +364,25 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
         _scatter(tmp / "scatter.png", y[va], pred_va * sigma + mu, metrics, None)
     return out
 
+
+
+def _already_fitted(out: Path, labels_digest: str, cfg_digest: str) -> bool:
+    """A finished fit in `out` on the same labels and settings (then nothing is refitted)."""
+    if is_done(out) and (out / "meta.json").exists():
+        old = read_json(out / "meta.json")
+        if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
+            log.info("%s is already fitted on these labels; skipping", out)
+            return True
+    return False
+
+
+def _split_and_moments(labels, ids: np.ndarray, y: np.ndarray, cfg: FitConfig):
+    """The fixed train/validation split and the training labels' mean and sd (standardisation)."""
+    tr, va = split_train_val(len(ids), cfg.val_fraction, cfg.split_seed)
+    mu, sigma = float(y[tr].mean()), float(y[tr].std())
+    if not sigma > 0:
+        raise NumericalError(f"{labels[0]}: all {len(tr)} training labels are equal ({mu}); nothing to fit")
+    return tr, va, mu, sigma
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     import shutil
