@@ -1,4 +1,4 @@
-"""Data ablations by modular training and merging (Na et al., EMNLP 2024; research/ablations.md).
+"""Data ablations by modular training and merging (Na et al., EMNLP 2024; docs/methods.md, docs/ablation.md).
 
     partition.py        pool -> units, held-out evaluation ids per domain, the seed's rest
     train_partition.py  seed model; one model per unit from the seed; gold models on unions

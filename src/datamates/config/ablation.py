@@ -1,4 +1,4 @@
-"""Configs of data ablations by modular training and merging (Na et al. 2024; ablations.md).
+"""Configs of data ablations by modular training and merging (Na et al. 2024; docs/methods.md, docs/ablation.md).
 
 The study has four stages, each with its own section under `ablation:`
 

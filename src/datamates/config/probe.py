@@ -43,8 +43,8 @@ class ProbeConfig:
     )
     anchor: Literal["momentum", "checkpoint"] = knob(
         "momentum",
-        "first_order: point of the Taylor expansion. checkpoint: <grad L_ref(theta), theta'(x) - theta> (mates.md "
-        "§8.3); momentum: [L_ref(theta0) - L_ref(theta)] + <grad L_ref(theta0), theta'(x) - theta0> with theta0 the "
+        "first_order: point of the Taylor expansion. checkpoint: <grad L_ref(theta), theta'(x) - theta> (docs/methods.md"
+        "#first-order-probes); momentum: [L_ref(theta0) - L_ref(theta)] + <grad L_ref(theta0), theta'(x) - theta0> with theta0 the "
         "step every candidate shares (zero gradient: momentum and weight decay only); same cost, residual halved at a "
         "late tiny checkpoint, equal at an early one (experiments/probe_fidelity)",
     )

@@ -390,8 +390,7 @@ class TokenCache:
 
 
 class EmbeddingCache:
-    """Mean-pooled embeddings of the frozen backbone [n, H] float32, keyed by sequence id (mates.md
-    §8.4: with a frozen trunk a stage's scoring is a matrix-vector product over cached vectors).
+    """Mean-pooled embeddings of the frozen backbone [n, H] float32, keyed by sequence id (docs/methods.md#scoring-the-pool: with a frozen trunk a stage's scoring is a matrix-vector product over cached vectors).
     `precision` is what the encoder computed in ('fp32' / 'bf16', `influence_model.compute_precision`)."""
 
     def __init__(self, pool: Pool, enc: EncoderConfig, backbone_digest: str, cache_dir: str | Path | None = None, *,

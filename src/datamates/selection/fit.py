@@ -232,11 +232,7 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
             "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
-        metrics["model_hash"] = digest
-        atomic_write_json(tmp / "metrics.json", metrics)
-        pq.write_table(pa.table({"seq_id": ids[va], "ref_loss_delta": y[va],
-                                 "predicted": pred_va * sigma + mu}), tmp / "val_predictions.parquet")
-        _scatter(tmp / "scatter.png", y[va], pred_va * sigma + mu, metrics, extra.get("history"))
+        _write_validation(tmp, metrics, digest, ids[va], y[va], pred_va * sigma + mu, extra.get("history"))
     return out
 
 
@@ -357,11 +353,7 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
             "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
-        metrics["model_hash"] = digest
-        atomic_write_json(tmp / "metrics.json", metrics)
-        pq.write_table(pa.table({"seq_id": ids[va], "ref_loss_delta": y[va],
-                                 "predicted": pred_va * sigma + mu}), tmp / "val_predictions.parquet")
-        _scatter(tmp / "scatter.png", y[va], pred_va * sigma + mu, metrics, None)
+        _write_validation(tmp, metrics, digest, ids[va], y[va], pred_va * sigma + mu, None)
     return out
 
 
@@ -383,6 +375,16 @@ def _split_and_moments(labels, ids: np.ndarray, y: np.ndarray, cfg: FitConfig):
     if not sigma > 0:
         raise NumericalError(f"{labels[0]}: all {len(tr)} training labels are equal ({mu}); nothing to fit")
     return tr, va, mu, sigma
+
+
+def _write_validation(tmp: Path, metrics: dict, digest: str, val_ids: np.ndarray, true: np.ndarray,
+                      pred: np.ndarray, history) -> None:
+    """metrics.json (with the model hash), the validation predictions and their scatter plot."""
+    metrics["model_hash"] = digest
+    atomic_write_json(tmp / "metrics.json", metrics)
+    pq.write_table(pa.table({"seq_id": val_ids, "ref_loss_delta": true, "predicted": pred}),
+                   tmp / "val_predictions.parquet")
+    _scatter(tmp / "scatter.png", true, pred, metrics, history)
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     import shutil
