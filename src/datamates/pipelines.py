@@ -34,7 +34,7 @@ from datamates.core.reference import load_reference
 from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.log import get_logger
-from datamates.plan import make_plan
+from datamates.plan import make_plan, selector_reference
 from datamates.run_dir import RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
 from datamates.selectors import StageInputs, get_selector, resolve_selectors
@@ -65,8 +65,11 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         with timed(br.base, "eval", br.final_eval):
             on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval, examples=final_examples,
                                                           heldout_pools={"heldout": (pool, plan.heldout)}))
+    from datamates.junk import is_junk_domain, junk_report
     from datamates.report import summarize_run
 
+    if any(is_junk_domain(d) for d in pool.domains):  # planted junk (datamates.junk): <run>/noise.json
+        on_rank0(lambda: junk_report(rd.root))
     return on_rank0(lambda: summarize_run(rd))
 
 
@@ -108,7 +111,7 @@ def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | No
     """Select stage s's data, train on it, score the reference loss for the curve."""
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
-                    reference=_probe_reference(cfg, pool, plan))
+                    reference=_probe_reference(cfg, pool, plan, selector_reference(cfg, selector)))
     ids = read_selection(on_rank0(lambda: get_selector(selector)(x)))
     tcfg = stage_train_config(cfg, s)
     with timed(br.stage(s), "train", br.checkpoint(s)):
@@ -136,15 +139,32 @@ def _decay(cfg: RunConfig, br: RunDir, pool: Pool, ckpt: Path, ids) -> Path:
         return train(tcfg, cfg.model, pool, ids, br.final, init=ckpt, meta={"stage": "decay"})
 
 
-def _probe_reference(cfg: RunConfig, pool: Pool, plan):
-    """The probes' reference set, drawn from the plan's reference part (None: a pool reference,
-    which the probe stage draws from sequences outside the candidates)."""
+def _probe_reference(cfg: RunConfig, pool: Pool, plan, spec: str | None = None):
+    """The probes' reference set: every part of `spec` (default `probe.reference`; "a+b": several,
+    combined) from the plan: a text set's reference part, `clean` the plan's held-out clean
+    sequences. None: a single pool reference, which the probe stage draws from sequences outside
+    the candidates."""
+    from datamates.core.reference import CLEAN, clean_reference, combine_references, reference_parts
+    from datamates.errors import ConfigError
+
     p = cfg.mates.probe
-    split = plan.split_of(p.reference)
-    if split is None:
-        return None
-    return load_reference(p.reference, pool.tokenizer(), size=p.reference_size, seed=p.reference_seed,
-                          index=split.reference, tokenizer_hash=pool.tokenizer_hash)
+    parts = reference_parts(spec or p.reference)
+    sets = []
+    for part in parts:
+        if part == CLEAN:
+            if plan.clean is None:
+                raise ConfigError(f"{pool.path}: the plan has no clean reference; use a new run name")
+            sets.append(clean_reference(pool.path, plan.clean, tokenizer_hash=pool.tokenizer_hash))
+            continue
+        split = plan.split_of(part)
+        if split is None and len(parts) == 1:
+            return None
+        if split is None:
+            raise ConfigError(f"reference {spec or p.reference!r}: {part!r} is not a text reference set; "
+                              "several references combine text sets and `clean` only")
+        sets.append(load_reference(part, pool.tokenizer(), size=p.reference_size, seed=p.reference_seed,
+                                   index=split.reference, tokenizer_hash=pool.tokenizer_hash))
+    return sets[0] if len(sets) == 1 else combine_references(sets)
 
 
 def _curve_point(cfg: RunConfig, out: Path, ckpt: Path, plan) -> None:

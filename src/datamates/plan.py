@@ -8,12 +8,18 @@
     probe      `probe.n_probes` sequences, disjoint from every block (MATES probes held-out shards),
                the same set at every stage
     block_NN   stage NN's candidates, disjoint across stages (MATES: a fresh 1/5 of the pool per stage)
+    clean      with `probe.reference` naming `clean` (core/reference.py): `probe.clean_per_domain`
+               sequences of every clean domain, drawn by whole documents disjoint from the held-out
+               ones, the probes' held-out clean reference (clean.npy; they and their documents' other
+               sequences are in the guard too)
     references every text reference set of the run (the probe's `probe.reference` and the evaluation's
                `eval.reference`, one split per file) cut once into a *reference* part (probe labels,
                influence labels, the per-stage curve) and a disjoint *evaluation* part (the final
                evaluation), `mates.reference_eval_fraction` of the examples (core.reference.split_examples)
 
-so nothing a selector sees is ever evaluated on (issue 18; docs/methods.md#the-plan). Written once to
+so nothing a selector sees is ever evaluated on (issue 18; docs/methods.md#the-plan). Planted junk
+(the `junk_<kind>` domains of datamates.junk, issue 30) is a candidate like any other sequence but
+never held out, never a clean reference and never evaluated on. Written once to
 `<run>/plan/` (ids as .npy, sizes in meta.json) and reused by every selector.
 """
 
@@ -31,8 +37,9 @@ from datamates.config.base import config_hash
 from datamates.config.run import RunConfig
 from datamates.core.documents import DocIndex, draw_heldout
 from datamates.core.pool import Pool
-from datamates.core.reference import count_examples, reference_path, split_examples
-from datamates.errors import ConfigError
+from datamates.core.reference import CLEAN, count_examples, reference_parts, reference_path, split_examples
+from datamates.errors import ConfigError, DatamatesError
+from datamates.junk import is_junk_domain
 from datamates.run_dir import atomic_dir, is_done, meta_record, read_json
 
 PLAN_VERSION = 2  # 2: held-out by whole documents, reference / evaluation split
@@ -56,6 +63,7 @@ class Plan:
     k: int  # sequences kept per stage = stage_steps x global batch
     guard: np.ndarray | None = None
     references: dict[str, ReferenceSplit] | None = None  # by source file
+    clean: np.ndarray | None = None  # the held-out clean reference (probe.reference `clean`), else None
 
     def block(self, stage: int) -> np.ndarray:
         return self.blocks[stage - 1]
@@ -65,7 +73,11 @@ class Plan:
         for r in (self.references or {}).values():
             if name in r.names or name in r.tasks or name == r.source:
                 return r
-        return None
+        try:  # another spec of a split file (lambada_nic reads the LAMBADA file: the same split)
+            path = str(reference_path(name).resolve())
+        except DatamatesError:
+            return None
+        return (self.references or {}).get(path)
 
     def examples(self, part: str) -> dict[str, np.ndarray]:
         """{evaluation task name: example positions of `part` ('reference' or 'evaluation')} for every
@@ -87,9 +99,12 @@ def reference_files(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
     from datamates.evaluate.spec import load_spec, resolve_tasks
 
     files: dict[str, dict[str, list[str]]] = {}
-    path = reference_path(cfg.mates.probe.reference)
-    if path.is_file():
-        files.setdefault(str(path.resolve()), {"names": [], "tasks": []})["names"].append(cfg.mates.probe.reference)
+    for part in probe_reference_parts(cfg):
+        if part == CLEAN:
+            continue
+        path = reference_path(part)
+        if path.is_file():
+            files.setdefault(str(path.resolve()), {"names": [], "tasks": []})["names"].append(part)
     for spec_path in resolve_tasks(list(cfg.eval.reference)):
         spec = load_spec(spec_path)
         files.setdefault(str(Path(spec.data).resolve()), {"names": [], "tasks": []})["tasks"].append(spec.name)
@@ -98,10 +113,43 @@ def reference_files(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
 
 def _settings(cfg: RunConfig, k: int, block: int, refs: dict[str, list[str]]) -> dict[str, Any]:
     m = cfg.mates
-    return {"version": PLAN_VERSION, "seed": m.plan_seed, "k": k, "block": block, "stages": m.stages,
-            "n_probes": m.probe.n_probes, "heldout_per_domain": m.heldout_per_domain,
-            "heldout_max_per_doc": m.heldout_max_per_doc, "reference_eval_fraction": m.reference_eval_fraction,
-            "references": sorted(refs)}
+    out = {"version": PLAN_VERSION, "seed": m.plan_seed, "k": k, "block": block, "stages": m.stages,
+           "n_probes": m.probe.n_probes, "heldout_per_domain": m.heldout_per_domain,
+           "heldout_max_per_doc": m.heldout_max_per_doc, "reference_eval_fraction": m.reference_eval_fraction,
+           "references": sorted(refs)}
+    if uses_clean(cfg):  # only then: plans without a clean reference keep their hash
+        out["clean_per_domain"] = m.probe.clean_per_domain
+    return out
+
+
+# MATES's own reference (Yu et al. 2024, §4.1): the `mates-parity` selector probes it whatever probe.reference says
+PARITY_REFERENCE = "lambada_openai"
+
+
+def selector_reference(cfg: RunConfig, selector: str) -> str:
+    """The probe reference of one selector: `NAME@REF` probes REF (e.g. `mates@lambada_openai`,
+    `oracle@clean+lambada_nic`), `mates-parity` MATES's LAMBADA, every other one `probe.reference`."""
+    if "@" in selector:
+        return selector.split("@", 1)[1]
+    if selector == "mates-parity":
+        return PARITY_REFERENCE
+    return cfg.mates.probe.reference
+
+
+def probe_reference_parts(cfg: RunConfig) -> list[str]:
+    """Every reference part any selector of the run probes (the plan splits or draws each)."""
+    from datamates.selectors import resolve_selectors
+
+    out: list[str] = []
+    specs = [cfg.mates.probe.reference] + [selector_reference(cfg, s) for s in resolve_selectors(cfg.mates.selectors)]
+    for spec in specs:
+        out += [p for p in reference_parts(spec) if p not in out]
+    return out
+
+
+def uses_clean(cfg: RunConfig) -> bool:
+    """Does any selector probe the plan's held-out clean reference (`clean`)?"""
+    return CLEAN in probe_reference_parts(cfg)
 
 
 def _key(source: str) -> str:
@@ -120,10 +168,19 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
     if not is_done(out):
         rng = np.random.default_rng(m.plan_seed)
         index = DocIndex(pool)
+        junk = [d for d in pool.domains if is_junk_domain(d)]
         held_by_dom, guard = draw_heldout(pool, index, m.heldout_per_domain,
                                           max_per_doc=m.heldout_max_per_doc, seed=m.plan_seed,
-                                          key="mates.heldout_per_domain", max_share=0.1)
+                                          key="mates.heldout_per_domain", max_share=0.1, skip_domains=junk)
         held = np.sort(np.concatenate(list(held_by_dom.values()))) if held_by_dom else np.zeros(0, np.int64)
+        clean = np.zeros(0, np.int64)
+        if uses_clean(cfg):  # a second draw by whole documents, disjoint from the held-out ones and their guard
+            clean_by_dom, clean_guard = draw_heldout(
+                pool, index, m.probe.clean_per_domain, max_per_doc=m.heldout_max_per_doc, seed=m.plan_seed + 1,
+                key="mates.probe.clean_per_domain", max_share=0.1, skip_domains=junk,
+                avoid=np.concatenate([held, guard]))
+            clean = np.sort(np.concatenate(list(clean_by_dom.values()))) if clean_by_dom else clean
+            guard = np.union1d(guard, np.union1d(clean, clean_guard))  # never a candidate, probe or training sequence
         rest = np.setdiff1d(np.arange(len(pool)), np.concatenate([held, guard]))
         need = m.probe.n_probes + m.stages * block
         if need > len(rest):
@@ -146,7 +203,7 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
             arrays[f"reference/{key}.reference.npy"], arrays[f"reference/{key}.evaluation.npy"] = r, e
             splits[key] = {"source": source, **users, "n_available": n_total, "reference": len(r),
                            "evaluation": len(e)}
-        meta = meta_record("plan", seed=m.plan_seed, heldout=len(held), guard=len(guard), probe=len(probe),
+        meta = meta_record("plan", seed=m.plan_seed, heldout=len(held), guard=len(guard), clean=len(clean), probe=len(probe),
                            block=block, k=k, stages=m.stages, pool_id=pool.pool_id, settings=settings,
                            settings_hash=config_hash(settings),
                            heldout_per_domain={d: int(len(v)) for d, v in held_by_dom.items()},
@@ -155,6 +212,8 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
         with atomic_dir(out, meta) as tmp:
             np.save(tmp / "heldout.npy", held)
             np.save(tmp / "guard.npy", guard)
+            if uses_clean(cfg):
+                np.save(tmp / "clean.npy", clean)
             np.save(tmp / "probe.npy", probe)
             for i, b in enumerate(blocks, start=1):
                 np.save(tmp / f"block_{i:02d}.npy", b)
@@ -171,6 +230,7 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
         blocks=[np.load(out / f"block_{i:02d}.npy") for i in range(1, m.stages + 1)],
         k=k,
         guard=np.load(out / "guard.npy"),
+        clean=np.load(out / "clean.npy") if (out / "clean.npy").exists() else None,
         # which specs read a file comes from the config (the files themselves are in settings_hash)
         references={r["source"]: ReferenceSplit(r["source"], refs[r["source"]]["names"], refs[r["source"]]["tasks"],
                                                 int(r["n_available"]),
@@ -180,4 +240,4 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
     )
 
 
-__all__ = ["Plan", "ReferenceSplit", "global_batch", "make_plan", "reference_files"]
+__all__ = ["Plan", "ReferenceSplit", "global_batch", "make_plan", "reference_files", "selector_reference", "uses_clean"]

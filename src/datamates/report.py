@@ -100,6 +100,7 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
             "selected_domains": _domain_shares(rd, stages, pool_meta),
             "effective": _effective(stages),
             "noise": _noise(rd, b),
+            "targets": read_json(br.base / "targets.json") if (br.base / "targets.json").exists() else None,
         }
     atomic_write_json(rd.metrics, out)
     return out
@@ -270,8 +271,46 @@ def run_metrics(sel: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
         out["selection seconds"] = (acc["seconds"].get("selection"), True)
     noise = sel.get("noise") or {}
     if isinstance(noise.get("kept"), (int, float)):
-        out["noise share kept"] = (noise["kept"], True)
+        out["junk share kept" if noise.get("domain") == "junk" else "noise share kept"] = (noise["kept"], True)
+    for m in TARGET_METRICS:  # experiments/selection_arena/targets.py: <branch>/targets.json
+        v = (sel.get("targets") or {}).get(m)
+        if isinstance(v, (int, float)):
+            out[m] = (float(v), True)
     return out
+
+
+# the targets a selector cannot game by keeping junk (issue 30), when the run measured them (targets.json)
+TARGET_METRICS = ("held-out clean loss", "LAMBADA eval ic", "LAMBADA eval nic")
+
+
+def junk_table(runs: list[dict[str, Any]]) -> str:
+    """Junk kept per selector and kind (<run>/noise.json of runs on a pool with planted junk,
+    datamates.junk): mean ± sd over the runs, and the paired difference to random of the same run
+    with its 95% t interval. Empty when no run has planted junk."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        for s, v in r["selectors"].items():
+            n = v.get("noise") or {}
+            if n.get("domain") == "junk" and "per_kind" in n:
+                rows.setdefault(s, []).append({**n, "run": r["name"]})
+    if not rows:
+        return ""
+    kinds = sorted({k for vs in rows.values() for v in vs for k in v["per_kind"]})
+
+    def ms(xs: list[float]) -> str:
+        return f"{np.mean(xs):.1%} ± {np.std(xs, ddof=1):.1%}" if len(xs) > 1 else f"{np.mean(xs):.1%}"
+
+    lines = ["| selector | junk kept | " + " | ".join(kinds) + " | Δ vs random [95% t] | runs above random |",
+             "|---|---|" + "---|" * len(kinds) + "---|---|"]
+    rnd = {v["run"]: v["kept"] for v in rows.get(BASELINE, [])}
+    for s, vs in rows.items():
+        d = [v["kept"] - rnd[v["run"]] for v in vs if v["run"] in rnd]
+        st = paired_stats(d, lower_is_better=True) if s != BASELINE and d else None
+        delta = f"{st['mean']:+.1%} {_ci(st['t_ci'])}" if st else ""
+        above = f"{sum(x > 0 for x in d)}/{len(d)}" if st else ""
+        lines.append(f"| {s} | {ms([v['kept'] for v in vs])} | "
+                     + " | ".join(ms([v["per_kind"].get(k, 0.0) for v in vs]) for k in kinds) + f" | {delta} | {above} |")
+    return "\n".join(lines)
 
 
 def paired_table(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -362,7 +401,7 @@ def paired_markdown(runs: list[dict[str, Any]]) -> str:
                          f"{_g(r['p'])} | {r['wins']}/{r['n']} | {r['verdict']} |")
         parts += lines + [""]
         for r in rows:
-            if r["metric"] != "noise share kept":
+            if r["metric"] not in ("noise share kept", "junk share kept"):
                 continue
             more = sum(bool((run["selectors"].get(r["selector"], {}).get("noise") or {}).get("more_than_random"))
                        for run in group)
@@ -764,6 +803,9 @@ def _markdown(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              "bootstrap beside it); the verdict uses the t interval. gold logprob/byte: the gold choice's "
              "log-likelihood per byte; gold prob: its probability mass among the choices (DataDecide).", "",
              paired_markdown(runs),
+             *(["## Junk kept (planted junk, datamates.junk)", "", "Share of the kept sequences over the selection "
+                "stages that is planted junk, per kind; mean ± sd over the runs; Δ paired against random.", "",
+                jt, ""] if (jt := junk_table(runs)) else []),
              "## Final evaluation", "", comparison_markdown(runs), "", task_table(runs), "",
              task_table(runs, "gold_logprob"), "", task_table(runs, "gold_prob"), "", heldout_table(runs), "",
              "## Effective temperature of the selections", "",

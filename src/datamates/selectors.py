@@ -25,6 +25,8 @@ stage modules in data-flow order; every step skips itself when its artifact is c
                         model: the stage's starting checkpoint) (baselines/trak.py)
     rholoss             reducible loss: current loss - the loss of an irreducible model fine-tuned once
                         per branch on the plan's reference part, highest first (baselines/rholoss.py)
+    NAME@REF            selector NAME probing the reference REF instead of mates.probe.reference
+                        (e.g. mates@lambada_openai, oracle@clean; plan.selector_reference)
     group:NAME          any scoring selector NAME (mates, oracle, loss, dsir, dsdm ...), then group-level
                         selection: per-cluster quotas and a greedy diversity bonus on the protocol's
                         noisy keys (baselines.group; selection/group.py). Not listed by `all`
@@ -303,6 +305,7 @@ GROUP = "group:"
 
 
 def _check_name(n: str, what: str) -> None:
+    n = n.split("@", 1)[0]  # NAME@REF: NAME probing the reference REF (plan.selector_reference)
     if n.startswith(GROUP):
         inner = n[len(GROUP):]
         if inner not in SELECTORS or inner == "random":
@@ -328,6 +331,7 @@ def resolve_selectors(names: list[str]) -> list[str]:
 
 def get_selector(name: str) -> Callable[[StageInputs], Path]:
     _check_name(name, "selector")
+    name = name.split("@", 1)[0]  # the reference is the stage's (StageInputs.reference)
     if name.startswith(GROUP):
         return select_group(name[len(GROUP):])
     return SELECTORS[name]

@@ -23,9 +23,17 @@ class ProbeConfig:
     )
     reference: str = knob(
         "lambada_openai",
-        "reference set: a registered name (lambada_openai, flan_cot, dolly), a JSONL(.gz) file of "
+        "reference set: a registered name (lambada_openai, lambada_nic: LAMBADA's examples whose target word is "
+        "not in the context, lambada_ic: those whose it is, flan_cot, dolly), clean (the plan's held-out clean "
+        "pool text, whole documents of every non-junk domain: probe.clean_per_domain each), a JSONL(.gz) file of "
         "context/continuation, input/target(/rationale), prompt/response, query/choices/gold or text records, "
-        "or a pool directory (whole sequences as targets)",
+        "or a pool directory (whole sequences as targets); several joined by '+' (e.g. clean+lambada_nic): the "
+        "label is the mean over them of each one's delta divided by its sd over the probed candidates "
+        "(docs/methods.md#reference-sets)",
+    )
+    clean_per_domain: int = knob(
+        16, "reference `clean`: held-out clean sequences per non-junk domain (whole documents, disjoint from the "
+        "plan's held-out evaluation set)", ge=1,
     )
     reference_size: int | None = knob(1024, "examples drawn from the reference set; null: all", ge=1)
     reference_seed: int = knob(1234, "seed of the reference subsample (MATES: 1024 LAMBADA examples, seed 1234)")

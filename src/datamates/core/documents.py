@@ -15,6 +15,8 @@ other windows were trained on made held-out perplexity leak).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from datamates.errors import InputError
@@ -53,18 +55,24 @@ class DocIndex:
 
 
 def draw_heldout(pool, index: DocIndex, n: int, *, max_per_doc: int, seed: int, key: str,
-                 max_share: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 max_share: float | None = None, skip_domains: Sequence[str] = (),
+                 avoid: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Held-out ids per domain, drawn by whole documents, and the guard (every other sequence that
     touches a held-out document). Returns ({domain: sorted ids}, sorted guard ids).
 
     `n` sequences per domain; with `max_share`, a domain gets min(n, floor(max_share x its
-    sequences)) instead of an error when it is small. `key` names the config knob in errors."""
+    sequences)) instead of an error when it is small. `key` names the config knob in errors.
+    `skip_domains` are never drawn from (planted junk, datamates.junk); no document touching an
+    `avoid` sequence is drawn (a second draw disjoint from a first one and its guard)."""
     seq_domain = np.asarray(pool.seq_domain)
     doc_domain = np.asarray(pool.docs.column("domain").to_numpy())
     heldout: dict[str, np.ndarray] = {}
     if n == 0:
         return heldout, np.zeros(0, dtype=np.int64)
+    blocked = set(index.docs_of(avoid).tolist()) if avoid is not None and len(avoid) else set()
     for d, name in enumerate(pool.domains):
+        if name in skip_domains:
+            continue
         n_dom = int((seq_domain == d).sum())
         want = n if max_share is None else min(n, int(n_dom * max_share))
         if want == 0:
@@ -76,6 +84,8 @@ def draw_heldout(pool, index: DocIndex, n: int, *, max_per_doc: int, seed: int, 
         taken: list[int] = []
         seen: set[int] = set()
         for doc in docs[rng.permutation(len(docs))]:
+            if int(doc) in blocked:
+                continue
             seqs = [int(s) for s in index.seqs_of(int(doc)) if seq_domain[s] == d and int(s) not in seen]
             seqs = seqs[:max_per_doc]
             taken += seqs

@@ -9,6 +9,13 @@ the token-weighted mean NLL of the target tokens,
 
     lambada_openai (default; alias lambada)   LAMBADA-OpenAI test split, target = " " + last word
                                               (MATES: 1024 examples, seed 1234), via core.loss.load_lambada
+    lambada_nic / lambada_ic                  the LAMBADA examples whose target word does not (nic) / does
+                                              (ic) appear in the context as a word, case-insensitive
+                                              (`in_context`; issue 30: word-shuffled junk teaches "repeat a
+                                              word of this document", which wins the in-context part)
+    clean                                     a MATES run's held-out clean pool text (plan.py: whole
+                                              documents of every non-junk domain, disjoint from the held-out
+                                              evaluation set); outside a run, give the pool directory
     flan_cot                                  $DATAMATES_DATA/reference/flan_v2_cot_train.jsonl.gz
     dolly                                     $DATAMATES_DATA/reference/dolly_hhrlhf_train_small.jsonl.gz
     a .jsonl / .jsonl.gz file                 records of one of the shapes in `record_pair`
@@ -19,6 +26,11 @@ FLAN-style records (input, target, rationale) are split as context = input and t
 `text` field and the loss covers the chain of thought and the answer but not the question
 (Group-MATES scores FLAN the same way: loss on the response tokens only). Without a rationale the
 target is "\\n" + target.
+
+Several references at once: specs joined by "+" (`clean+lambada_nic`) give one `ReferenceSet` with
+`parts` (the part of every example); a probe then records each part's delta and its label is the
+mean over the parts of delta_r / sd_r, sd_r taken over the probed candidates (oracle.py,
+`combine_part_deltas`), so no reference dominates by its token count or its loss scale.
 
 The plan splits every text reference set once (`split_examples`, plan.py): a *reference* part that
 probes, influence labels and the per-stage curve see, and a disjoint *evaluation* part that only the
@@ -36,6 +48,7 @@ head. A probe then costs one body forward over the set plus a tiny head matmul.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +70,26 @@ REFERENCE_SETS: dict[str, str] = {
     "lambada": "eval/lambada_openai.jsonl",
     "flan_cot": "reference/flan_v2_cot_train.jsonl.gz",
     "dolly": "reference/dolly_hhrlhf_train_small.jsonl.gz",
+    "lambada_nic": "eval/lambada_openai.jsonl",
+    "lambada_ic": "eval/lambada_openai.jsonl",
 }
+# LAMBADA subsets by whether the target word is in the context: spec -> the `in_context` value kept
+LAMBADA_FILTERS: dict[str, bool] = {"lambada_nic": False, "lambada_ic": True}
+CLEAN = "clean"  # the plan's held-out clean reference (plan.py)
+
+
+def reference_parts(spec: str) -> list[str]:
+    """The specs of a reference spec: "a+b" -> ["a", "b"]; one spec -> [spec]."""
+    parts = [p.strip() for p in str(spec).split("+")] if "+" in str(spec) else [str(spec)]
+    if any(not p for p in parts) or len(set(parts)) < len(parts):
+        raise ConfigError(f"reference = {spec!r}: join distinct reference specs with '+', e.g. clean+lambada_nic")
+    return parts
+
+
+def in_context(context: str, target: str) -> bool:
+    """Does the target word (letters and digits, lower-cased) occur as a whole word in the context?"""
+    word = re.sub(r"[^\w]", "", target.strip().lower())
+    return bool(word) and re.search(rf"\b{re.escape(word)}\b", context.lower()) is not None
 
 
 @dataclass
@@ -71,6 +103,8 @@ class ReferenceSet:
     n_available: int
     pool_ids: np.ndarray | None = None  # pool references: the sequence ids used
     kind: str = "jsonl"
+    parts: np.ndarray | None = None  # [n] int: the part of each example (several references, "a+b"), else None
+    part_names: list[str] | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -90,6 +124,9 @@ class ReferenceSet:
                 h.update(b"|")
                 h.update(np.asarray(e.target, dtype=np.int64).tobytes())
                 h.update(b"#")
+            if self.parts is not None:
+                h.update(np.asarray(self.parts, dtype=np.int64).tobytes())
+                h.update("|".join(self.part_names or []).encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -104,12 +141,34 @@ class ReferenceSet:
         index = np.asarray(index, dtype=np.int64)
         return ReferenceSet(name or f"{self.name}[{len(index)}]", self.source, [self.examples[i] for i in index],
                             self.seed, self.n_available, None if self.pool_ids is None else self.pool_ids[index],
-                            self.kind)
+                            self.kind, None if self.parts is None else self.parts[index], self.part_names)
+
+    def part(self, name: str) -> ReferenceSet:
+        """The examples of one part of a combined set."""
+        if self.parts is None or not self.part_names or name not in self.part_names:
+            raise InputError(f"reference set {self.name}: no part {name!r}")
+        sub = self.subset(np.nonzero(self.parts == self.part_names.index(name))[0], name=name)
+        sub.parts, sub.part_names = None, None
+        return sub
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "kind": self.kind, "size": len(self),
-                "n_available": self.n_available, "seed": self.seed, "n_target_tokens": self.n_target_tokens,
-                "fingerprint": self.fingerprint}
+        out = {"name": self.name, "source": self.source, "kind": self.kind, "size": len(self),
+               "n_available": self.n_available, "seed": self.seed, "n_target_tokens": self.n_target_tokens,
+               "fingerprint": self.fingerprint}
+        if self.parts is not None and self.part_names:
+            out["parts"] = {n: int((self.parts == i).sum()) for i, n in enumerate(self.part_names)}
+        return out
+
+
+def combine_references(sets: Sequence[ReferenceSet]) -> ReferenceSet:
+    """Several reference sets as one, each example tagged with its part (module docstring)."""
+    if len(sets) < 2:
+        raise InputError("combine_references: give at least two reference sets")
+    names = [s.name for s in sets]
+    examples = [e for s in sets for e in s.examples]
+    parts = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
+    return ReferenceSet("+".join(names), "+".join(s.source for s in sets), examples, sets[0].seed,
+                        sum(s.n_available for s in sets), None, "combined", parts, names)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -220,7 +279,17 @@ def load_reference(
     (null: all). Pool references take `ids` if given, else `size` random sequences not in `exclude`
     (keep the probe candidates out of the reference set); `tokenizer_hash` is checked against the pool's.
     `index` (text sets): draw only from these example positions (the plan's reference part); the
-    `size` examples are then a seeded subsample of them."""
+    `size` examples are then a seeded subsample of them. "a+b" loads every part (each with these
+    arguments) and combines them (`combine_references`); `clean` exists only inside a run's plan."""
+    parts = reference_parts(spec)
+    if len(parts) > 1:
+        if index is not None:
+            raise InputError(f"reference {spec!r}: load the parts one by one with their own example positions")
+        return combine_references([load_reference(p, tokenizer, size=size, seed=seed, ids=ids, exclude=exclude,
+                                                  tokenizer_hash=tokenizer_hash) for p in parts])
+    if spec == CLEAN:
+        raise ConfigError("reference 'clean' is the held-out clean text a MATES run's plan draws "
+                          "(mates.probe.clean_per_domain); outside a run, give a pool directory")
     path = reference_path(spec)
     if path.is_dir():
         if not _is_pool(path):
@@ -238,6 +307,11 @@ def load_reference(
     if len(allowed) and (allowed.min() < 0 or allowed.max() >= len(pairs)):
         raise IncompatibleArtifacts(f"{path}: the plan names example {int(allowed.max()) + 1}, the file has "
                                     f"{len(pairs)}; the reference file changed since the plan was made")
+    if spec in LAMBADA_FILTERS:
+        want = LAMBADA_FILTERS[spec]
+        allowed = np.asarray([i for i in allowed if in_context(*pairs[int(i)]) == want], dtype=np.int64)
+        if not len(allowed):
+            raise InputError(f"reference {spec!r}: no LAMBADA example of this kind in {path}")
     pick = allowed[_pick(len(allowed), size, seed)]
     examples = []
     for i in pick:
@@ -268,6 +342,13 @@ def _lambada_records(path: Path) -> list[tuple[str, str]]:
     if not records:
         raise InputError(f"{path}: no examples")
     return records
+
+
+def clean_reference(pool_path: str | Path, ids: np.ndarray, tokenizer_hash: str | None = None) -> ReferenceSet:
+    """The plan's held-out clean reference (`clean`): the pool sequences `ids`, whole ones as targets."""
+    ref = _pool_reference(Path(pool_path), None, 0, ids, None, tokenizer_hash)
+    ref.name = CLEAN
+    return ref
 
 
 def _pool_reference(path: Path, size, seed, ids, exclude, tokenizer_hash) -> ReferenceSet:

@@ -302,7 +302,7 @@ class WorkSpec:
     cfg: dict[str, Any]
     lr: float
     examples: list[TargetExample]
-    groups: np.ndarray  # [G, n_ref] 0/1 weights: row 0 the whole set, rows 1..2 the halves
+    groups: np.ndarray  # [G, n_ref] 0/1 weights: row 0 the whole set, then the halves, then the parts
     before: np.ndarray  # [G] L_ref(theta) per group (in the mode's own evaluation)
     pad_id: int
     first_order: Any = None  # FirstOrderConstants (first_order mode)
@@ -567,19 +567,28 @@ def probe(
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if not np.array_equal(res["seq_id"], ids):
             raise InputError(f"{tmp}: chunk files do not match the candidate list; delete {tmp} and re-run")
+        label = res["delta"][:, 0]
+        part_cols = {}
+        if reference.parts is not None:  # several references: the mean of each one's delta / its sd
+            first = 3 if cfg.reference_halves else 1
+            part_cols = {f"ref_loss_delta_{n}": res["delta"][:, first + i]
+                         for i, n in enumerate(reference.part_names or [])}
+            label = combine_part_deltas(np.stack(list(part_cols.values()), axis=1))
         cols = {"seq_id": pa.array(res["seq_id"], pa.int64()),
-                "ref_loss_delta": pa.array(res["delta"][:, 0], pa.float64())}
-        if "after" in res:
+                "ref_loss_delta": pa.array(label, pa.float64())}
+        if "after" in res and reference.parts is None:
             cols["ref_loss_after"] = pa.array(res["after"][:, 0], pa.float64())
         if cfg.reference_halves:
             cols["ref_loss_delta_a"] = pa.array(res["delta"][:, 1], pa.float64())
             cols["ref_loss_delta_b"] = pa.array(res["delta"][:, 2], pa.float64())
+        for name, v in part_cols.items():
+            cols[name] = pa.array(v, pa.float64())
         cols["loss"] = pa.array(res["loss"], pa.float64())
         cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
         pq.write_table(pa.table(cols), tmp / LABELS_FILE)
         shutil.rmtree(chunk_dir)
         plan_file.unlink()
-        d = res["delta"][:, 0]
+        d = label
         n_new = sum(len(c) for _, c in todo)
         meta.update(meta_record(
             "probe", sign=SIGN, mode=cfg.mode, checkpoint=str(checkpoint), checkpoint_hash=ckpt_hash,
@@ -591,12 +600,16 @@ def probe(
             first_order=(spec.first_order.describe() if spec.first_order is not None else None),
             halves=({"ref_loss_before_a": float(spec.before[1]), "ref_loss_before_b": float(spec.before[2])}
                     if cfg.reference_halves else None),
+            parts=({n: {"ref_loss_before": float(spec.before[(3 if cfg.reference_halves else 1) + i]),
+                        "delta_sd": float(np.std(v))} for i, (n, v) in enumerate(zip(reference.part_names or [],
+                                                                                     part_cols.values()))}
+                   if part_cols else None),
             stats={"mean": float(d.mean()), "std": float(d.std()), "min": float(d.min()), "max": float(d.max()),
                    "fraction_negative": float((d < 0).mean())},
             seconds=round(seconds, 3), probes_this_run=n_new, probes_per_s=n_new / max(seconds, 1e-9),
             total_seconds=round(time.time() - t_start, 3),
             tokens=probe_tokens(cfg, reference.examples, len(ids), pool.seq_len,
-                                state.model.config.max_position_embeddings),
+                                state.model.config.max_position_embeddings, n_groups=len(spec.groups)),
             flops_per_token={"lm_train": (f := flops_per_token(state.model, pool.seq_len)), "lm_forward": f / 3},
         ))
     log.info("probe %s: %d labels -> %s (mean %.3g, std %.3g, %.0f%% lower the reference loss)", cfg.mode, len(ids),
@@ -604,16 +617,28 @@ def probe(
     return out
 
 
+def combine_part_deltas(deltas: np.ndarray) -> np.ndarray:
+    """[n] label of several references from their deltas [n, P]: mean over the parts of delta_r / sd_r,
+    sd_r the (population) sd of part r's deltas over these n candidates (a part with sd 0 adds 0).
+    Lower is still better; the unit is "sds of the parts' deltas", no longer nats."""
+    deltas = np.asarray(deltas, dtype=np.float64)
+    sd = deltas.std(axis=0)
+    z = np.divide(deltas, sd[None, :], out=np.zeros_like(deltas), where=sd[None, :] > 0)
+    return z.mean(axis=1)
+
+
 def probe_tokens(cfg: ProbeConfig, examples: Sequence[TargetExample], n_probes: int, seq_len: int,
-                 max_len: int) -> dict[str, int]:
+                 max_len: int, n_groups: int | None = None) -> dict[str, int]:
     """Tokens the probe stage runs through the LM (counted FLOPs, accounting.py). R = reference
     input tokens ((context + target)[-(max_len + 1):][:-1] per example), G = 1 (3 with halves):
     exact / naive: lm_train = n x seq_len (the steps), lm_forward = (1 + n) x R (before, after each);
     first order:   lm_train = n x seq_len + G x R (candidate and reference gradients),
-                   lm_forward = R (before; 2 R with the momentum anchor's L_ref(theta0))."""
+                   lm_forward = R (before; 2 R with the momentum anchor's L_ref(theta0)).
+    With several references (parts), G counts the whole set, the halves and every part (`n_groups`);
+    each group's gradient is a backward over the whole set with 0/1 weights."""
     R = int(sum(len((e.context + e.target)[-(max_len + 1):]) - 1 for e in examples))
     if cfg.mode == "first_order":
-        G = 3 if cfg.reference_halves else 1
+        G = n_groups if n_groups is not None else (3 if cfg.reference_halves else 1)
         return {"lm_train": n_probes * seq_len + G * R, "lm_forward": R * (2 if cfg.anchor == "momentum" else 1)}
     return {"lm_train": n_probes * seq_len, "lm_forward": (1 + n_probes) * R}
 
@@ -633,6 +658,8 @@ def _prepare(cfg: ProbeConfig, checkpoint: Path, pool: Pool, reference: Referenc
             raise InputError("probe.reference_halves needs a reference set of at least 2 examples")
         h = reference.halves()
         groups += [(h == 0).astype(np.float64), (h == 1).astype(np.float64)]
+    if reference.parts is not None:
+        groups += [(reference.parts == i).astype(np.float64) for i in range(len(reference.part_names or []))]
     groups_arr = np.stack(groups)
     pad_id = pool.eos_id
     ref = None
