@@ -226,3 +226,60 @@ def test_planted_pool_lambada_target_keeps_junk_the_arena_reference_does_not(dat
     assert junk[cands].mean() == 0.25
     assert share["lambada_openai"] > 0.4, share  # the old target: far above the block's 25%
     assert share["arena"] <= 0.25, share  # the arena's probe reference: no more than the block's share
+
+
+def _script(name: str):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments" / "selection_arena"))
+    spec = importlib.util.spec_from_file_location(f"arena_{name}", ROOT / "experiments" / "selection_arena" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_junk_run_reports_junk_and_ground_truth_measures_every_target(junk_pool, tmp_path, one_thread):
+    """A tiny arena run on a pool with junk writes noise.json; the targets agree with the evaluation
+    stage's own numbers (an independent implementation); the ground-truth rows train on what they say."""
+    import shutil
+
+    from datamates.commands._common import write_run_config
+    from datamates.core.checkpoint import load_model
+    from datamates.pipelines import run_mates
+    from datamates.run_dir import RunDir, read_json
+
+    cfg = load_config(None, [
+        "name=j", f"runs_root={tmp_path}", "pool.seq_len=64", "pool.tokenizer.vocab_size=512",
+        "model.preset=tiny", "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.context=128",
+        "train.micro_batch_size=4", "train.lr=3.0e-3", "train.warmup_steps=2", "train.device=cpu", "train.checkpoint_every=2",
+        "eval.tasks=[]", "eval.limit=8", "mates.selectors=[random, loss, oracle@clean]", "mates.stages=3",
+        "mates.warmup_stages=1", "mates.stage_steps=2", "mates.heldout_per_domain=8", "mates.decay_steps=2",
+        "mates.decay_half_life=1.0", "mates.curve_reference_size=8", "mates.probe.mode=first_order",
+        "mates.probe.n_probes=16", "mates.probe.reference_size=16", "mates.probe.clean_per_domain=4",
+    ])
+    rd = RunDir(cfg.run_dir)
+    shutil.copytree(junk_pool.path, rd.pool)
+    write_run_config(cfg, rd)  # as `datamates run` does
+    run_mates(cfg, rd)
+    noise = read_json(rd.root / "noise.json")
+    assert set(noise["selectors"]) == {"random", "loss", "oracle@clean"} and noise["kinds"] == sorted(KINDS)
+    targets = _script("targets").write_targets(rd.root, lambada_limit=8)
+    ev = read_json(rd.branch("random").final_eval / "eval.json")
+    t = targets["random"]
+    assert t["held-out clean loss"] == pytest.approx(ev["perplexity"]["heldout"]["all"]["loss"], rel=1e-5)
+    # the evaluation stage scores contexts after a BOS/EOS prefix (lm-eval), the reference loss (MATES's) without
+    assert t["LAMBADA eval all"] == pytest.approx(ev["reference"]["lambada_openai"]["loss"], rel=1e-4)
+    assert {"LAMBADA eval ic", "LAMBADA eval nic", "clean reference", "held-out loss web"} <= set(t)
+    gt = _script("ground_truth")
+    res = gt.ground_truth(rd.root, n=8)
+    assert {"random clean", "pick loss", "pick oracle@clean", *(f"junk {k}" for k in KINDS)} <= set(res["delta"])
+    plan = make_plan(cfg, junk_pool, rd.plan)
+    rows = gt.rows_of(rd, cfg, junk_pool, plan, 8, cfg.train.seed)
+    dom = np.asarray(junk_pool.seq_domain)
+    assert {junk_pool.domains[d] for d in dom[rows["junk random_chars"]]} == {"junk_random_chars"}
+    assert not any(is_junk_domain(junk_pool.domains[d]) for d in dom[rows["random clean"]])
+    after = _script("targets").measure(load_model(rd.root / "ground_truth" / "checkpoints" / "junk_keywords"),
+                                       junk_pool, plan, lambada_limit=None)
+    assert res["delta"]["junk keywords"]["held-out clean loss"] == pytest.approx(
+        after["held-out clean loss"] - res["warmup"]["held-out clean loss"], abs=1e-9)

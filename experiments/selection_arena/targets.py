@@ -5,7 +5,7 @@
     LAMBADA, evaluation   mean target-token NLL on the plan's *evaluation* part of LAMBADA (first
     part                  `lambada_limit` examples), overall, in-context (the target word occurs in the
                           context: `core.reference.in_context`) and not-in-context, apart
-    LAMBADA, reference    the same on the plan's reference part (what the probes see)
+    LAMBADA, reference    the same on the plan's reference part (what the probes see; its first `lambada_limit`)
     part
     clean reference       the plan's held-out clean reference (probe reference `clean`), when it has one
 
@@ -68,7 +68,7 @@ def target_sets(pool, plan, *, lambada_limit: int | None = LAMBADA_LIMIT) -> dic
     pad = pool.eos_id
     seq = pool.seq_len
     for part, label in (("evaluation", "LAMBADA eval"), ("reference", "LAMBADA ref")):
-        for k, r in lambada_sets(pool, plan, part, lambada_limit if part == "evaluation" else None).items():
+        for k, r in lambada_sets(pool, plan, part, lambada_limit).items():
             refs[f"{label} {k}"] = ReferenceBatches(r.examples, max_len=seq, pad_id=pad)
     if plan.clean is not None and len(plan.clean):
         refs["clean reference"] = ReferenceBatches(clean_reference(pool.path, plan.clean).examples, max_len=seq,
@@ -76,16 +76,27 @@ def target_sets(pool, plan, *, lambada_limit: int | None = LAMBADA_LIMIT) -> dic
     return {"refs": refs}
 
 
+def run_config(rd):
+    """The resolved config a run recorded (<run>/config.yaml, less its hash)."""
+    import yaml
+
+    from datamates.config.base import from_dict
+    from datamates.config.run import RunConfig
+
+    data = yaml.safe_load(rd.config.read_text())
+    data.pop("config_hash", None)
+    return from_dict(RunConfig, data)
+
+
 def write_targets(run: str | Path, *, lambada_limit: int | None = LAMBADA_LIMIT) -> dict[str, dict[str, float]]:
     """targets.json for every branch of `run` with a finished final checkpoint (kept when present)."""
-    from datamates.config.run import load_config
     from datamates.core.checkpoint import load_model
     from datamates.core.pool import Pool
     from datamates.plan import make_plan
     from datamates.run_dir import RunDir, atomic_write_json, is_done, read_json
 
     rd = RunDir(Path(run))
-    cfg = load_config(rd.config, [])
+    cfg = run_config(rd)
     pool = Pool(rd.pool)
     plan = make_plan(cfg, pool, rd.plan)
     sets = None

@@ -65,11 +65,12 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         with timed(br.base, "eval", br.final_eval):
             on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval, examples=final_examples,
                                                           heldout_pools={"heldout": (pool, plan.heldout)}))
-    from datamates.junk import is_junk_domain, junk_report
+    from datamates.junk import junk_kind, junk_report
     from datamates.report import summarize_run
 
-    if any(is_junk_domain(d) for d in pool.domains):  # planted junk (datamates.junk): <run>/noise.json
-        on_rank0(lambda: junk_report(rd.root))
+    kinds = [k for k in map(junk_kind, pool.domains) if k]
+    if kinds:  # planted junk (datamates.junk): <run>/noise.json
+        on_rank0(lambda: junk_report(rd.root, kinds))
     return on_rank0(lambda: summarize_run(rd))
 
 
