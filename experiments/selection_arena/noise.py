@@ -45,10 +45,10 @@ def run_seeds(config: str, seeds: list[int], selectors: list[str], tag: str, rat
     from datamates.config.run import load_config
     from datamates.junk import plant
 
-    corpus = HERE / "runs" / f"{tag}_corpus"
+    corpus = HERE / "runs" / "junk_corpus"  # the arena configs' corpus and pool (run.py plants the same)
     counts = plant(data_dir() / "pretrain", corpus, rate, seed=junk_seed)
-    (HERE / "runs" / f"{tag}_corpus.json").write_text(json.dumps(counts, indent=2))
-    pool_dir = HERE / "runs" / f"{tag}_pool"
+    (HERE / "runs" / "junk_corpus.json").write_text(json.dumps(counts, indent=2))
+    pool_dir = HERE / "runs" / "junk_pool"
     base = [f"pool.inputs=[{corpus}]", f"pool_dir={pool_dir}", f"mates.selectors=[{', '.join(selectors)}]"]
     if not (pool_dir / "DONE").exists():
         subprocess.run(_datamates("pool", "build", "-c", config, "--out", str(pool_dir), "--set", base[0]), check=True)

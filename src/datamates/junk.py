@@ -192,9 +192,11 @@ def plant(src: str | Path, out: str | Path, rate: float = 0.07, seed: int = 0,
         mine = [d for d in docs if d["kind"] == kind]
         d = out / junk_domain(kind)
         d.mkdir(exist_ok=True)
-        tmp = d / "junk.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in mine))
-        tmp.rename(d / "junk.jsonl")
+        text = "".join(json.dumps(r) + "\n" for r in mine)
+        if not (d / "junk.jsonl").exists() or (d / "junk.jsonl").read_text() != text:  # kept as is when equal
+            tmp = d / "junk.jsonl.tmp"
+            tmp.write_text(text)
+            tmp.rename(d / "junk.jsonl")
         counts["kinds"][kind] = {"docs": len(mine), "chars": sum(len(r["text"]) for r in mine)}
     return counts
 
