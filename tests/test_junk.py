@@ -283,3 +283,21 @@ def test_junk_run_reports_junk_and_ground_truth_measures_every_target(junk_pool,
                                        junk_pool, plan, lambada_limit=None)
     assert res["delta"]["junk keywords"]["held-out clean loss"] == pytest.approx(
         after["held-out clean loss"] - res["warmup"]["held-out clean loss"], abs=1e-9)
+
+
+def test_report_junk_table_is_mean_sd_per_kind_and_paired_against_random():
+    from datamates.report import junk_table, run_metrics
+
+    def noise(kept, shuffled):
+        return {"domain": "junk", "kept": kept, "per_kind": {"shuffled": shuffled, "keywords": kept - shuffled}}
+
+    runs = [{"name": f"s{i}", "selectors": {"random": {"noise": noise(0.08, 0.02)},
+                                            "mates": {"noise": noise(0.08 + d, 0.02 + d)}}}
+            for i, d in enumerate((0.10, 0.12, 0.14))]
+    md = junk_table(runs).splitlines()
+    assert md[0] == "| selector | junk kept | keywords | shuffled | Δ vs random [95% t] | runs above random |"
+    mates = next(line for line in md if line.startswith("| mates |"))
+    assert "20.0% ± 2.0%" in mates and "14.0% ± 2.0%" in mates and "6.0% ± 0.0%" in mates  # kept, shuffled, keywords
+    assert "+12.0%" in mates and mates.endswith("| 3/3 |")
+    assert run_metrics(runs[0]["selectors"]["mates"])["junk share kept"] == (0.18, True)
+    assert junk_table([{"name": "x", "selectors": {"random": {"noise": None}}}]) == ""
