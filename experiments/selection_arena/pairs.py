@@ -22,7 +22,8 @@ import numpy as np
 from datamates.report import paired_stats, run_metrics, summarize_run
 from datamates.run_dir import RunDir
 
-METRICS = ("lambada_openai loss", "held-out ppl (all)", "nine-task acc", "selection FLOPs")
+METRICS = ("lambada_openai loss", "held-out ppl (all)", "held-out clean loss", "LAMBADA eval ic", "LAMBADA eval nic",
+           "junk share kept", "nine-task acc", "selection FLOPs")
 
 
 def main() -> int:
