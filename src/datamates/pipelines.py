@@ -165,7 +165,7 @@ def _probe_reference(cfg: RunConfig, pool: Pool, plan, spec: str | None = None):
                               "several references combine text sets and `clean` only")
         sets.append(load_reference(part, pool.tokenizer(), size=p.reference_size, seed=p.reference_seed,
                                    index=split.reference, tokenizer_hash=pool.tokenizer_hash))
-    return sets[0] if len(sets) == 1 else combine_references(sets)
+    return sets[0] if len(sets) == 1 else combine_references(sets, parts)
 
 
 def _curve_point(cfg: RunConfig, out: Path, ckpt: Path, plan) -> None:

@@ -160,11 +160,12 @@ class ReferenceSet:
         return out
 
 
-def combine_references(sets: Sequence[ReferenceSet]) -> ReferenceSet:
-    """Several reference sets as one, each example tagged with its part (module docstring)."""
+def combine_references(sets: Sequence[ReferenceSet], names: Sequence[str] | None = None) -> ReferenceSet:
+    """Several reference sets as one, each example tagged with its part (module docstring); `names`:
+    the parts' names (default: the sets')."""
     if len(sets) < 2:
         raise InputError("combine_references: give at least two reference sets")
-    names = [s.name for s in sets]
+    names = list(names) if names is not None else [s.name for s in sets]
     examples = [e for s in sets for e in s.examples]
     parts = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
     return ReferenceSet("+".join(names), "+".join(s.source for s in sets), examples, sets[0].seed,
@@ -286,7 +287,7 @@ def load_reference(
         if index is not None:
             raise InputError(f"reference {spec!r}: load the parts one by one with their own example positions")
         return combine_references([load_reference(p, tokenizer, size=size, seed=seed, ids=ids, exclude=exclude,
-                                                  tokenizer_hash=tokenizer_hash) for p in parts])
+                                                  tokenizer_hash=tokenizer_hash) for p in parts], parts)
     if spec == CLEAN:
         raise ConfigError("reference 'clean' is the held-out clean text a MATES run's plan draws "
                           "(mates.probe.clean_per_domain); outside a run, give a pool directory")
