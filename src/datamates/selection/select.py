@@ -58,7 +58,9 @@ from datamates.config.influence import SelectConfig
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, InputError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, meta_record
+from datamates.artifacts import Output, produce, read_marker
+from datamates.identity import hash_array, hash_config, hash_ids
+from datamates.run_dir import atomic_write_json, meta_record
 from datamates.selection.scores_io import iter_scores, scores_meta
 
 log = get_logger(__name__)
@@ -280,6 +282,17 @@ def standardised_keys(cfg: SelectConfig, candidates: Candidates, pool: Pool, *, 
     return ids, z, keys, {**info, "method": method, "scale": scale, "z_mean": mu, "z_std": sd}
 
 
+def _candidates_identity(candidates: Candidates) -> str:
+    """Digest of what a selection was made from: a scores folder's DONE record (its fingerprint and
+    file sizes), or the ids (and scores) held in memory."""
+    if isinstance(candidates, str | Path):
+        rec = read_marker(candidates) or {}
+        return hash_config({"fingerprint": rec.get("fingerprint"), "files": rec.get("files")})
+    if isinstance(candidates, tuple):
+        return hash_config([hash_ids(candidates[0]), hash_array(candidates[1])])
+    return hash_ids(candidates)
+
+
 def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
            k: int | None = None, group: dict[str, Any] | None = None) -> Path:
     """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
@@ -345,7 +358,10 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
         candidates_per_domain={d: int(cand_dom[i]) for i, d in enumerate(pool.domains) if cand_dom[i]},
     )
-    with atomic_dir(out, None) as tmp:
+    identity = {"select": cfg, "method": method, "k": int(k), "pool": pool.pool_id, "group": group,
+                "candidates": _candidates_identity(candidates)}
+
+    def build(tmp: Path) -> None:
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
@@ -356,6 +372,9 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
             meta["attributes"] = write_attributes(pool, np.concatenate([i for i, _ in parts]),
                                                   np.concatenate([v for _, v in parts]), chosen, tmp)
         atomic_write_json(tmp / "meta.json", meta)
+
+    produce(Output(out, "selection", identity, inputs=(pool.path,) + ((candidates,) if isinstance(candidates, str | Path)
+                                                                      else ())), build)
     log.info("selected %d of %d candidates (%s%s) -> %s; per domain: %s", k, n, method,
              f", tau {cfg.temperature} on sd(z) {effective['z_sd']:.3g}, {effective['topk_overlap']:.0%} of exact "
              f"top-k" if method == "gumbel" and effective else "", out,
