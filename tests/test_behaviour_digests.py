@@ -27,7 +27,6 @@ from datamates.config import load_config
 from datamates.pipelines import run_mates
 from datamates.run_dir import RunDir, read_json
 
-
 SELECTORS = ["random", "loss", "mates", "mates-static", "oracle", "dsir", "perplexity", "semdedup", "fasttext",
              "qurating", "dsdm", "rholoss", "group:loss"]
 

@@ -26,16 +26,17 @@ from typing import Any
 import numpy as np
 
 from datamates import executor
-from datamates.config.base import config_hash
+from datamates.artifacts import finished, produce
 from datamates.core.pool import Pool
-from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.errors import InputError
+from datamates.identity import hash_file, hash_ids
 from datamates.log import get_logger
-from datamates.run_dir import atomic_dir, atomic_write_json, meta_record, read_json
+from datamates.run_dir import atomic_write_json, meta_record
 from datamates.selection.scores_io import (
     SIGN,
     check_candidate_ids,
-    finished_scores,
     read_shard,
+    scores_output,
     shard_name,
     write_shard,
 )
@@ -119,9 +120,7 @@ def digest(*parts: Any) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    from datamates.selection.encode import _file_digest
-
-    return _file_digest(Path(path))[:16]
+    return hash_file(path)
 
 
 
@@ -133,21 +132,14 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
     refused); meta.json (common keys + `meta()`) and DONE are written last, then the folder is
     renamed into place. `plan` must hold pool_id and model_hash."""
     out = Path(out)
-    plan = {**plan, "ids_hash": config_hash(np.asarray(ids).tolist()), "n": int(len(ids)), "shard_size": shard_size}
-    if finished_scores(out, plan):
+    plan = {**plan, "ids_hash": hash_ids(ids), "n": int(len(ids)), "shard_size": shard_size}
+    output = scores_output(out, plan, inputs=(pool.path,))
+    if finished(output):
         return out
     t0 = time.time()
     n_shards = (len(ids) + shard_size - 1) // shard_size
-    with atomic_dir(out, resume=True) as work:
-        plan_f = work / "plan.json"
-        if plan_f.exists():
-            old = read_json(plan_f)
-            diff = next((k for k, v in plan.items() if old.get(k) != v), None)
-            if diff is not None:
-                raise IncompatibleArtifacts(f"{work}: an interrupted run scored with another {diff}; delete this "
-                                            "folder to start over")
-        else:
-            atomic_write_json(plan_f, plan)
+
+    def build(work: Path) -> None:  # resumed shard by shard (produce checks the partial's fingerprint)
         done = sum((work / shard_name(i)).exists() for i in range(n_shards))
         for i in range(n_shards):
             if (work / shard_name(i)).exists():
@@ -169,13 +161,13 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
         executor.run(job, local_worker=shards, progress=desc, share=False)
         if done:
             log.info("resumed: %d of %d score shards were already done", done, n_shards)
-        plan_f.unlink()
         for name, blob in (files or {}).items():  # artifacts beside the scores (e.g. a trained classifier)
             (work / name).write_bytes(blob)
         fields = {**meta(), **plan, "shards": [shard_name(i) for i in range(n_shards)],
                   "seconds_this_call": round(time.time() - t0, 2)}
         atomic_write_json(work / "meta.json", meta_record("score-with", sign=SIGN, **fields))
-    return out
+
+    return produce(output, build, resume=True)
 
 
 def flops(n_params: int, tokens: int) -> float:

@@ -14,7 +14,6 @@ and load back bit-exactly, which is what makes resume exact.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from datamates.errors import ArtifactMissing, CorruptArtifact, IncompatibleArtifacts
+from datamates.identity import hash_dir
 from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
 
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
@@ -237,14 +237,4 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
 
 def checkpoint_hash(path: str | Path) -> str:
     """sha256 of the checkpoint's weights, optimizer state and trainer state (first 16 hex digits)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
-        f = path / name
-        if not f.exists():
-            continue
-        h.update(name.encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 23):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return hash_dir(path, ("model.safetensors", "optimizer.safetensors", "trainer_state.json"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from datamates.core.checkpoint import (
 from datamates.core.lm import autocast, build_model, flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, DatamatesError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger, is_main, progress_bar
 from datamates.run_dir import (
     Lock,
@@ -133,8 +133,7 @@ def check_schedule(cfg: TrainConfig) -> None:
         )
 
 
-def ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+ids_hash = hash_ids  # the training data's identity (identity.py)
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
 from datamates.errors import IncompatibleArtifacts, InputError
@@ -67,7 +68,6 @@ from datamates.evaluate.spec import (
     resolve_tasks,
 )
 from datamates.log import get_logger, progress_bar
-from datamates.artifacts import Output, finished, produce
 from datamates.run_dir import (
     atomic_write_json,
     atomic_write_text,

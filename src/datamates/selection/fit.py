@@ -30,13 +30,13 @@ import pyarrow.parquet as pq
 import torch
 
 from datamates import tracking
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
-from datamates.artifacts import Output, finished, produce
 from datamates.run_dir import atomic_write_json, meta_record, read_json
 from datamates.selection.encode import (
     TokenCache,

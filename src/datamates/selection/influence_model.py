@@ -25,7 +25,6 @@ LM checkpoint on x (docs/influence_model.md).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from datamates.config.base import from_dict
 from datamates.config.influence import EncoderConfig
 from datamates.core.lm import autocast
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.identity import hash_dir
 from datamates.log import progress_bar
 from datamates.run_dir import is_done, read_json
 from datamates.selection.encode import (
@@ -340,15 +340,7 @@ class LoadedInfluenceModel:
 
 def model_hash_of(folder: Path) -> str:
     """Identity of a saved influence model: its head, config and (fine-tuned) encoder weights."""
-    from datamates.selection.encode import _file_digest
-
-    h = hashlib.sha256()
-    for rel in (HEAD_FILE, LM_HEAD_FILE, "encoder/model.safetensors"):
-        f = folder / rel
-        if f.exists():
-            h.update(rel.encode())
-            h.update(_file_digest(f).encode())
-    return h.hexdigest()[:16]
+    return hash_dir(folder, (HEAD_FILE, LM_HEAD_FILE, "encoder/model.safetensors"))
 
 
 def read_influence_config(path: str | Path) -> dict[str, Any]:

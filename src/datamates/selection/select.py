@@ -53,13 +53,13 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, produce, read_marker
 from datamates.config.base import to_dict, validate
 from datamates.config.influence import SelectConfig
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, InputError
-from datamates.log import get_logger, progress_bar
-from datamates.artifacts import Output, produce, read_marker
 from datamates.identity import hash_array, hash_config, hash_ids
+from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_write_json, meta_record
 from datamates.selection.scores_io import iter_scores, scores_meta
 
