@@ -321,6 +321,8 @@ def check_replaceable(path: str | Path, kind: str | None) -> None:
 def check_not_input(path: str | Path, inputs: Iterable[str | Path]) -> None:
     """Refuse (OutputConflict, even under --force) an output that is one of the command's inputs or
     a folder holding one: writing it would destroy what it is made from."""
+    if Path(path).is_file():
+        return  # check_replaceable refuses it: "is a file, not an output folder"
     out = Path(path).resolve()
     for i in inputs:
         src = Path(i).resolve()

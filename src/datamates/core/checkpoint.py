@@ -83,7 +83,7 @@ def save_checkpoint(
     hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per checkpoint
     path = Path(path)
     model = getattr(model, "module", model)  # unwrap DDP
-    with atomic_dir(path, meta=meta) as tmp:
+    with atomic_dir(path, meta=meta, kind="checkpoint") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if optimizer is not None:
             save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))

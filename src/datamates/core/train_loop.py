@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from datamates import tracking
+from datamates.artifacts import check_not_input
 from datamates.config.base import to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import (
@@ -269,6 +270,8 @@ def train(
     check_schedule(cfg)
     ids = np.asarray(ids, dtype=np.int64)
     fp = train_fingerprint(cfg, model_cfg, pool, ids, init)
+    # produce()'s steps, spelled out: every rank of a torchrun world trains into the one partial
+    check_not_input(out, [pool.path, *([init] if init else [])])
     if reuse(out, "checkpoint", fp, force=force):
         log.info("%s is already trained; skipping", out)
         return out
