@@ -131,6 +131,11 @@ class RunDir:
     def seed_model(self) -> Path:
         return self.root / "seed"
 
+    @property
+    def irreducible_model(self) -> Path:
+        """The branch's RHO-LOSS irreducible-loss model (baselines/rholoss.py), trained once per branch."""
+        return self.base / "irreducible_model"
+
     def unit(self, name: str) -> Path:
         return self.root / "units" / name
 

@@ -34,7 +34,7 @@ from datamates.baselines._common import (
     encoder_parameters,
 )
 from datamates.config.base import config_hash, to_dict, validate
-from datamates.config.baselines import SemDeDupConfig
+from datamates.config.baselines import SemDeDupConfig, with_encoder
 from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError
@@ -80,6 +80,7 @@ def eps_for_fraction(u: np.ndarray, fraction: float) -> tuple[float, int]:
 def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, *,
              cache_dir: str | Path | None = None) -> Path:
     """SemDeDup scores (rank in the keep order) of candidates `ids`, written to `out`."""
+    cfg = with_encoder(cfg)
     validate(cfg)
     if cfg.eps is not None and not 0 < cfg.eps < 1:
         raise ConfigError(f"baselines.semdedup.eps = {cfg.eps}: must be in (0, 1)")
