@@ -9,6 +9,7 @@ Each method scores candidate sequences of a pool into a scores folder in the com
     qurating    -predicted quality of a rater fitted on judgements (Wettig et al. 2024)      quality.py
     fasttext    -P(positive) of a fastText classifier (DCLM, Li et al. 2024)                 classifier.py
     perplexity  a reference LM's log-perplexity: low / middle / high (CCNet; Ankner 2024)    perplexity.py
+    heuristic   Gopher / C4-style quality rules failed (Rae et al. 2021; Raffel et al. 2020) heuristic.py
     dsdm        TRAK datamodel scores (Engstrom et al. 2024)                                 trak.py
     rholoss     reducible loss (Mindermann et al. 2022)                                      rholoss.py
 
