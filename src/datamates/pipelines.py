@@ -35,12 +35,11 @@ from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.log import get_logger
 from datamates.plan import make_plan
-from datamates.run_dir import RunDir, encoder_cache_dir
+from datamates.run_dir import WARMUP, RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
 from datamates.selectors import StageInputs, get_selector, resolve_selectors
 
 log = get_logger(__name__)
-WARMUP = "warmup"
 
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[s
     a = cfg.ablation
     manifest = partition(pool, a.partition, rd.partitions)
     seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
-    train_partitions(manifest, pool, seed, rd.root / "units", cfg.train, cfg.model, a.branch, log_dir=rd.logs)
+    train_partitions(manifest, pool, seed, rd.units, cfg.train, cfg.model, a.branch, log_dir=rd.logs)
     return ablate(a, cfg.train, cfg.model, rd, pool)
 
 

@@ -54,6 +54,54 @@ def encoder_cache_dir(pool_dir: str | Path) -> Path:
     return Path(pool_dir) / "encoder_cache"
 
 
+WARMUP = "warmup"  # the branch of the warmup stages, shared by every selector
+TRAIN_SUMMARY = "train_summary.json"  # a checkpoint's counted training tokens and FLOPs (core/train_loop.py)
+# the artifacts of a stage folder, in data-flow order
+PROBE, INFLUENCE_MODEL, SCORES, SELECTED, CHECKPOINT, EVAL = (
+    "probe", "influence_model", "scores", "selected", "checkpoint", "eval")
+STAGE_ARTIFACTS = (PROBE, INFLUENCE_MODEL, SCORES, SELECTED, CHECKPOINT, EVAL)
+
+
+def train_summary(checkpoint: str | Path) -> Path:
+    return Path(checkpoint) / TRAIN_SUMMARY
+
+
+class StagePaths:
+    """The artifacts of one stage folder (`RunDir.stage_paths(n)`), for code that walks stages."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.number = int(self.folder.name.split("_")[1])
+
+    @property
+    def probe(self) -> Path:
+        return self.folder / PROBE
+
+    @property
+    def influence_model(self) -> Path:
+        return self.folder / INFLUENCE_MODEL
+
+    @property
+    def scores(self) -> Path:
+        return self.folder / SCORES
+
+    @property
+    def selected(self) -> Path:
+        return self.folder / SELECTED
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT
+
+    @property
+    def eval(self) -> Path:
+        return self.folder / EVAL
+
+    @property
+    def timings(self) -> Path:
+        return self.folder / "timings.json"
+
+
 class RunDir:
     """Paths of one run's artifacts. Stage numbers are 1-based and zero-padded (stage_01)."""
 
@@ -105,23 +153,35 @@ class RunDir:
     def stage(self, n: int) -> Path:
         return self.base / f"stage_{n:02d}"
 
+    def stage_paths(self, n: int) -> StagePaths:
+        return StagePaths(self.stage(n))
+
+    def stages(self) -> list[StagePaths]:
+        """The stage folders of this branch, in order."""
+        return [StagePaths(d) for d in sorted(self.base.glob("stage_[0-9]*")) if d.is_dir()]
+
+    def branches(self) -> list[str]:
+        """The selector branches of the run (folders holding stages), less the shared warmup."""
+        return [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and not p.is_symlink()
+                and p.name != WARMUP and p.name not in ("units", "merged", "gold") and any(p.glob("stage_[0-9]*"))]
+
     def probe(self, n: int) -> Path:
-        return self.stage(n) / "probe"
+        return self.stage(n) / PROBE
 
     def influence_model(self, n: int) -> Path:
-        return self.stage(n) / "influence_model"
+        return self.stage(n) / INFLUENCE_MODEL
 
     def scores(self, n: int) -> Path:
-        return self.stage(n) / "scores"
+        return self.stage(n) / SCORES
 
     def selected(self, n: int) -> Path:
-        return self.stage(n) / "selected"
+        return self.stage(n) / SELECTED
 
     def checkpoint(self, n: int) -> Path:
-        return self.stage(n) / "checkpoint"
+        return self.stage(n) / CHECKPOINT
 
     def eval(self, n: int) -> Path:
-        return self.stage(n) / "eval"
+        return self.stage(n) / EVAL
 
     @property
     def partitions(self) -> Path:
@@ -136,8 +196,12 @@ class RunDir:
         """The branch's RHO-LOSS irreducible-loss model (baselines/rholoss.py), trained once per branch."""
         return self.base / "irreducible_model"
 
+    @property
+    def units(self) -> Path:
+        return self.root / "units"
+
     def unit(self, name: str) -> Path:
-        return self.root / "units" / name
+        return self.units / name
 
     def merged(self, key: str) -> Path:
         return self.root / "merged" / key

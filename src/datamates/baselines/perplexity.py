@@ -58,9 +58,9 @@ def load_reference_lm(spec: str, device: torch.device):
 def lm_forward_flops_per_token(spec: str, model) -> float:
     """A datamates checkpoint's own figure (train_summary.json: training FLOPs per token / 3, as
     accounting.py counts an LM forward), else 2 x parameters."""
-    from datamates.run_dir import read_json
+    from datamates.run_dir import read_json, train_summary
 
-    f = Path(spec) / "train_summary.json"
+    f = train_summary(spec)
     if f.exists():
         fpt = float(read_json(f).get("flops_per_token", 0.0))
         if fpt > 0:

@@ -47,7 +47,7 @@ from datamates.core.train_loop import train
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.identity import hash_ids
 from datamates.log import get_logger
-from datamates.run_dir import atomic_write_text, is_done, read_json
+from datamates.run_dir import atomic_write_text, is_done, read_json, train_summary
 from datamates.selection.score import score_by_loss
 from datamates.selection.scores_io import finished_scores, iter_scores
 
@@ -133,7 +133,7 @@ def reducible_loss(cfg: RhoLossConfig, checkpoint: str | Path, irreducible: str 
     fpt = float(fwd["current"]["flops_per_token"]["lm_forward"])
     c = counts("lm_forward", sum(int(m["tokens"]["lm_forward"]) for m in fwd.values()), fpt)
     if charge_training:
-        summary = read_json(Path(irreducible) / "train_summary.json")
+        summary = read_json(train_summary(irreducible))
         c["tokens"]["lm_train"] = int(summary["tokens"])
         c["flops_per_token"]["lm_train"] = float(summary["flops_per_token"])
         c["flops"] += float(summary["tokens"]) * float(summary["flops_per_token"])

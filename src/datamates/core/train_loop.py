@@ -59,6 +59,7 @@ from datamates.run_dir import (
     partial_path,
     replace_dir,
     reuse,
+    train_summary,
     write_done,
 )
 
@@ -456,7 +457,7 @@ def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, met
     tracking.close(work)
     if (work / "metrics.jsonl").exists():
         shutil.copyfile(work / "metrics.jsonl", tmp_final / "metrics.jsonl")
-    atomic_write_json(tmp_final / "train_summary.json", state["summary"])
+    atomic_write_json(train_summary(tmp_final), state["summary"])
     write_done(tmp_final, "checkpoint", fp)  # certifies every file, the log and summary too
     replace_dir(tmp_final, out, "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
