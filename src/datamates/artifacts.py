@@ -382,10 +382,6 @@ class Lock:
         self.release()
 
 
-def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
-                 resume: bool = False, force: bool | None = None) -> Path:
-    """begin_partial, returning only the folder."""
-    return begin_partial(path, kind, fp, resume=resume, force=force)[0]
 
 
 def begin_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
@@ -457,7 +453,7 @@ def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: 
     every file's size) into it and rename it to `path`. The output is locked for the duration
     (a second writer refuses with one line), and only an empty folder or an artifact of the same
     kind is ever replaced. With `resume=True` a scratch directory left by a killed run is handed
-    back as it is if its fingerprint matches (open_partial); otherwise it is wiped first. On an
+    back as it is if its fingerprint matches (begin_partial); otherwise it is wiped first. On an
     exception the scratch directory stays for a later resume, except after a user error
     (DatamatesError) in one this call started (drop_fresh_partial)."""
     path = Path(path)

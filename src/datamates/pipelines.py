@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from datamates import executor
+from datamates.ablation.ablate import ablate
+from datamates.ablation.partition import partition
+from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
@@ -35,6 +38,7 @@ from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.log import get_logger
 from datamates.plan import make_plan
+from datamates.report import summarize_run
 from datamates.run_dir import WARMUP, RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
 from datamates.selectors import StageInputs, get_selector, resolve_selectors
@@ -64,15 +68,11 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         with timed(br.base, "eval", br.final_eval):
             on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval, examples=final_examples,
                                                           heldout_pools={"heldout": (pool, plan.heldout)}))
-    from datamates.report import summarize_run
 
     return on_rank0(lambda: summarize_run(rd))
 
 
 def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
-    from datamates.ablation.ablate import ablate
-    from datamates.ablation.partition import partition
-    from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 
     pool = pool or Pool(_pool(cfg, rd))
     a = cfg.ablation

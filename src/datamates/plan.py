@@ -34,6 +34,7 @@ from datamates.core.documents import DocIndex, draw_heldout
 from datamates.core.pool import Pool
 from datamates.core.reference import count_examples, reference_path, split_examples
 from datamates.errors import ConfigError
+from datamates.evaluate.spec import load_spec, resolve_tasks
 from datamates.run_dir import meta_record, read_json
 
 PLAN_VERSION = 2  # 2: held-out by whole documents, reference / evaluation split
@@ -85,7 +86,6 @@ def reference_files(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
     reference set the run reads: the probe's reference set and the evaluation's loglikelihood specs.
     Pool references (a directory) are not split: they are pool sequences, which the plan keeps
     apart by id."""
-    from datamates.evaluate.spec import load_spec, resolve_tasks
 
     files: dict[str, dict[str, list[str]]] = {}
     path = reference_path(cfg.mates.probe.reference)

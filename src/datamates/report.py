@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from datamates.ablation.ablate import headline
 from datamates.accounting import summarize_branch
+from datamates.core.pool import Pool
 from datamates.html import markdown, md_table, page_head
 from datamates.run_dir import (
     WARMUP,
@@ -36,6 +38,7 @@ from datamates.run_dir import (
     read_json,
     train_summary,
 )
+from datamates.selection.scores_io import read_scores
 
 # ----------------------------------------------------------------------------- gathering
 
@@ -483,7 +486,6 @@ def plot_domains(runs: list[dict[str, Any]], domains: list[str]) -> bytes | None
 
 
 def plot_score_hist(scores_dir: Path, selected_dir: Path) -> bytes | None:
-    from datamates.selection.scores_io import read_scores
 
     if not is_done(scores_dir):
         return None
@@ -719,7 +721,6 @@ def _ablation_section(rd: RunDir) -> dict[str, Any]:
     d = rd.ablation
     if not is_done(d) or not (d / "results.json").exists():
         return {"figs": [], "markdown": ""}
-    from datamates.ablation.ablate import headline
 
     res = read_json(d / "results.json")
     text = ("Proxy (parameter average of the unit models) vs gold (trained on the union), log-perplexity "
@@ -732,8 +733,6 @@ def _ablation_section(rd: RunDir) -> dict[str, Any]:
 
 def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[float, str]]]:
     """Highest- and lowest-scored candidates of the last scored stage of the first MATES branch."""
-    from datamates.core.pool import Pool
-    from datamates.selection.scores_io import read_scores
 
     done = [st.scores for b in reversed(rd.branches()) for st in reversed(rd.branch(b).stages())
             if is_done(st.scores)]

@@ -35,7 +35,6 @@ from datamates.artifacts import (  # noqa: F401  (re-exported)
     force_enabled,
     is_done,
     meta_record,
-    open_partial,
     partial_path,
     produce,
     read_json,

@@ -54,16 +54,26 @@ from typing import Any
 import numpy as np
 
 from datamates.accounting import timed
+from datamates.baselines._common import encoder_embeddings
+from datamates.baselines.dsir import dsir
+from datamates.baselines.perplexity import perplexity_filter
+from datamates.baselines.quality import BUNDLE_LABELS, rate
+from datamates.baselines.rholoss import irreducible_model, reducible_loss
+from datamates.baselines.semdedup import semdedup
+from datamates.baselines.trak import dsdm
+from datamates.config.base import data_dir
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
-from datamates.core.reference import ReferenceSet
+from datamates.core.reference import ReferenceSet, load_reference
 from datamates.errors import ConfigError
+from datamates.integrations.attributes import write_attributes
 from datamates.log import get_logger
-from datamates.run_dir import RunDir
+from datamates.run_dir import RunDir, read_json
 from datamates.selection.fit import fit
-from datamates.selection.probe import probe, read_labels
+from datamates.selection.group import group_order
+from datamates.selection.probe import probe, read_labels, sample_probe_set
 from datamates.selection.score import score, score_by_loss
-from datamates.selection.select import select
+from datamates.selection.select import select, standardised_keys
 
 log = get_logger(__name__)
 
@@ -92,14 +102,11 @@ def _select(x: StageInputs, candidates, **kw) -> Path:
     with timed(x.rd.stage(x.stage), "select", out):
         if x.group is not None:
             return _select_group(x, candidates, out)
-        return select(x.mates.select, candidates, x.pool, out, k=x.k, **kw)
+        return select(x.mates.select, candidates, x.pool, out, k=x.k, attributes=write_attributes, **kw)
 
 
 def _select_group(x: StageInputs, candidates, out: Path) -> Path:
     """Group-level selection (selection/group.py) on the protocol's keys, written by `select`."""
-    from datamates.baselines._common import encoder_embeddings
-    from datamates.selection.group import group_order
-    from datamates.selection.select import standardised_keys
 
     g, scfg = x.group, x.mates.select
     ids, z, keys, info = standardised_keys(scfg, candidates, x.pool)
@@ -110,7 +117,7 @@ def _select_group(x: StageInputs, candidates, out: Path) -> Path:
     ginfo.update({"protocol": {k: info[k] for k in ("method", "scale", "z_mean", "z_std")},
                   "temperature": scfg.temperature, "gumbel": scfg.gumbel, "seed": scfg.seed,
                   "encoder_tokens": int(tokens), "encoder_flops": 2.0 * n_enc * tokens})
-    return select(scfg, (ids, rank), x.pool, out, method="group", k=x.k, group=ginfo)
+    return select(scfg, (ids, rank), x.pool, out, method="group", k=x.k, group=ginfo, attributes=write_attributes)
 
 
 # ----------------------------------------------------------------------------- the scorers
@@ -129,7 +136,6 @@ def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
     """The stage's probe set: the plan's, plus (label_multiplier - 1) x as many more first-order
     probes drawn (seed probe_seed + 1) from the pool outside this block, the plan's probe set and
     its held-out documents (plan/heldout.npy, guard.npy)."""
-    from datamates.selection.probe import sample_probe_set
 
     mult = x.mates.label_multiplier if pcfg.mode == "first_order" else 1
     if mult <= 1:
@@ -215,7 +221,6 @@ def _stage_reference(x: StageInputs) -> ReferenceSet:
     """The plan's reference part; without one, `mates.probe.reference` loaded as the probe stage does."""
     if x.reference is not None:
         return x.reference
-    from datamates.core.reference import load_reference
 
     p = x.mates.probe
     own = Path(p.reference).exists() and Path(p.reference).resolve() == x.pool.path.resolve()
@@ -230,7 +235,6 @@ def _scored(x: StageInputs, fn: Callable[..., Path], cfg, *args, **kw) -> Path:
 
 
 def score_dsir(x: StageInputs) -> Path:
-    from datamates.baselines.dsir import dsir
 
     return _scored(x, dsir, _baselines(x).dsir, target=_reference_texts(x))
 
@@ -241,14 +245,11 @@ def _run_encoder(x: StageInputs, cfg):
 
 
 def score_semdedup(x: StageInputs) -> Path:
-    from datamates.baselines.semdedup import semdedup
 
     return _scored(x, semdedup, _run_encoder(x, _baselines(x).semdedup), cache_dir=x.cache_dir)
 
 
 def score_qurating(x: StageInputs) -> Path:
-    from datamates.baselines.quality import BUNDLE_LABELS, rate
-    from datamates.config.base import data_dir
 
     cfg = _run_encoder(x, _baselines(x).rater)
     cfg = replace(cfg, labels=cfg.labels or str(data_dir() / BUNDLE_LABELS))
@@ -256,7 +257,6 @@ def score_qurating(x: StageInputs) -> Path:
 
 
 def score_perplexity(x: StageInputs) -> Path:
-    from datamates.baselines.perplexity import perplexity_filter
 
     cfg = _baselines(x).perplexity
     cfg = replace(cfg, model=cfg.model or str(x.checkpoint), device=_device(x, cfg.device))
@@ -264,7 +264,6 @@ def score_perplexity(x: StageInputs) -> Path:
 
 
 def score_dsdm(x: StageInputs) -> Path:
-    from datamates.baselines.trak import dsdm
 
     cfg = _baselines(x).dsdm
     cfg = replace(cfg, device=_device(x, cfg.device))
@@ -274,8 +273,6 @@ def score_dsdm(x: StageInputs) -> Path:
 
 
 def score_rholoss(x: StageInputs) -> Path:
-    from datamates.baselines.rholoss import irreducible_model, reducible_loss
-    from datamates.run_dir import read_json
 
     cfg = _baselines(x).rholoss
     sd = x.rd.stage(x.stage)

@@ -27,11 +27,29 @@ import numpy as np
 
 from datamates import executor
 from datamates.artifacts import finished, produce
+from datamates.config.base import data_dir
+from datamates.core.lm import resolve_device
 from datamates.core.pool import Pool
+from datamates.core.reference import REFERENCE_SETS, read_pairs
 from datamates.errors import InputError
 from datamates.identity import hash_file, hash_ids
 from datamates.log import get_logger
 from datamates.run_dir import atomic_write_json, meta_record
+from datamates.selection.encode import (
+    TokenCache,
+    backbone_hash,
+    check_encoder,
+    content_budget,
+    encoder_tokens,
+    load_encoder_tokenizer,
+    resolve_backbone,
+)
+from datamates.selection.influence_model import (
+    InfluenceModel,
+    frozen_embeddings,
+    load_encoder,
+    sequence_embeddings,
+)
 from datamates.selection.scores_io import (
     SIGN,
     check_candidate_ids,
@@ -72,8 +90,6 @@ def sequence_texts(pool: Pool, ids: np.ndarray, tok=None) -> list[str]:
 def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> list[str]:
     """Texts of a reference set (context + target of each record; core/reference.py's shapes).
     One line on a set with no usable text."""
-    from datamates.config.base import data_dir
-    from datamates.core.reference import REFERENCE_SETS, read_pairs
 
     path = data_dir() / REFERENCE_SETS[spec] if spec in REFERENCE_SETS else Path(spec)
     if not path.exists():
@@ -97,9 +113,6 @@ def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Pat
     """Mean-pooled frozen-encoder embeddings [n, H] float32 of pool sequences: the frozen influence
     model's own path and cache (influence_model.frozen_embeddings). Returns (emb, encoder tokens
     run forward now, encoder parameters)."""
-    from datamates.core.lm import resolve_device
-    from datamates.selection.encode import TokenCache, backbone_hash
-    from datamates.selection.influence_model import InfluenceModel, frozen_embeddings, load_encoder
 
     cache = TokenCache(pool, enc, cache_dir)  # checks the backbone is an encoder
     cache.ensure(ids)
@@ -185,7 +198,6 @@ def counts(kind: str | None = None, tokens: int = 0, fpt: float = 0.0, **text_un
 
 def encoder_parameters(enc) -> int:
     """Parameters of an encoder folder, from its safetensors header (no weights loaded)."""
-    from datamates.selection.encode import resolve_backbone
 
     path = resolve_backbone(enc.backbone)
     files = sorted(path.glob("*.safetensors"))
@@ -208,16 +220,6 @@ def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str 
     """Mean-pooled frozen-encoder embeddings [n, H] of raw texts, by the influence model's embedding
     path (influence_model.sequence_embeddings: the same budget, chunking, pooling and precision as
     pool sequences). Returns (emb, encoder tokens, encoder parameters, backbone hash)."""
-    from datamates.core.lm import resolve_device
-    from datamates.selection.encode import (
-        backbone_hash,
-        check_encoder,
-        content_budget,
-        encoder_tokens,
-        load_encoder_tokenizer,
-        resolve_backbone,
-    )
-    from datamates.selection.influence_model import InfluenceModel, load_encoder, sequence_embeddings
 
     bpath = resolve_backbone(enc.backbone)
     check_encoder(bpath)

@@ -211,16 +211,6 @@ def trainer_state(path: str | Path) -> dict[str, Any]:
     return read_json(f) if f.exists() else {}
 
 
-def load_rng(path: str | Path) -> None:
-    f = Path(path) / "rng.safetensors"
-    if not f.exists():
-        return
-    rng = load_safetensors(f)
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def export_hf(path: str | Path, out: str | Path) -> Path:

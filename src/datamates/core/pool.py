@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -706,5 +705,3 @@ def split_ids(ids: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
     return out
 
 
-def remove_tree(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -479,6 +479,3 @@ def read_train_log(checkpoint: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
-def check_train_config(cfg: TrainConfig) -> None:
-    if cfg.steps == 0:
-        raise ConfigError("train.steps = 0: nothing to train")

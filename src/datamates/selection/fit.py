@@ -33,7 +33,8 @@ from datamates import tracking
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
-from datamates.core.lm import flops_per_token, resolve_device
+from datamates.core.checkpoint import checkpoint_hash, load_model
+from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
@@ -45,6 +46,7 @@ from datamates.selection.encode import (
     make_chunks,
     resolve_backbone,
 )
+from datamates.selection.features import LMFeaturizer, head_direction, stack_features
 from datamates.selection.influence_model import (
     CONFIG_FILE,
     HEAD_FILE,
@@ -251,7 +253,6 @@ def lm_feature_matrix(cfg: FitConfig, featurizer, pool: Pool, ids: np.ndarray, *
                       device: torch.device) -> tuple[np.ndarray, int]:
     """[n, d] features of `cfg.features` (in that order) and the encoder tokens computed: THE feature
     path of lm-mode fit and score (one LM forward per candidate, `featurizer.features`)."""
-    from datamates.selection.features import stack_features
 
     feats = featurizer.features(pool.tokens(ids), cfg.features) if any(k != "encoder" for k in cfg.features) else {}
     n_tokens = 0
@@ -270,9 +271,6 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
             history: Sequence[tuple[str | Path, float]]) -> Path:
     """lm mode: features of the LM at `checkpoint` (selection/features.py) + a ridge / MLP head."""
     from safetensors.torch import save_file
-
-    from datamates.core.checkpoint import checkpoint_hash, load_model
-    from datamates.selection.features import LMFeaturizer, head_direction
 
     pm = _probe_meta(labels)
     checkpoint = Path(checkpoint or pm.get("checkpoint") or "")
@@ -416,7 +414,6 @@ def _predict_z(model: InfluenceModel, content: list[np.ndarray], rows: np.ndarra
 
 
 def _autocast(device: torch.device, precision: str):
-    from datamates.core.lm import autocast
 
     return autocast(device, precision)
 

@@ -34,7 +34,7 @@ import torch
 from datamates import executor
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import from_dict, to_dict, validate
-from datamates.config.influence import ScoreConfig
+from datamates.config.influence import EncoderConfig, ScoreConfig
 from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
@@ -184,7 +184,6 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     """Fill the pool-level encoder-token cache for the shards to do, once, before workers start
     (frozen models: only for sequences whose embedding is not cached yet). Returns the encoder
     tokens the workers will process (counted FLOPs)."""
-    from datamates.config.influence import EncoderConfig
 
     if icfg["mode"] == "lm":
         return 0  # lm mode reads token rows from the pool

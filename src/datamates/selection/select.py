@@ -47,16 +47,18 @@ buffer per k/4 candidates that pass the threshold (benchmarks/select.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from datamates.artifacts import Output, produce, read_marker
-from datamates.config.base import to_dict, validate
+from datamates.config.base import from_dict, to_dict, validate
+from datamates.config.core import PoolConfig
 from datamates.config.influence import SelectConfig
 from datamates.core.pool import Pool
+from datamates.core.sources import write_selected
 from datamates.errors import ArtifactMissing, InputError
 from datamates.identity import hash_array, hash_config, hash_ids
 from datamates.log import get_logger, progress_bar
@@ -294,11 +296,14 @@ def _candidates_identity(candidates: Candidates) -> str:
 
 
 def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Path, *, method: str | None = None,
-           k: int | None = None, group: dict[str, Any] | None = None) -> Path:
+           k: int | None = None, group: dict[str, Any] | None = None,
+           attributes: Callable[..., dict[str, Any]] | None = None) -> Path:
     """Select from `candidates` (a scores folder, an (ids, scores) pair, or - for random - an id
     array) and write `out/ids.npy` (sorted int64) + meta.json (+ documents/ with write_documents).
     `method` and `k` override cfg.method and floor(cfg.fraction * N); `group` (method 'group') is
-    recorded in meta.json. Returns `out`."""
+    recorded in meta.json; `attributes` (the caller's writer of per-document scores: the CLI and
+    the run pass integrations/attributes.write_attributes) runs when mates.select.write_scores is
+    on. Returns `out`."""
     validate(cfg)
     out = Path(out)
     method = method or cfg.method
@@ -365,11 +370,9 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
-        if info["scores"] is not None and cfg.write_scores:  # per-document scores (integrations/attributes.py)
-            from datamates.integrations.attributes import write_attributes
-
+        if info["scores"] is not None and cfg.write_scores and attributes is not None:
             parts = [(np.asarray(i, np.int64), np.asarray(v, np.float64)) for i, v in factory()]
-            meta["attributes"] = write_attributes(pool, np.concatenate([i for i, _ in parts]),
+            meta["attributes"] = attributes(pool, np.concatenate([i for i, _ in parts]),
                                                   np.concatenate([v for _, v in parts]), chosen, tmp)
         atomic_write_json(tmp / "meta.json", meta)
 
@@ -404,9 +407,6 @@ def write_documents(pool: Pool, seq_ids: np.ndarray, out: Path) -> dict[str, Any
     written = {"documents": int(len(doc_idx)), "files": 0,
                "tokens_in_selected_sequences": int(len(seq_ids) * pool.seq_len),
                "tokens_in_documents": int(np.asarray(docs.column("n_tokens").to_numpy())[doc_idx].sum())}
-    from datamates.config.base import from_dict
-    from datamates.config.core import PoolConfig
-    from datamates.core.sources import write_selected
 
     pool_cfg = from_dict(PoolConfig, pool.meta.get("config"))
     for fi in np.unique(files):  # each input in its own format (core/sources.py)
