@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import Any
 
 from datamates import __version__
 from datamates.errors import DatamatesError, IncompatibleArtifacts, OutputConflict
+from datamates.identity import hash_text
 from datamates.log import get_logger
 
 log = get_logger(__name__)
@@ -163,7 +163,7 @@ def fingerprint(**parts: Any) -> dict[str, str]:
             return
         js = json.dumps(v, sort_keys=True, default=str)
         if len(js) > 80:
-            js = "sha256:" + hashlib.sha256(js.encode()).hexdigest()[:16]
+            js = "sha256:" + hash_text(js)
         flat[prefix] = js
 
     for key in sorted(parts):

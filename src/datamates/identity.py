@@ -9,7 +9,8 @@ digits:
                              is skipped): a checkpoint, an influence model, an encoder backbone
     hash_ids(ids)            a sequence-id array as int64 bytes (candidates, probe sets, selections)
     hash_array(a)            any array's dtype, shape and bytes (scores or labels held in memory)
-    hash_config(obj)         a config dataclass, dict or list as canonical JSON
+    hash_config(obj)         a config dataclass, dict or list as canonical JSON (hash_text of it)
+    hash_parts(*parts)       several arrays / values in order (a baseline's fitted model)
 
 An artifact's identity is a dict of such digests and config values; `artifacts.produce` flattens it
 into the fingerprint its DONE marker records (docs/run_dir.md).
@@ -66,8 +67,21 @@ def hash_array(a: Any) -> str:
     return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()[:DIGEST]
 
 
+def hash_text(text: str) -> str:
+    """sha256 of a string's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST]
+
+
 def hash_config(obj: Any) -> str:
     """sha256 of a config (dataclass, dict, list, scalar) as sorted JSON."""
-    blob = json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj,
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:DIGEST]
+    return hash_text(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+                                else obj, sort_keys=True, default=str))
+
+
+def hash_parts(*parts: Any) -> str:
+    """sha256 over several parts, each an array (its bytes) or anything else (its str), '|' after each."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else str(p).encode())
+        h.update(b"|")
+    return h.hexdigest()[:DIGEST]

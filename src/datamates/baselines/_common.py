@@ -17,7 +17,6 @@ label_mean, label_std, shards, n):
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from datamates.core.lm import resolve_device
 from datamates.core.pool import Pool
 from datamates.core.reference import REFERENCE_SETS, read_pairs
 from datamates.errors import InputError
-from datamates.identity import hash_file, hash_ids
+from datamates.identity import hash_file, hash_ids, hash_parts
 from datamates.log import get_logger
 from datamates.run_dir import atomic_write_json, meta_record
 from datamates.selection.encode import (
@@ -124,12 +123,7 @@ def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Pat
     return emb, int(tokens), sum(p.numel() for p in model.encoder.parameters())
 
 
-def digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.tobytes() if isinstance(p, np.ndarray) else str(p).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
+digest = hash_parts  # a baseline's fitted-model identity (identity.py)
 
 
 def file_digest(path: str | Path) -> str:
