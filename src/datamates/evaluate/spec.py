@@ -63,7 +63,11 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from datamates.config.base import check_name, expand_vars
+from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import ConfigError, InputError
+from datamates.log import get_logger
+
+log = get_logger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
@@ -475,6 +479,7 @@ def count_examples(spec: TaskSpec) -> int:
 
 def _records(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
     out = []
+    replaced = 0
     for line, text in _lines(path):
         if limit is not None and len(out) >= limit:
             break
@@ -484,7 +489,11 @@ def _records(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
             raise InputError(f"{path}:{line}: malformed JSON ({e.msg})") from None
         if not isinstance(rec, dict):
             raise InputError(f"{path}:{line}: a record is a JSON object, got {type(rec).__name__}")
+        rec, bad = replace_invalid_unicode(rec)  # the pool build's rule (core/jsonl.py)
+        replaced += bad
         out.append((line, rec))
+    if replaced:
+        log.warning("%s: %d lone surrogate code points (invalid Unicode) replaced by U+FFFD", path, replaced)
     return out
 
 
