@@ -1311,11 +1311,127 @@ def test_kill_9_during_score_then_the_same_command_gives_the_same_bytes(world, i
         assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
+# ----------------------------------------------------------------------------- kill -9 of the newer verbs
+#
+# Each verb runs in a subprocess that kills itself (SIGKILL) at its k-th os.replace: the first (the
+# first file made durable inside `<out>.partial`) and the last (the rename of the finished partial
+# onto `<out>`); the same command then runs to the end, and every file of `<out>` has the sha256 of
+# an uninterrupted run's (meta.json and DONE compared without their wall-clock fields).
+
+_KILLER = """
+import atexit, os, signal, sys
+n, seen, real = int(os.environ["DATAMATES_KILL_AT_REPLACE"]), [0], os.replace
+def replace(*a, **k):
+    seen[0] += 1
+    if seen[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*a, **k)
+os.replace = replace
+atexit.register(lambda: open(os.environ["DATAMATES_REPLACE_COUNT"], "w").write(str(seen[0])))
+from datamates.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_CLOCK_KEYS = ("created", "seconds", "time", "elapsed", "wall")
+
+
+def _digests(d: Path) -> dict[str, str]:
+    import hashlib
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not any(c in k for c in _CLOCK_KEYS)}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    out = {}
+    for p in sorted(q for q in d.rglob("*") if q.is_file()):
+        rel = str(p.relative_to(d))
+        if p.name == "DONE":
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".json":
+            data = json.dumps(strip(json.loads(data)), sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _killed_at(argv: list[object], k: int, count: Path) -> subprocess.CompletedProcess:
+    env = {**_env(), "DATAMATES_KILL_AT_REPLACE": str(k), "DATAMATES_REPLACE_COUNT": str(count)}
+    return subprocess.run([sys.executable, "-c", _KILLER, *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _kill_argv(verb: str, w: World, t: Path, out: Path) -> list[object]:
+    run = ["--run-dir", t / "run"]
+    if verb == "select (scores.parquet, attributes, documents)":
+        s = t / "scores" if (t / "scores").exists() else _scores_of(w.pool, t / "scores")
+        return ["select", "--scores", s, "--pool", w.pool, "--out", out, "--write-documents",
+                *w.tiny(*run, "--set", "mates.select.write_scores=true")]
+    if verb == "score-with dsir":
+        ref = t / "ref.jsonl"
+        if not ref.exists():
+            ref.write_text("".join(json.dumps({"text": f"the reference document {i} about rivers and hills " * 6}) + "\n"
+                                   for i in range(20)))
+        return ["score-with", "dsir", "--reference", ref, "--pool", w.pool, "--out", out,
+                *w.tiny(*run, "--set", "baselines.dsir.shard_size=300")]
+    if verb == "fit (frozen encoder)":
+        lab = t / "probe"
+        if not lab.exists():
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            lab.mkdir()
+            rng = np.random.default_rng(0)
+            pq.write_table(pa.table({"seq_id": np.arange(0, 48, 2, dtype=np.int64),
+                                     "ref_loss_delta": rng.normal(0, 0.01, 24)}), lab / "labels.parquet")
+        argv = ["fit", "--labels", lab, "--pool", w.pool, "--out", out, "--mode", "frozen", "--cache-dir", t / "cache",
+                *w.tiny(*run)]
+        if not (t / "cache").exists():  # the embedding cache warm before every run: meta.json counts the encoder
+            warm = cli_one_thread(*argv[:6], t / "warm", *argv[7:])  # work each command did, not the kill's effect
+            assert warm.rc == 0, warm.err
+        return argv
+    if verb == "export (model)":
+        return ["export", "--checkpoint", w.ckpt, "--out", out]
+    if verb == "merge":
+        ck2 = t / "ck2" if (t / "ck2").exists() else _ckpt_copy(w, t, "ck2")
+        return ["merge", w.ckpt, ck2, "--out", out, "--weights", "1,3", "--method", "weighted", *w.tiny(*run)]
+    raise AssertionError(verb)
+
+
+KILL_VERBS = ["select (scores.parquet, attributes, documents)", "score-with dsir", "fit (frozen encoder)",
+              "export (model)", "merge"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", KILL_VERBS)
+def test_kill_9_of_a_newer_verb_then_the_same_command_gives_the_same_bytes(world, tmp_path, verb):
+    ref = tmp_path / "ref"
+    count = tmp_path / "count"
+    r = _killed_at(_kill_argv(verb, world, tmp_path, ref), 0, count)  # 0: never killed; counts the renames
+    assert r.returncode == 0, r.stderr
+    n = int(count.read_text())
+    assert n >= 2, n
+    want = _digests(ref)
+    assert want
+    for k in sorted({1, n}):
+        out = tmp_path / f"out{k}"
+        argv = _kill_argv(verb, world, tmp_path, out)
+        k9 = _killed_at(argv, k, count)
+        assert k9.returncode == -signal.SIGKILL, k9.stderr
+        again = _killed_at(argv, 0, count)
+        assert again.returncode == 0, again.stderr
+        got = _digests(out)
+        assert got == want, (verb, k, {f for f in set(got) | set(want) if got.get(f) != want.get(f)})
+
+
 FAULT_CASES = [test_kill_9_during_score_then_the_same_command_gives_the_same_bytes, test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes, test_kill_9_during_train_then_the_same_command_gives_the_same_bytes,
                test_ctrl_c_is_one_line_exit_130_then_resumes_to_the_same_bytes,
                test_a_second_train_on_the_same_output_is_refused_by_the_lock,
                test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes,
-               *[test_read_only_output_folder_is_one_line] * 3, *[test_a_full_disk_is_one_line] * 3]
+               *[test_read_only_output_folder_is_one_line] * 3, *[test_a_full_disk_is_one_line] * 3,
+               *[test_kill_9_of_a_newer_verb_then_the_same_command_gives_the_same_bytes] * len(KILL_VERBS)]
 
 
 def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(world, tmp_path, monkeypatch):
