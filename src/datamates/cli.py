@@ -90,8 +90,8 @@ def _disk_full_line(e: BaseException) -> str | None:
             return _os_error_line(e)
         text = str(e)
         if any(m in text for m in _DISK_FULL):
-            quota = "quota" in text.lower() or "122" in text
-            return f"{'Disk quota exceeded' if quota else 'No space left on device'}; {_OS_HINTS[errno.EDQUOT if quota else errno.ENOSPC]}"
+            code = errno.EDQUOT if "quota" in text.lower() or "os error 122" in text else errno.ENOSPC
+            return f"{os.strerror(code)}; {_OS_HINTS[code]}"
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
         seen += 1
     return None

@@ -35,8 +35,8 @@ selector: probe -> fit -> score -> select): rank 0 runs `fn`; the other ranks *s
 the mailbox folder for the jobs rank 0 posts (a pickled `Job`, between datamates' own processes of
 one run, each file signed with HMAC-SHA256 under a key rank 0 draws per `lead` call and sends to the
 other ranks over the process group, never through the file system: a file anyone else wrote into
-the run folder fails the check and is never unpickled), run their shards, and return `fn`'s result when rank 0 posts it. They wait on files, with
-a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
+the run folder fails the check and is never unpickled), run their shards, and return `fn`'s
+result when rank 0 posts it. They wait on files, with a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
 on rank 0 (the ridge fit, the Gumbel-top-k merge, an evaluation) cannot hit the process-group
 timeout (config: `distributed.timeout_minutes`, default 30; only training's collectives and one
 token broadcast per `lead` call remain). A user error on rank 0 is raised on every rank.

@@ -18,6 +18,6 @@ def run(args: argparse.Namespace) -> int:
     from datamates.selectors import resolve_selectors
 
     cfg = load_config(args.config, args.sets)
-    resolve_selectors(cfg.mates.selectors)  # what `run` checks before it starts, so `show` never passes a config `run` refuses
+    resolve_selectors(cfg.mates.selectors)  # as `run` checks it: `show` never passes a config `run` refuses
     print(describe(RunConfig, obj=cfg))
     return 0
