@@ -79,11 +79,13 @@ def check_fasttext_bin(path: Path) -> None:
                           "the file is truncated or not a .bin written by fastText: copy or download it again")
 
     if size < 8 + 56:
-        raise bad("shorter than fastText's header")
+        raise InputError(f"{path}: not a fastText model ({size} bytes, shorter than fastText's header); give a .bin "
+                         "written by fastText")
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
         magic, version = struct.unpack_from("<ii", m, 0)
         if magic != FASTTEXT_MAGIC or version not in FASTTEXT_VERSIONS:
-            raise bad(f"magic {magic} / version {version}, not fastText's {FASTTEXT_MAGIC} / 11-12")
+            raise InputError(f"{path}: not a fastText model (magic {magic} / version {version}, not fastText's "
+                             f"{FASTTEXT_MAGIC} / 11-12); give a .bin written by fastText")
         dim = struct.unpack_from("<i", m, 8)[0]
         pos = 8 + 56  # 12 int32 args and one double
         if pos + 28 > size:
