@@ -876,6 +876,7 @@ def _processed(spec: TaskSpec, recs: list[tuple[int, dict[str, Any]]], path: Pat
     except ImportError:
         raise InputError(f"{spec.where.get('process_docs')}: process_docs needs the `datasets` package "
                          f"(pip install 'datamates[eval]')") from None
+    datasets.disable_progress_bars()  # datamates shows its own progress
     try:
         out = spec.process_docs(datasets.Dataset.from_list([r for _, r in recs]))
         rows = [dict(x) for x in out]
