@@ -268,7 +268,7 @@ def write_shipped(folder: Path, data: Path, names: list[str]) -> dict[str, dict]
         splits = sorted(s for s in splits if s)
         text = _drop_top_level(top.read_text(), ("dataset_path", "dataset_kwargs"))
         text = text.rstrip("\n") + "\ndataset_path: json\ndataset_kwargs:\n  data_files:\n" + "".join(
-            f"    {s}: {dfile.name}\n" for s in splits)
+            f"    {s}: {dfile.resolve()}\n" for s in splits)  # lm_eval: relative to the working folder
         top.write_text(text)
         info[name] = {"file": top, "data": dfile, "records": len(conv), "provenance": prov, "shipped": rel,
                       "task": raw.get("task") or src.stem}
@@ -301,7 +301,8 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
     from lm_eval.tasks import TaskManager
 
     from datamates.config.base import data_dir
-    from datamates.evaluate import evaluate_task, fewshot_prefixes, load_docs, load_spec
+    from datamates.evaluate import evaluate_task, load_docs, load_spec
+    from datamates.evaluate.spec import fewshot_prefixes
 
     names = args.tasks or list(SHIPPED)
     folder = OUT / "shipped_tasks"
