@@ -290,3 +290,23 @@ def test_shipped_lm_eval_yamls_give_lm_eval_s_requests(tmp_path, data):
         ours = [[(p + c, t) for c, t in zip(d.contexts, d.continuations)] for d, p in zip(docs, pre)]
         assert ours == [theirs[i] for i in range(len(docs))], name
     assert lm_eval.__version__
+
+
+# ----------------------------------------------------------------------------- where a task file may read
+
+def test_include_and_data_files_stay_below_the_task_folder_unless_allowed(tmp_path):
+    """A downloaded task file cannot read an arbitrary readable file (issue 24): `include` and
+    `data_files` must lie below its folder, the data bundle or the shipped tasks, unless
+    --allow-any-task-path."""
+    outside = tmp_path / "elsewhere"
+    write_task(outside, RECS, MC, name="data")
+    path = write_task(tmp_path / "task", RECS, {**MC, "dataset_kwargs": {"data_files": {"test": str(outside / "data.jsonl")}}})
+    with pytest.raises(ConfigError, match=r"toy\.yaml:\d+: key 'dataset_kwargs': split 'test': .*data\.jsonl is outside "
+                                          r"the task's folder; .*--allow-any-task-path"):
+        load_spec(path)
+    assert load_spec(path, allow_any_path=True).data == outside / "data.jsonl"
+    inc = write_task(tmp_path / "task2", RECS, MC)
+    inc.write_text("include: ../elsewhere/data.yaml\n" + inc.read_text())
+    with pytest.raises(ConfigError, match=rf"{inc}:1: key 'include': .*data\.yaml is outside the task's folder"):
+        load_spec(inc)
+    assert load_spec(inc, allow_any_path=True).name == "toy"

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-task-code", action="store_true", default=None,
                    help="let task files run their `!function` Python code (the .py files beside them, as "
                         "lm-evaluation-harness does); only for task folders you trust (eval.allow_task_code)")
+    p.add_argument("--allow-any-task-path", action="store_true", default=None,
+                   help="let task files read includes and data files outside their folder and the data bundle "
+                        "(eval.allow_any_task_path)")
     p.add_argument("--list-tasks", action="store_true", help="list the shipped task files and exit")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder")
     add_config_args(p)
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import flag_sets, setup
 
     flag_sets(args, {"limit": "limit", "num_fewshot": "num_fewshot", "batch_size": "batch_size", "device": "device",
-                     "log_samples": "log_samples", "allow_task_code": "allow_task_code", "tasks": "tasks", "reference": "reference"}, "eval.")
+                     "log_samples": "log_samples", "allow_task_code": "allow_task_code",
+                     "allow_any_task_path": "allow_any_task_path", "tasks": "tasks", "reference": "reference"}, "eval.")
 
     out = Path(args.out) if args.out else default_out(Path(args.checkpoint))
     if args.run_dir is None:

@@ -62,7 +62,7 @@ import numpy as np
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-from datamates.config.base import check_name, expand_vars
+from datamates.config.base import check_name, data_dir, expand_vars
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger
 
@@ -438,10 +438,25 @@ def _key_lines(text: str) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = (),
-               by: tuple[Path, int] | None = None) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
+def _roots(path: Path) -> list[Path]:
+    """Where a task file may read from without allow_any_path: its own folder (and below), the
+    data bundle ($DATAMATES_DATA) and the shipped tasks."""
+    return [path.resolve().parent, data_dir().resolve(), TASKS_DIR]
+
+
+def _outside(p: Path, roots: list[Path] | None) -> bool:
+    return roots is not None and not any(p.resolve().is_relative_to(r) for r in roots)
+
+
+OUTSIDE_HINT = ("a task file reads only below its own folder, the data bundle ($DATAMATES_DATA) and the shipped "
+                "tasks; pass --allow-any-task-path (eval.allow_any_task_path: true) if you trust this file")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), by: tuple[Path, int] | None = None,
+               roots: list[Path] | None = None) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
     """The file's keys (its `include`s merged underneath, as lm-eval's load_yaml) and where each key
-    was written. `by`: the including file and the line of its `include` key (for messages)."""
+    was written. `by`: the including file and the line of its `include` key (for messages);
+    `roots`: the folders an include may come from (None: anywhere)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -472,7 +487,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = (),
             base_path = base_path if base_path.is_absolute() else path.parent / base_path
             if base_path.resolve() in seen + (path.resolve(),):
                 raise ConfigError(f"{path}:{at[1]}: key 'include': {inc} includes itself")
-            base, base_lines = _read_yaml(base_path, seen + (path.resolve(),), by=at)
+            if _outside(base_path, roots):
+                raise ConfigError(f"{path}:{at[1]}: key 'include': {base_path} is outside the task's folder; "
+                                  f"{OUTSIDE_HINT}")
+            base, base_lines = _read_yaml(base_path, seen + (path.resolve(),), by=at, roots=roots)
             base.pop("task_list", None)  # lm-eval: not inherited
             merged.update(base)
             merged_lines.update(base_lines)
@@ -492,15 +510,18 @@ def _functions(v: Any, key: str) -> Iterator[tuple[str, FunctionRef]]:
             yield from _functions(x, f"{key}[{i}]")
 
 
-def load_spec(path: str | Path, *, allow_task_code: bool = False) -> TaskSpec:
+def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path: bool = False) -> TaskSpec:
     """Read and check a task file; every problem is a one-line ConfigError naming the file, line and key.
 
     lm-eval's meaning for every key of its task schema (HARNESS_KEYS): null is unset; keys that do
     not apply to local JSON lines are ignored with a one-line note (TaskSpec.ignored, logged);
     what cannot be honoured is refused. `!function` values run Python code from the task's folder:
-    only with allow_task_code (--allow-task-code), resolved as lm-eval resolves them."""
+    only with allow_task_code (--allow-task-code), resolved as lm-eval resolves them. `include`s and
+    data files must lie below the task file's folder, the data bundle or the shipped tasks, unless
+    allow_any_path (--allow-any-task-path)."""
     path = Path(path)
-    raw, lines = _read_yaml(path)
+    roots = None if allow_any_path else _roots(path)
+    raw, lines = _read_yaml(path, roots=roots)
 
     def where(key: str) -> str:
         f, n = lines.get(key, (path, "?"))
@@ -596,7 +617,10 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False) -> TaskSpec:
         if not isinstance(v, str):
             raise err(dkey, f"{what}: expected one file name, got {v!r} (concatenate several files into one)")
         p = Path(expand_vars(v))
-        return p if p.is_absolute() else path.parent / p
+        p = p if p.is_absolute() else path.parent / p
+        if _outside(p, roots):
+            raise err(dkey, f"{what}: {p} is outside the task's folder; {OUTSIDE_HINT}")
+        return p
 
     fcfg = raw.get("fewshot_config") or {}
     if not isinstance(fcfg, dict):

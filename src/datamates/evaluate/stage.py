@@ -102,11 +102,12 @@ def evaluate_task(
     share_context: bool = True,
     docs: list[Doc] | None = None,
     allow_task_code: bool = False,
+    allow_any_path: bool = False,
 ) -> dict[str, Any]:
     """Score one task. Returns its metrics plus `samples` (per example: line, gold, lls, ...).
     `allow_task_code`: a task file given as a path may run its `!function` code (docs/evaluation.md)."""
     if not isinstance(spec, TaskSpec):
-        spec = load_spec(spec, allow_task_code=allow_task_code)
+        spec = load_spec(spec, allow_task_code=allow_task_code, allow_any_path=allow_any_path)
     t0 = time.perf_counter()
     num_fewshot = spec.num_fewshot if num_fewshot is None else num_fewshot  # the task file's, unless set
     own_shots = num_fewshot and spec.fewshot_data is None
@@ -356,7 +357,7 @@ def evaluate(
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     # every spec and data file is checked before the model is loaded: bad input fails in a second
-    specs = [load_spec(p, allow_task_code=cfg.allow_task_code)
+    specs = [load_spec(p, allow_task_code=cfg.allow_task_code, allow_any_path=cfg.allow_any_task_path)
              for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1}
