@@ -29,19 +29,22 @@ itself when it is the same, the example itself excluded. Which shots: rng(fewsho
 index), not lm-eval's sampler, so k-shot numbers are ours (0-shot numbers are lm-eval's).
 
 Jinja2 is lm-eval's environment (StrictUndefined, keep_trailing_newline, the `regex_replace` filter)
-in a sandbox: the same text for every template lm-eval accepts, without attribute access to Python
-internals from a downloaded task file. `!function` (Python hooks: process_docs, a callable
-doc_to_text) is refused with a one-line error; a template that renders the same text for every
-record is an error (a `{field}` left from another template language renders literally); an unknown
-key is an error naming it.
+in a sandbox, with a time and size limit per record (RENDER_SECONDS, RENDER_CHARS): the same text for
+every template lm-eval accepts, without attribute access to Python internals from a downloaded task
+file. Every key of lm-eval's task schema is read with lm-eval's meaning (HARNESS_KEYS; null is unset;
+keys that do not apply to local files are ignored with a one-line note; what cannot be honoured is
+refused naming file:line and key). `!function` (Python hooks: process_docs, a callable doc_to_text)
+runs only with allow_task_code (--allow-task-code), resolved as lm-eval resolves it; without it, it
+is refused naming the flag. Text meant as a placeholder but scored as written (a `{field}`, a YAML
+list of `{{...}}` choices) is refused from the first record (docs/evaluation.md).
 
 Decisions where lm-eval has no local-file equivalent: relative `data_files` are relative to the task
 file; `${DATAMATES_DATA}` and `$ENV` expand; a single file (not a split mapping) is the evaluated
-split; one file per split. `metric_list` names what is averaged: acc_norm when it lists acc_norm,
-else acc (acc, acc_norm and the continuous metrics are always computed). acc_norm divides by the
-characters of each choice (lm-eval); for multiple inputs by the shared target's length, so it
-equals acc (lm-eval reports acc only there). A gold index out of range is an error naming the
-line (lm-eval warns and scores 0).
+split; one file per split; includes and data files lie below the task file's folder, the data bundle
+or the shipped tasks unless allow_any_path. `metric_list` names what is averaged: acc_norm when it
+lists acc_norm, else acc. acc_norm divides by the characters of each choice (lm-eval); for multiple
+inputs the choices are the contexts, so by each context's length (lm-eval's process_results). A gold
+outside the choices is warned about per record and scores 0 (lm-eval).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Multiple-choice tasks follow lm-evaluation-harness (`output_type: multiple_choic
 
     LL_k     = sum of the log-probabilities of choice k's continuation tokens
     acc      = [argmax_k LL_k == gold]
-    acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]
+    acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]   (multiple inputs: the choices
+                                                             are the contexts, as lm-eval)
+    acc_bytes, exact_match, brier_score, f1, mcc: lm-eval's, when metric_list names them (_mc_metrics)
     stderr   = sample std (n - 1) / sqrt(n)          (lm-eval's `mean_stderr`)
 
 Continuous metrics (DataDecide, Magnusson et al. 2025, §3: at small scale the probability the
