@@ -298,7 +298,7 @@ def _requests(sample: dict) -> list[tuple[str, str]]:
 
 def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     from datamates.config.base import data_dir
     from datamates.evaluate import evaluate_task, load_docs, load_spec
@@ -329,6 +329,7 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
                               bootstrap_iters=0, log_samples=True, verbosity="ERROR", num_fewshot=0)
         dt_theirs = time.perf_counter() - t
         key = info[name]["task"]
+        task = get_task_dict([key], tm)[key]
         samples = sorted(res["samples"][key], key=lambda s: s["doc_id"])
         metrics = {k.split(",")[0]: v for k, v in res["results"][key].items()}
         docs = load_docs(spec, limit=args.limit)
@@ -345,9 +346,15 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
             mine = np.array(o["lls"])
             diffs.append(np.abs(theirs_ll - mine).max())
             rel.append((np.abs(theirs_ll - mine) / np.maximum(np.abs(theirs_ll), 1e-30)).max())
-            # lm_eval logs the metrics its metric_list names; ours are always computed
-            their_norm = float(s["acc_norm"]) if "acc_norm" in s else float(
-                np.argmax(theirs_ll / np.array(d.norm_len, np.float64)) == d.gold)
+            # lm_eval logs the metrics its metric_list names; where acc_norm is not listed, its
+            # definition (process_results) on lm_eval's own choices and log-likelihoods
+            if "acc_norm" in s:
+                their_norm = float(s["acc_norm"])
+            else:
+                lens = np.array([len(c) for c in task.doc_to_choice(s["doc"])], np.float64)
+                gold = task.doc_to_text(s["doc"]) if task.multiple_input else task.doc_to_target(s["doc"])
+                gold = task.doc_to_choice(s["doc"]).index(gold) if isinstance(gold, str) else gold
+                their_norm = float(np.argmax(theirs_ll / lens) == gold)
             same["acc"] += int(float(s["acc"]) == o["acc"])
             same["acc_norm"] += int(their_norm == o["acc_norm"])
         row = {"shipped_file": f"lm_eval/tasks/{info[name]['shipped']}", "data": info[name]["provenance"],
@@ -356,6 +363,8 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
                "max_rel_ll_diff": float(np.max(rel)), "same_acc_per_example": same["acc"],
                "same_acc_norm_per_example": same["acc_norm"],
                "acc_norm_listed": "acc_norm" in spec.metrics,
+               "acc_norm_lm_eval_from": "its samples" if "acc_norm" in spec.metrics
+               else "its process_results formula on its own choices and log-likelihoods",
                "ours": {k: ours[k] for k in ("acc", "acc_norm")},
                "lm_eval": {k: metrics[k] for k in ("acc", "acc_norm") if k in metrics},
                "seconds_ours": round(dt_ours, 3), "seconds_lm_eval": round(dt_theirs, 3),
