@@ -40,12 +40,14 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DATAMATES_PROGRESS", "0")
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # lm_eval's get_task_dict
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -307,10 +309,12 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
     names = args.tasks or list(SHIPPED)
     folder = OUT / "shipped_tasks"
     info = write_shipped(folder, data_dir(), names)
-    tm = TaskManager(include_path=str(folder), include_defaults=False)
+    # one task index per task folder: an included task file (arc_challenge includes arc_easy.yaml)
+    # would otherwise clash with the other folder's task of the same name
+    tms = {name: TaskManager(include_path=str(folder / name), include_defaults=False) for name in names}
     sg_time, ll_time = timers
     for name in names:  # lm_eval's datasets cache (json -> arrow) before timing
-        simple_evaluate(model=lm, tasks=[info[name]["task"]], task_manager=tm, limit=1, bootstrap_iters=0,
+        simple_evaluate(model=lm, tasks=[info[name]["task"]], task_manager=tms[name], limit=1, bootstrap_iters=0,
                         log_samples=False, verbosity="ERROR", num_fewshot=0)
     ll_time[0] = 0.0
     per_task = {}
@@ -325,11 +329,11 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
         dt_ours = time.perf_counter() - t
         ll0 = ll_time[0]
         t = time.perf_counter()
-        res = simple_evaluate(model=lm, tasks=[info[name]["task"]], task_manager=tm, limit=args.limit,
+        res = simple_evaluate(model=lm, tasks=[info[name]["task"]], task_manager=tms[name], limit=args.limit,
                               bootstrap_iters=0, log_samples=True, verbosity="ERROR", num_fewshot=0)
         dt_theirs = time.perf_counter() - t
         key = info[name]["task"]
-        task = get_task_dict([key], tm)[key]
+        task = get_task_dict([key], tms[name])[key]
         samples = sorted(res["samples"][key], key=lambda s: s["doc_id"])
         metrics = {k.split(",")[0]: v for k, v in res["results"][key].items()}
         docs = load_docs(spec, limit=args.limit)
