@@ -298,6 +298,27 @@ def _requests(sample: dict) -> list[tuple[str, str]]:
     return out
 
 
+class _Totals:
+    """Seconds and examples summed over tasks (both modes): the speed figures of the summary."""
+
+    def __init__(self) -> None:
+        self.t_ours = self.t_theirs = self.f_ours = self.f_theirs = 0.0
+        self.n = 0
+
+    def add(self, dt_ours: float, dt_theirs: float, row: dict, n: int) -> None:
+        self.t_ours += dt_ours
+        self.t_theirs += dt_theirs
+        self.f_ours += row["forward_seconds_ours"]
+        self.f_theirs += row["forward_seconds_lm_eval"]
+        self.n += n
+
+    def speed(self) -> dict:
+        return {"examples_per_second_ours": round(self.n / self.t_ours, 2),
+                "examples_per_second_lm_eval": round(self.n / self.t_theirs, 2),
+                "speed_ratio_end_to_end": round(self.t_theirs / self.t_ours, 2),
+                "speed_ratio_forward_only": round(self.f_theirs / self.f_ours, 2) if self.f_ours else None}
+
+
 def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -318,8 +339,7 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
                         log_samples=False, verbosity="ERROR", num_fewshot=0)
     ll_time[0] = 0.0
     per_task = {}
-    t_ours = t_theirs = f_ours = f_theirs = 0.0
-    n_all = 0
+    tot = _Totals()
     for name in names:
         spec = load_spec(info[name]["file"], allow_task_code=True)
         sg0 = sg_time[0]
@@ -375,24 +395,17 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
                "forward_seconds_ours": round(sg_time[0] - sg0, 3),
                "forward_seconds_lm_eval": round(ll_time[0] - ll0, 3), "ignored_notes": spec.ignored}
         per_task[name] = row
-        t_ours += dt_ours
-        t_theirs += dt_theirs
-        f_ours += row["forward_seconds_ours"]
-        f_theirs += row["forward_seconds_lm_eval"]
-        n_all += n
+        tot.add(dt_ours, dt_theirs, row, n)
         print(f"{name}: n={n} requests {same_req}/{n} max|dLL|={row['max_abs_ll_diff']:.2e} acc {same['acc']}/{n} "
               f"acc_norm {same['acc_norm']}/{n}  {dt_ours:.1f}s vs {dt_theirs:.1f}s", file=sys.stderr)
-    return {"mode": "shipped", "examples": n_all,
+    return {"mode": "shipped", "examples": tot.n,
             "all_requests_identical": all(r["requests_identical"] for r in per_task.values()),
             "max_abs_ll_diff": max(r["max_abs_ll_diff"] for r in per_task.values()),
             "max_rel_ll_diff": max(r["max_rel_ll_diff"] for r in per_task.values()),
             "all_acc_identical_per_example": all(r["same_acc_per_example"] == r["n"] for r in per_task.values()),
             "all_acc_norm_identical_per_example": all(r["same_acc_norm_per_example"] == r["n"]
                                                       for r in per_task.values()),
-            "examples_per_second_ours": round(n_all / t_ours, 2),
-            "examples_per_second_lm_eval": round(n_all / t_theirs, 2),
-            "speed_ratio_end_to_end": round(t_theirs / t_ours, 2),
-            "speed_ratio_forward_only": round(f_theirs / f_ours, 2) if f_ours else None,
+            **tot.speed(),
             "tasks": per_task}
 
 
@@ -477,9 +490,7 @@ def main() -> None:
     ll_time[0] = 0.0
 
     per_task, max_diff_all = {}, 0.0
-    t_ours = t_theirs = 0.0
-    ll_ours = ll_theirs = 0.0
-    n_all = 0
+    tot = _Totals()
     for name in args.tasks:
         spec = load_spec(TASKS_DIR / f"{name}.yaml")
         sg0 = sg_time[0]
@@ -525,26 +536,19 @@ def main() -> None:
             row["acc_norm_identical"] = row["ours"]["acc_norm"] == row["lm_eval"]["acc_norm"]
         per_task[name] = row
         max_diff_all = max(max_diff_all, row["max_abs_ll_diff"])
-        t_ours += dt_ours
-        t_theirs += dt_theirs
-        ll_ours += row["forward_seconds_ours"]
-        ll_theirs += row["forward_seconds_lm_eval"]
-        n_all += n
+        tot.add(dt_ours, dt_theirs, row, n)
         print(f"{name}: n={n} max|dLL|={row['max_abs_ll_diff']:.2e} acc {row['ours']['acc']:.4f}/"
               f"{row['lm_eval']['acc']:.4f}  {dt_ours:.1f}s vs {dt_theirs:.1f}s", file=sys.stderr)
     summary = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, "
                                                      f"{args.threads} thread(s)",
         "checkpoint": str(ckpt), "n_params": sum(p.numel() for p in ours_model.parameters()),
-        "limit": args.limit, "batch_size": args.batch_size, "examples": n_all,
+        "limit": args.limit, "batch_size": args.batch_size, "examples": tot.n,
         "max_abs_ll_diff": max_diff_all, "ll_within_1e-4": max_diff_all <= 1e-4,
         "max_rel_ll_diff": max(r["max_rel_ll_diff"] for r in per_task.values()),
         "all_acc_identical": all(r["acc_identical"] for r in per_task.values()),
         "all_acc_norm_identical": all(r.get("acc_norm_identical", True) for r in per_task.values()),
-        "examples_per_second_ours": round(n_all / t_ours, 2),
-        "examples_per_second_lm_eval": round(n_all / t_theirs, 2),
-        "speed_ratio_end_to_end": round(t_theirs / t_ours, 2),
-        "speed_ratio_forward_only": round(ll_theirs / ll_ours, 2) if ll_ours else None,
+        **tot.speed(),
         "tasks": per_task,
     }
     OUT.mkdir(parents=True, exist_ok=True)
