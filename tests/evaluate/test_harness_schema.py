@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -242,19 +241,18 @@ def test_label_shift_is_warned_per_record_and_scored_0(tmp_path, caplog):
 # ----------------------------------------------------------------------------- render limit
 
 @pytest.mark.parametrize("template, expect", [
-    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{q}}", "took more than"),
+    # 40M empty iterations: over a second here, unlimited before issue 24 (100000 x 100000 ran for hours)
+    ("{% for i in range(10000) %}{% for j in range(4000) %}{% endfor %}{% endfor %}{{q}}", "took more than"),
     ("{% for i in range(100000) %}{% for j in range(1000) %}xxxxxxxxxx{% endfor %}{% endfor %}", "passed"),
     ("{{ q * 100000000 }}", "'\\*' would build"),
 ])
 def test_render_has_a_time_and_size_limit(tmp_path, monkeypatch, template, expect):
     import datamates.evaluate.spec as spec_mod
 
-    monkeypatch.setattr(spec_mod, "RENDER_SECONDS", 1.0)
+    monkeypatch.setattr(spec_mod, "RENDER_SECONDS", 0.2)
     path = write_task(tmp_path, RECS[:2], {**MC, "doc_to_text": template})
-    t = time.monotonic()
     with pytest.raises(InputError, match=rf"toy\.jsonl:1: template stopped: .*{expect}.*key 'doc_to_text'"):
         load_docs(load_spec(path))
-    assert time.monotonic() - t < 60  # stopped, not run for minutes
 
 
 # ----------------------------------------------------------------------------- lm_eval itself
