@@ -391,7 +391,10 @@ def evaluate(
         if tok_hash and pool_hash != tok_hash:
             raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
                                         f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("tasks", "reference", "heldout_pools", "device")}
+    # the two permissions decide whether a task file loads, not its numbers (its code files' bytes
+    # are in the task's fingerprint): a finished evaluation stays valid when they change
+    settings = {k: v for k, v in to_dict(cfg).items()
+                if k not in ("tasks", "reference", "heldout_pools", "device", "allow_task_code", "allow_any_task_path")}
     request = {"schema": SCHEMA, "checkpoint": ident, "settings": settings,
                "tasks": {s.name: s.fingerprint() for s in specs},
                **({"examples": {k: config_hash([int(i) for i in v]) for k, v in examples.items()}} if examples else {}),
