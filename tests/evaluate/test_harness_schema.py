@@ -51,13 +51,24 @@ def test_null_splits_and_a_kept_dataset_name_are_accepted(tmp_path):
     ("process_results", "x", r"key 'process_results': datamates computes the metrics itself"),
     ("doc_to_image", "img", r"key 'doc_to_image': multimodal tasks are not scored"),
     ("group", "mygroup", r"key 'group': this is an lm-eval group file"),
-    ("fewshot_config", {"sampler": "balanced"}, r"key 'fewshot_config': sampler 'balanced'"),
     ("dataset_kwargs", {"data_files": {"test": "toy.jsonl"}, "name": "x"}, r"key 'dataset_kwargs': 'name' cannot be honoured"),
 ])
 def test_what_cannot_be_honoured_is_refused_with_file_line_key(tmp_path, key, value, expect):
     path = write_task(tmp_path, RECS, {**MC, key: value})
     with pytest.raises(ConfigError, match=r"toy\.yaml:\d+: " + expect):
         load_spec(path)
+
+
+def test_fewshot_config_that_only_shots_need_is_refused_when_shots_are_asked_for(tmp_path):
+    from datamates.evaluate.spec import fewshot_prefixes
+
+    path = write_task(tmp_path, RECS, {**MC, "fewshot_config": {"sampler": "balanced", "samples": [{"q": "x"}]}})
+    spec = load_spec(path)
+    docs = load_docs(spec)
+    assert fewshot_prefixes(spec, docs, 6, 0, 0) == [""] * 6  # 0-shot: lm-eval's prompts, nothing to honour
+    with pytest.raises(ConfigError, match=r"toy\.yaml:\d+: key 'fewshot_config': sampler 'balanced' .* cannot be "
+                                          r"honoured with num_fewshot = 2"):
+        fewshot_prefixes(spec, docs, 6, 2, 0)
 
 
 def test_null_values_of_unsupported_keys_are_unset(tmp_path):

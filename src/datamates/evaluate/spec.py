@@ -368,6 +368,7 @@ class TaskSpec:
     harness_task: str = ""
     process_docs: Any = None  # the resolved !function (allow_task_code)
     fewshot_sampler: str = "default"  # fewshot_config.sampler: default (seeded draw) or first_n
+    fewshot_unsupported: list[str] = field(default_factory=list)  # fewshot_config entries only k > 0 needs
     ignored: list[str] = field(default_factory=list)  # one-line notes: keys that do not apply here
     code_files: list[Path] = field(default_factory=list)  # the Python files of its !function values
     raw: dict[str, Any] = field(default_factory=dict)
@@ -628,11 +629,13 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
     fcfg = raw.get("fewshot_config") or {}
     if not isinstance(fcfg, dict):
         raise err("fewshot_config", f"expected a mapping, got {type(fcfg).__name__}")
+    # only k-shot prompts use these: what cannot be honoured is refused when shots are asked for
+    fewshot_unsupported = []
     for k, v in fcfg.items():
         if k == "sampler" and v not in ("default", "first_n"):
-            raise err("fewshot_config", f"sampler {v!r}: datamates draws shots as 'default' (seeded) or 'first_n'")
-        if k not in ("sampler", "split") and v is not None:
-            raise err("fewshot_config", f"'{k}' cannot be honoured (supported: sampler, split)")
+            fewshot_unsupported.append(f"sampler {v!r} (datamates draws shots as 'default', seeded, or 'first_n')")
+        elif k not in ("sampler", "split") and v is not None:
+            fewshot_unsupported.append(f"'{k}' (supported: sampler, split)")
     fewshot_split = fcfg.get("split") or raw.get("fewshot_split")
     if isinstance(files, dict):
         for s, v in files.items():
@@ -676,6 +679,7 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
                     fewshot_delimiter=raw.get("fewshot_delimiter") if raw.get("fewshot_delimiter") is not None
                     else "\n\n", fewshot_data=fewshot_data, raw=raw, where={k: where(k) for k in raw},
                     process_docs=code.get("process_docs"), fewshot_sampler=fcfg.get("sampler") or "default",
+                    fewshot_unsupported=[f"{where('fewshot_config')}: key 'fewshot_config': {u}" for u in fewshot_unsupported],
                     code_files=sorted(set(code_files)))
     if raw.get("description") == "":
         raw = {k: v for k, v in raw.items() if k != "description"}  # lm-eval's default
@@ -977,6 +981,9 @@ def fewshot_prefixes(spec: TaskSpec, docs: list[Doc], n_eval: int, k: int, seed:
     rng(seed, doc index) from `shots` (the few-shot split), or from `docs` without the example itself."""
     if k == 0:
         return [d.description for d in docs[:n_eval]]
+    if spec.fewshot_unsupported:
+        raise ConfigError(f"{spec.fewshot_unsupported[0]} cannot be honoured with num_fewshot = {k}; "
+                          f"evaluate 0-shot or remove it")
     pool = shots if shots is not None else docs
     skip_self = shots is None
     if k > len(pool) - skip_self:

@@ -56,7 +56,7 @@ import torch
 
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
-from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.evaluate.scoring import encode_pairs, score_groups
 from datamates.evaluate.spec import (
     NO_GOLD,
@@ -368,6 +368,11 @@ def evaluate(
     def shots_from_file(s: TaskSpec) -> bool:  # shots drawn from the evaluated file itself: load all of it
         return bool(s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot) and s.fewshot_data is None
 
+    for s in specs:  # a few-shot setting the task file cannot honour: before the model loads
+        k = s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot
+        if k and s.fewshot_unsupported:
+            raise ConfigError(f"{s.fewshot_unsupported[0]} cannot be honoured with num_fewshot = {k}; "
+                              f"evaluate 0-shot or remove it")
     all_docs = {s.name: load_docs(s, limit=cfg.limit if not shots_from_file(s) else None) for s in specs}
     for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
         if name in all_docs:
