@@ -319,3 +319,16 @@ def test_include_and_data_files_stay_below_the_task_folder_unless_allowed(tmp_pa
     with pytest.raises(ConfigError, match=rf"{inc}:1: key 'include': .*data\.yaml is outside the task's folder"):
         load_spec(inc)
     assert load_spec(inc, allow_any_path=True).name == "toy"
+
+
+def test_a_metric_aggregation_function_gets_lm_eval_s_items(tiny_model, tiny_tok, tmp_path):
+    """`aggregation: !function utils.weighted_f1_score` (afrimmlu and 1,150 shipped files): with
+    --allow-task-code the function gets the metric's per-example items, (gold, pred) for f1."""
+    path = write_task(tmp_path, RECS, {**MC, "metric_list": [{"metric": "acc"}, {"metric": "f1", "aggregation": "X"}]})
+    (tmp_path / "utils.py").write_text("def agg(items):\n    return sum(10 * g + p for g, p in items)\n")
+    path.write_text(path.read_text().replace("aggregation: X", "aggregation: !function utils.agg"))
+    with pytest.raises(ConfigError, match=r"key 'metric_list\[1\]\.aggregation': .*--allow-task-code"):
+        load_spec(path)
+    res = evaluate_task(tiny_model, tiny_tok, load_spec(path, allow_task_code=True))
+    preds = [int(np.argmax(s["lls"])) for s in res["samples"]]
+    assert res["f1"] == sum(10 * r["g"] + p for r, p in zip(RECS, preds))

@@ -369,6 +369,7 @@ class TaskSpec:
     process_docs: Any = None  # the resolved !function (allow_task_code)
     fewshot_sampler: str = "default"  # fewshot_config.sampler: default (seeded draw) or first_n
     fewshot_unsupported: list[str] = field(default_factory=list)  # fewshot_config entries only k > 0 needs
+    aggregations: dict[str, Any] = field(default_factory=dict)  # metric -> its !function aggregation
     ignored: list[str] = field(default_factory=list)  # one-line notes: keys that do not apply here
     code_files: list[Path] = field(default_factory=list)  # the Python files of its !function values
     raw: dict[str, Any] = field(default_factory=dict)
@@ -555,9 +556,11 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
             raise ConfigError(f"{ref.file}:{ref.line}: key '{kp}': '!function {ref.qual}' runs Python code from "
                               f"{ref.file.parent}; pass --allow-task-code (eval.allow_task_code: true) if you trust "
                               f"that folder, or write the step as a Jinja2 template")
-        if kp not in ("process_docs", "doc_to_text", "doc_to_target", "doc_to_choice", "description"):
+        if kp not in ("process_docs", "doc_to_text", "doc_to_target", "doc_to_choice", "description") and \
+                not re.fullmatch(r"metric_list\[\d+\]\.aggregation", kp):
             raise ConfigError(f"{ref.file}:{ref.line}: key '{kp}': a !function here cannot be honoured (datamates "
-                              f"runs task code for process_docs, doc_to_text, doc_to_target and doc_to_choice)")
+                              f"runs task code for process_docs, doc_to_text, doc_to_target, doc_to_choice, "
+                              f"description and a metric's aggregation)")
         fn, src = resolve_function(ref)
         code[kp] = fn
         if src is not None:
@@ -710,7 +713,9 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
         agg = m.get("aggregation") if isinstance(m, dict) else None
         default_agg = {"perplexity": "perplexity", "brier_score": "brier_score", "f1": "f1",
                        "mcc": "matthews_corrcoef"}.get(name_, "mean")
-        if agg is not None and agg != default_agg:
+        if isinstance(agg, FunctionRef):  # lm-eval: the function gets the metric's per-example items
+            spec.aggregations[name_] = code[f"metric_list[{i}].aggregation"]
+        elif agg is not None and agg != default_agg:
             raise err("metric_list", f"item {i}: aggregation {agg!r} of {name_}: datamates aggregates it by "
                                      f"{default_agg} (lm-eval's default)")
         metrics.append(name_)

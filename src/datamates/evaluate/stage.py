@@ -145,6 +145,13 @@ def evaluate_task(
                             "greedy": bool(s.greedy[0])})
         res.update(loss=float(nll.sum() / ntok.sum()), acc=float(hit.mean()), acc_stderr=_stderr(hit),
                    ppl=float(math.exp(nll.mean())), n_tokens=int(ntok.sum()))
+        items = {"perplexity": (-nll).tolist(), "acc": [int(h) for h in hit]}  # lm-eval's items
+        for metric, fn in spec.aggregations.items():  # a task's own aggregation (!function)
+            try:
+                res[metric] = float(fn(items[metric]))
+            except Exception as e:  # the task's own code failed
+                raise InputError(f"{spec.where.get('metric_list', spec.path)}: key 'metric_list': the aggregation "
+                                 f"of {metric} raised {type(e).__name__}: {e}") from None
     res["n_input_tokens"] = int(sum(s.n_input_tokens for s in scores))  # counted FLOPs (accounting.py)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     res["samples"] = samples
@@ -158,7 +165,7 @@ def _mc_metrics(spec: TaskSpec, docs: list[Doc], scores: list, samples: list[dic
     acc, acc_norm, acc_bytes = np.zeros(n), np.zeros(n), np.zeros(n)
     gold_lp, gold_p = np.full(n, np.nan), np.full(n, np.nan)
     brier, exact = np.zeros(n), np.zeros(n)
-    golds, preds = [], []
+    golds, preds, probs = [], [], []
     for i, (d, s) in enumerate(zip(docs, scores)):
         ll = np.asarray(s.ll, np.float64)
         pred = int(np.argmax(ll))
@@ -173,6 +180,7 @@ def _mc_metrics(spec: TaskSpec, docs: list[Doc], scores: list, samples: list[dic
             gold_lp[i], gold_p[i] = gold_continuous(ll, d.continuations, d.gold)
             exact[i] = float(bool(s.greedy[d.gold]))
         brier[i] = float(np.sum((prob - onehot) ** 2))
+        probs.append(prob)
         golds.append(d.gold)
         preds.append(pred)
         sample = {"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "acc": acc[i], "acc_norm": acc_norm[i],
@@ -196,6 +204,17 @@ def _mc_metrics(spec: TaskSpec, docs: list[Doc], scores: list, samples: list[dic
         out["f1"] = f1_binary(golds, preds)
     if "mcc" in spec.metrics:
         out["mcc"] = matthews(golds, preds)
+    # a task's own aggregation (!function, allow_task_code) over lm-eval's per-example items
+    items = {"acc": acc.tolist(), "acc_norm": acc_norm.tolist(), "acc_bytes": acc_bytes.tolist(),
+             "exact_match": [int(x) for x in exact], "f1": list(zip(golds, preds)), "mcc": list(zip(golds, preds)),
+             "brier_score": [(g, p) for g, p in zip(golds, probs)]}
+    for metric, fn in spec.aggregations.items():
+        try:
+            out[metric] = float(fn(items[metric]))
+        except Exception as e:  # the task's own code failed
+            raise InputError(f"{spec.where.get('metric_list', spec.path)}: key 'metric_list': the aggregation of "
+                             f"{metric} raised {type(e).__name__}: {e}") from None
+        out[f"{metric}_stderr"] = float("nan")  # lm-eval bootstraps it; not here
     return out
 
 
