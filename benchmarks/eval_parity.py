@@ -16,6 +16,9 @@ data, which is all a parity check of requests and log-likelihoods needs. datamat
 files with --allow-task-code; lm_eval reads them with TaskManager(include_path=..., include_defaults=False).
 Compared per example: every request (context, continuation), every log-likelihood, acc and acc_norm.
 
+--mode schema: which of the installed lm_eval's multiple_choice / loglikelihood task files datamates
+loads with only the data source changed (with and without --allow-task-code); no model, no data.
+
 --mode adapted (the former benchmark):
 
 1. A tiny GPT-NeoX (preset `tiny`, configs/tiny_cpu.yaml) is trained on the tiny_cpu pool
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -409,18 +413,74 @@ def run_shipped(args, lm, ours_model, ours_tok, timers) -> dict:
             "tasks": per_task}
 
 
+def survey_schema(allow_task_code: bool) -> dict:
+    """--mode schema: every multiple_choice / loglikelihood task file of the installed lm_eval, loaded by
+    datamates with only the data source changed (a wrapper YAML: `include:` the shipped file, then
+    dataset_path: json and data_files); counts of what loads and of each refusal. No model."""
+    import collections
+    import re
+    import tempfile
+
+    import lm_eval
+
+    from datamates.errors import ConfigError
+    from datamates.evaluate import load_spec
+    from datamates.evaluate.spec import _read_yaml
+
+    logging.getLogger("datamates").setLevel(logging.ERROR)
+    root = Path(lm_eval.__file__).parent / "tasks"
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "d.jsonl").write_text('{"x": 1}\n')
+    cnt: collections.Counter = collections.Counter()
+    example: dict[str, str] = {}
+    n = 0
+    for f in sorted(root.rglob("*.yaml")):
+        try:
+            raw, _ = _read_yaml(f)
+        except Exception:  # group files, templates without a task
+            continue
+        if "task" not in raw or raw.get("output_type") not in ("multiple_choice", "loglikelihood"):
+            continue
+        n += 1
+        splits = sorted({raw.get(k) for k in ("training_split", "validation_split", "test_split",
+                                              "fewshot_split")} - {None} | {"test"})
+        w = tmp / f"w{n}.yaml"
+        w.write_text(f"include: {f}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                     + "".join(f"    {s}: d.jsonl\n" for s in splits))
+        try:
+            load_spec(w, allow_any_path=True, allow_task_code=allow_task_code)
+            cnt["loads"] += 1
+        except ConfigError as e:
+            msg = str(e)
+            m = re.search(r"key '([^']+)'", msg)
+            why = ("!function: needs --allow-task-code" if "--allow-task-code" in msg
+                   else f"{m.group(1)}: {msg.split(m.group(0))[-1].strip(': ')[:70]}" if m else msg[-70:])
+            cnt[why] += 1
+            example.setdefault(why, str(f.relative_to(root)))
+    return {"mode": "schema", "lm_eval": lm_eval.__version__, "allow_task_code": allow_task_code, "task_files": n,
+            "outcomes": [{"count": c, "outcome": k, "example": example.get(k, "")} for k, c in cnt.most_common()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=200, help="first N examples of each task")
     ap.add_argument("--steps", type=int, default=150, help="training steps of the tiny checkpoint")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both")
-    ap.add_argument("--mode", choices=("shipped", "adapted"), default="shipped",
-                    help="shipped: lm_eval's own task files (issue 26); adapted: task files written here")
+    ap.add_argument("--mode", choices=("shipped", "adapted", "schema"), default="shipped",
+                    help="shipped: lm_eval's own task files (issue 26); adapted: task files written here; "
+                         "schema: which of lm_eval's task files load (no model)")
+    ap.add_argument("--allow-task-code", action="store_true", help="--mode schema: with --allow-task-code")
     ap.add_argument("--tasks", nargs="*", default=None, help="default: every task of the mode")
     ap.add_argument("--checkpoint", help="use this datamates checkpoint instead of training one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mode == "schema":
+        res = survey_schema(args.allow_task_code)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"result_schema{'_code' if args.allow_task_code else ''}.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res, indent=2))
+        return
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -434,7 +494,6 @@ def main() -> None:
     from datamates.log import setup_logging
 
     setup_logging()
-    import logging
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_CACHE", str(OUT / "hf_datasets_cache"))
