@@ -911,7 +911,7 @@ def _processed(spec: TaskSpec, recs: list[tuple[int, dict[str, Any]]], path: Pat
         import datasets
     except ImportError:
         raise InputError(f"{spec.where.get('process_docs')}: process_docs needs the `datasets` package "
-                         f"(pip install 'datamates[eval]')") from None
+                         f"(pip install 'datamates[io]')") from None
     datasets.disable_progress_bars()  # datamates shows its own progress
     try:
         out = spec.process_docs(datasets.Dataset.from_list([r for _, r in recs]))
