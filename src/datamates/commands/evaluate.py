@@ -5,8 +5,10 @@
     datamates evaluate --checkpoint CKPT --tasks path/to/lm_eval_task.yaml    # an lm-eval task file
 
 A task is an lm-evaluation-harness task YAML (multiple_choice or loglikelihood, `dataset_path: json`
-with `data_files`), rendered with Jinja2 as lm-eval renders it (datamates.evaluate.spec,
-docs/evaluation.md).
+with `data_files`), every key read with lm-eval's meaning and rendered with Jinja2 as lm-eval renders
+it (datamates.evaluate.spec, docs/evaluation.md). `!function` hooks (Python beside the YAML) run only
+with --allow-task-code; includes and data files outside the task's folder and the data bundle need
+--allow-any-task-path.
     datamates evaluate --checkpoint CKPT --tasks --heldout runs/tiny_cpu/pool:heldout_ids.npy
 
 Writes eval.json and eval.md into --out (default: `eval/` beside a stage's `checkpoint/`, else
