@@ -39,6 +39,7 @@ from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
+from datamates.errors import IncompatibleArtifacts
 from datamates.identity import hash_ids
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_write_json, meta_record, read_json
@@ -119,8 +120,10 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
     icfg = read_influence_config(model_dir)
     plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": hash_ids(ids),
             "n": int(len(ids)), "shard_size": cfg.shard_size}
-    if icfg.get("pool_id") not in (None, pool.pool_id):
-        log.warning("influence model %s was fitted on pool %s; scoring pool %s", model_dir, icfg["pool_id"], pool.pool_id)
+    if icfg.get("pool_id") not in (None, pool.pool_id):  # its labels, label scale and (lm mode) tokens are that pool's
+        raise IncompatibleArtifacts(f"--model {model_dir}: fitted on the pool with pool_id {icfg['pool_id']}, not "
+                                    f"{pool.path} (pool_id {pool.pool_id}); fit an influence model on this pool's probe "
+                                    "labels, or give --pool the pool it was fitted on")
     output = Output(out, "scores", {"plan": plan}, inputs=(model_dir, pool.path))
     if finished(output):
         return out
