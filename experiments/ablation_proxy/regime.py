@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,16 @@ class Runner:
         process once its dependencies are done (it returns True to let its dependents run)."""
         state: dict[str, int] = {}
         running: dict[str, subprocess.Popen] = {}
+
+        def stop(signum, frame):  # a killed driver takes its stages with it (they resume on the rerun)
+            for p in running.values():
+                p.terminate()
+            for p in running.values():
+                p.wait()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         while True:
             ready = [n for n, t in tasks.items() if n not in state and n not in running
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(root, args.slots, env)
     runner.stamp(event="run", scale=args.scale, slots=args.slots)
     state = runner.run(tasks)
-    failed = {n: rc for n, rc in state.items() if rc != 0}
+    failed = {n: state.get(n, -1) for n in tasks if state.get(n) != 0}
     if failed:
         print(f"[regime] not finished: {failed} (-1: a dependency failed; 3: a seed is not on its plateau, see "
               f"{root}/sN/plateau/plateau.md); logs in {root}/logs; rerun the same command to resume", flush=True)

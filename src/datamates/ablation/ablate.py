@@ -146,7 +146,7 @@ class EvalSets:
             ppl, bpb = perplexity_and_bpb(float(seq.sum()), int(t.sum()), tot_bytes)
             res[HELDOUT_ALL] = {"nll": float(seq.sum()), "tokens": int(t.sum()), "ppl": ppl,
                                 "logppl": float(seq.sum() / t.sum()), "bpb": bpb, "se": ratio_se(seq, t),
-                                "n": len(seq), "stopped_early": stopped_any}
+                                "n": len(seq), "stopped_early": stopped_any, "seq_nll": seq.tolist()}
         if self.lambada:
             sc = score_targets(model, self.lambada, batch_size=self.batch_size, precision=self.precision)
             nll, n_tok = float(sc.nll.sum()), int(sc.n_tokens.sum())

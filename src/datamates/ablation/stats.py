@@ -147,6 +147,7 @@ def claim_stats(proxy: np.ndarray, gold: np.ndarray, sizes: np.ndarray, *, strat
     proxy, gold, sizes = np.asarray(proxy, float), np.asarray(gold, float), np.asarray(sizes)
     strata = np.zeros(len(gold), dtype=int) if strata is None else np.asarray(strata)
     group = np.array([f"{s}|{k}" for s, k in zip(strata, sizes)])  # size groups never span strata
+    single = len(np.unique(strata)) == 1  # one stratum: plain pooled statistics
 
     def pw(idx, same=False):
         # pairs inside a stratum only (studies with different gold draws are not compared)
@@ -154,8 +155,12 @@ def claim_stats(proxy: np.ndarray, gold: np.ndarray, sizes: np.ndarray, *, strat
         return pairwise_agreement(proxy[idx], gold[idx], key)
 
     fns: dict[str, Callable[[np.ndarray], float]] = {
-        "pearson": lambda idx: _pearson(proxy[idx], gold[idx]),
-        "spearman": lambda idx: _spearman(proxy[idx], gold[idx]),
+        # pooled over sizes, but within a stratum: with several seed models, each model's own level
+        # (its seed's perplexity) is removed first, or the spread between seed models would count
+        "pearson": lambda idx: (_pearson(proxy[idx], gold[idx]) if single else
+                                _pearson(_demean(proxy[idx], strata[idx]), _demean(gold[idx], strata[idx]))),
+        "spearman": lambda idx: (_spearman(proxy[idx], gold[idx]) if single else
+                                 _spearman_within(proxy[idx], gold[idx], strata[idx].astype(str))),
         "pearson_within_size": lambda idx: within_size_pearson(proxy[idx], gold[idx], group[idx]),
         "spearman_within_size": lambda idx: _spearman_within(proxy[idx], gold[idx], group[idx]),
         "pairwise": lambda idx: pw(idx),
@@ -280,24 +285,30 @@ def decision_stats(pred: np.ndarray, gold: np.ndarray, sizes: np.ndarray) -> dic
     return out
 
 
-def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, Any]:
-    """Mean and t-interval over independent replicates (e.g. seed models); nan values are left out."""
+def mean_ci(values: list[float] | np.ndarray, level: float = 0.95, fisher: bool = False) -> dict[str, Any]:
+    """Mean and t-interval over independent replicates (e.g. seed models); nan values are left out.
+    With `fisher` (correlations), the mean and interval are taken on atanh(r) and transformed back,
+    so they stay inside [-1, 1]."""
     from scipy import stats
 
     v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    raw = [float(x) for x in values]
     if len(v) == 0:
-        return {"mean": float("nan"), "ci": (float("nan"), float("nan")), "n": 0, "values": list(map(float, values))}
+        return {"mean": float("nan"), "ci": (float("nan"), float("nan")), "n": 0, "values": raw}
+    if fisher:
+        v = np.arctanh(np.clip(v, -0.999999, 0.999999))
+    back = np.tanh if fisher else (lambda x: x)
     m = float(v.mean())
     if len(v) < 2:
-        return {"mean": m, "ci": (float("nan"), float("nan")), "n": 1, "values": list(map(float, values))}
+        return {"mean": float(back(m)), "ci": (float("nan"), float("nan")), "n": 1, "values": raw}
     h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return {"mean": m, "ci": (m - h, m + h), "n": int(len(v)), "values": list(map(float, values))}
+    return {"mean": float(back(m)), "ci": (float(back(m - h)), float(back(m + h))), "n": int(len(v)), "values": raw}
 
 
 def seed_model_table(results: list[dict[str, Any]], method: str | None = None) -> dict[str, dict[str, Any]]:
     """Per evaluation set and predictor (proxy, mean-unit baseline, seed baseline): `decision_stats`
     within each study (one study = one seed model with its own units and gold models), then the
-    mean and 95% t-interval over the studies (`mean_ci`)."""
+    mean and 95% t-interval over the studies (`mean_ci`; correlations through Fisher's z)."""
     out: dict[str, dict[str, Any]] = {}
     for s in results[0]["eval_sets"]:
         a = claim_rows(results, s, method)
@@ -308,7 +319,8 @@ def seed_model_table(results: list[dict[str, Any]], method: str | None = None) -
                 m = a["study"] == si
                 per.append(decision_stats(a[pred][m], a["gold"][m], a["k"][m]))
             keys = list(dict.fromkeys(k for d in per for k in d))
-            out[s][pred] = {k: mean_ci([d.get(k, float("nan")) for d in per]) for k in keys}
+            out[s][pred] = {k: mean_ci([d.get(k, float("nan")) for d in per],
+                                       fisher=k.startswith(("pearson", "spearman"))) for k in keys}
         for key in ("pairwise", "pairwise_same_size"):  # a constant has no order: 1/2, not undefined
             out[s][SEED_BASELINE][key] = mean_ci([0.5] * len(results))
     return out
