@@ -205,7 +205,8 @@ def analyse(root: Path, studies: list[str]) -> dict:
         p.pop("checkpoint", None)
     summ = {"studies": studies, "seeds": [r["config"].get("seed", {}) for r in results], "plateau": plateaus,
             "eval_precision": prec, "seed_models": per, "bootstrap": boot,
-            "units": results[0]["units"], "gold_mixtures": len([g for g in results[0]["gold"] if g["k"] > 1])}
+            "units": [{k: v for k, v in u.items() if k != "provenance"} for u in results[0]["units"]],  # no paths
+            "gold_mixtures": len([g for g in results[0]["gold"] if g["k"] > 1])}
     with atomic_dir(root / "analysis") as tmp:
         atomic_write_json(tmp / "summary.json", _clean(summ))
         atomic_write_text(tmp / "claim.md", decisions_markdown(per, prec, plateaus, BASELINE, SEED_BASELINE)

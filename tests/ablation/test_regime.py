@@ -192,3 +192,11 @@ def test_pooled_pearson_over_seed_models_removes_each_models_level():
     st = claim_stats(proxy, gold, np.full(8, 2), strata=np.array([0] * 4 + [1] * 4), B=20)
     assert st["pearson"]["value"] == pytest.approx(-1.0) and st["spearman"]["value"] == pytest.approx(-1.0)
     assert claim_stats(proxy, gold, np.full(8, 2), B=20)["pearson"]["value"] > 0.9  # one stratum: plain Pearson
+
+
+def test_mean_ci_keeps_correlations_and_shares_in_range():
+    r = mean_ci([0.99, 0.9, 0.6], fisher=True)
+    assert -1 < r["ci"][0] < r["mean"] < r["ci"][1] < 1
+    assert r["mean"] == pytest.approx(math.tanh(np.mean(np.arctanh([0.99, 0.9, 0.6]))))
+    s = mean_ci([1.0, 0.7, 1.0], bounds=(0.0, 1.0))
+    assert s["ci"][1] == 1.0 and s["mean"] == pytest.approx(0.9)

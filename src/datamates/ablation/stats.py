@@ -285,10 +285,11 @@ def decision_stats(pred: np.ndarray, gold: np.ndarray, sizes: np.ndarray) -> dic
     return out
 
 
-def mean_ci(values: list[float] | np.ndarray, level: float = 0.95, fisher: bool = False) -> dict[str, Any]:
+def mean_ci(values: list[float] | np.ndarray, level: float = 0.95, fisher: bool = False,
+            bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """Mean and t-interval over independent replicates (e.g. seed models); nan values are left out.
     With `fisher` (correlations), the mean and interval are taken on atanh(r) and transformed back,
-    so they stay inside [-1, 1]."""
+    so they stay inside [-1, 1]; `bounds` clips the interval of a bounded statistic (a share)."""
     from scipy import stats
 
     v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], dtype=float)
@@ -302,7 +303,10 @@ def mean_ci(values: list[float] | np.ndarray, level: float = 0.95, fisher: bool 
     if len(v) < 2:
         return {"mean": float(back(m)), "ci": (float("nan"), float("nan")), "n": 1, "values": raw}
     h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return {"mean": float(back(m)), "ci": (float(back(m - h)), float(back(m + h))), "n": int(len(v)), "values": raw}
+    lo, hi = float(back(m - h)), float(back(m + h))
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": float(back(m)), "ci": (lo, hi), "n": int(len(v)), "values": raw}
 
 
 def seed_model_table(results: list[dict[str, Any]], method: str | None = None) -> dict[str, dict[str, Any]]:
@@ -320,7 +324,9 @@ def seed_model_table(results: list[dict[str, Any]], method: str | None = None) -
                 per.append(decision_stats(a[pred][m], a["gold"][m], a["k"][m]))
             keys = list(dict.fromkeys(k for d in per for k in d))
             out[s][pred] = {k: mean_ci([d.get(k, float("nan")) for d in per],
-                                       fisher=k.startswith(("pearson", "spearman"))) for k in keys}
+                                       fisher=k.startswith(("pearson", "spearman")),
+                                       bounds=(0.0, 1.0) if k.startswith(("pairwise", "picks_best")) else None)
+                            for k in keys}
         for key in ("pairwise", "pairwise_same_size"):  # a constant has no order: 1/2, not undefined
             out[s][SEED_BASELINE][key] = mean_ci([0.5] * len(results))
     return out
