@@ -301,3 +301,20 @@ def test_report_junk_table_is_mean_sd_per_kind_and_paired_against_random():
     assert "+12.0%" in mates and mates.endswith("| 3/3 |")
     assert run_metrics(runs[0]["selectors"]["mates"])["junk share kept"] == (0.18, True)
     assert junk_table([{"name": "x", "selectors": {"random": {"noise": None}}}]) == ""
+
+
+def test_selector_at_reference_names_the_reference_it_probes(tmp_path):
+    from datamates.errors import ConfigError
+    from datamates.plan import probe_reference_parts, selector_reference
+    from datamates.selectors import resolve_selectors
+
+    cfg = load_config(None, [f"runs_root={tmp_path}", "mates.probe.reference=clean",
+                             "mates.selectors=[random, mates, oracle@lambada_openai, mates@clean+lambada_nic, mates-parity]"])
+    names = resolve_selectors(cfg.mates.selectors)
+    assert names == ["random", "mates", "oracle@lambada_openai", "mates@clean+lambada_nic", "mates-parity"]
+    refs = {n: selector_reference(cfg, n) for n in names}
+    assert refs == {"random": "clean", "mates": "clean", "oracle@lambada_openai": "lambada_openai",
+                    "mates@clean+lambada_nic": "clean+lambada_nic", "mates-parity": "lambada_openai"}
+    assert probe_reference_parts(cfg) == ["clean", "lambada_openai", "lambada_nic"]
+    with pytest.raises(ConfigError, match="unknown selector"):
+        resolve_selectors(["nosuch@clean"])
