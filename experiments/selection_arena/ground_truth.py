@@ -54,13 +54,14 @@ def rows_of(rd, cfg, pool, plan, n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def ground_truth(run: Path, n: int = 80) -> dict[str, Any]:
+    from targets import measure, run_config, target_sets
+
     from datamates.core.checkpoint import load_model
     from datamates.core.pool import Pool
     from datamates.core.train_loop import train
     from datamates.pipelines import stage_train_config
     from datamates.plan import make_plan
     from datamates.run_dir import RunDir, atomic_write_json, read_json
-    from targets import measure, run_config, target_sets
 
     rd = RunDir(run)
     cfg = run_config(rd)

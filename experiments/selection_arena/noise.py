@@ -123,7 +123,7 @@ def markdown(res: dict[str, Any]) -> str:
                      + f" | {delta} | {seeds} |")
     metrics = [m for m in res["targets_random"] if not m.startswith("held-out loss ")] + \
               [m for m in res["targets_random"] if m.startswith("held-out loss ")]
-    lines += ["", f"Targets (nats), Δ = selector − random of the same seed, mean [95% t interval], seeds better:", "",
+    lines += ["", "Targets (nats), Δ = selector − random of the same seed, mean [95% t interval], seeds better:", "",
               "| selector | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     rnd = res["targets_random"]
     lines.append("| random (mean ± sd) | " + " | ".join(
