@@ -30,7 +30,6 @@ scatter.png, ranking.png, report.md, report.html. Evaluations are cached in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -64,6 +63,7 @@ from datamates.core.lm import resolve_device
 from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_text
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import RunDir, atomic_dir, is_done, meta_record
 
@@ -189,7 +189,7 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
     key = [manifest.data["config_hash"], manifest.data["pool_id"], str(lam_path), cfg.lambada_n, cfg.heldout]
     if cfg.tokens_per_set is not None or cfg.early_stop_z is not None:
         key += [cfg.tokens_per_set, cfg.early_stop_z, cfg.early_stop_chunk]
-    ident = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    ident = hash_text(json.dumps(key))
     return EvalSets(heldout, nbytes, lambada, cfg.batch_size, precision, ident, cfg.early_stop_z, cfg.early_stop_chunk)
 
 
@@ -270,7 +270,7 @@ def choose_gold(units: list[str], count: int, seed: int) -> list[list[str]]:
 
 
 def _model_id(paths: list[Path]) -> str:
-    return hashlib.sha256("|".join(weights_sha(p) for p in paths).encode()).hexdigest()[:16]
+    return hash_text("|".join(weights_sha(p) for p in paths))
 
 
 def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool, *,
@@ -338,8 +338,8 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
         units outside it, so adding a unit to a study (`add_unit`) leaves every cached proxy valid."""
         idx = members(mask)
         w = spec_weights(sp)
-        tag = hashlib.sha256(json.dumps([[unit_ids[units[i]] for i in idx], sp.method, sp.lam, sp.lam_scale,
-                                         [w[i] for i in idx] if w else None]).encode()).hexdigest()[:16]
+        tag = hash_text(json.dumps([[unit_ids[units[i]] for i in idx], sp.method, sp.lam, sp.lam_scale,
+                                    [w[i] for i in idx] if w else None]))
         return EvalCache.key("proxy", mixture_key([units[i] for i in idx]), tag, evs.ident)
 
     timings: dict[str, float] = {}

@@ -31,7 +31,6 @@ tokenizer hash, tensor names / shapes, or recorded seed differ.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -45,6 +44,7 @@ from safetensors import safe_open
 
 from datamates.ablation import weights_sha
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.identity import hash_file, hash_text
 from datamates.log import get_logger
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
 
@@ -112,7 +112,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     meta = read_json(path / "meta.json") if (path / "meta.json").exists() else {}
     tok = state.get("tokenizer_hash")
     if tok is None and (path / "tokenizer.json").exists():
-        tok = "file:" + hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()[:16]
+        tok = "file:" + hash_file(path / "tokenizer.json")
     return CheckpointInfo(path, config, tensors, tok, state, meta)
 
 
@@ -333,7 +333,7 @@ def macro_merge(groups: Sequence[Sequence[str | Path]], out: str | Path, *, grou
     group_dir = Path(group_dir)
     paths = []
     for i, g in enumerate(groups):
-        ident = hashlib.sha256(json.dumps([within, [weights_sha(x) for x in g]]).encode()).hexdigest()[:12]
+        ident = hash_text(json.dumps([within, [weights_sha(x) for x in g]]), digits=12)
         gp = group_dir / f"group_{i:02d}_{ident}"  # named by its members' weights: never a stale group
         if not is_done(gp):
             merge(list(g), gp, method=within, weights="tokens" if within == "weighted" else None, out_dtype="float32")

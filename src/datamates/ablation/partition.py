@@ -45,6 +45,7 @@ from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.core.sources import strip_suffix
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger, progress
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
 
@@ -410,7 +411,6 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
     `ablate --add-unit` resumes; with other ids it is refused. The manifest keeps its config_hash
     (every cached evaluation stays valid) and records the unit's provenance (source file, ids hash,
     time); the whole folder is rewritten atomically."""
-    import hashlib
     import shutil
     import time
 
@@ -424,7 +424,7 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
     if ids[0] < 0 or ids[-1] >= len(pool):
         raise InputError(f"{source}: sequence id {int(ids[-1] if ids[-1] >= len(pool) else ids[0])} is outside the "
                          f"pool ({len(pool):,} sequences)")
-    sha = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+    sha = hash_ids(ids)
     if name in manifest.units:
         old = manifest.unit(name)
         if old.get("provenance", {}).get("ids_sha") == sha or np.array_equal(manifest.unit_ids(name), ids):

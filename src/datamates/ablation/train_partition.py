@@ -34,6 +34,7 @@ from datamates.ablation import mixture_key, weights_sha
 from datamates.config.ablation import BranchConfig, SeedConfig
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.errors import ArtifactMissing, DatamatesError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_text
 from datamates.log import get_logger
 from datamates.run_dir import is_done
 
@@ -284,9 +285,7 @@ def _dir_name(key: str) -> str:
     """A folder name for a mixture key (long keys are shortened with a hash)."""
     if len(key) <= 120:
         return key
-    import hashlib
-
-    return key[:80] + "~" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return key[:80] + "~" + hash_text(key, digits=12)
 
 
 def gold_dir(out_root: str | Path, names: list[str]) -> Path:

@@ -20,7 +20,6 @@ A killed build resumes after the last fully processed input file (`progress.json
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from datamates.core.sources import (  # noqa: F401 (re-exported: the pool's read
 )
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
-from datamates.identity import hash_file
+from datamates.identity import FULL, hash_file, hash_key64, hash_record, hash_text
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
     DONE,
@@ -324,8 +323,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
                     ids = rec.tokens
                     nbytes = nchars = int(token_bytes[ids].sum()) if token_bytes is not None else 0
                     content = ids.astype("<i8").tobytes()
-                digest = hashlib.blake2b(json.dumps([rec.id, rec.domain]).encode() + b"\0" + content,
-                                         digest_size=16).digest()
+                digest = hash_record(json.dumps([rec.id, rec.domain]).encode(), content)
                 ids = np.append(ids, eos)
                 if rec.domain not in dom_index:
                     dom_index[rec.domain] = len(domains)
@@ -340,7 +338,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
                 cols["doc_domain"].write([d])
                 cols["doc_file"].write([fi])
                 cols["doc_line"].write([rec.line])
-                h = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little")
+                h = hash_key64(rec.id)
                 cols["doc_hash"].write(np.array([h], dtype=np.uint64))
                 cols["doc_digest"].write(np.frombuffer(digest, dtype="<u8"))
                 cols["doc_nchars"].write([nchars])
@@ -498,11 +496,7 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
 def _content_hash(digests: Path) -> str:
     """sha256 over the documents' 16-byte digests blake2b(json([id, domain]) NUL text-or-tokens), in
     pool order: what the documents are, whatever container or path they were read from."""
-    h = hashlib.sha256()
-    with open(digests, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(digests, digits=FULL)
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -646,11 +640,11 @@ class Pool:
         if "content_hash" in m:  # the documents, not their files (pools built since issue 16)
             blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], m["content_hash"],
                                m["config"].get("pack_by_domain")], sort_keys=True)
-            return hashlib.sha256(blob.encode()).hexdigest()[:16]
+            return hash_text(blob)
         inputs = [{k: v for k, v in i.items() if k != "path"} for i in m["inputs"]]  # not where they lie
         blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], inputs,
                            m["config"].get("pack_by_domain")], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_text(blob)
 
     def tokens(self, ids: Any) -> np.ndarray:
         """[len(ids), seq_len] int64 token rows, in the order of `ids`."""

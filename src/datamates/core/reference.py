@@ -35,7 +35,6 @@ head. A probe then costs one body forward over the set plus a tiny head matmul.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from datamates.core.lm import autocast
 from datamates.core.loss import TargetExample, encode_pair
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_chunks
 
 # name -> file under $DATAMATES_DATA (a plain dict registry; `load_reference` lists the names on a miss)
 REFERENCE_SETS: dict[str, str] = {
@@ -85,13 +85,9 @@ class ReferenceSet:
     def fingerprint(self) -> str:
         """Hash of the token ids of every example (identifies the set whatever its spec)."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for e in self.examples:
-                h.update(np.asarray(e.context, dtype=np.int64).tobytes())
-                h.update(b"|")
-                h.update(np.asarray(e.target, dtype=np.int64).tobytes())
-                h.update(b"#")
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = hash_chunks(
+                part for e in self.examples for part in (np.asarray(e.context, dtype=np.int64).tobytes(), b"|",
+                                                         np.asarray(e.target, dtype=np.int64).tobytes(), b"#"))
         return self._fingerprint
 
     def halves(self, seed: int | None = None) -> np.ndarray:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import glob as globlib
 import gzip
-import hashlib
 import io
 import itertools
 import json
@@ -45,6 +44,7 @@ import numpy as np
 from datamates.config.core import PoolConfig
 from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import InputError
+from datamates.identity import FULL, hash_chunks, hash_file
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
                   ".ndjson.zst")
@@ -608,23 +608,19 @@ def source_identity(f: InputFile) -> dict[str, Any]:
     """What identifies an input before it is read (the build's resume / reuse check): its name
     relative to the given folder, size and content hash for files (not where they lie), the spec
     for a hub dataset. The pool's own identity hashes the documents (core/pool.py)."""
-    from datamates.run_dir import file_sha256
-
     if f.kind == "hf":
         return {"rel": f.rel, "spec": f.url}
     if f.path is not None and f.kind == "arrow":
-        h = hashlib.sha256()
-        for shard in arrow_files(f.path):
-            h.update(file_sha256(shard).encode())
-        return {"rel": f.rel, "bytes": f.size, "sha256": h.hexdigest()}
+        return {"rel": f.rel, "bytes": f.size,
+                "sha256": hash_chunks((hash_file(s).encode() for s in arrow_files(f.path)), digits=FULL)}
     if f.path is not None:
-        ident = {"rel": f.rel, "bytes": f.size, "sha256": file_sha256(f.path)}
+        ident = {"rel": f.rel, "bytes": f.size, "sha256": hash_file(f.path)}
         if f.kind == "datatrove":
             idx = Path(str(f.path) + ".index")
             if not idx.is_file():
                 raise InputError(f"{f.rel}: no {f.rel}.index beside it (datatrove's DocumentTokenizer writes one; "
                                  "save_index=True)")
-            ident["index_sha256"] = file_sha256(idx)
+            ident["index_sha256"] = hash_file(idx)
         return ident
     fs = f.extra["fs"]
     try:

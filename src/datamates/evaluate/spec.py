@@ -52,7 +52,6 @@ from __future__ import annotations
 import ast
 import functools
 import gzip
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -68,6 +67,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from datamates.config.base import check_name, data_dir, expand_vars
 from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import ConfigError, InputError
+from datamates.identity import FULL, hash_file, hash_text
 from datamates.log import get_logger
 
 log = get_logger(__name__)
@@ -177,7 +177,7 @@ def _load_yaml_text(text: str, path: Path) -> Any:
 
 
 def _module_name(path: Path) -> str:
-    return "datamates_task_code_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return "datamates_task_code_" + hash_text(str(path))
 
 
 def resolve_function(ref: FunctionRef) -> tuple[Any, Path | None]:
@@ -386,7 +386,7 @@ class TaskSpec:
         files = [self.data] + ([self.fewshot_data] if self.fewshot_data else []) + self.code_files
         blob = json.dumps([_portable(self.raw), [_file_digest(p) if p.exists() else None for p in files]],
                           sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_text(blob)
 
 
 def _portable(raw: dict[str, Any]) -> dict[str, Any]:
@@ -396,11 +396,7 @@ def _portable(raw: dict[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path, digits=FULL)
 
 
 def _file_digest(path: Path) -> str:
