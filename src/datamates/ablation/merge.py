@@ -43,10 +43,11 @@ import torch
 from safetensors import safe_open
 
 from datamates.ablation import weights_sha
+from datamates.artifacts import Output, produce
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.identity import hash_file, hash_text
 from datamates.log import get_logger
-from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import atomic_write_json, is_done, meta_record, read_json
 
 log = get_logger(__name__)
 
@@ -278,9 +279,10 @@ def merge(
         seeds = {i.seed_sha for i in infos}
         if len(seeds) == 1 and None not in seeds:
             group["seed_sha"] = seeds.pop()
-        with atomic_dir(out, meta=meta_record("merge", inputs=[str(i.path) for i in infos], weights=w,
-                                              method=method, lam=lam, seed=str(seed) if seed else None,
-                                              **group, **(meta or {}))) as tmp:
+        identity = {"inputs": [weights_sha(i.path) for i in infos], "weights": w, "method": method, "lam": lam,
+                    "seed": weights_sha(seed_info.path) if seed_info else None, "out_dtype": out_dtype}
+
+        def build(tmp: Path) -> dict[str, Any]:
             writer = SafetensorsWriter(tmp / WEIGHTS, specs)
             for (k, dtype, _shape) in specs:
                 first = handles[0].get_tensor(k)
@@ -309,6 +311,11 @@ def merge(
                 state["global_step"] = steps.pop()
             atomic_write_json(tmp / "trainer_state.json", state)
             atomic_write_json(tmp / "merge.json", state["merged"])
+            return meta_record("merge", inputs=[str(i.path) for i in infos], weights=w, method=method, lam=lam,
+                               seed=str(seed) if seed else None, **group, **(meta or {}))
+
+        produce(Output(out, "merged_checkpoint", identity,
+                       inputs=tuple(i.path for i in infos) + ((seed_info.path,) if seed_info else ())), build)
     log.info("merged %d checkpoints (%s) -> %s", len(infos), method, out)
     return out
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, finished, produce, read_marker
 from datamates.config.ablation import PartitionConfig
 from datamates.config.base import config_hash, to_dict
 from datamates.core.documents import DocIndex
@@ -293,14 +294,13 @@ def _balance(units: list[tuple[str, np.ndarray]], cfg: PartitionConfig) -> tuple
 
 def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
     """Split `pool` into units by `cfg` and write the partition artifact to `out`. Returns its
-    Manifest. Skips the work if `out` is complete and was made from the same pool and config."""
+    Manifest. Skips the work if `out` is complete and was made from the same pool and config
+    (artifacts.produce: made from another one, it is refused unless --force)."""
     out = Path(out)
-    if is_done(out) and (out / MANIFEST).exists():
-        old = read_json(out / MANIFEST)
-        if old.get("pool_id") == pool.pool_id and old.get("config_hash") == config_hash(cfg):
-            log.info("partitions %s are already written; skipping", out)
-            return Manifest(out, old)
-        log.info("partitions %s were made with another config or pool; rewriting", out)
+    output = partition_output(pool, cfg, out)
+    if finished(output):
+        log.info("partitions %s are already written; skipping", out)
+        return Manifest(out, read_json(out / MANIFEST))
     index = DocIndex(pool)
     heldout, guard = draw_heldout(pool, index, cfg)
     n_seq = len(pool)
@@ -381,8 +381,8 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
     }
-    with atomic_dir(out, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
-                                          config_hash=config_hash(cfg))) as tmp:
+
+    def build(tmp: Path) -> dict[str, Any]:
         (tmp / "units").mkdir()
         (tmp / "heldout").mkdir()
         for name, ids in units:
@@ -398,8 +398,17 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         np.save(tmp / "rest.npy", rest.astype(np.int64))
         manifest["rest"] = {**describe(rest), "ids": "rest.npy"}
         atomic_write_json(tmp / MANIFEST, manifest)
+        return meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id, config_hash=config_hash(cfg))
+
+    produce(output, build)
     log.info(summary(manifest))
     return Manifest(out, manifest)
+
+
+def partition_output(pool: Pool, cfg: PartitionConfig, out: Path) -> Output:
+    """The partition artifact's identity: the pool's contents and the partition config (a unit
+    added later, add_unit, keeps it: the added unit is recorded in the manifest)."""
+    return Output(out, "partition", {"pool": pool.pool_id, "config": cfg}, inputs=(pool.path,))
 
 
 def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source: str) -> Manifest:
@@ -458,8 +467,10 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
              "provenance": {"source": "add-unit", "input": str(source), "ids_sha": sha, "in_seed_rest": in_rest,
                             "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     data["units"] = [*data["units"], entry]
+    fp = (read_marker(manifest.path) or {}).get("fingerprint")  # the partition's identity stays (docstring)
     with atomic_dir(manifest.path, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
-                                                    config_hash=data["config_hash"], added_unit=name)) as tmp:
+                                                    config_hash=data["config_hash"], added_unit=name),
+                    kind="partition", fingerprint=fp) as tmp:
         for f in manifest.path.rglob("*"):
             rel = f.relative_to(manifest.path)
             if f.is_file() and rel.name not in ("DONE", "PARTIAL", "meta.json", MANIFEST):
