@@ -302,54 +302,9 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         log.info("partitions %s are already written; skipping", out)
         return Manifest(out, read_json(out / MANIFEST))
     index = DocIndex(pool)
-    heldout, guard = draw_heldout(pool, index, cfg)
+    heldout, guard, allowed, cand = _candidates(pool, index, cfg)
+    units, available, target, dropped = _units(pool, index, cand, cfg)
     n_seq = len(pool)
-    blocked = np.zeros(n_seq, dtype=bool)
-    for ids in heldout.values():
-        blocked[ids] = True
-    blocked[guard] = True
-    allowed = ~blocked
-    if cfg.domains is not None:
-        unknown = [d for d in cfg.domains if d not in pool.domains]
-        if unknown:
-            raise InputError(f"partition.domains: unknown domain '{unknown[0]}'; pool domains: {', '.join(pool.domains)}")
-        in_dom = np.isin(np.asarray(pool.seq_domain), [pool.domains.index(d) for d in cfg.domains])
-        cand = np.nonzero(allowed & in_dom)[0]
-    else:
-        cand = np.nonzero(allowed)[0]
-    if cfg.by == "domain":
-        wanted = cfg.domains if cfg.domains is not None else pool.domains
-        present = {pool.domains[d] for d in np.unique(np.asarray(pool.seq_domain)[cand]).tolist()}
-        empty = [d for d in wanted if d not in present]
-        if empty:
-            raise InputError(
-                f"unit '{empty[0]}' is empty: every sequence of domain '{empty[0]}' is held out or guarded; "
-                "lower partition.heldout_sequences or leave the domain out (partition.domains)"
-            )
-    if len(cand) == 0:
-        raise InputError("no sequences left to partition after holding out evaluation sequences")
-
-    if cfg.by == "domain":
-        labels, label_names = _labels_domain(pool, cand)
-    elif cfg.by in ("field", "file"):
-        labels, label_names = _labels_field(pool, index, cand, cfg)
-    elif cfg.by == "random":
-        labels, label_names = _labels_random(cand, cfg)
-    else:
-        labels, label_names = _labels_cluster(pool, index, cand, cfg)
-    names = _unique_names(label_names)
-    units = [(names[i], cand[labels == i]) for i in range(len(names))]
-    for name, ids in units:
-        if len(ids) == 0:
-            raise InputError(f"unit '{name}' is empty (by = {cfg.by}); use fewer units (partition.k) or other data")
-    available = {name: len(ids) for name, ids in units}
-    target, dropped = None, 0
-    if cfg.token_balanced:
-        units, target, dropped = _balance(units, cfg)
-        if target < 0.1 * max(available.values()):
-            log.warning("token balancing keeps %d sequences per unit, under 10%% of the largest unit (%d)",
-                        target, max(available.values()))
-
     in_unit = np.zeros(n_seq, dtype=bool)
     for _, ids in units:
         in_unit[ids] = True
@@ -403,6 +358,65 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
     produce(output, build)
     log.info(summary(manifest))
     return Manifest(out, manifest)
+
+
+def _candidates(pool: Pool, index: DocIndex, cfg: PartitionConfig
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """(held-out ids per domain, guard ids, [n_seq] bool of sequences a unit may take, the candidate
+    ids: those allowed and in partition.domains)."""
+    heldout, guard = draw_heldout(pool, index, cfg)
+    blocked = np.zeros(len(pool), dtype=bool)
+    for ids in heldout.values():
+        blocked[ids] = True
+    blocked[guard] = True
+    allowed = ~blocked
+    if cfg.domains is not None:
+        unknown = [d for d in cfg.domains if d not in pool.domains]
+        if unknown:
+            raise InputError(f"partition.domains: unknown domain '{unknown[0]}'; pool domains: {', '.join(pool.domains)}")
+        in_dom = np.isin(np.asarray(pool.seq_domain), [pool.domains.index(d) for d in cfg.domains])
+        cand = np.nonzero(allowed & in_dom)[0]
+    else:
+        cand = np.nonzero(allowed)[0]
+    if cfg.by == "domain":
+        wanted = cfg.domains if cfg.domains is not None else pool.domains
+        present = {pool.domains[d] for d in np.unique(np.asarray(pool.seq_domain)[cand]).tolist()}
+        empty = [d for d in wanted if d not in present]
+        if empty:
+            raise InputError(
+                f"unit '{empty[0]}' is empty: every sequence of domain '{empty[0]}' is held out or guarded; "
+                "lower partition.heldout_sequences or leave the domain out (partition.domains)"
+            )
+    if len(cand) == 0:
+        raise InputError("no sequences left to partition after holding out evaluation sequences")
+    return heldout, guard, allowed, cand
+
+
+def _units(pool: Pool, index: DocIndex, cand: np.ndarray, cfg: PartitionConfig
+           ) -> tuple[list[tuple[str, np.ndarray]], dict[str, int], int | None, int]:
+    """The units (name, ids) made from the candidates by cfg.by, with each unit's available size, the
+    balanced size (token_balanced) and the sequences balancing moved to the rest."""
+    if cfg.by == "domain":
+        labels, label_names = _labels_domain(pool, cand)
+    elif cfg.by in ("field", "file"):
+        labels, label_names = _labels_field(pool, index, cand, cfg)
+    elif cfg.by == "random":
+        labels, label_names = _labels_random(cand, cfg)
+    else:
+        labels, label_names = _labels_cluster(pool, index, cand, cfg)
+    names = _unique_names(label_names)
+    units = [(names[i], cand[labels == i]) for i in range(len(names))]
+    for name, ids in units:
+        if len(ids) == 0:
+            raise InputError(f"unit '{name}' is empty (by = {cfg.by}); use fewer units (partition.k) or other data")
+    available = {name: len(ids) for name, ids in units}
+    target, dropped = None, 0
+    if cfg.token_balanced:
+        units, target, dropped = _balance(units, cfg)
+        if target < 0.1 * max(available.values()):
+            log.warning("token balancing keeps %d sequences per unit, under 10%% of the largest unit (%d)",
+                        target, max(available.values()))
+    return units, available, target, dropped
 
 
 def partition_output(pool: Pool, cfg: PartitionConfig, out: Path) -> Output:

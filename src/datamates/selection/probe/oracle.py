@@ -475,22 +475,10 @@ def _check_finite(res: dict[str, np.ndarray]) -> None:
         )
 
 
-def probe(
-    cfg: ProbeConfig,
-    checkpoint: str | Path,
-    pool: Pool | str | Path,
-    candidate_ids: Sequence[int] | np.ndarray,
-    out: str | Path,
-    *,
-    reference: ReferenceSet | None = None,
-) -> Path:
-    """Label every candidate with ref_loss_delta (see the module docstring) and write `out/`
-    (labels.parquet + meta.json + DONE). `reference` overrides `cfg.reference*`. Returns `out`;
-    a complete `out` with the same inputs is kept as it is, a killed run resumes by chunk."""
-    t_start = time.time()
-    out = Path(out)
-    pool = pool if isinstance(pool, Pool) else Pool(pool)
-    ids = check_candidates(candidate_ids, pool)
+def _check_inputs(cfg: ProbeConfig, checkpoint: str | Path, pool: Pool, ids: np.ndarray,
+                  reference: ReferenceSet | None) -> tuple[Path, ReferenceSet]:
+    """The checkpoint (with its optimizer state, of the pool's tokenizer) and the reference set
+    (cfg.reference* unless given; sharing no sequence with the candidates), or a one-line error."""
     checkpoint = check_checkpoint(checkpoint)
     if not has_optimizer_state(checkpoint):
         raise ArtifactMissing(
@@ -510,6 +498,40 @@ def probe(
         if len(overlap):
             raise InputError(f"reference set and candidates share {len(overlap)} pool sequences (e.g. {int(overlap[0])}); "
                              "a candidate must not be part of the reference set")
+    return checkpoint, reference
+
+
+def _write_labels(res: dict[str, np.ndarray], halves: bool, path: Path) -> None:
+    """labels.parquet: seq_id, ref_loss_delta (+ ref_loss_after, the halves' deltas), loss, grad_norm."""
+    cols = {"seq_id": pa.array(res["seq_id"], pa.int64()),
+            "ref_loss_delta": pa.array(res["delta"][:, 0], pa.float64())}
+    if "after" in res:
+        cols["ref_loss_after"] = pa.array(res["after"][:, 0], pa.float64())
+    if halves:
+        cols["ref_loss_delta_a"] = pa.array(res["delta"][:, 1], pa.float64())
+        cols["ref_loss_delta_b"] = pa.array(res["delta"][:, 2], pa.float64())
+    cols["loss"] = pa.array(res["loss"], pa.float64())
+    cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
+    pq.write_table(pa.table(cols), path)
+
+
+def probe(
+    cfg: ProbeConfig,
+    checkpoint: str | Path,
+    pool: Pool | str | Path,
+    candidate_ids: Sequence[int] | np.ndarray,
+    out: str | Path,
+    *,
+    reference: ReferenceSet | None = None,
+) -> Path:
+    """Label every candidate with ref_loss_delta (see the module docstring) and write `out/`
+    (labels.parquet + meta.json + DONE). `reference` overrides `cfg.reference*`. Returns `out`;
+    a complete `out` with the same inputs is kept as it is, a killed run resumes by chunk."""
+    t_start = time.time()
+    out = Path(out)
+    pool = pool if isinstance(pool, Pool) else Pool(pool)
+    ids = check_candidates(candidate_ids, pool)
+    checkpoint, reference = _check_inputs(cfg, checkpoint, pool, ids, reference)
     ckpt_hash = checkpoint_hash(checkpoint)
     plan = {"checkpoint_hash": ckpt_hash, "candidates_hash": hash_ids(ids), "n_probes": int(len(ids)),
             "pool_id": pool.pool_id, "reference": reference.fingerprint, "config": _label_config(cfg)}
@@ -550,16 +572,7 @@ def probe(
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if not np.array_equal(res["seq_id"], ids):
             raise InputError(f"{tmp}: chunk files do not match the candidate list; delete {tmp} and re-run")
-        cols = {"seq_id": pa.array(res["seq_id"], pa.int64()),
-                "ref_loss_delta": pa.array(res["delta"][:, 0], pa.float64())}
-        if "after" in res:
-            cols["ref_loss_after"] = pa.array(res["after"][:, 0], pa.float64())
-        if cfg.reference_halves:
-            cols["ref_loss_delta_a"] = pa.array(res["delta"][:, 1], pa.float64())
-            cols["ref_loss_delta_b"] = pa.array(res["delta"][:, 2], pa.float64())
-        cols["loss"] = pa.array(res["loss"], pa.float64())
-        cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
-        pq.write_table(pa.table(cols), tmp / LABELS_FILE)
+        _write_labels(res, cfg.reference_halves, tmp / LABELS_FILE)
         shutil.rmtree(chunk_dir)
         d = res["delta"][:, 0]
         n_new = sum(len(c) for _, c in todo)
