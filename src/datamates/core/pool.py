@@ -358,18 +358,26 @@ def _pool_meta(cfg: PoolConfig, files: list[InputFile], state: dict[str, Any], d
     }
 
 
+def _pretokenized(cfg: PoolConfig, files: list[InputFile], tok: Any, vocab: int, eos: int
+                  ) -> tuple[PoolConfig, np.ndarray | None]:
+    """With pre-tokenized inputs: the config with its token_eos_id (default: the tokenizer's EOS),
+    each such file told the vocabulary size, and every token's byte length; else (cfg, None)."""
+    if not any(f.pretokenized for f in files):
+        return cfg, None
+    if cfg.token_eos_id is None:
+        cfg = dataclasses.replace(cfg, token_eos_id=eos)
+    for f in files:
+        f.extra["vocab_size"] = vocab
+    return cfg, _token_byte_lengths(tok)
+
+
 def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str, Any]:
     counters = {"documents_read": 0, "documents_kept": 0, "skipped_empty": 0, "skipped_undecodable": 0,
                 "blank_lines": 0, "missing_domain": 0}
     tok, tok_source = _tokenizer_for_build(cfg, files, work, counters)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eos = eos_id(tok, cfg.tokenizer.eos_token)
-    if any(f.pretokenized for f in files):
-        if cfg.token_eos_id is None:
-            cfg = dataclasses.replace(cfg, token_eos_id=eos)
-        for f in files:
-            f.extra["vocab_size"] = vocab
-    token_bytes = _token_byte_lengths(tok) if any(f.pretokenized for f in files) else None
+    cfg, token_bytes = _pretokenized(cfg, files, tok, vocab, eos)
     dtype = "uint16" if vocab <= 65535 else "uint32"
     L = cfg.seq_len
 
