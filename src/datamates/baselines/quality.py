@@ -6,7 +6,7 @@ fit mode `frozen`): e(x) = mean-pooled encoder embedding (the same chunking and 
 embedding cache), q(x) = w . e(x) + b. Its head is fitted by
 
   pointwise {text, label}:          ridge regression of the z-scored label on standardised e(x),
-                                    alpha by exact leave-one-out error (selection/fit.ridge_loo,
+                                    alpha by exact leave-one-out error (core/regression.ridge_loo,
                                     the frozen influence model's fit)
   pairwise {text_a, text_b, prefer}: Bradley-Terry, P(a > b) = sigmoid(q(a) - q(b)) (QuRating's
                                     loss on GPT-3.5 comparisons):  min_w  sum -log sigmoid(y w.(e_a - e_b))
@@ -39,9 +39,9 @@ from datamates.config.base import to_dict, validate
 from datamates.config.baselines import RaterConfig, with_encoder
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.pool import Pool
+from datamates.core.regression import regression_metrics, ridge_loo, split_train_val
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger
-from datamates.selection.fit import regression_metrics, ridge_loo, split_train_val
 
 log = get_logger(__name__)
 

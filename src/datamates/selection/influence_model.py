@@ -208,7 +208,7 @@ def head_predict(model: InfluenceModel, emb: np.ndarray) -> np.ndarray:
 
 
 def head_tensors(head: dict[str, Any], direction: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The tensors of a fitted feature head (fit.fit_head) for `lm_head.safetensors`."""
+    """The tensors of a fitted feature head (core/regression.fit_head) for `lm_head.safetensors`."""
     out: dict[str, torch.Tensor] = {}
     if head["head"] == "ridge":
         out["ridge.w"] = torch.as_tensor(np.asarray(head["w"], np.float64))
@@ -230,7 +230,7 @@ def head_from_tensors(t: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def predict_head(model: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    """z predictions [n] float64 of a feature head (fit.fit_head) on features X [n, d]."""
+    """z predictions [n] float64 of a feature head (core/regression.fit_head) on features X [n, d]."""
     X = np.asarray(X, np.float64)
     if model["head"] == "ridge":
         return X @ np.asarray(model["w"], np.float64) + float(model["b"])
