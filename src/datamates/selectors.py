@@ -10,6 +10,9 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates-parity        MATES's own recipe (mates.parity): exact labels, the fine-tuned encoder on text
     mates-static        the influence model fitted once, at the first selection stage, scores every
                         later stage (mates.static_influence; MATES's ablation)
+    mates-full          mates with the full LM-feature influence model (stats + hidden + fo of the whole
+                        candidate, every block: the default before issue 28), whatever the run's prefix
+                        and early exit (docs/influence_model.md#cheaper-features)
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -129,6 +132,13 @@ def mates_configs(x: StageInputs, mode: str | None = None):
     if x.mates.parity:
         return replace(x.mates.probe, mode="exact"), replace(x.mates.fit, mode="finetune")
     return replace(x.mates.probe, mode=mode or x.mates.probe.mode), x.mates.fit
+
+
+def full_lm_fit(fcfg):
+    """`mates-full`: the LM-feature influence model of issue 14 (stats + hidden + fo of the whole
+    candidate through every block, ridge), whatever prefix / early exit the run's `mates` uses."""
+    return replace(fcfg, mode="lm", features=["stats", "hidden", "fo"], head="ridge", prefix_tokens=None,
+                   exit_layer=None)
 
 
 def select_mates(x: StageInputs, mode: str | None = None) -> Path:
@@ -289,6 +299,7 @@ SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
     "mates-first-order": lambda x: select_mates(x, mode="first_order"),
     "mates-parity": lambda x: select_mates(replace(x, mates=replace(x.mates, parity=True))),
     "mates-static": lambda x: select_mates(replace(x, mates=replace(x.mates, static_influence=True))),
+    "mates-full": lambda x: select_mates(replace(x, mates=replace(x.mates, fit=full_lm_fit(x.mates.fit)))),
     "oracle": select_oracle,
     "loss": select_loss,
     "dsir": select_dsir,

@@ -45,6 +45,12 @@ class FitConfig:
         "<D, grad_W loss(x)>), encoder (the frozen encoder embedding)",
     )
     head: Literal["ridge", "mlp"] = knob("ridge", "lm mode: ridge (alpha by leave-one-out) or a small MLP head")
+    prefix_tokens: int | None = knob(
+        None, "lm mode: features of the first this many tokens of each sequence only (the forward runs on "
+              "the prefix; docs/influence_model.md#cheaper-features); null: the whole sequence", ge=2)
+    exit_layer: int | None = knob(
+        None, "lm mode: early exit, the LM's first this many blocks then its final norm and head (logit "
+              "lens; 0: the input embedding); null: every block", ge=0)
     lm_batch_size: int = knob(16, "lm mode: candidates per LM forward", ge=1)
     encoder: EncoderConfig = knob(EncoderConfig(), "encoder input")
     lr: float = knob(5e-5, "peak learning rate (linear decay to 0, as HF Trainer's default)", gt=0)
