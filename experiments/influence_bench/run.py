@@ -67,7 +67,7 @@ from labels import ARENA, SETS, arena_inputs  # noqa: E402
 
 RIDGE = ["loss", "stats", "hidden", "fo", "stats+fo", "stats+hidden", "stats+hidden+fo", "encoder",
          "stats+hidden+fo+encoder"]
-MLP = ["mlp:stats+fo", "mlp:stats+hidden+fo"]
+MLP = ["mlp:stats+hidden+fo"]
 CURVE = ["stats+fo", "stats+hidden", "stats+hidden+fo", "encoder"]  # validation Spearman against the number of training labels
 
 
@@ -116,8 +116,6 @@ def label_set(name: str):
 
 
 # cheaper views of the LM (issue 28): prefix P of the candidate's T tokens, exit after k of its L blocks
-PREFIXES = [None, 16, 32, 64, 128]
-EXITS = [None, 0, 1, 2, 3]
 LM_KINDS = ["stats", "hidden", "fo"]
 
 
@@ -143,14 +141,17 @@ def parse_variant(v: str):
     return head, distill, p, e, v.split("+")
 
 
-CHEAP = ([f"p{p}:stats+hidden+fo" for p in (16, 32, 64, 128)] + [f"e{e}:stats+hidden+fo" for e in (0, 1, 2, 3)]
-         + [f"p{p}e{e}:stats+hidden+fo" for p in (16, 32, 64, 128) for e in (0, 1, 2)]
-         + [f"p{p}e{e}:stats+hidden" for p in (16, 32, 64, 128) for e in (1, 2)]
-         + [f"p{p}e{e}:hidden" for p in (16, 32, 64, 128) for e in (0, 1, 2)]
-         + ["e1:hidden", "e2:hidden", "e0:hidden", "p128:stats+hidden", "p64:hidden", "p32:hidden"])
+SHF = "stats+hidden+fo"
+# the head (V x H per token, 3 passes over V for stats + fo) dominates this LM's cost, so the views that need
+# it are a chosen few: the prefix curve at full depth and at exit 1, the exit curve at prefix 64; `hidden`
+# alone needs no head and is cheap in every view
+CHEAP = ([f"p{p}:{SHF}" for p in (16, 32, 64, 128)] + [f"e{e}:{SHF}" for e in (1,)]
+         + [f"p64e{e}:{SHF}" for e in (0, 1, 2)] + [f"p{p}e1:{SHF}" for p in (16, 32)] + [f"p16e0:{SHF}"]
+         + [f"p{p}e1:stats+hidden" for p in (16, 32)] + ["p16e1:stats", "p16e1:fo", "p16e1:stats+fo"]
+         + [f"{view_name(p, e)}:hidden" for p in (None, 16, 32, 64, 128) for e in (0, 1, 2, None)
+            if (p, e) != (None, None)])
 DISTILL = ["distill>e0:hidden", "distill>p32e0:hidden", "distill>p32e1:hidden", "distill>p64e1:hidden",
-           "distill>p128e1:hidden", "distill>p16e1:stats+hidden+fo", "distill>p32e1:stats+hidden+fo",
-           "distill>p64e1:stats+hidden+fo", "distill>encoder"]
+           "distill>p128e1:hidden", f"distill>p16e1:{SHF}", f"distill>p32e1:{SHF}", "distill>encoder"]
 
 
 def distill_ids(pool, plan, exclude: np.ndarray, n: int) -> np.ndarray:
@@ -167,7 +168,7 @@ def main() -> None:
     ap.add_argument("--variants", default="")
     ap.add_argument("--distill-n", type=int, default=2400, help="candidates the teacher (the full LM-feature "
                     "model) labels for the distilled students")
-    ap.add_argument("--no-encoder", action="store_true", help="skip the MiniLM variants (minutes of CPU)")
+    ap.add_argument("--encoder", action="store_true", help="also the MiniLM variants (minutes of CPU per set)")
     ap.add_argument("--max-n", type=int, default=0, help="use only the first N candidates of a set (a random "
                     "subset: labels.py draws them in random order); 0: all")
     args = ap.parse_args()
@@ -175,7 +176,7 @@ def main() -> None:
     from datamates.config.influence import EncoderConfig
     from datamates.core.checkpoint import load_model
     from datamates.selection.encode import TokenCache, backbone_hash, encoder_tokens
-    from datamates.selection.features import feature_flops_per_token, feature_grid, head_direction, truncate_layers
+    from datamates.selection.features import feature_flops_per_token, head_direction, truncate_layers
     from datamates.selection.fit import fit_head
     from datamates.selection.influence_model import (
         InfluenceModel,
@@ -185,7 +186,7 @@ def main() -> None:
     )
 
     variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + DISTILL))
-    if args.no_encoder:
+    if not args.encoder and not args.variants:
         variants = [v for v in variants if "encoder" not in v]
     enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input
     results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
@@ -214,19 +215,20 @@ def main() -> None:
             "distill>" in v for v in variants) else np.zeros(0, np.int64)
         every = np.concatenate([ids, np.setdiff1d(ex_ids, ids), dist])
         label_flops_each = probe_flops(fo_dir) / len(lab)
-        fcache = HERE / "runs" / "features" / f"{name}_grid.npz"
         t0 = time.time()
         D = head_direction(ckpt, ref, pad_id=pool.eos_id)
-        if fcache.exists() and np.array_equal(np.load(fcache)["ids"], every):
-            zf = np.load(fcache)
-            feats = {(p, e): {k: zf[f"{view_name(p, e)}|{k}"] for k in LM_KINDS} for p in PREFIXES for e in EXITS}
-            t_lm = float(zf["seconds"])
-        else:
-            feats = feature_grid(ckpt, pool.tokens(every), LM_KINDS, PREFIXES, EXITS, direction=D, batch_size=16)
-            t_lm = time.time() - t0
-            fcache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(fcache, ids=every, seconds=t_lm,
-                     **{f"{view_name(p, e)}|{k}": v for (p, e), d in feats.items() for k, v in d.items()})
+        parsed = {v: parse_variant(v) for v in variants}
+        views: dict = {(None, None): list(LM_KINDS)}  # the teacher and today's default
+        dviews: dict = {(None, None): list(LM_KINDS)} if len(dist) else {}
+        for head_, distill, p, e, kinds in parsed.values():
+            lk = ["stats" if k == "loss" else k for k in kinds if k != "encoder"]
+            for vw in (views, dviews) if distill else (views,):
+                if lk:
+                    vw[(p, e)] = sorted(set(vw.get((p, e), [])) | set(lk), key=LM_KINDS.index)
+        feats, t_lm = cached_grid(HERE / "runs" / "features" / f"{name}.npz", ckpt, pool, every[: len(every) - len(dist)],
+                                  views, D)
+        dfeats = cached_grid(HERE / "runs" / "features" / f"{name}_distill.npz", ckpt, pool, dist, dviews, D)[0] \
+            if len(dist) else {}
         T = pool.seq_len
         lm = load_model(ckpt)
         L = lm.config.num_hidden_layers
@@ -237,7 +239,6 @@ def main() -> None:
             P = T if p is None else min(p, T)
             return P * sum(feature_flops_per_token(m, kinds, P).values())
 
-        enc_rows = np.concatenate([ids, dist])
         if any("encoder" in v for v in variants):
             t0 = time.time()
             tc = TokenCache(pool, enc_cfg, cache_dir)
@@ -257,15 +258,17 @@ def main() -> None:
         fidelity = (float(spearmanr([exact[i] for i in common], [lab[i] for i in common]).statistic)
                     if len(common) >= 5 else None)
 
-        def design(kinds, p, e):
+        def design(kinds, p, e, distill_rows=False):
+            """[rows of `every`, d] (or of `dist` with distill_rows) of the variant's features."""
+            src = dfeats if distill_rows else feats
             parts = []
             for k in kinds:
                 if k == "encoder":
-                    parts.append(E)
+                    parts.append(E[dist_rows] if distill_rows else E[: len(every) - len(dist)])
                 elif k == "loss":
-                    parts.append(feats[(p, e)]["stats"][:, :1])
+                    parts.append(src[(p, e)]["stats"][:, :1])
                 else:
-                    parts.append(feats[(p, e)][k])
+                    parts.append(src[(p, e)][k])
             return np.concatenate(parts, axis=1)
 
         mu, sd = y[tr].mean(), y[tr].std()
@@ -280,8 +283,9 @@ def main() -> None:
             if distill:  # the teacher (full stats+hidden+fo, ridge on the oracle labels) labels `dist`
                 if teacher is None:
                     Xt = design(LM_KINDS, None, None)
-                    teacher = predict_head(fit_head(Xt[tr], (y[tr] - mu) / sd, head="ridge"), Xt[dist_rows])
-                xtr, ztr = np.concatenate([xtr, X[dist_rows]]), np.concatenate([ztr, teacher])
+                    teacher = predict_head(fit_head(Xt[tr], (y[tr] - mu) / sd, head="ridge"),
+                                           design(LM_KINDS, None, None, distill_rows=True))
+                xtr, ztr = np.concatenate([xtr, design(kinds, p, e, distill_rows=True)]), np.concatenate([ztr, teacher])
                 fit_extra = len(dist) * lm_flops(LM_KINDS, None, None)
             model = fit_head(xtr, ztr, head=head, seed=0)
             pred = predict_head(model, X[:len(ids)][va])
@@ -334,6 +338,28 @@ def main() -> None:
         results = now
         (HERE / "results.json").write_text(json.dumps(results, indent=1))
     _table(results)
+
+
+def cached_grid(path: Path, ckpt, pool, ids: np.ndarray, views: dict, D):
+    """features.feature_grid of `views` on `ids`, cached in `path` (kept while the ids and views agree)."""
+    from datamates.selection.features import feature_grid
+
+    keys = sorted(f"{view_name(p, e)}|{k}" for (p, e), kinds in views.items() for k in kinds)
+    if path.exists():
+        z = np.load(path)
+        if np.array_equal(z["ids"], ids) and set(keys) <= set(z.files):
+            out: dict = {}
+            for (p, e), kinds in views.items():
+                out[(p, e)] = {k: z[f"{view_name(p, e)}|{k}"] for k in kinds}
+            return out, float(z["seconds"])
+    t0 = time.time()
+    grid = feature_grid(ckpt, pool.tokens(ids), views, direction=D, batch_size=16)
+    sec = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=ids, seconds=sec, **{f"{view_name(p, e)}|{k}": v for (p, e), d in grid.items() for k, v in d.items()})
+    tmp.rename(path)
+    return grid, sec
 
 
 def flops_per_token_enc(enc, enc_cfg) -> float:

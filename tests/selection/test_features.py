@@ -283,10 +283,12 @@ def test_feature_grid_equals_the_featurizer(tiny_ckpt, tiny_pool, ids, feats):
 
     D, _ = feats
     tokens = tiny_pool.tokens(ids[:24])
-    grid = feature_grid(tiny_ckpt, tokens, ["stats", "hidden", "fo"], [None, 16], [None, 0, 1], direction=D,
-                        batch_size=8)
+    views = {(p, e): ["stats", "hidden", "fo"] for p in (None, 16) for e in (None, 0, 1)}
+    views[(8, 1)] = ["hidden"]
+    grid = feature_grid(tiny_ckpt, tokens, views, direction=D, batch_size=8)
+    assert set(grid) == set(views) and set(grid[(8, 1)]) == {"hidden"}
     for (p, e), got in grid.items():
-        want = LMFeaturizer(tiny_ckpt, direction=D, prefix_tokens=p, exit_layer=e).features(tokens, ["stats", "hidden", "fo"])
+        want = LMFeaturizer(tiny_ckpt, direction=D, prefix_tokens=p, exit_layer=e).features(tokens, views[(p, e)])
         for kind in want:
             np.testing.assert_allclose(got[kind], want[kind], rtol=1e-4, atol=1e-6, err_msg=f"{p} {e} {kind}")
 

@@ -265,12 +265,13 @@ def features_of(logits: torch.Tensor, h: torch.Tensor, X: torch.Tensor, kinds: S
 
 
 @torch.inference_mode()
-def feature_grid(checkpoint: str | Path, tokens: np.ndarray, kinds: Sequence[str], prefixes: Sequence[int | None],
-                 exits: Sequence[int | None], *, direction: torch.Tensor | None = None, batch_size: int = 16,
+def feature_grid(checkpoint: str | Path, tokens: np.ndarray, views: dict[tuple[int | None, int | None], Sequence[str]], *,
+                 direction: torch.Tensor | None = None, batch_size: int = 16,
                  device: str | torch.device = "cpu") -> dict[tuple[int | None, int | None], dict[str, np.ndarray]]:
-    """{(prefix, exit): features} for every prefix and exit layer from ONE full forward per batch (the
-    benchmark's shortcut, experiments/influence_bench): the block outputs are hooked, and a prefix of
-    a causal LM's forward is the forward of the prefix. Equal to `LMFeaturizer(prefix_tokens=P,
+    """{(prefix, exit): {kind: [n, d]}} for every view (prefix P or None, exit k or None) -> kinds, from
+    ONE full forward per batch (the benchmark's shortcut, experiments/influence_bench): the block outputs
+    are hooked, and a prefix of a causal LM's forward is the forward of the prefix; the head runs only
+    for views whose kinds need the distribution. Equal to `LMFeaturizer(prefix_tokens=P,
     exit_layer=k).features` (tests/selection/test_features.py)."""
     from datamates.core.checkpoint import load_model
 
@@ -280,27 +281,24 @@ def feature_grid(checkpoint: str | Path, tokens: np.ndarray, kinds: Sequence[str
     layers, norm, head = decoder_layers(model), final_norm(model), model.get_output_embeddings()
     L = len(layers)
     D = None if direction is None else direction.to(device, torch.float32)
-    kinds = [k for k in kinds if k in FEATURE_KINDS]
     box: dict[int, torch.Tensor] = {}
     hooks = [model.base_model.get_input_embeddings().register_forward_hook(
         lambda m, i, o: box.__setitem__(0, o))]
     for j, layer in enumerate(layers):
         hooks.append(layer.register_forward_hook(
             lambda m, i, o, j=j: box.__setitem__(j + 1, o[0] if isinstance(o, tuple) else o)))
-    parts: dict[tuple, dict[str, list[np.ndarray]]] = {(p, e): {k: [] for k in kinds} for p in prefixes for e in exits}
+    views = {v: [k for k in kinds if k in FEATURE_KINDS] for v, kinds in views.items()}
+    parts: dict[tuple, dict[str, list[np.ndarray]]] = {v: {k: [] for k in kinds} for v, kinds in views.items()}
     try:
         for s in range(0, len(tokens), batch_size):
             X = torch.as_tensor(np.asarray(tokens[s : s + batch_size], dtype=np.int64), device=device)
-            model(input_ids=X)
-            for e in exits:
-                r = box[L if e is None else e].float()
-                h = norm(r)  # the head's input: the final norm of block e's residual stream
+            model.base_model(input_ids=X)  # the blocks only: each view runs its own head below
+            for (p, e), kinds in views.items():
+                P = X.shape[1] if p is None else min(p, X.shape[1])
+                h = norm(box[L if e is None else e][:, :P].float())  # the head's input at block e
                 logits = head(h).float() if ("stats" in kinds or "fo" in kinds) else h[..., :1]
-                for p in prefixes:
-                    P = X.shape[1] if p is None else min(p, X.shape[1])
-                    f = features_of(logits[:, :P], h[:, :P].float(), X[:, :P], kinds, D)
-                    for k, v in f.items():
-                        parts[(p, e)][k].append(v.double().cpu().numpy())
+                for k, v in features_of(logits, h, X[:, :P], kinds, D).items():
+                    parts[(p, e)][k].append(v.double().cpu().numpy())
     finally:
         for hk in hooks:
             hk.remove()
