@@ -150,6 +150,13 @@ CHEAP = ([f"p{p}:{SHF}" for p in (16, 32, 64, 128)] + [f"e{e}:{SHF}" for e in (1
          + [f"p{p}e1:stats+hidden" for p in (16, 32)] + ["p16e1:stats", "p16e1:fo", "p16e1:stats+fo"]
          + [f"{view_name(p, e)}:hidden" for p in (None, 16, 32, 64, 128) for e in (0, 1, 2, None)
             if (p, e) != (None, None)])
+# combinations: views joined by '&' (their features side by side, their FLOPs summed); e0:hidden over the whole
+# candidate is the LM's normalised input embedding, mean-pooled (a lookup and a norm: ~0 FLOPs), the other
+# view a short prefix through few blocks and the head
+COMBO = ["e0:hidden&p16e0:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden",
+         "e0:hidden&p16e1:stats+fo", "e0:hidden&p32e1:stats+hidden+fo", "e0:hidden&p64e1:stats+hidden+fo",
+         "e0:hidden&p16:stats+hidden+fo", "e0:hidden&p32:stats+hidden+fo", "e0:hidden&e1:stats+hidden+fo",
+         "e0:hidden&fo", "e0:hidden&stats+fo", "e0:hidden&p64e0:stats+hidden+fo"]
 DISTILL = ["distill>e0:hidden", "distill>p32e0:hidden", "distill>p32e1:hidden", "distill>p64e1:hidden",
            "distill>p128e1:hidden", f"distill>p16e1:{SHF}", f"distill>p32e1:{SHF}", "distill>encoder"]
 
@@ -185,7 +192,7 @@ def main() -> None:
         predict_head,
     )
 
-    variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + DISTILL))
+    variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + COMBO + DISTILL))
     if not args.encoder and not args.variants:
         variants = [v for v in variants if "encoder" not in v]
     enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input
@@ -217,10 +224,10 @@ def main() -> None:
         label_flops_each = probe_flops(fo_dir) / len(lab)
         t0 = time.time()
         D = head_direction(ckpt, ref, pad_id=pool.eos_id)
-        parsed = {v: parse_variant(v) for v in variants}
+        parsed = [parse_variant(part) for v in variants for part in v.split("&")]
         views: dict = {(None, None): list(LM_KINDS)}  # the teacher and today's default
         dviews: dict = {(None, None): list(LM_KINDS)} if len(dist) else {}
-        for head_, distill, p, e, kinds in parsed.values():
+        for head_, distill, p, e, kinds in parsed:
             lk = ["stats" if k == "loss" else k for k in kinds if k != "encoder"]
             for vw in (views, dviews) if distill else (views,):
                 if lk:
@@ -275,6 +282,12 @@ def main() -> None:
         teacher = None
         rows = []
         for v in variants:
+            if "&" in v:
+                rows.append(_combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each))
+                r = rows[-1]
+                print(f"{name:7s} {v:32s} rho {r['val_spearman']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]  "
+                      f"score/cand {r['flops_score_one']:.3g} FLOPs", flush=True)
+                continue
             head, distill, p, e, kinds = parse_variant(v)
             X = design(kinds, p, e)
             t0 = time.time()
@@ -338,6 +351,25 @@ def main() -> None:
         results = now
         (HERE / "results.json").write_text(json.dumps(results, indent=1))
     _table(results)
+
+
+def _combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each) -> dict:
+    """A combination 'VIEW:kinds&VIEW:kinds': the views' features side by side, one ridge head."""
+    from datamates.selection.fit import fit_head
+    from datamates.selection.influence_model import predict_head
+
+    parts = [parse_variant(p) for p in v.split("&")]
+    X = np.concatenate([design(kinds, p, e) for _, _, p, e, kinds in parts], axis=1)
+    model = fit_head(X[tr], (y[tr] - mu) / sd, head="ridge", seed=0)
+    pred = predict_head(model, X[: len(y)][va])
+    rho = float(spearmanr(pred, y[va]).statistic)
+    lo, hi = bootstrap_ci(pred, y[va])
+    score = sum(lm_flops(["stats" if k == "loss" else k for k in kinds], p, e) for _, _, p, e, kinds in parts)
+    return {"variant": v, "head": "ridge", "views": [[p, e, kinds] for _, _, p, e, kinds in parts],
+            "prefix_tokens": None, "exit_layer": None, "kinds": None, "distill_n": 0,
+            "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": None, "n_exact_val": 0,
+            "n_train": int(len(tr)), "n_val": int(len(va)), "flops_labels": label_flops_each * len(tr),
+            "flops_fit": score * len(tr), "flops_score_one": score, "wall_s": None, "fit_alpha": model.get("alpha")}
 
 
 def cached_grid(path: Path, ckpt, pool, ids: np.ndarray, views: dict, D):

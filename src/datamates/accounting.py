@@ -49,7 +49,8 @@ from datamates.run_dir import atomic_write_json, is_done, read_json
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
 # fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
 # FLOPs per token on top of the LM forward it shares
-KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head")
+# lm_embed: the `embed` feature's final norm on every token of a candidate (selection/features.py)
+KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head", "lm_embed")
 # stage sub-folder -> the component its FLOPs are charged to
 STAGE_ARTIFACTS = {"checkpoint": "train", "probe": "probe", "influence_model": "fit", "scores": "score",
                    "eval": "eval"}

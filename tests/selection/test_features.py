@@ -371,3 +371,34 @@ def test_mates_full_is_the_full_lm_feature_model():
     assert (full.mode, full.features, full.head, full.prefix_tokens, full.exit_layer) == \
         ("lm", ["stats", "hidden", "fo"], "ridge", None, None)
     assert "mates-full" in SELECTORS
+
+
+def test_embed_by_hand_and_counted(tiny_ckpt, tiny_pool, ids, ref, tmp_path, one_thread):
+    """`embed` = the mean over the WHOLE candidate of norm(E[x_t]) (the LM's input embedding through its
+    final norm), whatever the prefix; counted as lm_embed tokens of whole candidates, no LM forward
+    when it is the only kind; and a planted signal in it is recovered."""
+    from datamates.run_dir import read_json
+
+    model = load_model(tiny_ckpt)
+    f = LMFeaturizer(tiny_ckpt, prefix_tokens=16, exit_layer=1)
+    got = f.features(tiny_pool.tokens(ids[:20]), ["embed"])["embed"]
+    assert f.forwards == 0
+    with torch.no_grad():
+        x = torch.as_tensor(tiny_pool.tokens(ids[:20]), dtype=torch.long)
+        want = model.gpt_neox.final_layer_norm(model.gpt_neox.embed_in(x)).mean(1).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    E = LMFeaturizer(tiny_ckpt).features(tiny_pool.tokens(ids), ["embed"])["embed"]
+    rng = np.random.default_rng(0)
+    y = ((E - E.mean(0)) / (E.std(0) + 1e-12)) @ rng.standard_normal(E.shape[1])
+    y = 1e-3 * (y + 0.05 * y.std() * rng.standard_normal(len(y)))
+    labels = write_labels(tmp_path / "probe", ids, y, tiny_pool.pool_id)
+    out = fit(replace(LM_FIT, features=["embed", "stats"], prefix_tokens=16, exit_layer=0), [labels], tiny_pool,
+              tmp_path / "im", checkpoint=tiny_ckpt, reference=ref)
+    assert read_json(out / "metrics.json")["val_spearman"] > 0.9
+    meta = read_json(out / "meta.json")
+    T, H = tiny_pool.seq_len, model.config.hidden_size
+    assert meta["tokens"] == {"lm_forward": len(ids) * 16, "lm_embed": len(ids) * T}
+    assert meta["flops_per_token"]["lm_embed"] == 2.0 * 2 * H  # the final LayerNorm's weight and bias
+    cand = np.arange(3, len(tiny_pool), 211)[:20]
+    sm = read_json(score(ScoreConfig(device="cpu"), out, tiny_pool, cand, tmp_path / "s") / "meta.json")
+    assert sm["tokens"] == {"lm_forward": len(cand) * 16, "lm_embed": len(cand) * T}

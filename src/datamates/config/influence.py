@@ -42,7 +42,8 @@ class FitConfig:
         ["stats", "hidden", "fo"],
         "lm mode (default: the influence_bench pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
         "entropy), hidden (its mean-pooled last hidden state), fo (the first-order head term "
-        "<D, grad_W loss(x)>), encoder (the frozen encoder embedding)",
+        "<D, grad_W loss(x)>), embed (the LM's normalised input embedding of the whole candidate, "
+        "mean-pooled: no block runs), encoder (the frozen encoder embedding)",
     )
     head: Literal["ridge", "mlp"] = knob("ridge", "lm mode: ridge (alpha by leave-one-out) or a small MLP head")
     prefix_tokens: int | None = knob(
@@ -75,7 +76,7 @@ class FitConfig:
     precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
 
     def check(self) -> None:
-        known = ("stats", "hidden", "fo", "encoder")
+        known = ("stats", "hidden", "fo", "embed", "encoder")
         bad = [f for f in self.features if f not in known]
         if bad or not self.features or len(set(self.features)) != len(self.features):
             raise ConfigError(f"features = {self.features}: name each of {', '.join(known)} at most once "

@@ -20,6 +20,9 @@ state, after the final norm). From them, per candidate:
           grad_W l_t = (p_t - e_{x_{t+1}}) h_t^T, so <D, grad_W l_t> = <p_t, D h_t> - (D h_t)_{x_{t+1}},
           one extra [T, H] x [H, V] product (the head's own forward cost). The clip factor c(x) is left to
           the fitted head (it is a function of the gradient norm, which the stats track).  [1]
+  embed   the LM's input embedding of every token of the WHOLE candidate through its final norm,
+          mean-pooled, (1/T) sum_t norm(E[x_t]) (no block runs; the same as `hidden` at exit 0 on the
+          whole candidate, whatever prefix_tokens says): a bag of words in the LM's own space  [H]
 
 Cost per candidate of T tokens (N non-embedding LM parameters, V the vocabulary, H the width):
 forward 2 N T + 2 T H V (the LM's own forward, charged as `lm_forward` tokens), plus 2 T H V for `fo`.
@@ -54,7 +57,8 @@ import torch
 
 from datamates.errors import ConfigError
 
-FEATURE_KINDS = ("stats", "hidden", "fo")
+FEATURE_KINDS = ("stats", "hidden", "fo", "embed")
+FORWARD_KINDS = ("stats", "hidden", "fo")  # the kinds of the (prefix, early-exit) forward
 STAT_NAMES = ("mean_loss", "loss_q10", "loss_q50", "loss_q90", "loss_std", "mean_entropy")
 
 
@@ -164,10 +168,22 @@ def feature_flops_per_token(model: torch.nn.Module, kinds: Sequence[str], contex
     stats or fo needs the distribution) and `fo_head` (fo's extra [H] x [H, V] product). The one
     price of the features, for fit, score and benchmarks/scaling_plan.py (a meta-device model)."""
     need_head = "stats" in kinds or "fo" in kinds
-    out = {"lm_forward": forward_flops_per_token(model, context, head=need_head)}
+    out = {}
+    if any(k in FORWARD_KINDS for k in kinds):
+        out["lm_forward"] = forward_flops_per_token(model, context, head=need_head)
     if "fo" in kinds:
         out["fo_head"] = 2.0 * float(model.get_output_embeddings().weight.numel())
+    if "embed" in kinds:  # per token of the WHOLE candidate (not the prefix): the final norm's multiplies
+        out["lm_embed"] = 2.0 * float(sum(p.numel() for p in final_norm(model).parameters()))
     return out
+
+
+def feature_flops_per_candidate(model: torch.nn.Module, kinds: Sequence[str], seq_len: int,
+                                prefix_tokens: int | None) -> float:
+    """Counted FLOPs of one candidate's features: `lm_embed` per token of the whole candidate, the
+    others per token of the prefix (feature_flops_per_token)."""
+    P = int(min(seq_len, prefix_tokens or seq_len))
+    return sum(f * (seq_len if k == "lm_embed" else P) for k, f in feature_flops_per_token(model, kinds, P).items())
 
 
 class LMFeaturizer:
@@ -199,7 +215,7 @@ class LMFeaturizer:
         return int(self.head.weight.shape[1])
 
     def tokens_per_row(self, seq_len: int) -> int:
-        """Tokens of a row the forward runs on (the prefix, or the whole row)."""
+        """Tokens of a row the forward runs on (the prefix, or the whole row; `embed` reads every token)."""
         return int(min(seq_len, self.prefix_tokens or seq_len))
 
     def flops_per_token(self, kinds: Sequence[str], seq_len: int) -> dict[str, float]:
@@ -210,8 +226,17 @@ class LMFeaturizer:
 
     @torch.inference_mode()
     def _batch(self, X: torch.Tensor, kinds: Sequence[str]) -> dict[str, torch.Tensor]:
+        extra: dict[str, torch.Tensor] = {}
+        if "embed" in kinds:  # the whole candidate's normalised input embedding, mean-pooled: no block runs
+            extra["embed"] = final_norm(self.model)(self.model.get_input_embeddings()(X).float()).mean(1)
+            kinds = [k for k in kinds if k != "embed"]
+            if not kinds:
+                return extra
         if self.prefix_tokens is not None:
             X = X[:, : self.prefix_tokens]
+        return {**self._forward(X, kinds), **extra}
+
+    def _forward(self, X: torch.Tensor, kinds: Sequence[str]) -> dict[str, torch.Tensor]:
         self.forwards += 1
         self.rows += X.shape[0]
         if "stats" not in kinds and "fo" not in kinds:  # no distribution needed: the head is not run (nor counted)

@@ -329,7 +329,7 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     lm_kinds = [k for k in cfg.features if k != "encoder"]
     T = featurizer.tokens_per_row(pool.seq_len)
     fpt = featurizer.flops_per_token(lm_kinds, pool.seq_len) if lm_kinds else {}
-    tokens = {k: int(len(all_ids)) * T for k in fpt}
+    tokens = {k: int(len(all_ids)) * (pool.seq_len if k == "lm_embed" else T) for k in fpt}
     if n_enc_tokens:
         tokens["encoder_forward"] = n_enc_tokens
     meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],

@@ -294,7 +294,7 @@ def score_counts(icfg: dict[str, Any], fit_meta: dict[str, Any], n_encoder_token
     if icfg.get("mode") != "lm":
         return {"encoder_forward": n_encoder_tokens}, {"encoder_forward": fpt.get("encoder_forward")}
     per_seq = int(icfg.get("lm_tokens_per_sequence") or seq_len)
-    tokens = {k: n_scored * per_seq for k in fpt if k != "encoder_forward"}
+    tokens = {k: n_scored * (seq_len if k == "lm_embed" else per_seq) for k in fpt if k != "encoder_forward"}
     if n_encoder_tokens:
         tokens["encoder_forward"] = n_encoder_tokens
     return tokens, dict(fpt)
