@@ -32,7 +32,8 @@ import torch  # noqa: E402
 DEFAULT = "stats+hidden+fo"
 VARIANTS = [DEFAULT, "p64:stats+hidden+fo", "p32:stats+hidden+fo", "e1:stats+hidden+fo", "e2:stats+hidden+fo",
             "p32e1:stats+hidden+fo", "p64e1:stats+hidden+fo", "p32e1:stats+hidden", "p32e1:hidden", "p64e2:hidden",
-            "p32e0:hidden", "e0:hidden"]
+            "p32e0:hidden", "e0:hidden", "embed", "p16e0:embed+stats+hidden+fo", "p16e1:embed+stats+hidden",
+            "p16e1:embed+stats+fo"]
 
 
 def parse(v: str):
@@ -86,7 +87,9 @@ def main() -> None:
     for v in variants:
         f = feats[v]
         P = f.tokens_per_row(T)
-        counted = P * sum(f.flops_per_token(parse(v)[2], T).values())
+        from datamates.selection.features import feature_flops_per_candidate
+
+        counted = feature_flops_per_candidate(f.model, parse(v)[2], T, f.prefix_tokens)
         med = statistics.median(times[v])
         rows[v] = {"seconds_per_1000": round(med / args.n * 1000, 3), "ratio_to_default": round(med / base, 4),
                    "counted_flops_per_candidate": counted, "prefix_tokens": P,

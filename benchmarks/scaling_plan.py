@@ -89,20 +89,21 @@ class Plan:
     exit_frac: float | None = None
     distill_ratio: float = 0.0  # distillation: the teacher (full LM features) labels ratio x n_train candidates
     student: str | None = None  # None: the student is the lm view above; or an encoder name (minilm-l6)
+    views: tuple = ()  # a combination: ((kinds, prefix_frac, exit_frac), ...) priced as the sum of its views
 
 
 def lm_feature_cost(preset: str, T: int, kinds, prefix_frac: float | None, exit_frac: float | None) -> dict:
     """Counted FLOPs of one candidate's LM features at paper scale: the code's own price
-    (features.feature_flops_per_token) on the meta-device LM, truncated to the exit, x prefix tokens."""
-    from datamates.selection.features import feature_flops_per_token, truncate_layers
+    (features.feature_flops_per_candidate) on the meta-device LM, truncated to the exit."""
+    from datamates.selection.features import feature_flops_per_candidate, truncate_layers
 
     lm = lm_on_meta(preset, T)
     L = lm.config.num_hidden_layers
     k = L if exit_frac is None else int(round(exit_frac * L))
     P = T if prefix_frac is None else max(2, int(round(prefix_frac * T)))
     truncate_layers(lm, k)
-    fpt = feature_flops_per_token(lm, list(kinds), P)
-    return {"per_candidate": P * sum(fpt.values()), "prefix_tokens": P, "exit_layer": k, "n_layers": L}
+    return {"per_candidate": feature_flops_per_candidate(lm, list(kinds), T, P), "prefix_tokens": P, "exit_layer": k,
+            "n_layers": L}
 
 
 def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
@@ -134,6 +135,9 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
     lm_view = None
     if plan.fit_mode == "lm":  # lm features: one (prefix, early-exit) LM forward per labelled sequence
         lm_view = lm_feature_cost(plan.preset, T, plan.lm_kinds, plan.prefix_frac, plan.exit_frac)
+        if plan.views:  # a combination of views: their features side by side, their prices summed
+            parts = [lm_feature_cost(plan.preset, T, kinds, pf, ef) for kinds, pf, ef in plan.views]
+            lm_view = {"per_candidate": sum(p["per_candidate"] for p in parts), "views": parts}
         full = lm_feature_cost(plan.preset, T, LM_KINDS, None, None)["per_candidate"]
         n_dist = int(round(plan.distill_ratio * n_train))
         student = lm_view["per_candidate"] if plan.student is None else plan.enc_max_tokens * fe
@@ -170,9 +174,13 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
 def bench_plan(row: dict, preset: str, bench_T: int, bench_L: int) -> Plan:
     """The paper-scale plan of one influence-bench variant (experiments/influence_bench/results.json):
     its prefix and exit as shares of the bench's tokens and blocks, its kinds, its distillation."""
+    variant = row["variant"]
+    if row.get("views"):  # a combination 'VIEW&VIEW'
+        views = tuple((tuple("stats" if k == "loss" else k for k in kinds), None if p is None else p / bench_T,
+                       None if e is None else e / bench_L) for p, e, kinds in row["views"])
+        return Plan(variant, preset, probe_mode="first_order", fit_mode="lm", views=views)
     kinds = tuple("stats" if k == "loss" else k for k in row["kinds"])
     p, e = row.get("prefix_tokens"), row.get("exit_layer")
-    variant = row["variant"]
     plan = Plan(variant, preset, probe_mode="first_order", fit_mode="lm", lm_kinds=kinds,
                 prefix_frac=None if p is None else p / bench_T, exit_frac=None if e is None else e / bench_L)
     if row.get("distill_n"):
@@ -194,7 +202,8 @@ def bench_prices(path: str, cfg, examples, args) -> dict:
     by_var: dict[str, dict] = {}
     for s in sets:
         for r in res[s]["rows"]:
-            if r["head"] not in ("ridge",) or r["variant"] in ("encoder", "stats+hidden+fo+encoder") or "kinds" not in r:
+            if r["head"] not in ("ridge",) or r["variant"] in ("encoder", "stats+hidden+fo+encoder") or \
+                    ("kinds" not in r and "views" not in r):
                 continue
             by_var.setdefault(r["variant"], {"row": r, "rho": {}})["rho"][s] = r["val_spearman"]
     rows = []
