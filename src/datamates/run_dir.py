@@ -364,6 +364,10 @@ def begin_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] 
                 keep = False
         if not keep:
             shutil.rmtree(tmp)
+        else:  # a killed writer's temporary files (atomic_write_bytes, score shards): we hold the lock, none is live
+            for stale in tmp.rglob(".*.tmp-*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
     fresh = not tmp.exists()
     tmp.mkdir(parents=True, exist_ok=True)
     if read_marker(tmp, PARTIAL) is None:

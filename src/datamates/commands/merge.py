@@ -44,8 +44,17 @@ def run(args: argparse.Namespace) -> int:
         if args.units or args.checkpoints:
             raise InputError("give --groups alone (no --units or checkpoint folders)")
         manifest = read_manifest(rd.partitions)
+        if mc.method == "task_arithmetic" or args.weights is not None or args.seed or args.lam is not None:
+            flag = ("--method task_arithmetic" if mc.method == "task_arithmetic" else "--weights"
+                    if args.weights is not None else "--seed" if args.seed else "--lam")
+            raise InputError(f"--groups with {flag}: a macro-merge is token-weighted (or, with --method uniform, a "
+                             "mean of means) on both levels; drop the option, or merge --units for that method")
         groups = [manifest.check_names([u.strip() for u in g.split(",") if u.strip()], f"--groups [{i}]: ")
                   for i, g in enumerate(args.groups.split(";"))]
+        named = [u for g in groups for u in g]
+        twice = next((u for u in named if named.count(u) > 1), None)
+        if twice is not None:  # its tokens would be counted twice in the token-weighted merge
+            raise InputError(f"--groups {args.groups!r}: unit '{twice}' is named in two groups; name each unit once")
         rule = "uniform" if mc.method == "uniform" and args.method == "uniform" else "weighted"
         key = ";".join(mixture_key(g) for g in groups)
         out = args.out or rd.merged("macro~" + key.replace(";", "~"))

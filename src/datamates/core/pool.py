@@ -584,6 +584,9 @@ def _summary(meta: dict[str, Any]) -> str:
         f"{c['blank_lines']:,} blank lines; {c.get('tail_tokens_dropped', 0):,} tail tokens dropped "
         f"(shorter than one sequence at the end of a domain)"
     )
+    if c.get("replaced_invalid_unicode"):
+        lines.append(f"  replaced: {c['replaced_invalid_unicode']:,} lone surrogate code points (invalid Unicode) "
+                     "by U+FFFD")
     return "\n".join(lines)
 
 

@@ -119,8 +119,10 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
     icfg = read_influence_config(model_dir)
     plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": config_hash(ids.tolist()),
             "n": int(len(ids)), "shard_size": cfg.shard_size}
-    if icfg.get("pool_id") not in (None, pool.pool_id):
-        log.warning("influence model %s was fitted on pool %s; scoring pool %s", model_dir, icfg["pool_id"], pool.pool_id)
+    if icfg.get("pool_id") not in (None, pool.pool_id):  # its labels, label scale and (lm mode) tokens are that pool's
+        raise IncompatibleArtifacts(f"--model {model_dir}: fitted on the pool with pool_id {icfg['pool_id']}, not "
+                                    f"{pool.path} (pool_id {pool.pool_id}); fit an influence model on this pool's probe "
+                                    "labels, or give --pool the pool it was fitted on")
     if finished_scores(out, plan):
         return out
     t0 = time.time()

@@ -59,7 +59,7 @@ from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, InputError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_dir, atomic_write_json, meta_record
-from datamates.selection.scores_io import iter_scores, scores_meta
+from datamates.selection.scores_io import check_scores, iter_scores, scores_meta
 
 log = get_logger(__name__)
 
@@ -215,8 +215,7 @@ def _chunks(candidates: Candidates, pool_id: str | None, size: int = 1 << 20
                        "label_mean": meta.get("label_mean"), "label_std": meta.get("label_std")}
     if isinstance(candidates, tuple):
         ids, sc = (np.asarray(a) for a in candidates)
-        if len(ids) != len(sc):
-            raise InputError(f"{len(ids)} ids but {len(sc)} scores")
+        check_scores("the scores", ids, sc)
 
         def it() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for i in range(0, len(ids), size):
