@@ -260,7 +260,7 @@ def main() -> None:
     for preset in (cfg.model.preset, "pythia-1b"):
         tag = preset.replace("pythia-", "")
         plans += [
-            Plan(f"{tag} as configured (exact 80k, bert-base)", preset),
+            Plan(f"{tag} MATES recipe (exact 80k, bert-base; mates-parity)", preset),
             Plan(f"{tag} first-order labels", preset, probe_mode="first_order"),
             Plan(f"{tag} exact, 10k probes", preset, n_probes=10_000),
             Plan(f"{tag} exact 80k, MiniLM-L6 encoder", preset, encoder="minilm-l6"),
@@ -312,7 +312,7 @@ def main() -> None:
     print("per stage (one selection round before each of the stages after the warmup; training: one stage of "
           "stage_steps; FLOPs, hours):")
     for r in rows:
-        if "as configured" not in r["plan"] and "+ MiniLM-L6, 512" not in r["plan"]:
+        if "MATES recipe" not in r["plan"] and "+ MiniLM-L6, 512" not in r["plan"]:
             continue
         n, f, h = r["selection_rounds"], r["flops"], r["hours"]
         stage_train = f["train"] / (cfg.mates.stages + cfg.mates.decay_steps / cfg.mates.stage_steps)

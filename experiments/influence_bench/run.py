@@ -176,9 +176,14 @@ def main() -> None:
     ap.add_argument("--distill-n", type=int, default=2400, help="candidates the teacher (the full LM-feature "
                     "model) labels for the distilled students")
     ap.add_argument("--encoder", action="store_true", help="also the MiniLM variants (minutes of CPU per set)")
+    ap.add_argument("--labels", default="", help="folder of the early/middle/late label sets (default: labels/, "
+                    "issue 14's 2,000-label sets; issue 28 ran on labels_n1200/)")
     ap.add_argument("--max-n", type=int, default=0, help="use only the first N candidates of a set (a random "
                     "subset: labels.py draws them in random order); 0: all")
     args = ap.parse_args()
+    global LABELS
+    if args.labels:
+        LABELS = Path(args.labels)
     torch.set_num_threads(args.threads)
     from datamates.config.influence import EncoderConfig
     from datamates.core.checkpoint import load_model
