@@ -2,6 +2,8 @@
 
     .venv/bin/python experiments/influence_bench/labels.py --n 2000 --exact 150 --threads 1   # labels (once)
     .venv/bin/python experiments/influence_bench/run.py [--sets early,middle,late] [--finetune]
+    .venv/bin/python experiments/influence_bench/run.py --labels experiments/influence_bench/labels_n1200 \
+        --sets early,middle,late,arena_s0 --threads 2                                      # issue 28's run
 
 Label sets (labels.py): first-order probe labels of 2,000 random pool candidates at warmup stages 2, 8
 and 16 of the selection arena's seed 0, one fixed 80/20 train/validation split (split.npy), and exact
