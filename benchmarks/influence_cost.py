@@ -36,17 +36,6 @@ VARIANTS = [DEFAULT, "p64:stats+hidden+fo", "p32:stats+hidden+fo", "e1:stats+hid
             "p16e1:embed+stats+fo"]
 
 
-def parse(v: str):
-    p = e = None
-    if ":" in v:
-        view, v = v.split(":")
-        if "e" in view:
-            view, e = view.split("e")
-            e = int(e)
-        p = int(view[1:]) if view.startswith("p") else None
-    return p, e, v.split("+")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="arena_cpu")
@@ -59,6 +48,7 @@ def main() -> None:
     from datamates.config.run import load_config
     from datamates.core.lm import build_model
     from datamates.selection.features import LMFeaturizer
+    from datamates.selection.features import parse_view as parse
 
     cfg = load_config(args.config)
     T = cfg.pool.seq_len

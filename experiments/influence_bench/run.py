@@ -130,17 +130,13 @@ def parse_variant(v: str):
     head = "ridge"
     if v.startswith("mlp:"):
         head, v = "mlp", v[4:]
+    from datamates.selection.features import parse_view
+
     distill = v.startswith("distill>")
     if distill:
         v = v[len("distill>"):]
-    p = e = None
-    if ":" in v:
-        view, v = v.split(":")
-        if "e" in view:
-            view, e = view.split("e")
-            e = int(e)
-        p = int(view[1:]) if view.startswith("p") else None
-    return head, distill, p, e, v.split("+")
+    p, e, kinds = parse_view(v)
+    return head, distill, p, e, kinds
 
 
 SHF = "stats+hidden+fo"

@@ -40,7 +40,8 @@ class FitConfig:
     )
     features: list[str] = knob(
         ["stats", "hidden", "fo"],
-        "lm mode (default: the influence_bench pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
+        "lm mode (default: issue 14's influence_bench pick, the full-forward model; configs/paper_410m.yaml uses issue "
+        "28's cheaper pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
         "entropy), hidden (its mean-pooled last hidden state), fo (the first-order head term "
         "<D, grad_W loss(x)>), embed (the LM's normalised input embedding of the whole candidate, "
         "mean-pooled: no block runs), encoder (the frozen encoder embedding)",

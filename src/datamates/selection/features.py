@@ -330,11 +330,25 @@ def feature_grid(checkpoint: str | Path, tokens: np.ndarray, views: dict[tuple[i
     return {key: {k: np.concatenate(v) for k, v in d.items()} for key, d in parts.items()}
 
 
+def parse_view(spec: str) -> tuple[int | None, int | None, list[str]]:
+    """The benchmarks' view notation '[pP][eK]:kind+kind' (or 'kind+kind') -> (prefix_tokens, exit_layer,
+    kinds): 'p16e0:embed+stats' is fit.prefix_tokens 16, fit.exit_layer 0, features [embed, stats]."""
+    p = e = None
+    if ":" in spec:
+        view, spec = spec.split(":")
+        if "e" in view:
+            view, k = view.split("e")
+            e = int(k)
+        p = int(view[1:]) if view.startswith("p") else None
+    return p, e, spec.split("+")
+
+
 def stack_features(feats: dict[str, np.ndarray], kinds: Sequence[str]) -> np.ndarray:
     """The design matrix [n, sum d_k] in the order of `kinds`."""
     return np.concatenate([np.asarray(feats[k], dtype=np.float64) for k in kinds], axis=1)
 
 
-__all__ = ["FEATURE_KINDS", "STAT_NAMES", "LMFeaturizer", "check_kinds", "decoder_layers", "feature_grid",
-           "feature_flops_per_token", "features_of", "final_norm", "forward_flops_per_token", "head_direction", "next_step_lr_of",
-           "stack_features", "truncate_layers"]
+__all__ = ["FEATURE_KINDS", "FORWARD_KINDS", "STAT_NAMES", "LMFeaturizer", "check_kinds", "decoder_layers",
+           "feature_flops_per_candidate", "feature_flops_per_token", "feature_grid", "features_of", "final_norm",
+           "forward_flops_per_token", "head_direction", "next_step_lr_of", "parse_view", "stack_features",
+           "truncate_layers"]
