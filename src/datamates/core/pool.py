@@ -222,6 +222,15 @@ def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -
     return out
 
 
+def cached_pool(cfg: PoolConfig, cache_root: str | Path) -> Path:
+    """Build (or reuse) the pool in `<cache_root>/<key>`, the key a hash of its fingerprint (pool
+    config, the inputs' names, sizes and content hashes, a given tokenizer's hash): runs whose pools
+    would be byte-identical share one, tokenizer included (`pool_dir: auto`)."""
+    fp = pool_fingerprint(cfg, discover_inputs(cfg.inputs))
+    key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return build_pool(cfg, Path(cache_root) / key)
+
+
 def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str, Any]:
     counters = {"documents_read": 0, "documents_kept": 0, "skipped_empty": 0, "skipped_undecodable": 0,
                 "blank_lines": 0, "missing_domain": 0}
