@@ -63,19 +63,17 @@ def counts(root: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ref", help="also count at this git ref (a temporary worktree) and print the change")
+    ap.add_argument("--ref", help="also count at this git ref (its files, unpacked to a temporary folder) and print the change")
     args = ap.parse_args()
     now = counts(ROOT)
     result: dict = {"worktree": now}
     if args.ref:
         with tempfile.TemporaryDirectory() as tmp:
-            wt = Path(tmp) / "ref"
-            subprocess.run(["git", "worktree", "add", "--detach", str(wt), args.ref], cwd=ROOT, check=True,
-                           capture_output=True)
-            try:
-                before = counts(wt)
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, capture_output=True)
+            wt = Path(tmp) / "ref"  # the ref's files (git archive: no worktree, nothing written to .git)
+            wt.mkdir()
+            tar = subprocess.run(["git", "archive", args.ref], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(wt)], input=tar, check=True)
+            before = counts(wt)
         result[args.ref] = before
         result["change"] = {k: now[k] - before[k] for k in now}
     print(json.dumps(result, indent=2))
