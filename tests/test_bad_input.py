@@ -293,6 +293,20 @@ def _(w, t):
             ["mates.selectors", "'nope'", "available"], [t / "run" / "config.yaml"])
 
 
+@case("config", "unknown selector in config show (run refuses it)")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "mates.selectors=[random,nope]")],
+            ["mates.selectors", "'nope'", "available"], [])
+
+
+@case("config", "a garbled runs/<name>/config.yaml")
+def _(w, t):
+    (t / "run").mkdir()
+    (t / "run" / "config.yaml").write_text("name: tiny\npool: {seq_len: 32\n  tokenizer: [\n")
+    return (["run", *w.tiny("--run-dir", t / "run")], [str(t / "run" / "config.yaml"), "not valid YAML"],
+            [t / "run" / "pool"])
+
+
 @case("config", "--set without =")
 def _(w, t):
     return ["config", "show", *w.tiny("--set", "train.lr")], ["--set 'train.lr'", "KEY=VALUE"], []
@@ -470,6 +484,57 @@ def _(w, t):
 def _(w, t):
     argv, out = _pool_build(w, t, w.corpus, "--set", "pool.domain_from=field", "--set", "pool.domain_field=meta.dom")
     return argv, ["pool.domain_field = 'meta.dom'", "none of the first 50 records"], [out]
+
+
+def _zst_blocks(n: int = 100) -> bytes:
+    """One zstandard frame of `n` documents, each flushed as its own block (as streaming writers do)."""
+    import zstandard
+
+    buf = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(buf, closefd=False) as w:
+        for i in range(n):
+            w.write((json.dumps({"text": f"document {i} " * 30}) + "\n").encode())
+            w.flush(zstandard.FLUSH_BLOCK)
+    return buf.getvalue()
+
+
+@case("pool", "a .jsonl.zst cut inside its last frame at a block boundary")
+def _(w, t):
+    import zstandard
+
+    blob = _zst_blocks()
+    cut = len(blob) * 6 // 10
+    # the cut lands where zstandard's own stream reader returns the documents so far and stops silently
+    part = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[:cut]), read_across_frames=True).read()
+    assert 0 < part.count(b"\n") < 100
+    d = t / "in"
+    d.mkdir()
+    (d / "x.jsonl.zst").write_bytes(blob[:cut])
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.jsonl.zst: truncated zstandard file"], [out]
+
+
+@case("pool", "a .jsonl.zst cut inside its only frame's header")
+def _(w, t):
+    d = t / "in"
+    d.mkdir()
+    (d / "x.jsonl.zst").write_bytes(_zst_blocks()[:5])
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.jsonl.zst: truncated zstandard file"], [out]
+
+
+@case("pool", "a truncated Parquet file")
+def _(w, t):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = t / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"text": ["some words here " * 10] * 50}), d / "x.parquet")
+    blob = (d / "x.parquet").read_bytes()
+    (d / "x.parquet").write_bytes(blob[: len(blob) - 40])
+    argv, out = _pool_build(w, t, d)
+    return argv, ["in/x.parquet: not a readable Parquet file: truncated"], [out]
 
 
 # --- artifacts ---------------------------------------------------------------------------------
@@ -691,6 +756,122 @@ def _(w, t):
     return (["train", *w.tiny("--pool", w.pool, "--out", d, "--run-dir", t / "run")], [str(d)], [])
 
 
+def _fasttext_bin(t: Path) -> Path:
+    """A real fastText model (trained here, a few KB)."""
+    fasttext = pytest.importorskip("fasttext")
+    tr = t / "ft.txt"
+    tr.write_text("".join(f"__label__hq good careful prose number {i}\n__label__cc buy cheap pills now {i}\n"
+                          for i in range(40)))
+    m = fasttext.train_supervised(input=str(tr), dim=8, bucket=1000, wordNgrams=2, thread=1, verbose=0, epoch=2, seed=0)
+    m.save_model(str(t / "ft.bin"))
+    tr.unlink()
+    return t / "ft.bin"
+
+
+@case("artifacts", "a fastText .bin cut to half its size (score-with classifier)")
+def _(w, t):
+    b = _fasttext_bin(t)
+    blob = b.read_bytes()
+    b.write_bytes(blob[: len(blob) // 2])  # fastText's loader takes it and scores every document -0.0
+    return (["score-with", "classifier", "--model", b, "--pool", w.pool, "--out", t / "sc",
+             *w.tiny("--run-dir", t / "run")], [f"{b}: not a complete fastText model", "truncated"], [t / "sc"])
+
+
+@case("artifacts", "the first 300 bytes of a fastText .bin (the loader used to grow without bound)")
+def _(w, t):
+    b = _fasttext_bin(t)
+    b.write_bytes(b.read_bytes()[:300])
+    return (["score-with", "classifier", "--model", b, "--pool", w.pool, "--out", t / "sc",
+             *w.tiny("--run-dir", t / "run")], [f"{b}: not a complete fastText model", "dictionary"], [t / "sc"])
+
+
+def _selection_of(w: World, t: Path, pool: Path, ids=None) -> Path:
+    """A selection folder (select's own command) of `pool`; `ids` replaces its ids.npy."""
+    s = _scores_of(pool, t / "scores")
+    r = cli("select", "--scores", s, "--pool", pool, "--out", t / "sel", "-k", 5, *w.tiny("--run-dir", t / "run"))
+    assert r.rc == 0, r.err
+    if ids is not None:
+        np.save(t / "sel" / "ids.npy", ids, allow_pickle=True)
+    shutil.rmtree(t / "scores")
+    shutil.rmtree(t / "run")
+    return t / "sel"
+
+
+@case("artifacts", "export --selection with --pool another pool")
+def _(w, t):
+    sel = _selection_of(w, t, w.pool)
+    return (["export", "--format", "hf", "--selection", sel, "--pool", w.pool2, "--out", t / "hf"],
+            [f"--selection {sel}", "pool_id", str(w.pool2)], [t / "hf"])
+
+
+def _scores_edit(w: World, t: Path, edit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> Path:
+    """`_scores_of(w.pool)` with its shard's rows rewritten by `edit` (meta.json left as it was)."""
+    from datamates.core.pool import Pool
+    from datamates.selection.scores_io import read_shard, shard_name, write_shard
+
+    s = _scores_of(w.pool, t / "scores")
+    pid = Pool(w.pool).pool_id
+    ids, sc = edit(*read_shard(s / shard_name(0)))
+    write_shard(s / shard_name(0), ids, sc, pool_id=pid, model_hash="m0")
+    return s
+
+
+def _select_scores(w: World, t: Path, s: Path) -> list[object]:
+    return ["select", "--scores", s, "--pool", w.pool, "--out", t / "sel", *w.tiny("--run-dir", t / "run")]
+
+
+@case("artifacts", "a scores folder whose shard holds fewer rows than its meta.json says")
+def _(w, t):
+    s = _scores_edit(w, t, lambda i, v: (i[:-10], v[:-10]))
+    return _select_scores(w, t, s), [str(s), "rows", "meta.json says n ="], [t / "sel"]
+
+
+@case("artifacts", "a scores folder with a duplicated sequence id")
+def _(w, t):
+    s = _scores_edit(w, t, lambda i, v: (np.where(np.arange(len(i)) == 3, i[2], i), v))
+    return _select_scores(w, t, s), [str(s), "sequence id 2 has 2 rows"], [t / "sel"]
+
+
+@case("artifacts", "a scores folder with one NaN among its scores (the real count, the first id)")
+def _(w, t):
+    s = _scores_edit(w, t, lambda i, v: (i, np.where(np.arange(len(v)) == 7, np.nan, v)))
+    return _select_scores(w, t, s), ["shard_00000.parquet", "1 of", "scores are NaN or inf", "sequence id 7"], [t / "sel"]
+
+
+@case("artifacts", "score with an influence model fitted on another pool")
+def _(w, t):
+    from datamates.run_dir import atomic_dir, atomic_write_json
+
+    model = t / "dim"
+    with atomic_dir(model, meta={"produced_by": "fit"}) as tmp:
+        atomic_write_json(tmp / "influence_config.json", {"pool_id": "0123456789abcdef", "model_hash": "m0",
+                                                          "mode": "frozen"})
+    return (["score", "--model", model, "--pool", w.pool, "--out", t / "sc", *w.tiny("--run-dir", t / "run")],
+            [f"--model {model}", "pool_id 0123456789abcdef"], [t / "sc"])
+
+
+def _partitions(w: World, t: Path) -> Path:
+    run = t / "run"
+    r = cli("partition", "--pool", w.pool, "--by", "domain", *w.tiny("--run-dir", run, "--set",
+                                                                     "ablation.partition.heldout_sequences=2"))
+    assert r.rc == 0, r.err
+    return run
+
+
+@case("artifacts", "merge --groups naming a unit twice (its tokens counted twice)")
+def _(w, t):
+    run = _partitions(w, t)
+    return (["merge", "--groups", "web;web", "--out", t / "m", *w.tiny("--run-dir", run)],
+            ["--groups 'web;web'", "unit 'web' is named in two groups"], [t / "m"])
+
+
+@case("artifacts", "merge --groups with --method task_arithmetic (silently a weighted mean)")
+def _(w, t):
+    run = _partitions(w, t)
+    return (["merge", "--groups", "web;wiki", "--method", "task_arithmetic", "--out", t / "m", *w.tiny("--run-dir", run)],
+            ["--groups with --method task_arithmetic"], [t / "m"])
+
+
 # --- sequence id files (one loader for every verb) ---------------------------------------------
 
 def _train_ids(w: World, t: Path, ids: Path) -> tuple[list[object], Path]:
@@ -752,6 +933,13 @@ def _(w, t):
 def _(w, t):
     argv, out = _train_ids(w, t, t / "none.npy")
     return argv, ["--ids", "no such id file"], [out]
+
+
+@case("ids", "an object array given to export (the same loader as train)")
+def _(w, t):
+    sel = _selection_of(w, t, w.pool, ids=np.array([1, "a", None], dtype=object))
+    return (["export", "--format", "hf", "--selection", sel, "--pool", w.pool, "--out", t / "hf"],
+            [f"--selection {sel}/ids.npy", "array of Python objects"], [t / "hf"])
 
 
 ALL = [(area, name) for area, cases in CASES.items() for name in cases]
@@ -824,8 +1012,67 @@ def test_documents_without_the_domain_field_are_counted(world, tmp_path):
     assert "warning: 1 documents have no field 'dom'" in r.out
 
 
+def test_lone_surrogates_are_replaced_and_counted_in_the_pool(world, tmp_path):
+    """A JSON-escaped lone surrogate (`\\ud800`) is text no encoder can write: the one rule
+    (core/jsonl.replace_invalid_unicode) replaces it by U+FFFD and counts it; it used to be a
+    TypeError from the tokenizer, and the partial it left was refused on the fixed input."""
+    d = tmp_path / "in"
+    d.mkdir()
+    bad = '{"text": "half a pair \\ud800 here and \\udfff there ' + "and more words " * 10 + '"}'
+    (d / "x.jsonl").write_text((DOC + "\n") * 20 + bad + "\n" + (DOC + "\n") * 20)
+    r = cli("pool", "build", *world.tiny("--input", d, "--out", tmp_path / "p", "--run-dir", tmp_path / "run",
+                                         "--tokenizer", world.pool / "tokenizer.json"))
+    assert r.rc == 0, r.err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["counters"]["replaced_invalid_unicode"] == 2
+    assert meta["n_documents"] == 41
+    assert "2 lone surrogate code points" in r.err + r.out
+
+
+def test_lone_surrogates_in_task_data_follow_the_same_rule(world, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"q": "Is the sky \\ud800 blue?", "a": "yes"}\n'
+                                      '{"q": "Is grass green?", "a": "no"}\n')
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("task: mine\ndataset_path: json\ndata_files: d.jsonl\ntest_split: test\n"
+                    "output_type: loglikelihood\ndoc_to_text: '{{q}}'\ndoc_to_target: ' {{a}}'\n")
+    r = cli("evaluate", "--checkpoint", world.ckpt, "--tasks", spec, "--reference", "--out", tmp_path / "ev",
+            "-c", world.cfg, "--run-dir", tmp_path / "run")
+    assert r.rc == 0, r.err
+    assert any("1 lone surrogate code points (invalid Unicode) replaced by U+FFFD" in m for m in r.logged), r.logged
+
+
+def test_the_torchrun_mailbox_never_unpickles_a_file_it_did_not_sign(tmp_path):
+    """`<run>/logs/ranks/` used to be read with pickle.load: anyone able to write the run folder
+    could run code in every rank. Files are signed with a key that never touches the disk."""
+    import pickle
+
+    from datamates import executor
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    key = os.urandom(32)
+    planted = tmp_path / "job_0000.pkl"
+    planted.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(executor.ShardFailed, match="signature does not match"):
+        executor._read(planted, key)
+    forged = tmp_path / "end.pkl"
+    forged.write_bytes(os.urandom(32) + pickle.dumps(Evil()))
+    with pytest.raises(executor.ShardFailed, match="signature does not match"):
+        executor._read(forged, key)
+    assert not marker.exists()
+    executor._post(tmp_path / "ok.pkl", {"shards": [1, 2]}, key)
+    assert executor._read(tmp_path / "ok.pkl", key) == {"shards": [1, 2]}
+
+
 HELD_CASES = [test_undecodable_lines_are_skipped_counted_and_reported, test_documents_without_the_domain_field_are_counted,
-              test_after_fixing_a_malformed_input_the_same_command_succeeds]
+              test_after_fixing_a_malformed_input_the_same_command_succeeds,
+              test_lone_surrogates_are_replaced_and_counted_in_the_pool,
+              test_lone_surrogates_in_task_data_follow_the_same_rule,
+              test_the_torchrun_mailbox_never_unpickles_a_file_it_did_not_sign]
 
 
 # ----------------------------------------------------------------------------- read-only outputs
@@ -863,6 +1110,33 @@ def test_read_only_output_folder_is_one_line(world, read_only, tmp_path, verb):
     line = assert_one_error_line(cli(*argv), str(read_only), "writable")
     assert "denied" in line or "not permitted" in line
     assert list(read_only.iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a file system of one 4 KiB page (a tmpfs; needs root). Skipped elsewhere."""
+    d = tmp_path / "full"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(d)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full disk needs root (a 4 KiB tmpfs)")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("verb", ["pool build", "train", "evaluate"])
+def test_a_full_disk_is_one_line(world, full_disk, tmp_path, verb):
+    out = full_disk / "out"
+    if verb == "pool build":
+        argv = ["pool", "build", *world.tiny("--input", world.corpus, "--out", out, "--run-dir", tmp_path / "run",
+                                             "--tokenizer", world.pool / "tokenizer.json")]
+    elif verb == "train":
+        argv = ["train", *world.tiny("--pool", world.pool, "--out", out, "--run-dir", tmp_path / "run")]
+    else:
+        argv = _evaluate(world, world.ckpt, out, "--run-dir", tmp_path / "run")
+    assert_one_error_line(cli(*argv), "No space left on device", "free some space")
 
 
 # ----------------------------------------------------------------------------- faults (subprocesses)
@@ -1037,11 +1311,127 @@ def test_kill_9_during_score_then_the_same_command_gives_the_same_bytes(world, i
         assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
+# ----------------------------------------------------------------------------- kill -9 of the newer verbs
+#
+# Each verb runs in a subprocess that kills itself (SIGKILL) at its k-th os.replace: the first (the
+# first file made durable inside `<out>.partial`) and the last (the rename of the finished partial
+# onto `<out>`); the same command then runs to the end, and every file of `<out>` has the sha256 of
+# an uninterrupted run's (meta.json and DONE compared without their wall-clock fields).
+
+_KILLER = """
+import atexit, os, signal, sys
+n, seen, real = int(os.environ["DATAMATES_KILL_AT_REPLACE"]), [0], os.replace
+def replace(*a, **k):
+    seen[0] += 1
+    if seen[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*a, **k)
+os.replace = replace
+atexit.register(lambda: open(os.environ["DATAMATES_REPLACE_COUNT"], "w").write(str(seen[0])))
+from datamates.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_CLOCK_KEYS = ("created", "seconds", "time", "elapsed", "wall")
+
+
+def _digests(d: Path) -> dict[str, str]:
+    import hashlib
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not any(c in k for c in _CLOCK_KEYS)}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    out = {}
+    for p in sorted(q for q in d.rglob("*") if q.is_file()):
+        rel = str(p.relative_to(d))
+        if p.name == "DONE":
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".json":
+            data = json.dumps(strip(json.loads(data)), sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _killed_at(argv: list[object], k: int, count: Path) -> subprocess.CompletedProcess:
+    env = {**_env(), "DATAMATES_KILL_AT_REPLACE": str(k), "DATAMATES_REPLACE_COUNT": str(count)}
+    return subprocess.run([sys.executable, "-c", _KILLER, *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _kill_argv(verb: str, w: World, t: Path, out: Path) -> list[object]:
+    run = ["--run-dir", t / "run"]
+    if verb == "select (scores.parquet, attributes, documents)":
+        s = t / "scores" if (t / "scores").exists() else _scores_of(w.pool, t / "scores")
+        return ["select", "--scores", s, "--pool", w.pool, "--out", out, "--write-documents",
+                *w.tiny(*run, "--set", "mates.select.write_scores=true")]
+    if verb == "score-with dsir":
+        ref = t / "ref.jsonl"
+        if not ref.exists():
+            ref.write_text("".join(json.dumps({"text": f"the reference document {i} about rivers and hills " * 6}) + "\n"
+                                   for i in range(20)))
+        return ["score-with", "dsir", "--reference", ref, "--pool", w.pool, "--out", out,
+                *w.tiny(*run, "--set", "baselines.dsir.shard_size=300")]
+    if verb == "fit (frozen encoder)":
+        lab = t / "probe"
+        if not lab.exists():
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            lab.mkdir()
+            rng = np.random.default_rng(0)
+            pq.write_table(pa.table({"seq_id": np.arange(0, 48, 2, dtype=np.int64),
+                                     "ref_loss_delta": rng.normal(0, 0.01, 24)}), lab / "labels.parquet")
+        argv = ["fit", "--labels", lab, "--pool", w.pool, "--out", out, "--mode", "frozen", "--cache-dir", t / "cache",
+                *w.tiny(*run)]
+        if not (t / "cache").exists():  # the embedding cache warm before every run: meta.json counts the encoder
+            warm = cli_one_thread(*argv[:6], t / "warm", *argv[7:])  # work each command did, not the kill's effect
+            assert warm.rc == 0, warm.err
+        return argv
+    if verb == "export (model)":
+        return ["export", "--checkpoint", w.ckpt, "--out", out]
+    if verb == "merge":
+        ck2 = t / "ck2" if (t / "ck2").exists() else _ckpt_copy(w, t, "ck2")
+        return ["merge", w.ckpt, ck2, "--out", out, "--weights", "1,3", "--method", "weighted", *w.tiny(*run)]
+    raise AssertionError(verb)
+
+
+KILL_VERBS = ["select (scores.parquet, attributes, documents)", "score-with dsir", "fit (frozen encoder)",
+              "export (model)", "merge"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", KILL_VERBS)
+def test_kill_9_of_a_newer_verb_then_the_same_command_gives_the_same_bytes(world, tmp_path, verb):
+    ref = tmp_path / "ref"
+    count = tmp_path / "count"
+    r = _killed_at(_kill_argv(verb, world, tmp_path, ref), 0, count)  # 0: never killed; counts the renames
+    assert r.returncode == 0, r.stderr
+    n = int(count.read_text())
+    assert n >= 2, n
+    want = _digests(ref)
+    assert want
+    for k in sorted({1, n}):
+        out = tmp_path / f"out{k}"
+        argv = _kill_argv(verb, world, tmp_path, out)
+        k9 = _killed_at(argv, k, count)
+        assert k9.returncode == -signal.SIGKILL, k9.stderr
+        again = _killed_at(argv, 0, count)
+        assert again.returncode == 0, again.stderr
+        got = _digests(out)
+        assert got == want, (verb, k, {f for f in set(got) | set(want) if got.get(f) != want.get(f)})
+
+
 FAULT_CASES = [test_kill_9_during_score_then_the_same_command_gives_the_same_bytes, test_kill_9_during_probe_then_the_same_command_gives_the_same_bytes, test_kill_9_during_train_then_the_same_command_gives_the_same_bytes,
                test_ctrl_c_is_one_line_exit_130_then_resumes_to_the_same_bytes,
                test_a_second_train_on_the_same_output_is_refused_by_the_lock,
                test_kill_9_during_pool_clean_up_then_the_same_command_gives_the_same_bytes,
-               *[test_read_only_output_folder_is_one_line] * 3]
+               *[test_read_only_output_folder_is_one_line] * 3, *[test_a_full_disk_is_one_line] * 3,
+               *[test_kill_9_of_a_newer_verb_then_the_same_command_gives_the_same_bytes] * len(KILL_VERBS)]
 
 
 def test_the_error_line_starts_on_a_fresh_line_after_a_progress_bar(world, tmp_path, monkeypatch):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from datamates_testing import tiny_pool_config
 
 from datamates.core.pool import cached_pool
+from datamates.errors import DatamatesError
 from datamates.run_dir import read_marker
 
 
@@ -53,3 +55,8 @@ def test_run_links_its_pool_to_the_cache(data, tmp_path):
     cfg2 = load_config(None, [f"pool.inputs=[{corpus}]", "pool.seq_len=64", "pool.tokenizer.vocab_size=300",
                               "pool_dir=auto", f"runs_root={tmp_path / 'runs'}", "name=two"])
     assert _pool(cfg2, RunDir(cfg2.run_dir)).resolve() == p.resolve()
+    # the run's own link is checked on a later call: other pool settings are refused, not silently reused
+    cfg3 = load_config(None, [f"pool.inputs=[{corpus}]", "pool.seq_len=32", "pool.tokenizer.vocab_size=300",
+                              "pool_dir=auto", f"runs_root={tmp_path / 'runs'}", "name=one"])
+    with pytest.raises(DatamatesError, match="seq_len"):
+        _pool(cfg3, rd)

@@ -14,6 +14,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 
 from datamates import __version__
@@ -66,11 +67,34 @@ _OS_HINTS = {
 
 
 def _os_error_line(e: OSError) -> str | None:
-    """One line for an OSError the user can fix (a named path and a known errno), else None."""
+    """One line for an OSError the user can fix (a named path and a known errno; a full disk also
+    without a path: a write() names no file), else None."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not (e.filename or e.filename2):
+        return f"{e.strerror or os.strerror(e.errno)}; {_OS_HINTS[e.errno]}"
     if e.errno not in _OS_HINTS or not (e.filename or e.filename2):
         return None
     name = e.filename if e.filename is not None else e.filename2
     return f"{name}: {e.strerror or 'operating-system error'}; {_OS_HINTS[e.errno]}"
+
+
+_DISK_FULL = ("No space left on device", "os error 28", "[Errno 28]", "Disk quota exceeded", "os error 122")
+
+
+def _disk_full_line(e: BaseException) -> str | None:
+    """One line for a full disk reported by a library that wraps the OSError (safetensors' Rust
+    IoError, torch.save's "file write failed", pyarrow's IOError): found in the exception or the
+    ones it was raised from."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _os_error_line(e)
+        text = str(e)
+        if any(m in text for m in _DISK_FULL):
+            code = errno.EDQUOT if "quota" in text.lower() or "os error 122" in text else errno.ENOSPC
+            return f"{os.strerror(code)}; {_OS_HINTS[code]}"
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -108,18 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("datamates").debug("error", exc_info=True)  # the traceback: log file, --verbose
         print(f"datamates {args.verb}: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
-        line = _os_error_line(e)
+    except KeyboardInterrupt:
+        _fresh_line()
+        print(f"datamates {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # an OSError the user can fix, or a full disk under a library's own error type
+        line = _os_error_line(e) if isinstance(e, OSError) else None
+        line = line or _disk_full_line(e)
         if line is None:
             raise
         _fresh_line()
         logging.getLogger("datamates").debug("error", exc_info=True)
         print(f"datamates {args.verb}: error: {_one_line(line)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        _fresh_line()
-        print(f"datamates {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
     finally:
         _shutdown_distributed()
 

@@ -33,8 +33,10 @@ Backends (`backend=`):
 `lead(fn, mailbox)` is how a torchrun program runs a serial step that contains sharded jobs (a
 selector: probe -> fit -> score -> select): rank 0 runs `fn`; the other ranks *serve*: they poll
 the mailbox folder for the jobs rank 0 posts (a pickled `Job`, between datamates' own processes of
-one run), run their shards, and return `fn`'s result when rank 0 posts it. They wait on files, with
-a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
+one run, each file signed with HMAC-SHA256 under a key rank 0 draws per `lead` call and sends to the
+other ranks over the process group, never through the file system: a file anyone else wrote into
+the run folder fails the check and is never unpickled), run their shards, and return `fn`'s
+result when rank 0 posts it. They wait on files, with a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
 on rank 0 (the ridge fit, the Gumbel-top-k merge, an evaluation) cannot hit the process-group
 timeout (config: `distributed.timeout_minutes`, default 30; only training's collectives and one
 token broadcast per `lead` call remain). A user error on rank 0 is raised on every rank.
@@ -49,9 +51,13 @@ docs/executor.md describes the design and how to choose a backend.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import hmac
 import multiprocessing as mp
 import os
 import pickle
+import secrets
 import shutil
 import threading
 import time
@@ -398,13 +404,22 @@ def world_size() -> int:
     return 1
 
 
-def _post(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, pickle.dumps(obj))
+def _post(path: Path, obj: Any, key: bytes) -> None:
+    """A mailbox file: HMAC-SHA256(key, payload) then the pickled payload."""
+    payload = pickle.dumps(obj)
+    atomic_write_bytes(path, hmac.new(key, payload, hashlib.sha256).digest() + payload)
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path, key: bytes) -> Any:
+    """A mailbox file, unpickled only when its signature is this `lead` call's: the key exists only
+    in the ranks' memory, so a file planted in logs/ranks/ cannot run code in a rank."""
     with open(path, "rb") as fh:
-        return pickle.load(fh)
+        blob = fh.read()
+    sig, payload = blob[:32], blob[32:]
+    if len(blob) < 32 or not hmac.compare_digest(sig, hmac.new(key, payload, hashlib.sha256).digest()):
+        raise ShardFailed(f"{path}: a mailbox file not written by this run's rank 0 (its signature does not match); "
+                          "something else writes into the run folder: stop it and re-run the command")
+    return pickle.loads(payload)
 
 
 @dataclass
@@ -416,6 +431,7 @@ class _World:
     world: int
     heartbeat_s: float
     poll_s: float
+    key: bytes = b""
     jobs: int = 0
 
     @classmethod
@@ -425,20 +441,20 @@ class _World:
     def run(self, job: Job, todo: list[int], *, device: str, local_worker, progress) -> dict[int, Any]:
         n = self.jobs
         self.jobs += 1
-        _post(self.folder / f"job_{n:04d}.pkl", {"job": job, "todo": todo, "device": device})
+        _post(self.folder / f"job_{n:04d}.pkl", {"job": job, "todo": todo, "device": device}, self.key)
         t0 = time.time()
         with _Progress(job, todo, progress) as bar:
-            out = _serve_job(job, todo, self.rank, self.world, device, local_worker, self.folder, n, bar)
+            out = _serve_job(job, todo, self.rank, self.world, device, local_worker, self.folder, n, bar, self.key)
             # wait for the other ranks' markers: files, not a collective
             last = time.time()
             waiting = set(range(1, self.world))
             while waiting:
                 for r in sorted(waiting):
                     if (self.folder / f"job_{n:04d}.rank{r}.error").exists():
-                        raise _read(self.folder / f"job_{n:04d}.rank{r}.error").exception()
+                        raise _read(self.folder / f"job_{n:04d}.rank{r}.error", self.key).exception()
                     if (self.folder / f"job_{n:04d}.rank{r}.done").exists():
                         waiting.discard(r)
-                        for i in _read(self.folder / f"job_{n:04d}.rank{r}.done")["shards"]:
+                        for i in _read(self.folder / f"job_{n:04d}.rank{r}.done", self.key)["shards"]:
                             bar.done(i)
                 if waiting:
                     if time.time() - last > self.heartbeat_s:
@@ -457,7 +473,7 @@ _CURRENT: list[_World | None] = [None]
 
 
 def _serve_job(job: Job, todo: list[int], rank: int, world: int, device: str, local_worker, folder: Path, n: int,
-               bar: _Progress | None) -> dict[int, Any]:
+               bar: _Progress | None, key: bytes) -> dict[int, Any]:
     """This rank's share of a job: every world-th of the unfinished shards, from position `rank`
     (shard i % world == rank on a fresh job; balanced after a resume too), then its marker file. Rank 0 raises a
     shard's error; another rank posts it (rank 0 raises it and ends the `lead` call, so every rank
@@ -477,7 +493,7 @@ def _serve_job(job: Job, todo: list[int], rank: int, world: int, device: str, lo
                 except Exception as e:
                     fail = _failure(job.name, i, e, rank=rank)
                     if rank != 0:
-                        _post(folder / f"{tag}.error", fail)
+                        _post(folder / f"{tag}.error", fail, key)
                         log.error("%s", fail.exception())
                         return out
                     raise fail.exception() from (None if isinstance(e, DatamatesError) else e)
@@ -490,13 +506,13 @@ def _serve_job(job: Job, todo: list[int], rank: int, world: int, device: str, lo
     except Exception as e:  # building the worker failed
         if rank == 0:
             raise
-        _post(folder / f"{tag}.error", _failure(job.name, mine[0], e, rank=rank))
+        _post(folder / f"{tag}.error", _failure(job.name, mine[0], e, rank=rank), key)
         log.error("%s: rank %d could not start its shards: %s", job.name, rank, e)
         return out
     log.info("%s: rank %d of %d ran shards %s (%d of %d) in %.1f s", job.name, rank, world, _short(mine), len(mine),
              len(todo), time.time() - t0)
     if rank != 0:
-        _post(folder / f"{tag}.done", {"shards": mine, "seconds": time.time() - t0})
+        _post(folder / f"{tag}.done", {"shards": mine, "seconds": time.time() - t0}, key)
     return out
 
 
@@ -530,33 +546,35 @@ def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.
     if world_size() == 1 or _World.current() is not None:
         return fn()
     rank, world = dist.get_rank(), dist.get_world_size()
-    box = [uuid.uuid4().hex[:12] if rank == 0 else None]
+    # the folder token and the signing key of this call's mailbox files: sent over the process group
+    box = [(uuid.uuid4().hex[:12], secrets.token_bytes(32)) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
+    token, key = box[0]
     mailbox = Path(mailbox)
-    folder = mailbox / box[0]
+    folder = mailbox / token
     if rank == 0:
         for old in mailbox.glob("*") if mailbox.exists() else []:
-            if old.is_dir() and old.name != box[0]:  # every rank is past the previous call's end
+            if old.is_dir() and old.name != token:  # every rank is past the previous call's end
                 shutil.rmtree(old, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        _CURRENT[0] = _World(folder, rank, world, heartbeat_s, poll_s)
+        _CURRENT[0] = _World(folder, rank, world, heartbeat_s, poll_s, key)
         stop = threading.Event()
         beat = threading.Thread(target=_alive, args=(folder / "alive", min(heartbeat_s, 5.0), stop), daemon=True)
         beat.start()
         try:
             result = fn()
         except DatamatesError as e:
-            _post(folder / "end.pkl", ("user", type(e), str(e)))
+            _post(folder / "end.pkl", ("user", type(e), str(e)), key)
             raise
         except BaseException as e:
-            _post(folder / "end.pkl", ("error", None, f"rank 0 failed: {type(e).__name__}: {e}"))
+            _post(folder / "end.pkl", ("error", None, f"rank 0 failed: {type(e).__name__}: {e}"), key)
             raise
         finally:
             _CURRENT[0] = None
             stop.set()
-        _post(folder / "end.pkl", ("ok", result, ""))
+        _post(folder / "end.pkl", ("ok", result, ""), key)
         return result
-    return _serve(folder, rank, world, heartbeat_s, poll_s, timeout_s)
+    return _serve(folder, rank, world, heartbeat_s, poll_s, timeout_s, key)
 
 
 def _alive(path: Path, every: float, stop: threading.Event) -> None:
@@ -566,20 +584,20 @@ def _alive(path: Path, every: float, stop: threading.Event) -> None:
         stop.wait(every)
 
 
-def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: float, timeout_s: float) -> Any:
+def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: float, timeout_s: float, key: bytes) -> Any:
     n = 0
     t0 = last = time.time()
     while True:
         jf = folder / f"job_{n:04d}.pkl"
         if jf.exists():
-            msg = _read(jf)
-            _serve_job(msg["job"], msg["todo"], rank, world, msg["device"], None, folder, n, None)
+            msg = _read(jf, key)
+            _serve_job(msg["job"], msg["todo"], rank, world, msg["device"], None, folder, n, None, key)
             n += 1
             last = time.time()
             continue
         end = folder / "end.pkl"
         if end.exists():
-            kind, value, text = _read(end)
+            kind, value, text = _read(end, key)
             if kind == "ok":
                 return value
             if kind == "user":
@@ -594,3 +612,22 @@ def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: floa
                 raise ShardFailed(f"rank {rank}: rank 0 has given no sign of life for {time.time() - seen:.0f} s "
                                   f"({alive}); it probably died: re-run the command to resume")
         time.sleep(poll_s)
+
+
+# ----------------------------------------------------------------------------- the run's world
+
+_LEAD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0, "timeout_s": 1800.0}
+
+
+def set_world(mailbox: str | Path, *, heartbeat_s: float, timeout_s: float) -> None:
+    """Where and how `on_rank0` coordinates the ranks of a torchrun world (a run's logs/ranks and
+    its cfg.distributed knobs); set once per run."""
+    _LEAD.update(mailbox=Path(mailbox), heartbeat_s=heartbeat_s, timeout_s=timeout_s)
+
+
+def on_rank0(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """`fn(*args, **kw)` on rank 0 (selection, evaluation); under torchrun the other ranks serve the
+    sharded jobs it submits (probe, score: `lead`) and wait for the rest on files, with a heartbeat,
+    never inside a collective; then every rank gets its result. Single process: just the call."""
+    return lead(functools.partial(fn, *args, **kw), _LEAD["mailbox"], heartbeat_s=_LEAD["heartbeat_s"],
+                timeout_s=_LEAD["timeout_s"])

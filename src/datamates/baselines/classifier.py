@@ -58,12 +58,104 @@ def fasttext_line(text: str, max_chars: int) -> str:
     return _WS.sub(" ", text[:max_chars]).strip()
 
 
+FASTTEXT_MAGIC = 793712314  # fastText's FASTTEXT_FILEFORMAT_MAGIC_INT32
+FASTTEXT_VERSIONS = (11, 12)
+
+
+def check_fasttext_bin(path: Path) -> None:
+    """Walk a fastText `.bin` / `.ftz` (fastText 0.9's layout: magic, version, args, dictionary,
+    input matrix, output matrix) checking every size it declares against the bytes that follow, to
+    the file's exact end, before fastText's C++ loader sees it. That loader trusts the header: a cut
+    file loads and scores 0 (the missing matrix rows read as zeros), and a file cut inside its
+    dictionary makes it allocate without bound (and it does not answer Ctrl-C). Memory here: the file
+    is memory-mapped, nothing is copied."""
+    import mmap
+    import struct
+
+    size = path.stat().st_size
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: not a complete fastText model ({what}; the file has {size:,} bytes); "
+                          "the file is truncated or not a .bin written by fastText: copy or download it again")
+
+    if size < 8 + 56:
+        raise InputError(f"{path}: not a fastText model ({size} bytes, shorter than fastText's header); give a .bin "
+                         "written by fastText")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        magic, version = struct.unpack_from("<ii", m, 0)
+        if magic != FASTTEXT_MAGIC or version not in FASTTEXT_VERSIONS:
+            raise InputError(f"{path}: not a fastText model (magic {magic} / version {version}, not fastText's "
+                             f"{FASTTEXT_MAGIC} / 11-12); give a .bin written by fastText")
+        dim = struct.unpack_from("<i", m, 8)[0]
+        pos = 8 + 56  # 12 int32 args and one double
+        if pos + 28 > size:
+            raise bad("it ends inside the dictionary header")
+        n_entries, _, _, _, n_prune = struct.unpack_from("<iiiqq", m, pos)
+        pos += 28
+        if n_entries < 0 or n_entries * 10 > size - pos:  # an entry: >= 1 byte of word + NUL, int64, int8
+            raise bad(f"its dictionary declares {n_entries:,} entries, more than the file can hold")
+        for _ in range(n_entries):
+            end = m.find(b"\0", pos)
+            if end < 0 or end + 10 > size:
+                raise bad("it ends inside the dictionary")
+            pos = end + 10
+        if n_prune > 0:
+            pos += 8 * n_prune
+
+        def matrix(pos: int, name: str) -> int:
+            if pos + 1 > size:
+                raise bad(f"it ends before the {name} matrix")
+            quant = m[pos]
+            pos += 1
+            if not quant:
+                if pos + 16 > size:
+                    raise bad(f"it ends inside the {name} matrix header")
+                rows, cols = struct.unpack_from("<qq", m, pos)
+                pos += 16
+                if rows < 0 or cols != dim:
+                    raise bad(f"the {name} matrix is {rows} x {cols}, not ? x dim = {dim}")
+                need = 4 * rows * cols
+                if need > size - pos:
+                    raise bad(f"the {name} matrix ({rows:,} x {cols}) needs {need:,} bytes, {size - pos:,} are left")
+                return pos + need
+
+            def pq_(pos: int) -> int:  # a ProductQuantizer: dim, nsubq, dsub, lastdsub, 256 x dim centroids
+                if pos + 16 > size:
+                    raise bad(f"it ends inside the {name} matrix's quantizer")
+                qdim = struct.unpack_from("<i", m, pos)[0]
+                need = 4 * 256 * qdim
+                if qdim < 0 or need > size - pos - 16:
+                    raise bad(f"the {name} matrix's quantizer needs {need:,} bytes")
+                return pos + 16 + need
+
+            if pos + 21 > size:
+                raise bad(f"it ends inside the {name} matrix header")
+            qnorm = m[pos]
+            rows, cols, codesize = struct.unpack_from("<qqi", m, pos + 1)
+            pos += 21
+            if rows < 0 or codesize < 0 or codesize > size - pos:
+                raise bad(f"the {name} matrix declares {codesize:,} code bytes")
+            pos = pq_(pos + codesize)
+            if qnorm:
+                if rows > size - pos:
+                    raise bad(f"the {name} matrix's norms need {rows:,} bytes")
+                pos = pq_(pos + rows)
+            return pos
+
+        pos = matrix(pos, "input")
+        pos = matrix(pos, "output")
+        if pos != size:
+            raise bad(f"{size - pos:,} bytes follow the output matrix")
+
+
 def load_classifier(path: str | Path):
-    """A fastText model from a `.bin`; one line if the file is not one."""
+    """A fastText model from a `.bin`; one line if the file is not one. The file is checked first
+    (`check_fasttext_bin`), so fastText's loader only sees complete files."""
     ft = _fasttext()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such fastText model file")
+    check_fasttext_bin(path)
     try:  # fasttext.load_model minus its deprecation banner on stderr
         return ft.FastText._FastText(model_path=str(path))
     except Exception as e:  # fastText raises ValueError / RuntimeError on a foreign file

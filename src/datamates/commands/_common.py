@@ -148,7 +148,16 @@ def write_run_config(cfg, rd) -> None:
     data = to_dict(cfg)
     data["config_hash"] = config_hash(cfg)
     if rd.config.exists():
-        old = yaml.safe_load(rd.config.read_text()) or {}
+        try:
+            old = yaml.safe_load(rd.config.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{rd.config}: line {mark.line + 1}" if mark is not None else str(rd.config)
+            raise ConfigError(f"{where}: the run's recorded config is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              f"restore it, or delete it to record this command's config for the run") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{rd.config}: the run's recorded config is not a mapping of settings; restore it, or "
+                              "delete it to record this command's config for the run")
         skip = ("config_hash", "distributed", "log")  # how ranks wait / where metrics go, not what a run computes
         body = {k: v for k, v in data.items() if k not in skip}
         old_body = {k: v for k, v in old.items() if k not in skip}

@@ -5,8 +5,10 @@
     datamates evaluate --checkpoint CKPT --tasks path/to/lm_eval_task.yaml    # an lm-eval task file
 
 A task is an lm-evaluation-harness task YAML (multiple_choice or loglikelihood, `dataset_path: json`
-with `data_files`), rendered with Jinja2 as lm-eval renders it (datamates.evaluate.spec,
-docs/evaluation.md).
+with `data_files`), every key read with lm-eval's meaning and rendered with Jinja2 as lm-eval renders
+it (datamates.evaluate.spec, docs/evaluation.md). `!function` hooks (Python beside the YAML) run only
+with --allow-task-code; includes and data files outside the task's folder and the data bundle need
+--allow-any-task-path.
     datamates evaluate --checkpoint CKPT --tasks --heldout runs/tiny_cpu/pool:heldout_ids.npy
 
 Writes eval.json and eval.md into --out (default: `eval/` beside a stage's `checkpoint/`, else
@@ -35,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (eval.device)")
     p.add_argument("--log-samples", action="store_true", default=None,
                    help="write per-example log-likelihoods to samples/")
+    p.add_argument("--allow-task-code", action="store_true", default=None,
+                   help="let task files run their `!function` Python code (the .py files beside them, as "
+                        "lm-evaluation-harness does); only for task folders you trust (eval.allow_task_code)")
+    p.add_argument("--allow-any-task-path", action="store_true", default=None,
+                   help="let task files read includes and data files outside their folder and the data bundle "
+                        "(eval.allow_any_task_path)")
     p.add_argument("--list-tasks", action="store_true", help="list the shipped task files and exit")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder")
     add_config_args(p)
@@ -76,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import flag_sets, setup
 
     flag_sets(args, {"limit": "limit", "num_fewshot": "num_fewshot", "batch_size": "batch_size", "device": "device",
-                     "log_samples": "log_samples", "tasks": "tasks", "reference": "reference"}, "eval.")
+                     "log_samples": "log_samples", "allow_task_code": "allow_task_code",
+                     "allow_any_task_path": "allow_any_task_path", "tasks": "tasks", "reference": "reference"}, "eval.")
 
     out = Path(args.out) if args.out else default_out(Path(args.checkpoint))
     if args.run_dir is None:

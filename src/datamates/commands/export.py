@@ -36,21 +36,25 @@ def run(args: argparse.Namespace) -> int:
 def _export_selection(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from datamates.commands._common import read_ids
     from datamates.core.pool import Pool
-    from datamates.errors import ConfigError
-    from datamates.integrations.attributes import write_hf_dataset
+    from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts
     from datamates.run_dir import atomic_dir, meta_record, read_json
-    from datamates.selection.select import read_selection
 
     sel = Path(args.selection)
-    ids = read_selection(sel)
-    pool_dir = args.pool
-    if pool_dir is None:
-        meta_f = sel / "meta.json"
-        pool_dir = (read_json(meta_f) if meta_f.is_file() else {}).get("pool")
+    meta_f = sel / "meta.json"
+    if not (sel / "ids.npy").is_file():
+        raise ArtifactMissing(f"{sel}: no selection here (missing ids.npy); run `datamates select`")
+    sel_meta = read_json(meta_f) if meta_f.is_file() else {}
+    pool_dir = args.pool if args.pool is not None else sel_meta.get("pool")
     if pool_dir is None:
         raise ConfigError(f"{sel}: its meta.json does not name the pool; give --pool DIR")
     pool = Pool(pool_dir)
+    if sel_meta.get("pool_id") is not None and sel_meta["pool_id"] != pool.pool_id:
+        raise IncompatibleArtifacts(f"--selection {sel}: selected from the pool with pool_id {sel_meta['pool_id']}, "
+                                    f"not {pool.path} (pool_id {pool.pool_id}); give --pool the pool it was selected from")
+    ids = read_ids(sel, len(pool), "--selection")  # the one id loader (object arrays refused, never unpickled)
+    from datamates.integrations.attributes import write_hf_dataset
     out = Path(args.out)
     meta = meta_record("export", format="hf", selection=str(sel), pool=str(pool.path), pool_id=pool.pool_id,
                        n_sequences=int(len(ids)))

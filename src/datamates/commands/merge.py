@@ -44,11 +44,23 @@ def run(args: argparse.Namespace) -> int:
         if args.units or args.checkpoints:
             raise InputError("give --groups alone (no --units or checkpoint folders)")
         manifest = read_manifest(rd.partitions)
+        if mc.method == "task_arithmetic" or args.weights is not None or args.seed or args.lam is not None:
+            flag = ("--method task_arithmetic" if mc.method == "task_arithmetic" else "--weights"
+                    if args.weights is not None else "--seed" if args.seed else "--lam")
+            raise InputError(f"--groups with {flag}: a macro-merge is token-weighted (or, with --method uniform, a "
+                             "mean of means) on both levels; drop the option, or merge --units for that method")
         groups = [manifest.check_names([u.strip() for u in g.split(",") if u.strip()], f"--groups [{i}]: ")
                   for i, g in enumerate(args.groups.split(";"))]
+        named = [u for g in groups for u in g]
+        twice = next((u for u in named if named.count(u) > 1), None)
+        if twice is not None:  # its tokens would be counted twice in the token-weighted merge
+            raise InputError(f"--groups {args.groups!r}: unit '{twice}' is named in two groups; name each unit once")
         rule = "uniform" if mc.method == "uniform" and args.method == "uniform" else "weighted"
         key = ";".join(mixture_key(g) for g in groups)
         out = args.out or rd.merged("macro~" + key.replace(";", "~"))
+        from datamates.artifacts import check_not_input
+
+        check_not_input(out, [rd.unit(u) for g in groups for u in g])
         path = macro_merge([[rd.unit(u) for u in g] for g in groups], out, group_dir=rd.root / "merged" / "groups",
                            within=rule, across=rule, out_dtype=mc.out_dtype)
         print(f"macro-merged checkpoint: {path}")
@@ -82,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
                 weights = [float(w) for w in args.weights.split(",")]
             except ValueError:
                 raise InputError(f"--weights {args.weights!r}: expected numbers separated by commas, or 'tokens'") from None
+    from datamates.artifacts import check_not_input
+
+    check_not_input(out, [*paths, *([seed] if seed else [])])
     path = merge(paths, out, weights=weights, method=mc.method, seed=seed, lam=mc.lam, lam_scale=mc.lam_scale,
                  out_dtype=mc.out_dtype)
     print(f"merged checkpoint: {path}")

@@ -42,5 +42,11 @@ class EvalConfig:
     )
     precision: str = knob("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16",
                           choices=("auto", "fp32", "bf16"))
+    allow_task_code: bool = knob(
+        False, "let task files run their `!function` Python code (from the task file's folder, as "
+        "lm-evaluation-harness does); off: such a task file is refused (docs/evaluation.md, trust model)")
+    allow_any_task_path: bool = knob(
+        False, "let task files read `include`s and data files anywhere; off: only below the task file's folder, "
+        "the data bundle ($DATAMATES_DATA) and the shipped tasks")
     log_samples: bool = knob(False, "also write per-example log-likelihoods to samples/<task>.jsonl")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N")

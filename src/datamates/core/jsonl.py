@@ -1,14 +1,49 @@
-"""Reading small JSONL / JSONL.gz files (reference sets, task data) with one-line errors."""
+"""Reading small JSONL / JSONL.gz files (reference sets, task data) with one-line errors, and the one
+rule for text that is not valid Unicode (`replace_invalid_unicode`)."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from datamates.errors import InputError
+
+REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_invalid_unicode(value: Any) -> tuple[Any, int]:
+    """(value, n): every lone surrogate code point (a JSON escape such as `\\ud800` with no partner;
+    valid pairs are already one character after `json.loads`) in the strings of `value` (a str, or
+    the dicts and lists of a JSON record, keys included) replaced by U+FFFD, and how many. The one
+    rule for invalid Unicode, applied where records are read: the pool build (text and id; the count
+    is `replaced_invalid_unicode` in the pool's meta.json) and evaluation (task data). Bytes that
+    are not UTF-8 at all are a different case: the pool skips and counts such lines
+    (`skipped_undecodable`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value, 0
+        except UnicodeEncodeError:
+            return _SURROGATE.subn(REPLACEMENT, value)
+    if isinstance(value, dict):
+        n = 0
+        out = {}
+        for k, v in value.items():
+            k, a = replace_invalid_unicode(k)
+            v, b = replace_invalid_unicode(v)
+            out[k] = v
+            n += a + b
+        return (out, n) if n else (value, 0)
+    if isinstance(value, list):
+        items = [replace_invalid_unicode(v) for v in value]
+        n = sum(b for _, b in items)
+        return ([v for v, _ in items], n) if n else (value, 0)
+    return value, 0
 
 
 def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, Any]]:

@@ -43,6 +43,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from datamates.config.core import PoolConfig
+from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
@@ -321,11 +322,14 @@ def iter_records(f: InputFile, cfg: PoolConfig, counters: dict[str, int]) -> Ite
             )
         if not isinstance(text, str):
             raise InputError(f"{f.rel}:{line_no}: field '{cfg.text_field}' is {type(text).__name__}, not text")
+        text, bad = replace_invalid_unicode(text)
         if not text.strip():
             counters["skipped_empty"] += 1
             continue
         rid = _get(obj, cfg.id_field) if cfg.id_field else None
-        doc_id = str(rid) if rid is not None else f"{f.name}:{line_no}"
+        doc_id, bad_id = replace_invalid_unicode(str(rid) if rid is not None else f"{f.name}:{line_no}")
+        if bad or bad_id:
+            counters["replaced_invalid_unicode"] = counters.get("replaced_invalid_unicode", 0) + bad + bad_id
         yield Record(line_no, text, doc_id, _domain(f, cfg, obj, counters))
 
 
@@ -344,8 +348,58 @@ def _decompressed(f: InputFile, raw: BinaryIO) -> BinaryIO:
             import zstandard
         except ImportError:
             raise InputError(f"{f.rel}: reading .zst needs the zstandard package (pip install 'datamates[io]')") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))  # type: ignore[arg-type]
+        return io.BufferedReader(_ZstdFrames(raw, zstandard, f.rel))
     return raw
+
+
+class Truncated(InputError):
+    """A compressed container that ends before its last frame / member does."""
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every zstandard frame of `raw`, read to the verified end: each frame
+    through zstandard's own `decompressobj` (its `eof` says the frame's end mark was read), a new one
+    for each following frame; input that ends inside a frame is `Truncated` (zstandard's own stream
+    reader returns what it has and stops silently). Skippable frames decode to nothing."""
+
+    CHUNK = 1 << 17
+
+    def __init__(self, raw: BinaryIO, zstandard: Any, rel: str) -> None:
+        super().__init__()
+        self._raw, self._z, self._rel = raw, zstandard, rel
+        self._dobj = None  # the frame being decoded
+        self._pending = b""  # compressed bytes not yet given to a frame
+        self._out = b""
+        self._pos = 0  # bytes of _out already read
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while self._pos == len(self._out) and not self._done:
+            if not self._pending:
+                self._pending = self._raw.read(self.CHUNK)
+                if not self._pending:
+                    if self._dobj is not None and not self._dobj.eof:
+                        raise Truncated(f"{self._rel}: truncated zstandard file (its last frame ends before its end "
+                                        "mark); the file was cut short: copy or download it again")
+                    self._done = True
+                    return
+            if self._dobj is None:
+                self._dobj = self._z.ZstdDecompressor().decompressobj()
+            data, self._pending = self._pending, b""
+            self._out, self._pos = self._dobj.decompress(data), 0
+            if self._dobj.eof:  # the frame ended: what follows is the next frame
+                self._pending = self._dobj.unused_data
+                self._dobj = None
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        self._fill()
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = memoryview(self._out)[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
 
 def raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
@@ -398,12 +452,23 @@ def raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, A
 def _parquet_rows(f: InputFile) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
+    # pyarrow reads the footer first (its length and magic at the end of the file): a truncated file
+    # fails here, before any row; a corrupt page fails where it is read
     try:
         pf = pq.ParquetFile(f.path if f.path is not None else open_binary(f))
     except Exception as e:
-        raise InputError(f"{f.rel}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{f.rel}: not a readable Parquet file: truncated, or not Parquet ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:150] if str(e) else ''})") from None
     row = 0
-    for batch in pf.iter_batches(batch_size=4096):
+    batches = pf.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception as e:
+            raise InputError(f"{f.rel}: a corrupt or truncated Parquet file: reading after row {row} failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
         for rec in batch.to_pylist():
             row += 1
             yield row, rec

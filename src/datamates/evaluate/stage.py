@@ -4,7 +4,9 @@ Multiple-choice tasks follow lm-evaluation-harness (`output_type: multiple_choic
 
     LL_k     = sum of the log-probabilities of choice k's continuation tokens
     acc      = [argmax_k LL_k == gold]
-    acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]
+    acc_norm = [argmax_k LL_k / len(choice_k in characters) == gold]   (multiple inputs: the choices
+                                                             are the contexts, as lm-eval)
+    acc_bytes, exact_match, brier_score, f1, mcc: lm-eval's, when metric_list names them (_mc_metrics)
     stderr   = sample std (n - 1) / sqrt(n)          (lm-eval's `mean_stderr`)
 
 Continuous metrics (DataDecide, Magnusson et al. 2025, §3: at small scale the probability the
@@ -52,11 +54,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
-from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.evaluate.scoring import encode_pairs, score_groups
 from datamates.evaluate.spec import (
+    NO_GOLD,
     TASK_GROUPS,
     Doc,
     TaskSpec,
@@ -68,10 +72,8 @@ from datamates.evaluate.spec import (
 )
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
-    atomic_dir,
     atomic_write_json,
     atomic_write_text,
-    is_done,
     meta_record,
     read_json,
 )
@@ -100,10 +102,13 @@ def evaluate_task(
     precision: str = "auto",
     share_context: bool = True,
     docs: list[Doc] | None = None,
+    allow_task_code: bool = False,
+    allow_any_path: bool = False,
 ) -> dict[str, Any]:
-    """Score one task. Returns its metrics plus `samples` (per example: line, gold, lls, ...)."""
+    """Score one task. Returns its metrics plus `samples` (per example: line, gold, lls, ...).
+    `allow_task_code`: a task file given as a path may run its `!function` code (docs/evaluation.md)."""
     if not isinstance(spec, TaskSpec):
-        spec = load_spec(spec)
+        spec = load_spec(spec, allow_task_code=allow_task_code, allow_any_path=allow_any_path)
     t0 = time.perf_counter()
     num_fewshot = spec.num_fewshot if num_fewshot is None else num_fewshot  # the task file's, unless set
     own_shots = num_fewshot and spec.fewshot_data is None
@@ -121,24 +126,15 @@ def evaluate_task(
     prefix_id = cfg.bos_token_id if cfg.bos_token_id is not None else cfg.eos_token_id
     reqs = encode_pairs(tokenizer, pairs, prefix_id)
     scores = score_groups(model, [reqs[a:b] for a, b in spans], batch_size=batch_size, max_tokens=max_tokens,
-                          precision=precision, share_context=share_context, greedy=not spec.is_mc,
+                          precision=precision, share_context=share_context,
+                          greedy=not spec.is_mc or "exact_match" in spec.metrics,
                           desc=spec.name)
     res: dict[str, Any] = {"task": spec.name, "output_type": spec.output_type, "split": spec.split,
                            "n": n, "n_total": n_total, "num_fewshot": num_fewshot,
                            "harness_task": spec.harness_task, "spec": str(spec.path)}
     samples = []
     if spec.is_mc:
-        acc, acc_norm, gold_lp, gold_p = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-        for i, (d, s) in enumerate(zip(docs[:n], scores)):
-            acc[i] = float(np.argmax(s.ll) == d.gold)
-            acc_norm[i] = float(np.argmax(s.ll / np.asarray(d.norm_len, np.float64)) == d.gold)
-            gold_lp[i], gold_p[i] = gold_continuous(s.ll, d.continuations, d.gold)
-            samples.append({"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "acc": acc[i],
-                            "acc_norm": acc_norm[i], "gold_logprob": gold_lp[i], "gold_prob": gold_p[i]})
-        res.update(acc=float(acc.mean()), acc_stderr=_stderr(acc), acc_norm=float(acc_norm.mean()),
-                   acc_norm_stderr=_stderr(acc_norm), gold_logprob=float(gold_lp.mean()),
-                   gold_logprob_stderr=_stderr(gold_lp), gold_prob=float(gold_p.mean()),
-                   gold_prob_stderr=_stderr(gold_p), metric=spec.metric)
+        res.update(_mc_metrics(spec, docs[:n], scores, samples))
     else:
         nll = np.array([-s.ll[0] for s in scores])
         ntok = np.array([s.n_tokens[0] for s in scores])
@@ -148,10 +144,97 @@ def evaluate_task(
                             "greedy": bool(s.greedy[0])})
         res.update(loss=float(nll.sum() / ntok.sum()), acc=float(hit.mean()), acc_stderr=_stderr(hit),
                    ppl=float(math.exp(nll.mean())), n_tokens=int(ntok.sum()))
+        items = {"perplexity": (-nll).tolist(), "acc": [int(h) for h in hit]}  # lm-eval's items
+        for metric, fn in spec.aggregations.items():  # a task's own aggregation (!function)
+            try:
+                res[metric] = float(fn(items[metric]))
+            except Exception as e:  # the task's own code failed
+                raise InputError(f"{spec.where.get('metric_list', spec.path)}: key 'metric_list': the aggregation "
+                                 f"of {metric} raised {type(e).__name__}: {e}") from None
     res["n_input_tokens"] = int(sum(s.n_input_tokens for s in scores))  # counted FLOPs (accounting.py)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     res["samples"] = samples
     return res
+
+
+def _mc_metrics(spec: TaskSpec, docs: list[Doc], scores: list, samples: list[dict]) -> dict[str, Any]:
+    """lm-eval's multiple-choice metrics (lm_eval/api/task.py `process_results`, module docstring),
+    per example into `samples` and aggregated; a gold outside the choices (NO_GOLD) scores 0."""
+    n = len(docs)
+    acc, acc_norm, acc_bytes = np.zeros(n), np.zeros(n), np.zeros(n)
+    gold_lp, gold_p = np.full(n, np.nan), np.full(n, np.nan)
+    brier, exact = np.zeros(n), np.zeros(n)
+    golds, preds, probs = [], [], []
+    for i, (d, s) in enumerate(zip(docs, scores)):
+        ll = np.asarray(s.ll, np.float64)
+        pred = int(np.argmax(ll))
+        acc[i] = float(pred == d.gold)
+        acc_norm[i] = float(np.argmax(ll / np.asarray(d.norm_len, np.float64)) == d.gold)
+        acc_bytes[i] = float(np.argmax(ll / np.asarray(d.norm_bytes, np.float64)) == d.gold)
+        prob = np.exp(ll - ll.max())
+        prob /= prob.sum()
+        onehot = np.zeros(len(ll))
+        if d.gold != NO_GOLD:
+            onehot[d.gold] = 1.0
+            gold_lp[i], gold_p[i] = gold_continuous(ll, d.continuations, d.gold)
+            exact[i] = float(bool(s.greedy[d.gold]))
+        brier[i] = float(np.sum((prob - onehot) ** 2))
+        probs.append(prob)
+        golds.append(d.gold)
+        preds.append(pred)
+        sample = {"line": d.line, "gold": d.gold, "lls": s.ll.tolist(), "acc": acc[i], "acc_norm": acc_norm[i],
+                  "acc_bytes": acc_bytes[i], "gold_logprob": gold_lp[i], "gold_prob": gold_p[i]}
+        if "exact_match" in spec.metrics:
+            sample["exact_match"] = exact[i]
+        samples.append(sample)
+    ok = ~np.isnan(gold_lp)
+    out: dict[str, Any] = {
+        "acc": float(acc.mean()), "acc_stderr": _stderr(acc), "acc_norm": float(acc_norm.mean()),
+        "acc_norm_stderr": _stderr(acc_norm), "acc_bytes": float(acc_bytes.mean()),
+        "acc_bytes_stderr": _stderr(acc_bytes),
+        "gold_logprob": float(gold_lp[ok].mean()), "gold_logprob_stderr": _stderr(gold_lp[ok]),
+        "gold_prob": float(gold_p[ok].mean()), "gold_prob_stderr": _stderr(gold_p[ok]),
+        "metric": spec.metric, "metrics": list(spec.metrics), "n_gold_outside_choices": int((~ok).sum())}
+    if "exact_match" in spec.metrics:
+        out.update(exact_match=float(exact.mean()), exact_match_stderr=_stderr(exact))
+    if "brier_score" in spec.metrics:
+        out.update(brier_score=float(brier.mean()), brier_score_stderr=_stderr(brier))
+    if "f1" in spec.metrics:
+        out["f1"] = f1_binary(golds, preds)
+    if "mcc" in spec.metrics:
+        out["mcc"] = matthews(golds, preds)
+    # a task's own aggregation (!function, allow_task_code) over lm-eval's per-example items
+    items = {"acc": acc.tolist(), "acc_norm": acc_norm.tolist(), "acc_bytes": acc_bytes.tolist(),
+             "exact_match": [int(x) for x in exact], "f1": list(zip(golds, preds)), "mcc": list(zip(golds, preds)),
+             "brier_score": [(g, p) for g, p in zip(golds, probs)]}
+    for metric, fn in spec.aggregations.items():
+        try:
+            out[metric] = float(fn(items[metric]))
+        except Exception as e:  # the task's own code failed
+            raise InputError(f"{spec.where.get('metric_list', spec.path)}: key 'metric_list': the aggregation of "
+                             f"{metric} raised {type(e).__name__}: {e}") from None
+        out[f"{metric}_stderr"] = float("nan")  # lm-eval bootstraps it; not here
+    return out
+
+
+def f1_binary(golds: Sequence[int], preds: Sequence[int]) -> float:
+    """lm-eval's f1 aggregation: sklearn's f1_score(golds, preds) (binary, positive label 1; 0 when
+    undefined)."""
+    g, p = np.asarray(golds), np.asarray(preds)
+    tp, fp, fn = int(((p == 1) & (g == 1)).sum()), int(((p == 1) & (g != 1)).sum()), int(((p != 1) & (g == 1)).sum())
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def matthews(golds: Sequence[int], preds: Sequence[int]) -> float:
+    """lm-eval's mcc aggregation: sklearn's matthews_corrcoef (the multiclass form; 0 when undefined)."""
+    labels = sorted(set(golds) | set(preds))
+    idx = {v: i for i, v in enumerate(labels)}
+    c = np.zeros((len(labels), len(labels)))
+    for g, p in zip(golds, preds):
+        c[idx[g], idx[p]] += 1
+    t, pk, s, correct = c.sum(axis=1), c.sum(axis=0), c.sum(), np.trace(c)
+    den = math.sqrt((s * s - pk @ pk) * (s * s - t @ t))
+    return float((correct * s - t @ pk) / den) if den else 0.0
 
 
 def gold_continuous(lls: np.ndarray, continuations: Sequence[str], gold: int) -> tuple[float, float]:
@@ -294,7 +377,8 @@ def evaluate(
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     # every spec and data file is checked before the model is loaded: bad input fails in a second
-    specs = [load_spec(p) for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
+    specs = [load_spec(p, allow_task_code=cfg.allow_task_code, allow_any_path=cfg.allow_any_task_path)
+             for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -302,6 +386,11 @@ def evaluate(
     def shots_from_file(s: TaskSpec) -> bool:  # shots drawn from the evaluated file itself: load all of it
         return bool(s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot) and s.fewshot_data is None
 
+    for s in specs:  # a few-shot setting the task file cannot honour: before the model loads
+        k = s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot
+        if k and s.fewshot_unsupported:
+            raise ConfigError(f"{s.fewshot_unsupported[0]} cannot be honoured with num_fewshot = {k}; "
+                              f"evaluate 0-shot or remove it")
     all_docs = {s.name: load_docs(s, limit=cfg.limit if not shots_from_file(s) else None) for s in specs}
     for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
         if name in all_docs:
@@ -325,7 +414,10 @@ def evaluate(
         if tok_hash and pool_hash != tok_hash:
             raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
                                         f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("tasks", "reference", "heldout_pools", "device")}
+    # the two permissions decide whether a task file loads, not its numbers (its code files' bytes
+    # are in the task's fingerprint): a finished evaluation stays valid when they change
+    settings = {k: v for k, v in to_dict(cfg).items()
+                if k not in ("tasks", "reference", "heldout_pools", "device", "allow_task_code", "allow_any_task_path")}
     request = {"schema": SCHEMA, "checkpoint": ident, "settings": settings,
                "tasks": {s.name: s.fingerprint() for s in specs},
                **({"examples": {k: config_hash([int(i) for i in v]) for k, v in examples.items()}} if examples else {}),
@@ -333,11 +425,10 @@ def evaluate(
                          for k, (p, i) in pools.items()}}
     key = config_hash(request)
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and ckpt is not None and is_done(out_dir) and (out_dir / "eval.json").exists():
-        meta = read_json(out_dir / "meta.json") if (out_dir / "meta.json").exists() else {}
-        if meta.get("request_hash") == key:
-            log.info("evaluation already done: %s", out_dir)
-            return read_json(out_dir / "eval.json")
+    output = None if out_dir is None else Output(out_dir, "eval", {"request": key}, inputs=(ckpt,) if ckpt else ())
+    if output is not None and ckpt is not None and finished(output) and (out_dir / "eval.json").exists():
+        log.info("evaluation already done: %s", out_dir)
+        return read_json(out_dir / "eval.json")
     if ckpt is None:
         model = checkpoint.to(device)  # type: ignore[union-attr]
     else:
@@ -400,12 +491,17 @@ def evaluate(
         return run(None)
     meta = meta_record("evaluate", request_hash=key, checkpoint=ident.get("path"), tasks=names,
                        pools=list(pools), config=to_dict(cfg))
-    with atomic_dir(out_dir, meta=meta, resume=True) as work:
-        result = run(work)
+    made: dict[str, Any] = {}
+
+    def build(work: Path) -> dict[str, Any]:
+        result = made["result"] = run(work)
         meta.update(tokens={"lm_forward": result["n_input_tokens"]}, flops_per_token=result["flops_per_token"])
         atomic_write_json(work / "eval.json", result)
         atomic_write_text(work / "eval.md", markdown(result))
-    return result
+        return meta
+
+    produce(output, build, resume=True)
+    return made.get("result") or read_json(out_dir / "eval.json")
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:

@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.artifacts import Output, finished
+from datamates.errors import ArtifactMissing, CorruptArtifact, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger
 from datamates.run_dir import is_done, read_json
 
@@ -68,9 +70,25 @@ def scores_meta(path: str | Path) -> dict[str, Any]:
     return read_json(path / "meta.json")
 
 
+def check_scores(where: str, ids: np.ndarray, scores: np.ndarray) -> None:
+    """The one score validator (every verb that reads scores: select, merge's group selection, the
+    report): as many ids as scores, and every score finite. The count is of the raw scores (before
+    any standardisation) and the message names the first offending sequence id."""
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    if len(ids) != len(scores):
+        raise InputError(f"{where}: {len(ids):,} sequence ids but {len(scores):,} scores")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where}: {int(bad.sum()):,} of {len(scores):,} scores are NaN or inf (the first at sequence "
+                         f"id {int(ids[first])}: {float(scores[first])}); re-run the scorer, or drop those sequences")
+
+
 def iter_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(seq_id, score) per shard, checking every shard against meta.json (and the expected ids)."""
+    """(seq_id, score) per shard, checking every shard against meta.json (its pool and model, that
+    the scores are finite: `check_scores`) and, once read, the rows against meta.json: their count
+    is `n`, no sequence id repeats, and the ids are the candidate set the scorer was given (`ids_hash`)."""
     path = Path(path)
     meta = scores_meta(path)
     for key, want in (("pool_id", pool_id), ("model_hash", model_hash)):
@@ -80,11 +98,26 @@ def iter_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     extra = sorted(p.name for p in path.glob("shard_*.parquet") if p.name not in listed)
     if extra:
         raise IncompatibleArtifacts(f"{path}/{extra[0]}: shard not listed in meta.json (copied from another run?); remove it")
+    seen: list[np.ndarray] = []
     for name in meta["shards"]:
         f = path / name
         if not f.exists():
             raise ArtifactMissing(f"{f}: score shard listed in meta.json is missing; re-run `datamates score`")
-        yield read_shard(f, pool_id=meta["pool_id"], model_hash=meta["model_hash"])
+        ids, sc = read_shard(f, pool_id=meta["pool_id"], model_hash=meta["model_hash"])
+        check_scores(str(f), ids, sc)
+        seen.append(ids)
+        yield ids, sc
+    every = np.concatenate(seen) if seen else np.zeros(0, np.int64)
+    fix = "the scores folder was changed after it was written; re-run the scorer into a new --out"
+    if "n" in meta and len(every) != int(meta["n"]):
+        raise CorruptArtifact(f"{path}: its shards hold {len(every):,} rows, meta.json says n = {int(meta['n']):,}; {fix}")
+    uniq, counts = np.unique(every, return_counts=True)
+    if len(uniq) != len(every):
+        raise CorruptArtifact(f"{path}: sequence id {int(uniq[counts > 1][0])} has {int(counts[counts > 1][0])} rows "
+                              f"({len(every) - len(uniq):,} repeated ids); {fix}")
+    if meta.get("ids_hash") is not None and hash_ids(every) != meta["ids_hash"]:
+        raise CorruptArtifact(f"{path}: its rows are not the candidate set meta.json records (ids_hash "
+                              f"{meta['ids_hash']}); {fix}")
 
 
 def read_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str | None = None
@@ -96,19 +129,15 @@ def read_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def finished_scores(out: Path, plan: dict[str, Any]) -> bool:
-    """True when `out` is a finished scores folder for this plan (the meta.json keys in `plan`);
-    a finished folder of another plan is a one-line error, never silently reused or replaced."""
-    out = Path(out)
-    if not is_done(out):
-        return False
-    old = read_json(out / "meta.json")
-    if all(old.get(k) == v for k, v in plan.items()):
-        log.info("%s already holds these scores; skipping", out)
-        return True
-    diff = next(k for k, v in plan.items() if old.get(k) != v)
-    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                "delete it or pass another --out")
+def scores_output(out: str | Path, plan: dict[str, Any], inputs: tuple = ()) -> Output:
+    """A scores folder as an artifact: its identity is the scorer's plan (pool, model, ids, ...)."""
+    return Output(Path(out), "scores", {"plan": plan}, inputs=inputs)
+
+
+def finished_scores(out: str | Path, plan: dict[str, Any]) -> bool:
+    """True when `out` is a finished scores folder for this plan (artifacts.finished: the one
+    identity check); a finished folder of another plan is a one-line error unless --force."""
+    return finished(scores_output(out, plan))
 
 
 def check_candidate_ids(ids: np.ndarray | None, pool: Any) -> np.ndarray:
