@@ -13,7 +13,7 @@ from datamates.config.evaluate import EvalConfig
 from datamates.config.run import load_config
 from datamates.core.documents import DocIndex
 from datamates.core.reference import load_reference, reference_path
-from datamates.errors import ConfigError
+from datamates.errors import IncompatibleArtifacts
 from datamates.evaluate import evaluate
 from datamates.plan import make_plan
 
@@ -40,7 +40,7 @@ def test_heldout_documents_never_meet_candidates_probes_or_training(tiny_pool, t
     # the same plan on a rerun (resume), and a changed held-out setting is refused
     again = make_plan(cfg, tiny_pool, tmp_path / "plan")
     np.testing.assert_array_equal(again.heldout, plan.heldout)
-    with pytest.raises(ConfigError, match="use a new run name"):
+    with pytest.raises(IncompatibleArtifacts, match="heldout_max_per_doc: 3 -> 2.*--force"):
         make_plan(_cfg(tmp_path, "mates.heldout_max_per_doc=2"), tiny_pool, tmp_path / "plan")
 
 

@@ -1,7 +1,7 @@
-"""Summary of results/results.json: per evaluation set and proxy rule, Pearson (log PPL) over the
-multi-unit gold mixtures with a 95% bootstrap interval (resampling gold mixtures, 2,000 draws,
-seed 0), and the mean / spread of each statistic across the evaluation sets. Writes
-results/summary.json and prints Markdown tables (used in README.md)."""
+"""Summary of the issue-7 study's results.json (runs/ablation_proxy/ablation/, written by run.sh):
+per evaluation set and proxy rule, Pearson (log PPL) over the multi-unit gold mixtures with a 95% bootstrap interval (resampling gold mixtures, 2,000 draws,
+seed 0), and the mean / spread of each statistic across the evaluation sets. Writes summary.json
+beside it and prints Markdown tables (used in README.md)."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-res = json.loads((HERE / "results" / "results.json").read_text())
+RES = HERE / "runs" / "ablation_proxy" / "ablation"
+res = json.loads((RES / "results.json").read_text())
 sets = res["eval_sets"]
 proxy = {r["mixture"]: r for r in res["proxies"]}
 gold = [g for g in res["gold"] if g["k"] > 1]
@@ -50,7 +51,7 @@ for m in methods:
         agg[key] = {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)), "min": float(np.nanmin(v)),
                     "max": float(np.nanmax(v)), "n_at_least_0.9": int(np.sum(v >= 0.9))}
     summary["across_sets"][m] = agg
-(HERE / "results" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+(RES / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 print("| eval set | " + " | ".join(f"{m}: Pearson [95% CI]" for m in methods) + " |")
 print("|---|" + "---|" * len(methods))

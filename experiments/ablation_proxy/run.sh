@@ -24,4 +24,4 @@ t2=$(date +%s)
 $DM ablate -c $CFG --run-dir $RUN --pool $POOL
 t3=$(date +%s)
 echo "{\"partition_s\": $((t1-t0)), \"train_partitions_s\": $((t2-t1)), \"ablate_s\": $((t3-t2)), \"threads\": $OMP_NUM_THREADS}" > $RUN/wall_times.json
-.venv/bin/python $HERE/collect.py $RUN
+echo "report: $RUN/ablation/report.md"

@@ -44,7 +44,17 @@ from pathlib import Path
 from typing import Any
 
 from datamates.errors import ArtifactMissing
-from datamates.run_dir import atomic_write_json, is_done, read_json
+from datamates.run_dir import (
+    CHECKPOINT,
+    EVAL,
+    INFLUENCE_MODEL,
+    PROBE,
+    SCORES,
+    atomic_write_json,
+    is_done,
+    read_json,
+    train_summary,
+)
 
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
 # fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
@@ -52,8 +62,7 @@ COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
 # lm_embed: the `embed` feature's final norm on every token of a candidate (selection/features.py)
 KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head", "lm_embed")
 # stage sub-folder -> the component its FLOPs are charged to
-STAGE_ARTIFACTS = {"checkpoint": "train", "probe": "probe", "influence_model": "fit", "scores": "score",
-                   "eval": "eval"}
+STAGE_ARTIFACTS = {CHECKPOINT: "train", PROBE: "probe", INFLUENCE_MODEL: "fit", SCORES: "score", EVAL: "eval"}
 FLOP_COMPONENTS = ("train", "probe", "fit", "score", "eval")
 
 
@@ -83,7 +92,7 @@ def counted(artifact: Path) -> dict[str, Any] | None:
     artifact = Path(artifact)
     if not is_done(artifact):
         return None
-    summary = artifact / "train_summary.json"
+    summary = train_summary(artifact)
     if summary.exists():  # a training checkpoint
         s = _json(summary)
         tokens, fpt = {"lm_train": s.get("tokens")}, {"lm_train": s.get("flops_per_token")}

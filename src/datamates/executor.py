@@ -51,6 +51,7 @@ docs/executor.md describes the design and how to choose a backend.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import multiprocessing as mp
@@ -611,3 +612,22 @@ def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: floa
                 raise ShardFailed(f"rank {rank}: rank 0 has given no sign of life for {time.time() - seen:.0f} s "
                                   f"({alive}); it probably died: re-run the command to resume")
         time.sleep(poll_s)
+
+
+# ----------------------------------------------------------------------------- the run's world
+
+_LEAD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0, "timeout_s": 1800.0}
+
+
+def set_world(mailbox: str | Path, *, heartbeat_s: float, timeout_s: float) -> None:
+    """Where and how `on_rank0` coordinates the ranks of a torchrun world (a run's logs/ranks and
+    its cfg.distributed knobs); set once per run."""
+    _LEAD.update(mailbox=Path(mailbox), heartbeat_s=heartbeat_s, timeout_s=timeout_s)
+
+
+def on_rank0(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """`fn(*args, **kw)` on rank 0 (selection, evaluation); under torchrun the other ranks serve the
+    sharded jobs it submits (probe, score: `lead`) and wait for the rest on files, with a heartbeat,
+    never inside a collective; then every rank gets its result. Single process: just the call."""
+    return lead(functools.partial(fn, *args, **kw), _LEAD["mailbox"], heartbeat_s=_LEAD["heartbeat_s"],
+                timeout_s=_LEAD["timeout_s"])

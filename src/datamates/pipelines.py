@@ -25,22 +25,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from datamates import executor
+from datamates import run_progress
+from datamates.ablation.ablate import ablate
+from datamates.ablation.partition import partition
+from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
-from datamates.core.pool import Pool, build_pool
+from datamates.core.pool import Pool, build_pool, cached_pool
 from datamates.core.reference import load_reference
 from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
+from datamates.executor import on_rank0, set_world
 from datamates.log import get_logger
 from datamates.plan import make_plan
-from datamates.run_dir import RunDir, encoder_cache_dir
+from datamates.report import summarize_run
+from datamates.run_dir import WARMUP, RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
 from datamates.selectors import StageInputs, get_selector, resolve_selectors
 
 log = get_logger(__name__)
-WARMUP = "warmup"
 
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
@@ -48,10 +52,10 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     # under torchrun: training is DDP; a selector runs on rank 0 and shares its probe and score
     # shards with every rank (executor.lead); its serial steps (fit, select) stay on rank 0
     dist_setup(cfg.train.device, timeout_minutes=cfg.distributed.timeout_minutes)
-    _WORLD.update(mailbox=rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds,
-                  timeout_s=60 * cfg.distributed.timeout_minutes)
-    pool = Pool(on_rank0(lambda: _pool(cfg, rd)))
-    plan = on_rank0(lambda: make_plan(cfg, pool, rd.plan))
+    set_world(rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds,
+              timeout_s=60 * cfg.distributed.timeout_minutes)
+    pool = Pool(on_rank0(_pool, cfg, rd))
+    plan = on_rank0(make_plan, cfg, pool, rd.plan)
     m = cfg.mates
     final_examples = plan.examples("evaluation")
     ckpt, ids = None, None
@@ -61,59 +65,50 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         br, c, last = rd.branch(name), ckpt, ids
         for s in range(m.warmup_stages + 1, m.stages + 1):
             c, last = _stage(cfg, br, pool, plan, s, c, name)
+        run_progress.final(name)
         final = _decay(cfg, br, pool, c, last)
         with timed(br.base, "eval", br.final_eval):
-            on_rank0(lambda br=br, final=final: evaluate(cfg.eval, final, br.final_eval, examples=final_examples,
-                                                          heldout_pools={"heldout": (pool, plan.heldout)}))
-    from datamates.report import summarize_run
+            on_rank0(evaluate, cfg.eval, final, br.final_eval, examples=final_examples,
+                     heldout_pools={"heldout": (pool, plan.heldout)})
 
-    return on_rank0(lambda: summarize_run(rd))
+    return on_rank0(summarize_run, rd)
 
 
 def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
-    from datamates.ablation.ablate import ablate
-    from datamates.ablation.partition import partition
-    from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 
     pool = pool or Pool(_pool(cfg, rd))
     a = cfg.ablation
     manifest = partition(pool, a.partition, rd.partitions)
     seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
-    train_partitions(manifest, pool, seed, rd.root / "units", cfg.train, cfg.model, a.branch, log_dir=rd.logs)
+    train_partitions(manifest, pool, seed, rd.units, cfg.train, cfg.model, a.branch, log_dir=rd.logs)
     return ablate(a, cfg.train, cfg.model, rd, pool)
 
 
 def _pool(cfg: RunConfig, rd: RunDir) -> Path:
-    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir."""
+    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir (`auto`: the
+    pool cache <runs_root>/pools/<key of the pool's fingerprint>, built there on first use)."""
+    if cfg.pool_dir == "auto" and rd.pool.exists():  # linked by an earlier call: check it is still this pool
+        return build_pool(cfg.pool, rd.pool)
     if cfg.pool_dir is not None:
+        shared = cached_pool(cfg.pool, Path(cfg.runs_root) / "pools") if cfg.pool_dir == "auto" else cfg.pool_dir
         if not rd.pool.exists():
             rd.root.mkdir(parents=True, exist_ok=True)
-            rd.pool.symlink_to(Path(cfg.pool_dir).resolve(), target_is_directory=True)
+            rd.pool.symlink_to(Path(shared).resolve(), target_is_directory=True)
         return rd.pool
     return build_pool(cfg.pool, rd.pool)
-
-
-_WORLD: dict[str, Any] = {"mailbox": Path("runs") / "logs" / "ranks", "heartbeat_s": 60.0, "timeout_s": 1800.0}
-
-
-def on_rank0(fn):
-    """Run `fn` on rank 0 (selection, evaluation); under torchrun the other ranks serve the sharded
-    jobs `fn` submits (probe, score: executor.lead) and wait for the rest on files, with a
-    heartbeat, never inside a collective; then every rank reads the artifact rank 0 wrote.
-    Single process: just `fn()`."""
-    return executor.lead(fn, _WORLD["mailbox"], heartbeat_s=_WORLD["heartbeat_s"], timeout_s=_WORLD["timeout_s"])
 
 
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):
     """Select stage s's data, train on it, score the reference loss for the curve."""
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
+    run_progress.stage(s, selector, warmup=br.branch_name == WARMUP)
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
                     reference=_probe_reference(cfg, pool, plan))
-    ids = read_selection(on_rank0(lambda: get_selector(selector)(x)))
+    ids = read_selection(on_rank0(get_selector(selector), x))
     tcfg = stage_train_config(cfg, s)
     with timed(br.stage(s), "train", br.checkpoint(s)):
         out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
-    on_rank0(lambda: _curve_point(cfg, br.eval(s), out, plan))
+    on_rank0(_curve_point, cfg, br.eval(s), out, plan)
     return out, ids
 
 

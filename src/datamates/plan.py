@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash
 from datamates.config.run import RunConfig
 from datamates.core.documents import DocIndex, draw_heldout
 from datamates.core.pool import Pool
 from datamates.core.reference import count_examples, reference_path, split_examples
 from datamates.errors import ConfigError
-from datamates.run_dir import atomic_dir, is_done, meta_record, read_json
+from datamates.evaluate.spec import load_spec, resolve_tasks
+from datamates.run_dir import meta_record, read_json
 
 PLAN_VERSION = 2  # 2: held-out by whole documents, reference / evaluation split
 
@@ -84,7 +86,6 @@ def reference_files(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
     reference set the run reads: the probe's reference set and the evaluation's loglikelihood specs.
     Pool references (a directory) are not split: they are pool sequences, which the plan keeps
     apart by id."""
-    from datamates.evaluate.spec import load_spec, resolve_tasks
 
     files: dict[str, dict[str, list[str]]] = {}
     path = reference_path(cfg.mates.probe.reference)
@@ -117,7 +118,8 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
                           f"(stage_steps x global batch)")
     refs = reference_files(cfg)
     settings = _settings(cfg, k, block, refs)
-    if not is_done(out):
+    output = Output(out, "plan", {"settings": settings, "pool": pool.pool_id}, inputs=(pool.path,))
+    if not finished(output):
         rng = np.random.default_rng(m.plan_seed)
         index = DocIndex(pool)
         held_by_dom, guard = draw_heldout(pool, index, m.heldout_per_domain,
@@ -152,7 +154,7 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
                            heldout_per_domain={d: int(len(v)) for d, v in held_by_dom.items()},
                            heldout_documents=int(len(index.docs_of(held))) if len(held) else 0,
                            references=splits)
-        with atomic_dir(out, meta) as tmp:
+        def build(tmp: Path) -> dict[str, Any]:
             np.save(tmp / "heldout.npy", held)
             np.save(tmp / "guard.npy", guard)
             np.save(tmp / "probe.npy", probe)
@@ -161,7 +163,10 @@ def make_plan(cfg: RunConfig, pool: Pool, out: Path) -> Plan:
             (tmp / "reference").mkdir()
             for name, a in arrays.items():
                 np.save(tmp / name, a)
-    meta = read_json(out / "meta.json")
+            return meta
+
+        produce(output, build)
+    meta = read_json(out / "meta.json")  # a plan of an older datamates (no fingerprint) is checked here
     if meta["pool_id"] != pool.pool_id or meta.get("settings_hash") != config_hash(settings):
         raise ConfigError(f"{out}: the plan was made for another pool, stage size, held-out or reference settings "
                           "(or by an older datamates); use a new run name")

@@ -24,32 +24,36 @@ from typing import Any
 
 import numpy as np
 
+from datamates.ablation.ablate import headline
 from datamates.accounting import summarize_branch
+from datamates.core.pool import Pool
 from datamates.html import markdown, md_table, page_head
-from datamates.run_dir import RunDir, atomic_write_json, atomic_write_text, is_done, read_json
-
-WARMUP = "warmup"
-
+from datamates.run_dir import (
+    WARMUP,
+    RunDir,
+    StagePaths,
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    read_json,
+    train_summary,
+)
+from datamates.selection.scores_io import read_scores
 
 # ----------------------------------------------------------------------------- gathering
 
 
-def _stages(rd: RunDir, branch: str) -> list[tuple[int, Path]]:
-    """(stage number, folder) of a selector's history: the shared warmup stages, then its own."""
-    out = []
-    for b in (WARMUP, branch):
-        base = rd.branch(b).base
-        for d in sorted(base.glob("stage_*")):
-            out.append((int(d.name.split("_")[1]), d))
-    return out
+def _stages(rd: RunDir, branch: str) -> list[tuple[int, StagePaths]]:
+    """(stage number, its artifacts) of a selector's history: the shared warmup stages, then its own."""
+    return [(st.number, st) for b in (WARMUP, branch) for st in rd.branch(b).stages()]
 
 
-def _ref_curve(stages: list[tuple[int, Path]], cum_flops: list[float]) -> list[dict[str, Any]]:
+def _ref_curve(stages: list[tuple[int, StagePaths]], cum_flops: list[float]) -> list[dict[str, Any]]:
     pts = []
     tokens = 0
     for (s, d), fl in zip(stages, cum_flops):
-        ts = d / "checkpoint" / "train_summary.json"
-        ev = d / "eval" / "eval.json"
+        ts = train_summary(d.checkpoint)
+        ev = d.eval / "eval.json"
         if not ts.exists():
             break
         tokens += json.loads(ts.read_text())["tokens"]
@@ -75,16 +79,14 @@ def summarize_run(rd: RunDir) -> dict[str, Any]:
     cannot be fully counted (an artifact without token counts) gets NaN for that component and
     `accounting.errors` naming the artifact; the report shows them instead of a number."""
     cfg = _run_config(rd)
-    branches = [p.name for p in sorted(rd.root.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in
-                (WARMUP, "pool", "plan", "report", "logs", "ablation", "units", "merged", "gold", "seed", "partitions")
-                and any(p.glob("stage_*"))]
+    branches = rd.branches()
     pool_meta = _pool_meta(rd)
     out: dict[str, Any] = {"run": str(rd.root), "name": cfg.get("name", rd.root.name), "config": cfg,
                            "selectors": {}}
     for b in branches:
         stages = _stages(rd, b)
         br = rd.branch(b)
-        acc = summarize_branch([d for _, d in stages], final=br.final, final_eval=br.final_eval,
+        acc = summarize_branch([d.folder for _, d in stages], final=br.final, final_eval=br.final_eval,
                                branch_dir=br.base)
         cum, run_total = [], 0.0
         for row in acc["stages"]:
@@ -114,22 +116,22 @@ def _pool_meta(rd: RunDir) -> dict[str, Any]:
     return {}
 
 
-def _fits(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+def _fits(stages: list[tuple[int, StagePaths]]) -> list[dict[str, Any]]:
     out = []
     for s, d in stages:
-        m = d / "influence_model" / "meta.json"
+        m = d.influence_model / "meta.json"
         if m.exists():
             met = read_json(m).get("metrics", {})
             out.append({"stage": s, "val_spearman": met.get("val_spearman"), "val_pearson": met.get("val_pearson"),
-                        "n_labels": met.get("n_labels"), "scatter": str(d / "influence_model" / "scatter.png")})
+                        "n_labels": met.get("n_labels"), "scatter": str(d.influence_model / "scatter.png")})
     return out
 
 
-def _effective(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+def _effective(stages: list[tuple[int, StagePaths]]) -> list[dict[str, Any]]:
     """Per stage: the selection's effective temperature (selection/select.py meta.json `effective`)."""
     out = []
     for s, d in stages:
-        m = d / "selected" / "meta.json"
+        m = d.selected / "meta.json"
         if m.exists():
             eff = read_json(m).get("effective")
             if eff:
@@ -137,10 +139,10 @@ def _effective(stages: list[tuple[int, Path]]) -> list[dict[str, Any]]:
     return out
 
 
-def _domain_shares(rd: RunDir, stages: list[tuple[int, Path]], pool_meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _domain_shares(rd: RunDir, stages: list[tuple[int, StagePaths]], pool_meta: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for s, d in stages:
-        m = d / "selected" / "meta.json"
+        m = d.selected / "meta.json"
         if m.exists():
             meta = read_json(m)
             counts = meta.get("kept_per_domain") or meta.get("per_domain") or {}
@@ -484,7 +486,6 @@ def plot_domains(runs: list[dict[str, Any]], domains: list[str]) -> bytes | None
 
 
 def plot_score_hist(scores_dir: Path, selected_dir: Path) -> bytes | None:
-    from datamates.selection.scores_io import read_scores
 
     if not is_done(scores_dir):
         return None
@@ -558,6 +559,7 @@ def comparison_markdown(runs: list[dict[str, Any]]) -> str:
     keys = list(rows[0].keys())
     for r in rows[1:]:
         keys += [k for k in r if k not in keys]
+    keys = [k for k in keys if any(_fmt(r.get(k, "-")) != "-" for r in rows)]  # a metric nobody has: no column
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k, "-")) for k in keys) + " |")
@@ -689,10 +691,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     for sel in _selectors(runs):
         stages = _stages(rds[0], sel)
         for s, d in stages:
-            if (d / "influence_model" / "scatter.png").exists():
+            if (d.influence_model / "scatter.png").exists():
                 figs.append((f"{sel}, stage {s}: influence model, predicted vs oracle (validation)",
-                             f"fit_{sel}_{s:02d}.png", (d / "influence_model" / "scatter.png").read_bytes()))
-            h = plot_score_hist(d / "scores", d / "selected")
+                             f"fit_{sel}_{s:02d}.png", (d.influence_model / "scatter.png").read_bytes()))
+            h = plot_score_hist(d.scores, d.selected)
             if h:
                 figs.append((f"{sel}, stage {s}: predicted scores of the candidates", f"scores_{sel}_{s:02d}.png", h))
     paired_figs: list[tuple[str, str, bytes]] = []
@@ -720,7 +722,6 @@ def _ablation_section(rd: RunDir) -> dict[str, Any]:
     d = rd.ablation
     if not is_done(d) or not (d / "results.json").exists():
         return {"figs": [], "markdown": ""}
-    from datamates.ablation.ablate import headline
 
     res = read_json(d / "results.json")
     text = ("Proxy (parameter average of the unit models) vs gold (trained on the union), log-perplexity "
@@ -733,10 +734,9 @@ def _ablation_section(rd: RunDir) -> dict[str, Any]:
 
 def _examples(rd: RunDir, n: int = 3, chars: int = 400) -> dict[str, list[tuple[float, str]]]:
     """Highest- and lowest-scored candidates of the last scored stage of the first MATES branch."""
-    from datamates.core.pool import Pool
-    from datamates.selection.scores_io import read_scores
 
-    done = [p for p in sorted(rd.root.glob("*/stage_*/scores"), reverse=True) if is_done(p)]
+    done = [st.scores for b in reversed(rd.branches()) for st in reversed(rd.branch(b).stages())
+            if is_done(st.scores)]
     if not done:
         return {}
     ids, sc = read_scores(done[0])
@@ -823,8 +823,9 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              *[f"<p>{html.escape(r)}</p>" for r in flops_table(runs).splitlines() if r.startswith("- ")]]
     if ablation_md:
         parts.append(f"<h2>Data ablation by merging</h2>{markdown(ablation_md)}")
-    for title, _, png in figs:
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    for title, name, png in figs:  # each links to its PNG file beside report.html
+        parts.append(f"<h2>{html.escape(title)}</h2><a href='{html.escape(name)}'>"
+                     f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'></a>")
     if examples:
         parts.append(f"<h2>Examples ({html.escape(examples['stage'][0])})</h2>")
         for k, v in examples.items():

@@ -1,4 +1,4 @@
-"""The run directory: the only module that knows artifact paths, and how they are written.
+"""The run directory: the only module that knows artifact paths.
 
     runs/<name>/config.yaml
                pool/                          tokens, index, tokenizer (core/pool.py owns the inside)
@@ -6,436 +6,99 @@
                partitions/ units/<unit>/ merged/<key>/ gold/<key>/ ablation/
                report/ logs/ metrics.json
 
-Every artifact is a directory written under `<name>.partial` and renamed into place; it is
-complete when it holds a `DONE` marker. `meta.json` beside the data says what produced it. A killed
-run therefore leaves either nothing or a `.partial` folder that the stage resumes from or wipes.
+How each artifact is written (atomically, locked, fingerprinted, resumable) is artifacts.py's
+`produce`; the small write helpers are re-exported here for the modules that import them from
+their old place.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import hashlib
-import json
-import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from datamates import __version__
-from datamates.errors import DatamatesError, IncompatibleArtifacts, OutputConflict
-from datamates.log import get_logger
-
-log = get_logger(__name__)
-
-DONE = "DONE"
-META = "meta.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def is_done(path: str | Path) -> bool:
-    return (Path(path) / DONE).exists()
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout (read once per process)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
-
-
-def meta_record(produced_by: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "produced_by": produced_by,
-        "code_version": code_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **fields,
-    }
-
-
-def partial_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
-
-
-# ----------------------------------------------------------------------------- fingerprints
-#
-# An artifact's identity is everything that determines its bytes: its config section, the
-# identities of its inputs (pool_id, ids hash, the init checkpoint's content hash, ...). The
-# finished artifact's DONE marker and an unfinished `.partial`'s PARTIAL marker record it as a
-# flat {dotted key: value} dict; reusing or resuming with another one is a one-line error that
-# names the key, unless the run was started with --force (then the artifact is redone). The code
-# version is recorded too, but a change of it only warns: most commits do not touch a given
-# stage, and refusing every artifact after each commit would make --force the habit.
-
-PARTIAL = "PARTIAL"
-_force = os.environ.get("DATAMATES_FORCE", "0") not in ("", "0")
-
-
-def set_force(on: bool) -> None:
-    """--force: redo (instead of refusing) every artifact whose fingerprint differs."""
-    global _force
-    _force = bool(on)
-
-
-def force_enabled(force: bool | None = None) -> bool:
-    return _force if force is None else bool(force)
-
-
-def _canon(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canon(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _canon(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
-def fingerprint(**parts: Any) -> dict[str, str]:
-    """Flatten `parts` (configs, dicts, scalars, hashes) to {dotted key: JSON value}; values
-    longer than 80 characters are replaced by `sha256:<16 hex digits>` of their JSON."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, v: Any) -> None:
-        if isinstance(v, dict) and v:
-            for k in sorted(v):
-                walk(f"{prefix}.{k}" if prefix else k, v[k])
-            return
-        js = json.dumps(v, sort_keys=True, default=str)
-        if len(js) > 80:
-            js = "sha256:" + hashlib.sha256(js.encode()).hexdigest()[:16]
-        flat[prefix] = js
-
-    for key in sorted(parts):
-        walk(key, _canon(parts[key]))
-    return flat
-
-
-def file_sha256(path: str | Path, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 23):
-            h.update(block)
-    return h.hexdigest()[:n]
-
-
-def _first_difference(old: dict[str, str], new: dict[str, str]) -> str | None:
-    for k in sorted(set(old) | set(new)):
-        if old.get(k) != new.get(k):
-            return f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
-    return None
-
-
-def read_marker(path: str | Path, name: str = DONE) -> dict[str, Any] | None:
-    """The JSON record in a DONE / PARTIAL marker; {} for a legacy marker (a timestamp line);
-    None when there is no marker."""
-    f = Path(path) / name
-    if not f.is_file():
-        return None
-    try:
-        rec = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
-
-
-def _listing(root: Path) -> dict[str, int]:
-    out = {}
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and f.name not in (DONE, PARTIAL):
-            out[str(f.relative_to(root))] = f.stat().st_size
-    return out
-
-
-def write_done(root: str | Path, kind: str | None, fp: dict[str, str] | None = None) -> None:
-    """Certify `root`: DONE records the kind, fingerprint, code version and every file's size."""
-    root = Path(root)
-    (root / PARTIAL).unlink(missing_ok=True)
-    atomic_write_json(root / DONE, {"kind": kind, "fingerprint": fp, "code_version": code_version(),
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _listing(root)})
-
-
-def check_files(path: str | Path) -> str | None:
-    """None if every file DONE lists is there with its recorded size, else what is wrong."""
-    path = Path(path)
-    rec = read_marker(path) or {}
-    for name, size in (rec.get("files") or {}).items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} has {f.stat().st_size} bytes, DONE certified {size}"
-    return None
-
-
-def reuse(path: str | Path, kind: str, fp: dict[str, str], *, force: bool | None = None) -> bool:
-    """True when `path` is a finished `kind` artifact with fingerprint `fp`: use it as it is.
-    False when there is nothing finished there, or (with --force) it differs and is to be redone.
-    Otherwise IncompatibleArtifacts: one line naming the artifact and the first differing key."""
-    path = Path(path)
-    rec = read_marker(path)
-    if rec is None:
-        return False
-    if not rec:  # a DONE written before fingerprints existed: nothing to compare
-        log.warning("%s: finished %s without a fingerprint (older datamates); reusing it as it is", path, kind)
-        return True
-    redo = force_enabled(force)
-    if rec.get("kind") not in (None, kind):
-        raise OutputConflict(f"{path}: holds a {rec.get('kind')}, not a {kind}; choose another output folder")
-    broken = check_files(path)
-    if broken is not None:
-        if redo:
-            return False
-        raise IncompatibleArtifacts(f"{path}: this {kind} is damaged ({broken}); re-run with --force to redo it")
-    diff = _first_difference(rec.get("fingerprint") or {}, fp)
-    if diff is not None:
-        if redo:
-            log.warning("%s: redoing this %s (--force): %s", path, kind, diff)
-            return False
-        raise IncompatibleArtifacts(
-            f"{path}: this {kind} was made from other inputs ({diff}); re-run with --force to redo it"
-        )
-    if rec.get("code_version") not in (None, code_version()):
-        log.warning("%s: made by datamates %s, this is %s; reusing it", path, rec.get("code_version"), code_version())
-    return True
-
-
-def check_replaceable(path: str | Path, kind: str | None) -> None:
-    """Refuse (OutputConflict) to let an artifact replace anything but an empty folder or a
-    finished or partial artifact of the same kind: `--out` at a data file or a folder of the
-    user's would otherwise be deleted."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
-        raise OutputConflict(f"{path}: is a file, not an output folder; choose another output folder")
-    if not any(path.iterdir()):
-        return
-    for marker in (DONE, PARTIAL):
-        rec = read_marker(path, marker)
-        if rec is not None:
-            if rec.get("kind") in (None, kind) or kind is None:
-                return
-            raise OutputConflict(f"{path}: holds a {rec.get('kind')}, not a {kind}; choose another output folder")
-    raise OutputConflict(
-        f"{path}: exists and is not a datamates artifact (no {DONE} marker); choose another output folder "
-        "or delete it yourself"
-    )
-
-
-class Lock:
-    """An exclusive lock on an output folder: `<parent>/.<name>.lock`, held with flock (released
-    by the kernel when the process dies, so kill -9 leaves no stale lock)."""
-
-    def __init__(self, path: str | Path):
-        self.target = Path(path)
-        self.file = self.target.with_name(f".{self.target.name}.lock")
-        self.fd: int | None = None
-
-    def acquire(self) -> Lock:
-        import fcntl
-
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise OutputConflict(
-                    f"{self.target}: another datamates process (pid {holder}) is writing this output; "
-                    f"wait for it to finish (lock {self.file})"
-                ) from None
-            try:  # the file may have been unlinked by the previous holder between open and flock
-                same = os.stat(self.file).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                self.file.unlink()
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> Lock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def open_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
-                 resume: bool = False, force: bool | None = None) -> Path:
-    """begin_partial, returning only the folder."""
-    return begin_partial(path, kind, fp, resume=resume, force=force)[0]
-
-
-def begin_partial(path: str | Path, kind: str | None = None, fp: dict[str, str] | None = None, *,
-                  resume: bool = False, force: bool | None = None) -> tuple[Path, bool]:
-    """The scratch folder `<path>.partial`, ready to write into (the caller holds the Lock).
-    With `resume`, one left by a killed run with the same kind and fingerprint is handed back
-    as it is; another fingerprint is a one-line error (or, with --force, wiped). Without
-    `resume` it is wiped. A file there, or a partial of another kind, is refused. Returns
-    (folder, fresh): fresh when this call started it (nothing of an earlier run in it)."""
-    path = Path(path)
-    tmp = partial_path(path)
-    check_replaceable(path, kind)
-    if tmp.exists() or tmp.is_symlink():
-        rec = read_marker(tmp, PARTIAL)
-        if rec is None and resume and tmp.is_dir():  # left by an older datamates: nothing to compare
-            log.warning("%s: partial output without a fingerprint (older datamates); resuming it unchecked", tmp)
-        if not tmp.is_dir():
-            raise OutputConflict(f"{tmp}: is a file, not a partial output folder; delete it yourself")
-        if rec is not None and rec.get("kind") not in (None, kind) and kind is not None:
-            raise OutputConflict(f"{tmp}: holds a partial {rec.get('kind')}, not a {kind}; delete it yourself")
-        keep = resume
-        if keep and fp is not None and rec is not None:
-            diff = _first_difference(rec.get("fingerprint") or {}, fp)
-            if diff is not None:
-                if not force_enabled(force):
-                    raise IncompatibleArtifacts(
-                        f"{tmp}: the interrupted {kind or 'run'} was started from other inputs ({diff}); "
-                        "re-run with --force to start over"
-                    )
-                log.warning("%s: starting over (--force): %s", tmp, diff)
-                keep = False
-        if not keep:
-            shutil.rmtree(tmp)
-        else:  # a killed writer's temporary files (atomic_write_bytes, score shards): we hold the lock, none is live
-            for stale in tmp.rglob(".*.tmp-*"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-    fresh = not tmp.exists()
-    tmp.mkdir(parents=True, exist_ok=True)
-    if read_marker(tmp, PARTIAL) is None:
-        atomic_write_json(tmp / PARTIAL, {"kind": kind, "fingerprint": fp, "code_version": code_version()})
-    return tmp, fresh
-
-
-def drop_fresh_partial(tmp: Path, fresh: bool) -> None:
-    """After a user error (DatamatesError) in a partial this process started: remove it, so that
-    the fixed command starts clean instead of meeting the bad input's fingerprint. A resumed
-    partial holds earlier work and stays; a kill or Ctrl-C keeps any partial for the resume."""
-    if fresh:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(tmp: str | Path, path: str | Path, kind: str | None = None) -> None:
-    """Rename the finished scratch folder `tmp` to `path`, replacing only an artifact of the same
-    kind (check_replaceable)."""
-    tmp, path = Path(tmp), Path(path)
-    check_replaceable(path, kind)
-    if path.exists():
-        old = path.with_name(path.name + f".old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None, *, resume: bool = False,
-               kind: str | None = None, fingerprint: dict[str, str] | None = None,
-               force: bool | None = None) -> Iterator[Path]:
-    """Yield a scratch directory; on success write `meta.json` and `DONE` (kind, fingerprint,
-    every file's size) into it and rename it to `path`. The output is locked for the duration
-    (a second writer refuses with one line), and only an empty folder or an artifact of the same
-    kind is ever replaced. With `resume=True` a scratch directory left by a killed run is handed
-    back as it is if its fingerprint matches (open_partial); otherwise it is wiped first. On an
-    exception the scratch directory stays for a later resume, except after a user error
-    (DatamatesError) in one this call started (drop_fresh_partial)."""
-    path = Path(path)
-    with Lock(path):
-        tmp, fresh = begin_partial(path, kind, fingerprint, resume=resume, force=force)
-        try:
-            yield tmp
-        except DatamatesError:
-            drop_fresh_partial(tmp, fresh)
-            raise
-        if meta is not None:
-            atomic_write_json(tmp / META, meta)
-        write_done(tmp, kind, fingerprint)
-        replace_dir(tmp, path, kind)
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the kill tests: DATAMATES_FAULT=<name> kills this process here
-    (SIGKILL, as `kill -9` would)."""
-    if os.environ.get("DATAMATES_FAULT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+from datamates.artifacts import (  # noqa: F401  (re-exported)
+    DONE,
+    META,
+    PARTIAL,
+    Lock,
+    Output,
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    begin_partial,
+    check_files,
+    check_replaceable,
+    code_version,
+    drop_fresh_partial,
+    fault_point,
+    fingerprint,
+    force_enabled,
+    is_done,
+    meta_record,
+    partial_path,
+    produce,
+    read_json,
+    read_marker,
+    replace_dir,
+    reuse,
+    set_force,
+    write_done,
+)
+from datamates.identity import hash_file as file_sha256  # noqa: F401  (re-exported)
 
 
 def encoder_cache_dir(pool_dir: str | Path) -> Path:
     """Pool-level cache of the influence model's encoder input (token ids, frozen embeddings): it
     depends only on the pool and the encoder, so every stage and every run on the pool share it."""
     return Path(pool_dir) / "encoder_cache"
+
+
+WARMUP = "warmup"  # the branch of the warmup stages, shared by every selector
+TRAIN_SUMMARY = "train_summary.json"  # a checkpoint's counted training tokens and FLOPs (core/train_loop.py)
+# the artifacts of a stage folder, in data-flow order
+PROBE, INFLUENCE_MODEL, SCORES, SELECTED, CHECKPOINT, EVAL = (
+    "probe", "influence_model", "scores", "selected", "checkpoint", "eval")
+STAGE_ARTIFACTS = (PROBE, INFLUENCE_MODEL, SCORES, SELECTED, CHECKPOINT, EVAL)
+
+
+def train_summary(checkpoint: str | Path) -> Path:
+    return Path(checkpoint) / TRAIN_SUMMARY
+
+
+class StagePaths:
+    """The artifacts of one stage folder (`RunDir.stage_paths(n)`), for code that walks stages."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.number = int(self.folder.name.split("_")[1])
+
+    @property
+    def probe(self) -> Path:
+        return self.folder / PROBE
+
+    @property
+    def influence_model(self) -> Path:
+        return self.folder / INFLUENCE_MODEL
+
+    @property
+    def scores(self) -> Path:
+        return self.folder / SCORES
+
+    @property
+    def selected(self) -> Path:
+        return self.folder / SELECTED
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT
+
+    @property
+    def eval(self) -> Path:
+        return self.folder / EVAL
+
+    @property
+    def timings(self) -> Path:
+        return self.folder / "timings.json"
 
 
 class RunDir:
@@ -489,23 +152,35 @@ class RunDir:
     def stage(self, n: int) -> Path:
         return self.base / f"stage_{n:02d}"
 
+    def stage_paths(self, n: int) -> StagePaths:
+        return StagePaths(self.stage(n))
+
+    def stages(self) -> list[StagePaths]:
+        """The stage folders of this branch, in order."""
+        return [StagePaths(d) for d in sorted(self.base.glob("stage_[0-9]*")) if d.is_dir()]
+
+    def branches(self) -> list[str]:
+        """The selector branches of the run (folders holding stages), less the shared warmup."""
+        return [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and not p.is_symlink()
+                and p.name != WARMUP and p.name not in ("units", "merged", "gold") and any(p.glob("stage_[0-9]*"))]
+
     def probe(self, n: int) -> Path:
-        return self.stage(n) / "probe"
+        return self.stage(n) / PROBE
 
     def influence_model(self, n: int) -> Path:
-        return self.stage(n) / "influence_model"
+        return self.stage(n) / INFLUENCE_MODEL
 
     def scores(self, n: int) -> Path:
-        return self.stage(n) / "scores"
+        return self.stage(n) / SCORES
 
     def selected(self, n: int) -> Path:
-        return self.stage(n) / "selected"
+        return self.stage(n) / SELECTED
 
     def checkpoint(self, n: int) -> Path:
-        return self.stage(n) / "checkpoint"
+        return self.stage(n) / CHECKPOINT
 
     def eval(self, n: int) -> Path:
-        return self.stage(n) / "eval"
+        return self.stage(n) / EVAL
 
     @property
     def partitions(self) -> Path:
@@ -515,8 +190,17 @@ class RunDir:
     def seed_model(self) -> Path:
         return self.root / "seed"
 
+    @property
+    def irreducible_model(self) -> Path:
+        """The branch's RHO-LOSS irreducible-loss model (baselines/rholoss.py), trained once per branch."""
+        return self.base / "irreducible_model"
+
+    @property
+    def units(self) -> Path:
+        return self.root / "units"
+
     def unit(self, name: str) -> Path:
-        return self.root / "units" / name
+        return self.units / name
 
     def merged(self, key: str) -> Path:
         return self.root / "merged" / key

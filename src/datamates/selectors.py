@@ -37,31 +37,48 @@ scores, lower is better, and `select` standardises them all the same way (`mates
 block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
 (seed, id). No selector overrides the scale or picks ids itself.
 
-Adding a selector is one edit: write `def select_<name>(x: StageInputs) -> Path` that ends in
-`_select(x, scores)` (scores: a scores folder or an (ids, values) pair, lower is better) and add
-it to `SELECTORS`. The config (`mates.selectors`) is checked against this dict when a run starts
-(`resolve_selectors`), and `selectors: [all]` runs every registered one. `group:NAME` composes: NAME's
-selector runs with `StageInputs.group` set, and its `_select` call becomes the group selection.
+The registry is the literal list `SCORERS` (mergekit's registry.py is the model): one `Scorer` per
+name, the MATES variants as instances of one scorer with arguments. `datamates run` (mates.selectors,
+`all`), `datamates score-with` (the scorers with a `standalone` function) and the docs' tables
+(tests/baselines/test_selectors.py checks docs/baselines.md) read it. Adding a scorer: its module
+(a function writing a scores folder, baselines/_common.write_scores), its config section in
+config/baselines.py, and one line here (docs/extending.md walks through one). `group:NAME` composes:
+NAME's scores, then the group selection. Older names (rater, classifier) are accepted as aliases.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from datamates.accounting import timed
+from datamates.baselines._common import encoder_embeddings
+from datamates.baselines.dsir import dsir
+from datamates.baselines.perplexity import perplexity_filter
+from datamates.baselines.quality import BUNDLE_LABELS, rate
+from datamates.baselines.rholoss import irreducible_model, reducible_loss
+from datamates.baselines.semdedup import semdedup
+from datamates.baselines.trak import dsdm
+from datamates.config.base import data_dir
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
-from datamates.core.reference import ReferenceSet
+from datamates.core.reference import ReferenceSet, load_reference
 from datamates.errors import ConfigError
-from datamates.run_dir import RunDir
+from datamates.integrations.attributes import write_attributes
+from datamates.log import get_logger
+from datamates.run_dir import RunDir, read_json
 from datamates.selection.fit import fit
-from datamates.selection.probe import probe, read_labels
+from datamates.selection.group import group_order
+from datamates.selection.probe import probe, read_labels, sample_probe_set
 from datamates.selection.score import score, score_by_loss
-from datamates.selection.select import select
+from datamates.selection.select import select, standardised_keys
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -80,19 +97,19 @@ class StageInputs:
 
 
 def _select(x: StageInputs, candidates, **kw) -> Path:
-    """The one way a selection is made: `select` with the run's select config (no overrides)."""
+    """The one way a selection is made: `select` with the run's select config (no overrides);
+    candidates None: uniform random over the block."""
+    if candidates is None:
+        candidates, kw = x.candidates, {**kw, "method": "random"}
     out = x.rd.selected(x.stage)
     with timed(x.rd.stage(x.stage), "select", out):
         if x.group is not None:
             return _select_group(x, candidates, out)
-        return select(x.mates.select, candidates, x.pool, out, k=x.k, **kw)
+        return select(x.mates.select, candidates, x.pool, out, k=x.k, attributes=write_attributes, **kw)
 
 
 def _select_group(x: StageInputs, candidates, out: Path) -> Path:
     """Group-level selection (selection/group.py) on the protocol's keys, written by `select`."""
-    from datamates.baselines._common import encoder_embeddings
-    from datamates.selection.group import group_order
-    from datamates.selection.select import standardised_keys
 
     g, scfg = x.group, x.mates.select
     ids, z, keys, info = standardised_keys(scfg, candidates, x.pool)
@@ -103,18 +120,25 @@ def _select_group(x: StageInputs, candidates, out: Path) -> Path:
     ginfo.update({"protocol": {k: info[k] for k in ("method", "scale", "z_mean", "z_std")},
                   "temperature": scfg.temperature, "gumbel": scfg.gumbel, "seed": scfg.seed,
                   "encoder_tokens": int(tokens), "encoder_flops": 2.0 * n_enc * tokens})
-    return select(scfg, (ids, rank), x.pool, out, method="group", k=x.k, group=ginfo)
+    return select(scfg, (ids, rank), x.pool, out, method="group", k=x.k, group=ginfo, attributes=write_attributes)
 
 
-def select_random(x: StageInputs) -> Path:
-    return _select(x, x.candidates, method="random")
+# ----------------------------------------------------------------------------- the scorers
+#
+# A scorer is the stage glue of one way to score a block: it returns scores (a scores folder or an
+# (ids, values) pair, lower is better), or None for uniform random; `run_selector` hands them to the
+# one selection protocol. Its knobs live in one config section (mates.* or mates.baselines.<section>),
+# and a run never overrides a knob the user set: a knob whose value is `null` / `auto` says "the run's".
+
+
+def score_random(x: StageInputs) -> None:
+    return None
 
 
 def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
     """The stage's probe set: the plan's, plus (label_multiplier - 1) x as many more first-order
     probes drawn (seed probe_seed + 1) from the pool outside this block, the plan's probe set and
     its held-out documents (plan/heldout.npy, guard.npy)."""
-    from datamates.selection.probe import sample_probe_set
 
     mult = x.mates.label_multiplier if pcfg.mode == "first_order" else 1
     if mult <= 1:
@@ -126,10 +150,11 @@ def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
     return np.sort(np.concatenate([x.probe_ids, extra]))
 
 
-def mates_configs(x: StageInputs, mode: str | None = None):
-    """(probe config, fit config) of the `mates` selectors: `mates.parity` is MATES's own recipe
-    (exact labels of the plan's probe set, the fine-tuned encoder on text, no label history)."""
-    if x.mates.parity:
+def mates_configs(x: StageInputs, mode: str | None = None, parity: bool = False):
+    """(probe config, fit config) of the `mates` scorers: parity (`mates-parity`, or `mates.parity`
+    for `mates`) is MATES's own recipe (exact labels of the plan's probe set, the fine-tuned encoder
+    on text, no label history)."""
+    if parity:
         return replace(x.mates.probe, mode="exact"), replace(x.mates.fit, mode="finetune")
     return replace(x.mates.probe, mode=mode or x.mates.probe.mode), x.mates.fit
 
@@ -141,24 +166,30 @@ def full_lm_fit(fcfg):
                    exit_layer=None)
 
 
-def select_mates(x: StageInputs, mode: str | None = None) -> Path:
-    """probe -> fit -> score -> select. `mates.static_influence`: the influence model of the first
-    selection stage scores every later stage (MATES's ablation, Fig. 5); `mates.label_history`: the fit
-    also uses the last stages' labels, weighted label_history_decay^(stages back)."""
+def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool | None = None,
+                static: bool | None = None, full: bool = False) -> Path:
+    """probe -> fit -> score. `static` (`mates-static`, or mates.static_influence): the influence
+    model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
+    mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
+    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit)."""
+    parity = x.mates.parity if parity is None else parity
+    static = x.mates.static_influence if static is None else static
     sd = x.rd.stage(x.stage)
-    pcfg, fcfg = mates_configs(x, mode)
+    pcfg, fcfg = mates_configs(x, mode, parity)
+    if full and not parity:
+        fcfg = full_lm_fit(fcfg)
     first = x.mates.warmup_stages + 1
-    if x.mates.static_influence and x.stage > first:
+    if static and x.stage > first:
         model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
         if not (model / "DONE").exists():
             raise ConfigError(f"mates.static_influence: {model} (the stage-{first} influence model) is missing; "
                               "re-run the branch from its first selection stage")
     else:
-        probe_ids = mates_probe_ids(x, pcfg) if not x.mates.parity else x.probe_ids
+        probe_ids = mates_probe_ids(x, pcfg) if not parity else x.probe_ids
         with timed(sd, "probe", x.rd.probe(x.stage)):
             labels = probe(pcfg, x.checkpoint, x.pool, probe_ids, x.rd.probe(x.stage), reference=x.reference)
         history = []
-        if not x.mates.parity and fcfg.mode == "lm":
+        if not parity and fcfg.mode == "lm":
             for back in range(1, x.mates.label_history + 1):
                 if x.stage - back >= first and (x.rd.probe(x.stage - back) / "DONE").exists():
                     history.append((x.rd.probe(x.stage - back), x.mates.label_history_decay ** back))
@@ -166,29 +197,29 @@ def select_mates(x: StageInputs, mode: str | None = None) -> Path:
             model = fit(fcfg, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir,
                         checkpoint=x.checkpoint, reference=x.reference, history=history)
     with timed(sd, "score", x.rd.scores(x.stage)):
-        scores = score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
-    return _select(x, scores)
+        return score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
 
 
-def select_oracle(x: StageInputs) -> Path:
-    sd = x.rd.stage(x.stage)
+def score_oracle(x: StageInputs):
     pcfg = replace(x.mates.probe, mode=x.mates.oracle_mode)
-    with timed(sd, "probe", x.rd.probe(x.stage)):
+    with timed(x.rd.stage(x.stage), "probe", x.rd.probe(x.stage)):
         labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage), reference=x.reference)
-    return _select(x, read_labels(labels))  # the labels are the scores
+    return read_labels(labels)  # the labels are the scores
 
 
-def select_loss(x: StageInputs) -> Path:
+def score_loss(x: StageInputs) -> Path:
     with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
-    return _select(x, scores)
+        return score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
 
 
 def _baselines(x: StageInputs):
-    """The baselines' knobs: `mates.baselines` when the run config has them, else the defaults."""
-    from datamates.config.baselines import BaselinesConfig
+    """The baselines' knobs: `mates.baselines`."""
+    return x.mates.baselines
 
-    return getattr(x.mates, "baselines", None) or BaselinesConfig()
+
+def _device(x: StageInputs, device: str) -> str:
+    """A baseline's `device` knob; `auto` is the run's scoring device (mates.score.device)."""
+    return x.mates.score.device if device == "auto" else device
 
 
 def _reference_texts(x: StageInputs) -> list[str] | None:
@@ -199,57 +230,10 @@ def _reference_texts(x: StageInputs) -> list[str] | None:
     return [tok.decode(list(e.context) + list(e.target)) for e in x.reference.examples]
 
 
-def select_dsir(x: StageInputs) -> Path:
-    from datamates.baselines.dsir import dsir
-
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = dsir(_baselines(x).dsir, x.pool, x.candidates, x.rd.scores(x.stage), target=_reference_texts(x))
-    return _select(x, scores)
-
-
-def select_semdedup(x: StageInputs) -> Path:
-    from datamates.baselines.semdedup import semdedup
-
-    cfg = replace(_baselines(x).semdedup, encoder=x.mates.fit.encoder)  # the run's encoder: shared embedding cache
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = semdedup(cfg, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
-    return _select(x, scores)
-
-
-def select_qurating(x: StageInputs) -> Path:
-    from datamates.baselines.quality import BUNDLE_LABELS, rate
-    from datamates.config.base import data_dir
-
-    cfg = _baselines(x).rater
-    cfg = replace(cfg, encoder=x.mates.fit.encoder, labels=cfg.labels or str(data_dir() / BUNDLE_LABELS))
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = rate(cfg, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
-    return _select(x, scores)
-
-
-def select_fasttext(x: StageInputs) -> Path:
-    from datamates.baselines.classifier import classify
-
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = classify(_baselines(x).classifier, x.pool, x.candidates, x.rd.scores(x.stage))
-    return _select(x, scores)
-
-
-def select_perplexity(x: StageInputs) -> Path:
-    from datamates.baselines.perplexity import perplexity_filter
-
-    cfg = _baselines(x).perplexity
-    cfg = replace(cfg, model=cfg.model or str(x.checkpoint), device=x.mates.score.device)
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = perplexity_filter(cfg, x.pool, x.candidates, x.rd.scores(x.stage))
-    return _select(x, scores)
-
-
 def _stage_reference(x: StageInputs) -> ReferenceSet:
     """The plan's reference part; without one, `mates.probe.reference` loaded as the probe stage does."""
     if x.reference is not None:
         return x.reference
-    from datamates.core.reference import load_reference
 
     p = x.mates.probe
     own = Path(p.reference).exists() and Path(p.reference).resolve() == x.pool.path.resolve()
@@ -257,72 +241,172 @@ def _stage_reference(x: StageInputs) -> ReferenceSet:
                           exclude=x.candidates if own else None, tokenizer_hash=x.pool.tokenizer_hash)
 
 
-def select_dsdm(x: StageInputs) -> Path:
-    from datamates.baselines.trak import dsdm
+def _scored(x: StageInputs, fn: Callable[..., Path], cfg, *args, **kw) -> Path:
+    """A static baseline's scores of the block, timed as the stage's `score` component."""
+    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
+        return fn(cfg, x.pool, x.candidates, x.rd.scores(x.stage), *args, **kw)
+
+
+def score_dsir(x: StageInputs) -> Path:
+
+    return _scored(x, dsir, _baselines(x).dsir, target=_reference_texts(x))
+
+
+def _run_encoder(x: StageInputs, cfg):
+    """A baseline's `encoder` knob; null is the run's encoder (mates.fit.encoder: a shared embedding cache)."""
+    return replace(cfg, encoder=cfg.encoder or x.mates.fit.encoder)
+
+
+def score_semdedup(x: StageInputs) -> Path:
+
+    return _scored(x, semdedup, _run_encoder(x, _baselines(x).semdedup), cache_dir=x.cache_dir)
+
+
+def score_qurating(x: StageInputs) -> Path:
+
+    cfg = _run_encoder(x, _baselines(x).rater)
+    cfg = replace(cfg, labels=cfg.labels or str(data_dir() / BUNDLE_LABELS))
+    return _scored(x, rate, cfg, cache_dir=x.cache_dir)
+
+
+def score_perplexity(x: StageInputs) -> Path:
+
+    cfg = _baselines(x).perplexity
+    cfg = replace(cfg, model=cfg.model or str(x.checkpoint), device=_device(x, cfg.device))
+    return _scored(x, perplexity_filter, cfg)
+
+
+def score_dsdm(x: StageInputs) -> Path:
 
     cfg = _baselines(x).dsdm
-    cfg = replace(cfg, device=x.mates.score.device if cfg.device == "auto" else cfg.device)
+    cfg = replace(cfg, device=_device(x, cfg.device))
     with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        scores = dsdm(cfg, cfg.checkpoints or [x.checkpoint], x.pool, x.candidates, x.rd.scores(x.stage),
-                      reference=_stage_reference(x))
-    return _select(x, scores)
+        return dsdm(cfg, cfg.checkpoints or [x.checkpoint], x.pool, x.candidates, x.rd.scores(x.stage),
+                    reference=_stage_reference(x))
 
 
-def select_rholoss(x: StageInputs) -> Path:
-    from datamates.baselines.rholoss import irreducible_model, reducible_loss
-    from datamates.run_dir import read_json
+def score_rholoss(x: StageInputs) -> Path:
 
     cfg = _baselines(x).rholoss
     sd = x.rd.stage(x.stage)
     with timed(sd, "score", x.rd.scores(x.stage)):
         il = irreducible_model(cfg, x.pool, _stage_reference(x) if not cfg.model else None, x.checkpoint,
-                               x.rd.base / "irreducible_model", device=x.mates.score.device, stage=x.stage)
+                               x.rd.irreducible_model, device=x.mates.score.device, stage=x.stage)
         charge = not cfg.model and read_json(il / "meta.json").get("stage") == x.stage
-        scores = reducible_loss(cfg, x.checkpoint, il, x.pool, x.candidates, x.rd.scores(x.stage),
-                                work=sd / "rholoss", device=x.mates.score.device, charge_training=charge)
-    return _select(x, scores)
+        return reducible_loss(cfg, x.checkpoint, il, x.pool, x.candidates, x.rd.scores(x.stage),
+                              work=sd / "rholoss", device=x.mates.score.device, charge_training=charge)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One entry of the registry: `datamates run` (mates.selectors), `datamates score-with` and the
+    docs' tables read it. `section`: its knobs, mates.baselines.<section> (None: mates.* or none);
+    `standalone`: the scoring function `score-with` calls as fn(section config, pool, ids, out, **kw)
+    (None: the scorer needs a run's stage); `flags`: the score-with flags that set a knob of its
+    section; `aliases`: older names still accepted; `in_all`: listed by `selectors: [all]`."""
+
+    name: str
+    score: Callable[[StageInputs], Any] | None  # None: the standalone function on the block, timed
+    summary: str
+    section: str | None = None
+    standalone: str | None = None  # "module:function" under datamates.baselines
+    flags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    cache: bool = False  # score-with passes --cache-dir (encoder embeddings)
+    in_all: bool = True
+
+    def stage_scores(self, x: StageInputs) -> Any:
+        """The scores of stage x's block: the scorer's own glue, or its standalone function called
+        with its config section (mates.baselines.<section>) on the block."""
+        if self.score is not None:
+            return self.score(x)
+        return _scored(x, self.scoring_function(), getattr(_baselines(x), self.section or ""))
+
+    def scoring_function(self) -> Callable[..., Path]:
+        import importlib
+
+        module, fn = (self.standalone or "").split(":")
+        return getattr(importlib.import_module(f"datamates.baselines.{module}"), fn)
+
+
+def _mates(name: str, summary: str, **kw: Any) -> Scorer:
+    """MATES and its variants: one scorer, instances with arguments (mode, parity, static)."""
+    return Scorer(name, functools.partial(score_mates, **kw), summary)
+
+
+SCORERS: list[Scorer] = [
+    Scorer("random", score_random, "uniform k of the block (MATES's baseline and warmup stages)"),
+    _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k"),
+    _mates("mates-first-order", "the same, with first-order probe labels", mode="first_order"),
+    _mates("mates-parity", "MATES's own recipe: exact labels, the fine-tuned encoder on text", parity=True),
+    _mates("mates-static", "the influence model fitted once, at the first selection stage, scores every later "
+                           "stage (MATES's ablation)", static=True),
+    _mates("mates-full", "mates with the full-forward LM-feature influence model (stats + hidden + fo of the whole "
+                         "candidate, every block), whatever the run's prefix and exit", full=True),
+    Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
+    Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
+    Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",
+           "dsir:dsir", ("reference",)),
+    Scorer("semdedup", score_semdedup, "SemDeDup's keep order on encoder embeddings", "semdedup",
+           "semdedup:semdedup", ("eps",), cache=True),
+    Scorer("qurating", score_qurating, "a quality rater fitted on judgements (QuRating)", "rater",
+           "quality:rate", ("labels",), aliases=("rater",), cache=True),
+    Scorer("fasttext", None, "a fastText classifier, reference positives vs pool negatives (DCLM)",
+           "classifier", "classifier:classify", ("reference", "model"), aliases=("classifier",)),
+    Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
+           "perplexity:perplexity_filter", ("model",)),
+    Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
+           "heuristic", "heuristic:heuristic"),
+    Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
+    Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
+]
+REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
+ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}
+
+
+def canonical(name: str) -> str:
+    """A scorer's name; an older alias (rater, classifier) is accepted with a note."""
+    if name in ALIASES:
+        log.debug("selector %r is now called %r (the old name still works)", name, ALIASES[name])
+        return ALIASES[name]
+    return name
+
+
+def run_selector(x: StageInputs, name: str) -> Path:
+    """Score the block with scorer `name` and select k of it: the one way a stage's data is chosen."""
+    return _select(x, REGISTRY[name].stage_scores(x))
 
 
 def select_group(inner: str) -> Callable[[StageInputs], Path]:
     """`group:NAME`: NAME's scoring, then group-level selection (selection/group.py)."""
-    fn = SELECTORS[inner]
-
     def run(x: StageInputs) -> Path:
-        return fn(replace(x, group=_baselines(x).group))
+        return _select(replace(x, group=_baselines(x).group), REGISTRY[inner].stage_scores(x))
 
     return run
 
 
+# name -> x -> the selection folder (the registry seen as selectors)
 SELECTORS: dict[str, Callable[[StageInputs], Path]] = {
-    "random": select_random,
-    "mates": select_mates,
-    "mates-first-order": lambda x: select_mates(x, mode="first_order"),
-    "mates-parity": lambda x: select_mates(replace(x, mates=replace(x.mates, parity=True))),
-    "mates-static": lambda x: select_mates(replace(x, mates=replace(x.mates, static_influence=True))),
-    "mates-full": lambda x: select_mates(replace(x, mates=replace(x.mates, fit=full_lm_fit(x.mates.fit)))),
-    "oracle": select_oracle,
-    "loss": select_loss,
-    "dsir": select_dsir,
-    "semdedup": select_semdedup,
-    "qurating": select_qurating,
-    "fasttext": select_fasttext,
-    "perplexity": select_perplexity,
-    "dsdm": select_dsdm,
-    "rholoss": select_rholoss,
-}
+    s.name: functools.partial(run_selector, name=s.name) for s in SCORERS}
 GROUP = "group:"
 
 
-def _check_name(n: str, what: str) -> None:
+def _check_name(n: str, what: str) -> str:
+    """The canonical name of selector `n` (an alias resolved), or a ConfigError listing the names."""
     if n.startswith(GROUP):
-        inner = n[len(GROUP):]
-        if inner not in SELECTORS or inner == "random":
-            scorers = ", ".join(s for s in SELECTORS if s != "random")
+        inner = canonical(n[len(GROUP):])
+        if inner not in REGISTRY or inner == "random":
+            scorers = ", ".join(s for s in REGISTRY if s != "random")
             raise ConfigError(f"{what}: {n!r}: group:NAME needs a scoring selector NAME; available: {scorers}")
-        return
-    if n not in SELECTORS:
-        raise ConfigError(f"{what}: unknown selector {n!r}; available: all, {', '.join(SELECTORS)}, "
+        return GROUP + inner
+    n = canonical(n)
+    if n not in REGISTRY:
+        raise ConfigError(f"{what}: unknown selector {n!r}; available: all, {', '.join(REGISTRY)}, "
                           "group:<any of them but random>")
+    return n
 
 
 def resolve_selectors(names: list[str]) -> list[str]:
@@ -330,15 +414,15 @@ def resolve_selectors(names: list[str]) -> list[str]:
     (in registry order, random first). Unknown names are a ConfigError that lists the available ones."""
     out: list[str] = []
     for name in names:
-        for n in (list(SELECTORS) if name == "all" else [name]):
-            _check_name(n, "mates.selectors")
+        for n in ([s.name for s in SCORERS if s.in_all] if name == "all" else [name]):
+            n = _check_name(n, "mates.selectors")
             if n not in out:
                 out.append(n)
     return out
 
 
 def get_selector(name: str) -> Callable[[StageInputs], Path]:
-    _check_name(name, "selector")
+    name = _check_name(name, "selector")
     if name.startswith(GROUP):
         return select_group(name[len(GROUP):])
     return SELECTORS[name]

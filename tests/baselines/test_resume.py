@@ -37,5 +37,5 @@ def test_resume_gives_the_same_bytes(tiny_pool, tmp_path):
     # a killed run of another plan is not mixed in
     with pytest.raises(KeyboardInterrupt):
         write_scores(tmp_path / "c", tiny_pool, ids, plan, 30, _fn([], fail_at=30), meta)
-    with pytest.raises(IncompatibleArtifacts, match="another model_hash"):
+    with pytest.raises(IncompatibleArtifacts, match="model_hash"):
         write_scores(tmp_path / "c", tiny_pool, ids, {**plan, "model_hash": "other"}, 30, _fn([]), meta)

@@ -15,12 +15,29 @@ from datamates.run_dir import RunDir, read_json
 from datamates.selection.select import read_selection
 from datamates.selectors import SELECTORS, StageInputs, resolve_selectors
 
-BASELINES = ["dsir", "semdedup", "qurating", "fasttext", "perplexity"]
+BASELINES = ["dsir", "semdedup", "qurating", "fasttext", "perplexity", "heuristic"]
 
 
 def test_registered():
     assert all(b in SELECTORS for b in BASELINES)
     assert set(BASELINES) <= set(resolve_selectors(["all"]))
+
+
+def test_one_registry_feeds_run_score_with_and_the_docs():
+    """One name per scorer: the older score-with names are aliases of the run's; every registered
+    name has a row in docs/baselines.md, methods.md or extending.md; the MATES variants are instances."""
+    from pathlib import Path
+
+    from datamates.selectors import REGISTRY, SCORERS, canonical
+
+    assert canonical("rater") == "qurating" and canonical("classifier") == "fasttext"
+    assert resolve_selectors(["rater", "group:classifier"]) == ["qurating", "group:fasttext"]
+    assert len({s.name for s in SCORERS}) == len(SCORERS)
+    docs = "".join((Path(__file__).parents[2] / "docs" / f).read_text() for f in ("baselines.md", "methods.md", "extending.md"))
+    missing = [s.name for s in SCORERS if f"`{s.name}`" not in docs]
+    assert not missing, f"registered but not documented: {missing}"
+    for name in ("mates-parity", "mates-static", "mates-first-order", "mates-full"):
+        assert REGISTRY[name].score.func is REGISTRY["mates"].score.func  # one scorer, other arguments
 
 
 @pytest.mark.slow  # MiniLM over the block and the bundle's 499 quality labels; ~1 min on 2 shared cores
@@ -62,3 +79,21 @@ def test_run_config_baselines_section_reaches_the_selectors():
     cfg = load_config("tiny_cpu", ["mates.baselines.group.alpha=2.5", "mates.baselines.rholoss.steps=7"])
     b = _baselines(SimpleNamespace(mates=cfg.mates))
     assert b.group.alpha == 2.5 and b.rholoss.steps == 7
+
+
+def test_a_knob_set_by_the_user_is_not_overridden_in_a_run():
+    """baselines.semdedup.encoder / rater.encoder / perplexity.device: the run fills them in only when
+    they are left at null / auto (was: always replaced by mates.fit.encoder / mates.score.device)."""
+    from types import SimpleNamespace
+
+    from datamates.config.run import load_config
+    from datamates.selectors import _device, _run_encoder
+
+    cfg = load_config("tiny_cpu", ["mates.baselines.semdedup.encoder.max_tokens=64",
+                                   "mates.baselines.semdedup.encoder.chunk_len=64", "mates.score.device=cpu",
+                                   "mates.baselines.perplexity.device=cuda:1"])
+    x = SimpleNamespace(mates=cfg.mates)
+    assert _run_encoder(x, cfg.mates.baselines.semdedup).encoder.max_tokens == 64
+    assert _run_encoder(x, cfg.mates.baselines.rater).encoder == cfg.mates.fit.encoder
+    assert _device(x, cfg.mates.baselines.perplexity.device) == "cuda:1"
+    assert _device(x, cfg.mates.baselines.dsdm.device) == "cpu"

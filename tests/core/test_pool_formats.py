@@ -227,7 +227,7 @@ def test_selection_writes_dolma_attributes_and_a_scores_table(records, tmp_path,
     ids = np.arange(len(pool), dtype=np.int64)
     scores = np.sin(ids * 1.7)  # any values: the test recomputes the document means from them
     out = select(SelectConfig(method="topk", fraction=0.25, write_documents=True), (ids, scores), pool,
-                 tmp_path / "sel")
+                 tmp_path / "sel", attributes=attributes.write_attributes)
     chosen = np.load(out / "ids.npy")
     table = pq.read_table(out / "scores.parquet").to_pylist()
     expect = [(int(s), int(d)) for s in ids for d in pool.docs_of(int(s))]

@@ -54,7 +54,7 @@ from datamates.ablation.merge import (
 )
 from datamates.ablation.partition import Manifest, read_manifest
 from datamates.ablation.report import headline, write_outputs
-from datamates.ablation.stats import BASELINE, claim_table, correlations, pairwise_agreement
+from datamates.ablation.stats import BASELINE, claim_table, correlations, pairwise_agreement, ratio_se
 from datamates.ablation.train_partition import gold_dir, train_gold
 from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
@@ -74,16 +74,6 @@ LAMBADA = "lambada"
 
 
 # ----------------------------------------------------------------------------- evaluation sets
-
-
-def ratio_se(nll: np.ndarray, tokens: np.ndarray) -> float:
-    """Standard error of log PPL = sum(nll_i) / sum(t_i) over n sequences (the ratio estimator's
-    delta-method SE: sqrt(sum (nll_i - r t_i)^2 / (n (n - 1))) / mean(t)); nan for n < 2."""
-    n = len(nll)
-    if n < 2:
-        return float("nan")
-    r = nll.sum() / tokens.sum()
-    return float(math.sqrt(((nll - r * tokens) ** 2).sum() / (n * (n - 1))) / tokens.mean())
 
 
 @dataclass
@@ -132,7 +122,8 @@ class EvalSets:
         return np.concatenate(out), False
 
     def evaluate(self, model: torch.nn.Module, race: bool = False) -> dict[str, dict[str, float]]:
-        """{set name: {nll, tokens, ppl, logppl, se, n, bpb (held-out), acc (LAMBADA), stopped_early}}."""
+        """{set name: {nll, tokens, ppl, logppl, se, n, bpb (held-out), acc (LAMBADA), stopped_early,
+        seq_nll (per sequence / example, for paired standard errors), seq_tokens (LAMBADA)}}."""
         res: dict[str, dict[str, float]] = {}
         all_nll, all_tok, tot_bytes, stopped_any = [], [], 0.0, False
         for dom, toks in self.heldout.items():
@@ -144,7 +135,7 @@ class EvalSets:
             nll, n_tok = float(seq.sum()), int(t.sum())
             ppl, bpb = perplexity_and_bpb(nll, n_tok, nbytes)
             res[name] = {"nll": nll, "tokens": n_tok, "ppl": ppl, "logppl": nll / n_tok, "bpb": bpb,
-                         "se": ratio_se(seq, t), "n": n, "stopped_early": stopped}
+                         "se": ratio_se(seq, t), "n": n, "stopped_early": stopped, "seq_nll": seq.tolist()}
             res[name]["_seq"] = seq
             stopped_any |= stopped
             all_nll.append(seq)
@@ -155,13 +146,14 @@ class EvalSets:
             ppl, bpb = perplexity_and_bpb(float(seq.sum()), int(t.sum()), tot_bytes)
             res[HELDOUT_ALL] = {"nll": float(seq.sum()), "tokens": int(t.sum()), "ppl": ppl,
                                 "logppl": float(seq.sum() / t.sum()), "bpb": bpb, "se": ratio_se(seq, t),
-                                "n": len(seq), "stopped_early": stopped_any}
+                                "n": len(seq), "stopped_early": stopped_any, "seq_nll": seq.tolist()}
         if self.lambada:
             sc = score_targets(model, self.lambada, batch_size=self.batch_size, precision=self.precision)
             nll, n_tok = float(sc.nll.sum()), int(sc.n_tokens.sum())
             res[LAMBADA] = {"nll": nll, "tokens": n_tok, "ppl": math.exp(nll / n_tok), "logppl": nll / n_tok,
                             "acc": float(sc.greedy.mean()), "se": ratio_se(sc.nll, sc.n_tokens.astype(np.float64)),
-                            "n": len(sc.nll)}
+                            "n": len(sc.nll), "seq_nll": np.asarray(sc.nll, dtype=float).tolist(),
+                            "seq_tokens": np.asarray(sc.n_tokens).astype(int).tolist()}
         if race and self.early_stop_z:  # a fully evaluated set that beats the best becomes the reference
             for name, r in res.items():
                 if "_seq" in r and not r["stopped_early"] and (name not in self.best or r["logppl"] < self.best[name][0]):
@@ -235,6 +227,12 @@ class EvalCache:
 
 def all_subsets(k: int) -> list[list[int]]:
     return [members(m) for m in range(1, 1 << k)]
+
+
+def all_mixtures(units: list[str], min_k: int = 2) -> list[list[str]]:
+    """Every mixture of at least `min_k` units (2^K - 1 - K multi-unit mixtures for min_k = 2), by
+    size, then in unit order: the gold list of a study that trains every multi-unit mixture."""
+    return [list(c) for k in range(min_k, len(units) + 1) for c in combinations(units, k)]
 
 
 def choose_gold(units: list[str], count: int, seed: int) -> list[list[str]]:
@@ -615,5 +613,5 @@ def _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timing
     }
 
 
-__all__ = ["EvalCache", "EvalSets", "ablate", "add_unit_study", "build_eval_sets", "choose_gold", "claim_table", "correlations",
+__all__ = ["EvalCache", "all_mixtures", "EvalSets", "ablate", "add_unit_study", "build_eval_sets", "choose_gold", "claim_table", "correlations",
            "headline", "pairwise_agreement", "ratio_se"]

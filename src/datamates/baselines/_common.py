@@ -17,7 +17,6 @@ label_mean, label_std, shards, n):
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,16 +25,35 @@ from typing import Any
 import numpy as np
 
 from datamates import executor
-from datamates.config.base import config_hash
+from datamates.artifacts import finished, produce
+from datamates.config.base import data_dir
+from datamates.core.lm import resolve_device
 from datamates.core.pool import Pool
-from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.core.reference import REFERENCE_SETS, read_pairs
+from datamates.errors import InputError
+from datamates.identity import hash_file, hash_ids, hash_parts
 from datamates.log import get_logger
-from datamates.run_dir import atomic_dir, atomic_write_json, meta_record, read_json
+from datamates.run_dir import atomic_write_json, meta_record
+from datamates.selection.encode import (
+    TokenCache,
+    backbone_hash,
+    check_encoder,
+    content_budget,
+    encoder_tokens,
+    load_encoder_tokenizer,
+    resolve_backbone,
+)
+from datamates.selection.influence_model import (
+    InfluenceModel,
+    frozen_embeddings,
+    load_encoder,
+    sequence_embeddings,
+)
 from datamates.selection.scores_io import (
     SIGN,
     check_candidate_ids,
-    finished_scores,
     read_shard,
+    scores_output,
     shard_name,
     write_shard,
 )
@@ -71,8 +89,6 @@ def sequence_texts(pool: Pool, ids: np.ndarray, tok=None) -> list[str]:
 def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> list[str]:
     """Texts of a reference set (context + target of each record; core/reference.py's shapes).
     One line on a set with no usable text."""
-    from datamates.config.base import data_dir
-    from datamates.core.reference import REFERENCE_SETS, read_pairs
 
     path = data_dir() / REFERENCE_SETS[spec] if spec in REFERENCE_SETS else Path(spec)
     if not path.exists():
@@ -96,9 +112,6 @@ def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Pat
     """Mean-pooled frozen-encoder embeddings [n, H] float32 of pool sequences: the frozen influence
     model's own path and cache (influence_model.frozen_embeddings). Returns (emb, encoder tokens
     run forward now, encoder parameters)."""
-    from datamates.core.lm import resolve_device
-    from datamates.selection.encode import TokenCache, backbone_hash
-    from datamates.selection.influence_model import InfluenceModel, frozen_embeddings, load_encoder
 
     cache = TokenCache(pool, enc, cache_dir)  # checks the backbone is an encoder
     cache.ensure(ids)
@@ -110,18 +123,11 @@ def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Pat
     return emb, int(tokens), sum(p.numel() for p in model.encoder.parameters())
 
 
-def digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.tobytes() if isinstance(p, np.ndarray) else str(p).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
+digest = hash_parts  # a baseline's fitted-model identity (identity.py)
 
 
 def file_digest(path: str | Path) -> str:
-    from datamates.selection.encode import _file_digest
-
-    return _file_digest(Path(path))[:16]
+    return hash_file(path)
 
 
 
@@ -133,21 +139,14 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
     refused); meta.json (common keys + `meta()`) and DONE are written last, then the folder is
     renamed into place. `plan` must hold pool_id and model_hash."""
     out = Path(out)
-    plan = {**plan, "ids_hash": config_hash(np.asarray(ids).tolist()), "n": int(len(ids)), "shard_size": shard_size}
-    if finished_scores(out, plan):
+    plan = {**plan, "ids_hash": hash_ids(ids), "n": int(len(ids)), "shard_size": shard_size}
+    output = scores_output(out, plan, inputs=(pool.path,))
+    if finished(output):
         return out
     t0 = time.time()
     n_shards = (len(ids) + shard_size - 1) // shard_size
-    with atomic_dir(out, resume=True) as work:
-        plan_f = work / "plan.json"
-        if plan_f.exists():
-            old = read_json(plan_f)
-            diff = next((k for k, v in plan.items() if old.get(k) != v), None)
-            if diff is not None:
-                raise IncompatibleArtifacts(f"{work}: an interrupted run scored with another {diff}; delete this "
-                                            "folder to start over")
-        else:
-            atomic_write_json(plan_f, plan)
+
+    def build(work: Path) -> None:  # resumed shard by shard (produce checks the partial's fingerprint)
         done = sum((work / shard_name(i)).exists() for i in range(n_shards))
         for i in range(n_shards):
             if (work / shard_name(i)).exists():
@@ -169,13 +168,13 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
         executor.run(job, local_worker=shards, progress=desc, share=False)
         if done:
             log.info("resumed: %d of %d score shards were already done", done, n_shards)
-        plan_f.unlink()
         for name, blob in (files or {}).items():  # artifacts beside the scores (e.g. a trained classifier)
             (work / name).write_bytes(blob)
         fields = {**meta(), **plan, "shards": [shard_name(i) for i in range(n_shards)],
                   "seconds_this_call": round(time.time() - t0, 2)}
         atomic_write_json(work / "meta.json", meta_record("score-with", sign=SIGN, **fields))
-    return out
+
+    return produce(output, build, resume=True)
 
 
 def flops(n_params: int, tokens: int) -> float:
@@ -193,7 +192,6 @@ def counts(kind: str | None = None, tokens: int = 0, fpt: float = 0.0, **text_un
 
 def encoder_parameters(enc) -> int:
     """Parameters of an encoder folder, from its safetensors header (no weights loaded)."""
-    from datamates.selection.encode import resolve_backbone
 
     path = resolve_backbone(enc.backbone)
     files = sorted(path.glob("*.safetensors"))
@@ -216,16 +214,6 @@ def text_embeddings(texts: list[str], enc, *, batch_size: int = 64, device: str 
     """Mean-pooled frozen-encoder embeddings [n, H] of raw texts, by the influence model's embedding
     path (influence_model.sequence_embeddings: the same budget, chunking, pooling and precision as
     pool sequences). Returns (emb, encoder tokens, encoder parameters, backbone hash)."""
-    from datamates.core.lm import resolve_device
-    from datamates.selection.encode import (
-        backbone_hash,
-        check_encoder,
-        content_budget,
-        encoder_tokens,
-        load_encoder_tokenizer,
-        resolve_backbone,
-    )
-    from datamates.selection.influence_model import InfluenceModel, load_encoder, sequence_embeddings
 
     bpath = resolve_backbone(enc.backbone)
     check_encoder(bpath)

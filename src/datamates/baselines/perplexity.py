@@ -29,8 +29,10 @@ from datamates.config.baselines import PerplexityConfig
 from datamates.core.lm import resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
+from datamates.core.tokenizer import tokenizer_hash
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger, progress_bar
+from datamates.run_dir import read_json, train_summary
 
 log = get_logger(__name__)
 
@@ -58,9 +60,8 @@ def load_reference_lm(spec: str, device: torch.device):
 def lm_forward_flops_per_token(spec: str, model) -> float:
     """A datamates checkpoint's own figure (train_summary.json: training FLOPs per token / 3, as
     accounting.py counts an LM forward), else 2 x parameters."""
-    from datamates.run_dir import read_json
 
-    f = Path(spec) / "train_summary.json"
+    f = train_summary(spec)
     if f.exists():
         fpt = float(read_json(f).get("flops_per_token", 0.0))
         if fpt > 0:
@@ -70,8 +71,6 @@ def lm_forward_flops_per_token(spec: str, model) -> float:
 
 def _same_tokenizer(tok, pool: Pool) -> bool:
     from tokenizers import Tokenizer
-
-    from datamates.core.tokenizer import tokenizer_hash
 
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:

@@ -36,7 +36,7 @@ from datamates.baselines._common import (
     write_scores,
 )
 from datamates.config.base import to_dict, validate
-from datamates.config.baselines import RaterConfig
+from datamates.config.baselines import RaterConfig, with_encoder
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, InputError
@@ -112,6 +112,7 @@ def _bt_loss(d: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
 
 def fit_rater(cfg: RaterConfig, kind: str, items: list[Any], y: np.ndarray) -> dict[str, Any]:
+    cfg = with_encoder(cfg)
     """The rater's head on frozen embeddings: {w [H], b, metrics, tokens, n_params, backbone_hash}."""
     tr, va = split_train_val(len(y), cfg.val_fraction, cfg.split_seed)
     if kind == "pointwise":
@@ -187,6 +188,7 @@ def _cached_rater(cfg: RaterConfig, kind: str, items: list[Any], y: np.ndarray, 
 def rate(cfg: RaterConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, *,
          cache_dir: str | Path | None = None) -> Path:
     """Fit the rater on `cfg.labels` and write -q(x) of every candidate to `out` (scores format)."""
+    cfg = with_encoder(cfg)
     validate(cfg)
     if not cfg.labels:
         raise ConfigError("baselines.rater.labels: give a JSONL of judgements ({text, label} or "

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from datamates.baselines._common import check_ids, counts, digest, write_scores
-from datamates.config.base import config_hash, to_dict, validate
+from datamates.config.base import to_dict, validate
 from datamates.config.baselines import RhoLossConfig
 from datamates.config.core import ModelConfig, PoolConfig, TokenizerConfig, TrainConfig
 from datamates.core.checkpoint import checkpoint_hash
@@ -45,8 +45,9 @@ from datamates.core.pool import Pool, build_pool
 from datamates.core.reference import ReferenceSet
 from datamates.core.train_loop import train
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger
-from datamates.run_dir import atomic_write_text, is_done, read_json
+from datamates.run_dir import atomic_write_text, is_done, read_json, train_summary
 from datamates.selection.score import score_by_loss
 from datamates.selection.scores_io import finished_scores, iter_scores
 
@@ -121,7 +122,7 @@ def reducible_loss(cfg: RhoLossConfig, checkpoint: str | Path, irreducible: str 
     work = Path(work)
     plan = {"pool_id": pool.pool_id, "method": "rholoss",
             "model_hash": digest("rholoss", checkpoint_hash(checkpoint), checkpoint_hash(irreducible), charge_training)}
-    if finished_scores(out, {**plan, "ids_hash": config_hash(ids.tolist()), "n": int(len(ids)), "shard_size": SHARD}):
+    if finished_scores(out, {**plan, "ids_hash": hash_ids(ids), "n": int(len(ids)), "shard_size": SHARD}):
         return Path(out)
     cur = score_by_loss(checkpoint, pool, ids, work / "current", batch_size=cfg.batch_size, device=device)
     irr = score_by_loss(irreducible, pool, ids, work / "irreducible", batch_size=cfg.batch_size, device=device)
@@ -132,7 +133,7 @@ def reducible_loss(cfg: RhoLossConfig, checkpoint: str | Path, irreducible: str 
     fpt = float(fwd["current"]["flops_per_token"]["lm_forward"])
     c = counts("lm_forward", sum(int(m["tokens"]["lm_forward"]) for m in fwd.values()), fpt)
     if charge_training:
-        summary = read_json(Path(irreducible) / "train_summary.json")
+        summary = read_json(train_summary(irreducible))
         c["tokens"]["lm_train"] = int(summary["tokens"])
         c["flops_per_token"]["lm_train"] = float(summary["flops_per_token"])
         c["flops"] += float(summary["tokens"]) * float(summary["flops_per_token"])

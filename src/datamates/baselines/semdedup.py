@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import produce
 from datamates.baselines._common import (
     check_ids,
     counts,
@@ -33,13 +34,14 @@ from datamates.baselines._common import (
     encoder_parameters,
 )
 from datamates.config.base import config_hash, to_dict, validate
-from datamates.config.baselines import SemDeDupConfig
+from datamates.config.baselines import SemDeDupConfig, with_encoder
 from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError
+from datamates.identity import hash_ids
 from datamates.log import get_logger
-from datamates.run_dir import atomic_dir, atomic_write_json, meta_record
-from datamates.selection.scores_io import SIGN, finished_scores, shard_name, write_shard
+from datamates.run_dir import atomic_write_json, meta_record
+from datamates.selection.scores_io import SIGN, finished_scores, scores_output, shard_name, write_shard
 
 log = get_logger(__name__)
 
@@ -78,13 +80,14 @@ def eps_for_fraction(u: np.ndarray, fraction: float) -> tuple[float, int]:
 def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str | Path, *,
              cache_dir: str | Path | None = None) -> Path:
     """SemDeDup scores (rank in the keep order) of candidates `ids`, written to `out`."""
+    cfg = with_encoder(cfg)
     validate(cfg)
     if cfg.eps is not None and not 0 < cfg.eps < 1:
         raise ConfigError(f"baselines.semdedup.eps = {cfg.eps}: must be in (0, 1)")
     ids = check_ids(ids, pool)
     out = Path(out)
     plan: dict[str, Any] = {"pool_id": pool.pool_id, "method": "semdedup", "config_hash": config_hash(cfg),
-                            "ids_hash": config_hash(ids.tolist()), "n": int(len(ids))}
+                            "ids_hash": hash_ids(ids), "n": int(len(ids))}
     if finished_scores(out, plan):
         return out
     emb, enc_tokens, _ = encoder_embeddings(pool, cfg.encoder, ids, cache_dir=cache_dir,
@@ -102,7 +105,7 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
     rank = np.empty(len(ids), dtype=np.float64)
     rank[order] = np.arange(len(ids), dtype=np.float64)
     model_hash = digest("semdedup", labels, u)
-    with atomic_dir(out) as work:
+    def build(work: Path) -> None:
         write_shard(work / shard_name(0), ids, rank, pool_id=pool.pool_id, model_hash=model_hash)
         np.save(work / "clusters.npy", labels)  # [n] cluster of each candidate (in `ids` order)
         np.save(work / "centroids.npy", centroids)  # [K, H] unit rows
@@ -112,6 +115,8 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
             clusters=int(k), config=to_dict(cfg),
             select_hint={"method": "topk", "temperature": 0.0, "scale": "none", "k": n_kept},
             **counts("encoder_forward", enc_tokens, 2.0 * encoder_parameters(cfg.encoder))))
+
+    produce(scores_output(out, plan, inputs=(pool.path,)), build)
     log.info("SemDeDup: eps %.4g keeps %d of %d (%d near-duplicates) in %d clusters -> %s", eps, n_kept, len(ids),
              len(ids) - n_kept, k, out)
     return out

@@ -73,6 +73,7 @@ from datamates.core.lm import flops_per_token, named_trainable, resolve_device
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceBatches, ReferenceSet
 from datamates.errors import ConfigError, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger, progress_bar
 from datamates.selection.probe.first_order import PerSampleGrads
 from datamates.selection.scores_io import finished_scores
@@ -305,7 +306,7 @@ def dsdm(cfg: DsDmConfig, checkpoints: list[str | Path], pool: Pool, ids: np.nda
     hashes = [checkpoint_hash(c) for c in checkpoints]
     plan = {"pool_id": pool.pool_id, "method": "dsdm", "model_hash": digest("dsdm", *hashes, reference.fingerprint,
                                                                           config_hash(knobs))}
-    if finished_scores(out, {**plan, "ids_hash": config_hash(ids.tolist()), "n": int(len(ids)), "shard_size": SHARD}):
+    if finished_scores(out, {**plan, "ids_hash": hash_ids(ids), "n": int(len(ids)), "shard_size": SHARD}):
         return out
     device = resolve_device(cfg.device)
     t0 = time.time()

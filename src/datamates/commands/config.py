@@ -14,7 +14,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datamates.config import RunConfig, describe, load_config
-
     from datamates.selectors import resolve_selectors
 
     cfg = load_config(args.config, args.sets)

@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         rule = "uniform" if mc.method == "uniform" and args.method == "uniform" else "weighted"
         key = ";".join(mixture_key(g) for g in groups)
         out = args.out or rd.merged("macro~" + key.replace(";", "~"))
+        from datamates.artifacts import check_not_input
+
+        check_not_input(out, [rd.unit(u) for g in groups for u in g])
         path = macro_merge([[rd.unit(u) for u in g] for g in groups], out, group_dir=rd.root / "merged" / "groups",
                            within=rule, across=rule, out_dtype=mc.out_dtype)
         print(f"macro-merged checkpoint: {path}")
@@ -91,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
                 weights = [float(w) for w in args.weights.split(",")]
             except ValueError:
                 raise InputError(f"--weights {args.weights!r}: expected numbers separated by commas, or 'tokens'") from None
+    from datamates.artifacts import check_not_input
+
+    check_not_input(out, [*paths, *([seed] if seed else [])])
     path = merge(paths, out, weights=weights, method=mc.method, seed=seed, lam=mc.lam, lam_scale=mc.lam_scale,
                  out_dtype=mc.out_dtype)
     print(f"merged checkpoint: {path}")

@@ -8,11 +8,10 @@ import argparse
 
 from datamates.commands._common import add_config_args
 
-METHODS = ("dsir", "semdedup", "rater", "classifier", "perplexity")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("method", choices=METHODS, help="the baseline")
+    p.add_argument("method", metavar="METHOD", help="a scorer of the registry that runs on its own (dsir, semdedup, "
+                   "qurating, fasttext, perplexity, ...; docs/baselines.md)")
     p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
     p.add_argument("--ids", metavar="FILE", help="candidate sequence ids (.npy, text, or a folder with ids.npy); "
                    "default: every sequence of the pool")
@@ -33,38 +32,39 @@ def run(args: argparse.Namespace) -> int:
     from datamates.config.base import apply_sets, from_dict, to_dict
     from datamates.config.baselines import BaselinesConfig
     from datamates.errors import ConfigError
+    from datamates.selectors import REGISTRY, canonical
 
-    m = args.method
+    name = canonical(args.method)
+    if name not in REGISTRY or REGISTRY[name].standalone is None:
+        usable = ", ".join(s.name for s in REGISTRY.values() if s.standalone)
+        raise ConfigError(f"score-with {args.method}: not a scorer that runs on its own; available: {usable}")
+    scorer = REGISTRY[name]
+    m = scorer.section
     own = [s for s in args.sets if s.startswith("baselines.")]
     args.sets = [s for s in args.sets if not s.startswith("baselines.")]
-    flags = {"reference": "reference", "labels": "labels", "model": "model", "eps": "eps"}
-    for flag, key in flags.items():
+    for flag in ("reference", "labels", "model", "eps"):
         v = getattr(args, flag)
         if v is None:
             continue
-        allowed = {"dsir": ("reference",), "classifier": ("reference", "model"), "rater": ("labels",),
-                   "perplexity": ("model",), "semdedup": ("eps",)}[m]
-        if flag not in allowed:
-            raise ConfigError(f"--{flag} does not apply to {m} (its options: "
-                              f"{', '.join('--' + a for a in allowed)}; other knobs: --set baselines.{m}.KEY=VALUE)")
-        own.append(f"baselines.{m}.{key}={v}")
+        if flag not in scorer.flags:
+            raise ConfigError(f"--{flag} does not apply to {args.method} (its options: "
+                              f"{', '.join('--' + a for a in scorer.flags)}; other knobs: --set baselines.{m}.KEY=VALUE)")
+        own.append(f"baselines.{m}.{flag}={v}")
     cfg, rd = setup(args, "score-with")
     data = apply_sets({"baselines": to_dict(BaselinesConfig())}, own)
     bcfg = from_dict(BaselinesConfig, data["baselines"], prefix="baselines.")
     import numpy as np
 
-    from datamates.baselines import METHODS as FNS
     from datamates.core.pool import Pool
     from datamates.selection.scores_io import scores_meta
 
     pool = Pool(args.pool or rd.pool)
     ids = read_ids(args.ids) if args.ids else np.arange(len(pool), dtype=np.int64)
-    method_cfg = getattr(bcfg, m)
-    kw = {"cache_dir": args.cache_dir} if m in ("semdedup", "rater") else {}
-    FNS[m](method_cfg, pool, ids, args.out, **kw)
+    kw = {"cache_dir": args.cache_dir} if scorer.cache else {}
+    scorer.scoring_function()(getattr(bcfg, m), pool, ids, args.out, **kw)
     meta = scores_meta(args.out)
     hint = meta.get("select_hint", {})
-    print(f"{m} scores: {args.out} ({meta['n']:,} sequences in {len(meta['shards'])} shards)")
+    print(f"{scorer.name} scores: {args.out} ({meta['n']:,} sequences in {len(meta['shards'])} shards)")
     if hint:
         tau = f" --tau {hint['temperature']:g}" if hint.get("method") == "gumbel" else ""
         print(f"  the paper's selection: datamates select --scores {args.out} --method {hint['method']}{tau} "

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --out DIR or --stage N")
     out = args.out or rd.selected(args.stage)
     pool = Pool(args.pool or rd.pool)
-    select(cfg.mates.select, candidates, pool, out, k=args.k)
+    from datamates.integrations.attributes import write_attributes
+
+    select(cfg.mates.select, candidates, pool, out, k=args.k, attributes=write_attributes)
     meta = read_json(f"{out}/meta.json")
     print(f"selected {meta['k']:,} of {meta['n_candidates']:,} ({meta['method']}) -> {out}/ids.npy")
     for d, c in meta["kept_per_domain"].items():

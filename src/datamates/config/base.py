@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 import types
 import typing
@@ -27,6 +25,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from datamates.errors import ConfigError
+from datamates.identity import hash_config
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
@@ -278,8 +277,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def config_hash(obj: Any) -> str:
     """A short, stable hash of a config's values (for meta.json and compatibility checks)."""
-    blob = json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hash_config(obj)
 
 
 def parse_set(expr: str) -> tuple[list[str], Any]:

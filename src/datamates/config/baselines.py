@@ -4,6 +4,7 @@ holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +31,9 @@ class DSIRConfig:
 class SemDeDupConfig:
     """SemDeDup (Abbas et al. 2023, §3): k-means on embeddings, near-duplicates removed per cluster."""
 
-    encoder: EncoderConfig = knob(EncoderConfig(), "encoder of the embeddings (frozen; the influence model's "
-                                                   "cached embeddings are reused when the encoder matches)")
+    encoder: EncoderConfig | None = knob(None, "encoder of the embeddings (frozen); null: in a run, the run's "
+                                               "encoder (mates.fit.encoder: its cached embeddings are reused), "
+                                               "in score-with the encoder defaults")
     clusters: int = knob(100, "k-means clusters (the paper: 50,000 for LAION-440M; capped at n / 4)", ge=1)
     kmeans_iters: int = knob(20, "k-means iterations (faiss)", ge=1)
     eps: float | None = knob(None, "duplicate threshold: drop a sequence whose cosine similarity to an earlier "
@@ -52,7 +54,9 @@ class RaterConfig:
                                     "{text_a, text_b, prefer: a|b} (pairwise, Bradley-Terry)")
     text_field: str = knob("text", "text field of pointwise records")
     label_field: str = knob("label", "label field of pointwise records (a number; higher is better)")
-    encoder: EncoderConfig = knob(EncoderConfig(), "encoder (frozen) whose mean-pooled embeddings the head reads")
+    encoder: EncoderConfig | None = knob(None, "encoder (frozen) whose mean-pooled embeddings the head reads; null: "
+                                               "in a run, the run's encoder (mates.fit.encoder), in score-with the "
+                                               "encoder defaults")
     ridge_alphas: list[float] = knob([0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
                                      "L2 penalties tried: pointwise by leave-one-out (fit.ridge_loo), pairwise by "
                                      "the validation Bradley-Terry loss")
@@ -96,7 +100,7 @@ class PerplexityConfig:
                "(Ankner et al.); high: high perplexity first")
     max_tokens: int = knob(1024, "tokens of a sequence scored (re-tokenized text is cut to this)", ge=2)
     batch_size: int = knob(8, "sequences per forward", ge=1)
-    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N; auto in a run: the run's mates.score.device")
     shard_size: int = knob(65536, "sequences per score shard", ge=1)
 
 
@@ -117,7 +121,7 @@ class DsDmConfig:
     batch_size: int = knob(16, "candidates per batched per-example-gradient pass", ge=1)
     precision: str = knob("fp32", "precision of the gradient passes (fp32, bf16)", choices=("fp32", "bf16", "auto"))
     seed: int = knob(0, "seed of the projection")
-    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N; auto in a run: the run's mates.score.device")
 
 
 @dataclass(kw_only=True)
@@ -150,6 +154,24 @@ class GroupConfig:
 
 
 @dataclass(kw_only=True)
+class HeuristicConfig:
+    """Gopher / C4-style rule-based quality filter (baselines/heuristic.py): rules failed, lower is better."""
+
+    min_word_length: float = knob(3.0, "a document's mean word length must be at least this (Gopher: 3)", ge=0)
+    max_word_length: float = knob(10.0, "... and at most this (Gopher: 10)", gt=0)
+    max_symbol_ratio: float = knob(0.1, "at most this many '#' / '...' per word (Gopher: 0.1)", ge=0)
+    min_alpha_words: float = knob(0.8, "at least this share of words holds a letter (Gopher: 0.8)", ge=0, le=1)
+    min_compression_ratio: float = knob(0.3, "gzip size / text size at least this (lower: repetitive text)", ge=0)
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
+
+
+def with_encoder(cfg):
+    """A SemDeDup / rater config with its encoder filled in: null is the encoder defaults (a run
+    fills in its own encoder first, selectors.py)."""
+    return cfg if cfg.encoder is not None else dataclasses.replace(cfg, encoder=EncoderConfig())
+
+
+@dataclass(kw_only=True)
 class BaselinesConfig:
     dsir: DSIRConfig = knob(DSIRConfig(), "DSIR importance resampling")
     semdedup: SemDeDupConfig = knob(SemDeDupConfig(), "SemDeDup")
@@ -159,6 +181,7 @@ class BaselinesConfig:
     dsdm: DsDmConfig = knob(DsDmConfig(), "DsDm (TRAK datamodels)")
     rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
     group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
+    heuristic: HeuristicConfig = knob(HeuristicConfig(), "heuristic quality filter (Gopher / C4 rules)")
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:

@@ -14,7 +14,6 @@ and load back bit-exactly, which is what makes resume exact.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from datamates.errors import ArtifactMissing, CorruptArtifact, IncompatibleArtifacts
+from datamates.identity import hash_dir
 from datamates.run_dir import DONE, atomic_dir, atomic_write_json, is_done, read_json
 
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
@@ -83,7 +83,7 @@ def save_checkpoint(
     hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per checkpoint
     path = Path(path)
     model = getattr(model, "module", model)  # unwrap DDP
-    with atomic_dir(path, meta=meta) as tmp:
+    with atomic_dir(path, meta=meta, kind="checkpoint") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if optimizer is not None:
             save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
@@ -211,16 +211,6 @@ def trainer_state(path: str | Path) -> dict[str, Any]:
     return read_json(f) if f.exists() else {}
 
 
-def load_rng(path: str | Path) -> None:
-    f = Path(path) / "rng.safetensors"
-    if not f.exists():
-        return
-    rng = load_safetensors(f)
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def export_hf(path: str | Path, out: str | Path) -> Path:
@@ -237,14 +227,4 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
 
 def checkpoint_hash(path: str | Path) -> str:
     """sha256 of the checkpoint's weights, optimizer state and trainer state (first 16 hex digits)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
-        f = path / name
-        if not f.exists():
-            continue
-        h.update(name.encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 23):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return hash_dir(path, ("model.safetensors", "optimizer.safetensors", "trainer_state.json"))

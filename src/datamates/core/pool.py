@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.core import PoolConfig
 from datamates.core.sources import (  # noqa: F401 (re-exported: the pool's readers)
@@ -47,19 +47,16 @@ from datamates.core.sources import (  # noqa: F401 (re-exported: the pool's read
 )
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.identity import hash_file
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
     DONE,
-    atomic_dir,
     atomic_write_json,
     check_files,
     fault_point,
-    file_sha256,
-    fingerprint,
     is_done,
     read_json,
     read_marker,
-    reuse,
 )
 
 log = get_logger(__name__)
@@ -186,7 +183,7 @@ def input_identity(files: list[InputFile]) -> list[dict[str, Any]]:
     return [source_identity(f) for f in files]
 
 
-def pool_fingerprint(cfg: PoolConfig, files: list[InputFile]) -> dict[str, str]:
+def pool_identity(cfg: PoolConfig, files: list[InputFile]) -> dict[str, Any]:
     """Everything that determines a pool's bytes: the pool config (less where the inputs were
     found and the read batch size), the inputs' identities, and a given tokenizer's file hash."""
     section = {k: v for k, v in to_dict(cfg).items() if k not in ("inputs", "read_batch")}
@@ -194,9 +191,9 @@ def pool_fingerprint(cfg: PoolConfig, files: list[InputFile]) -> dict[str, str]:
     if tok is not None:
         t = Path(tok)
         t = t / "tokenizer.json" if t.is_dir() else t
-        tok = file_sha256(t) if t.is_file() else tok
+        tok = hash_file(t) if t.is_file() else tok
     inputs = {i["rel"]: ", ".join(f"{k} {v}" for k, v in i.items() if k != "rel") for i in input_identity(files)}
-    return fingerprint(pool=section, inputs=inputs, tokenizer_file=tok)
+    return {"pool": section, "inputs": inputs, "tokenizer_file": tok}
 
 
 def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -> Path:
@@ -208,18 +205,30 @@ def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -
         log.info("pool %s is already built (no pool.inputs to compare with); using it", out)
         return out
     files = discover_inputs(cfg.inputs)
-    fp = pool_fingerprint(cfg, files)
-    if reuse(out, "pool", fp, force=force):
+    output = Output(out, "pool", pool_identity(cfg, files), inputs=tuple(f.path for f in files if f.path is not None))
+    if finished(output, force=force):
         log.info("pool %s is already built; skipping", out)
         return out
-    with atomic_dir(out, resume=True, kind="pool", fingerprint=fp, force=force) as work:
+
+    def build(work: Path) -> dict[str, Any]:
         meta = _build_into(cfg, files, work)
         _finalize(work, meta)
         # tokenizer_config.json etc., so checkpoints built on this pool load with AutoTokenizer
         save_hf_tokenizer(load_tokenizer(work / "tokenizer.json"), work, cfg.tokenizer.eos_token)
-        atomic_write_json(work / "meta.json", meta)
-    log.info(_summary(meta))
+        log.info(_summary(meta))
+        return meta
+
+    produce(output, build, resume=True, force=force)
     return out
+
+
+def cached_pool(cfg: PoolConfig, cache_root: str | Path) -> Path:
+    """Build (or reuse) the pool in `<cache_root>/<key>`, the key a hash of its fingerprint (pool
+    config, the inputs' names, sizes and content hashes, a given tokenizer's hash): runs whose pools
+    would be byte-identical share one, tokenizer included (`pool_dir: auto`)."""
+    ident = pool_identity(cfg, discover_inputs(cfg.inputs))
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return build_pool(cfg, Path(cache_root) / key)
 
 
 def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str, Any]:
@@ -708,5 +717,3 @@ def split_ids(ids: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
     return out
 
 
-def remove_tree(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -49,6 +49,7 @@ from datamates.config.base import data_dir
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
 from datamates.core.loss import TargetExample, encode_pair
+from datamates.core.pool import Pool
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 
 # name -> file under $DATAMATES_DATA (a plain dict registry; `load_reference` lists the names on a miss)
@@ -271,7 +272,6 @@ def _lambada_records(path: Path) -> list[tuple[str, str]]:
 
 
 def _pool_reference(path: Path, size, seed, ids, exclude, tokenizer_hash) -> ReferenceSet:
-    from datamates.core.pool import Pool
 
     pool = Pool(path)
     if tokenizer_hash is not None and pool.tokenizer_hash != tokenizer_hash:

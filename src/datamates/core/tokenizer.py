@@ -3,7 +3,6 @@ byte-level BPE on the pool. Everything downstream uses the fast `tokenizers.Toke
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from datamates.errors import ConfigError, InputError
+from datamates.identity import hash_config
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
@@ -70,8 +70,7 @@ def eos_id(tok: Tokenizer, eos_token: str) -> int:
 def tokenizer_hash(tok: Tokenizer) -> str:
     """Hash of the vocabulary and merges (not of formatting), to check artifacts belong together."""
     spec = json.loads(tok.to_str())
-    blob = json.dumps({"model": spec.get("model"), "added": spec.get("added_tokens")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hash_config({"model": spec.get("model"), "added": spec.get("added_tokens")})
 
 
 def save_hf_tokenizer(tok: Tokenizer, out_dir: str | Path, eos_token: str) -> None:

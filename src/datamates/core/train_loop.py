@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from datamates import tracking
+from datamates.artifacts import check_not_input
 from datamates.config.base import to_dict
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.checkpoint import (
@@ -46,6 +46,7 @@ from datamates.core.checkpoint import (
 from datamates.core.lm import autocast, build_model, flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, DatamatesError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger, is_main, progress_bar
 from datamates.run_dir import (
     Lock,
@@ -58,6 +59,7 @@ from datamates.run_dir import (
     partial_path,
     replace_dir,
     reuse,
+    train_summary,
     write_done,
 )
 
@@ -133,8 +135,7 @@ def check_schedule(cfg: TrainConfig) -> None:
         )
 
 
-def ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+ids_hash = hash_ids  # the training data's identity (identity.py)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -270,6 +271,8 @@ def train(
     check_schedule(cfg)
     ids = np.asarray(ids, dtype=np.int64)
     fp = train_fingerprint(cfg, model_cfg, pool, ids, init)
+    # produce()'s steps, spelled out: every rank of a torchrun world trains into the one partial
+    check_not_input(out, [pool.path, *([init] if init else [])])
     if reuse(out, "checkpoint", fp, force=force):
         log.info("%s is already trained; skipping", out)
         return out
@@ -454,7 +457,7 @@ def _write_final(out: Path, work: Path, model, optimizer, state, pool: Pool, met
     tracking.close(work)
     if (work / "metrics.jsonl").exists():
         shutil.copyfile(work / "metrics.jsonl", tmp_final / "metrics.jsonl")
-    atomic_write_json(tmp_final / "train_summary.json", state["summary"])
+    atomic_write_json(train_summary(tmp_final), state["summary"])
     write_done(tmp_final, "checkpoint", fp)  # certifies every file, the log and summary too
     replace_dir(tmp_final, out, "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
@@ -476,6 +479,3 @@ def read_train_log(checkpoint: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
-def check_train_config(cfg: TrainConfig) -> None:
-    if cfg.steps == 0:
-        raise ConfigError("train.steps = 0: nothing to train")

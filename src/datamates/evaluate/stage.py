@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
@@ -71,10 +72,8 @@ from datamates.evaluate.spec import (
 )
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
-    atomic_dir,
     atomic_write_json,
     atomic_write_text,
-    is_done,
     meta_record,
     read_json,
 )
@@ -426,11 +425,10 @@ def evaluate(
                          for k, (p, i) in pools.items()}}
     key = config_hash(request)
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and ckpt is not None and is_done(out_dir) and (out_dir / "eval.json").exists():
-        meta = read_json(out_dir / "meta.json") if (out_dir / "meta.json").exists() else {}
-        if meta.get("request_hash") == key:
-            log.info("evaluation already done: %s", out_dir)
-            return read_json(out_dir / "eval.json")
+    output = None if out_dir is None else Output(out_dir, "eval", {"request": key}, inputs=(ckpt,) if ckpt else ())
+    if output is not None and ckpt is not None and finished(output) and (out_dir / "eval.json").exists():
+        log.info("evaluation already done: %s", out_dir)
+        return read_json(out_dir / "eval.json")
     if ckpt is None:
         model = checkpoint.to(device)  # type: ignore[union-attr]
     else:
@@ -493,12 +491,17 @@ def evaluate(
         return run(None)
     meta = meta_record("evaluate", request_hash=key, checkpoint=ident.get("path"), tasks=names,
                        pools=list(pools), config=to_dict(cfg))
-    with atomic_dir(out_dir, meta=meta, resume=True) as work:
-        result = run(work)
+    made: dict[str, Any] = {}
+
+    def build(work: Path) -> dict[str, Any]:
+        result = made["result"] = run(work)
         meta.update(tokens={"lm_forward": result["n_input_tokens"]}, flops_per_token=result["flops_per_token"])
         atomic_write_json(work / "eval.json", result)
         atomic_write_text(work / "eval.md", markdown(result))
-    return result
+        return meta
+
+    produce(output, build, resume=True)
+    return made.get("result") or read_json(out_dir / "eval.json")
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:

@@ -34,8 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datamates.config.base import from_dict
+from datamates.config.core import PoolConfig
 from datamates.core.pool import Pool
-from datamates.core.sources import JSONL_SUFFIXES, strip_suffix
+from datamates.core.sources import JSONL_SUFFIXES, iter_records, reopen, strip_suffix
 
 CHUNK = 1 << 20  # sequences per Parquet write
 SCHEMA = pa.schema([("doc_id", pa.string()), ("doc_index", pa.int64()), ("seq_id", pa.int64()),
@@ -147,9 +149,6 @@ __all__ = ["attribute_path", "document_scores", "pairs", "write_attributes"]
 def selected_records(pool: Pool, seq_ids: np.ndarray):
     """The documents behind `seq_ids` (each once, whole, in pool order), read back from the pool's
     inputs: dicts of id, text (pre-tokenized inputs: input_ids), domain, source (input rel path)."""
-    from datamates.config.base import from_dict
-    from datamates.config.core import PoolConfig
-    from datamates.core.sources import iter_records, reopen
 
     cfg = from_dict(PoolConfig, pool.meta.get("config"))
     docs = pool.docs

@@ -47,6 +47,26 @@ import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from datamates.baselines.classifier import load_classifier, positive_probability
+from datamates.config.base import from_dict
+from datamates.config.influence import EncoderConfig
+from datamates.core.lm import resolve_device
+from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.run_dir import read_json
+from datamates.selection.encode import (
+    backbone_hash,
+    content_budget,
+    load_encoder_tokenizer,
+    resolve_backbone,
+)
+from datamates.selection.influence_model import (
+    InfluenceModel,
+    head_predict,
+    load_encoder,
+    load_influence_model,
+    sequence_embeddings,
+)
+
 TextScorer = Callable[[list[str]], np.ndarray]
 
 
@@ -54,7 +74,6 @@ def load_text_scorer(path: str | Path, *, device: str = "cpu", precision: str = 
                      positive_label: str = "__label__hq", max_chars: int = 20000,
                      encoder: dict[str, Any] | None = None) -> TextScorer:
     """texts -> [n] float64 scores (lower is better) of the scorer saved at `path`."""
-    from datamates.errors import InputError
 
     p = Path(path)
     if p.is_dir() and (p / "influence_config.json").exists():
@@ -69,9 +88,6 @@ def load_text_scorer(path: str | Path, *, device: str = "cpu", precision: str = 
 
 
 def _influence_scorer(path: Path, *, device: str, precision: str, batch_size: int) -> TextScorer:
-    from datamates.core.lm import resolve_device
-    from datamates.selection.encode import content_budget, load_encoder_tokenizer
-    from datamates.selection.influence_model import head_predict, load_influence_model, sequence_embeddings
 
     dev = resolve_device(device)
     lm = load_influence_model(path, dev)
@@ -90,18 +106,6 @@ def _influence_scorer(path: Path, *, device: str, precision: str, batch_size: in
 
 def _rater_scorer(path: Path, encoder: dict[str, Any], *, device: str, precision: str, batch_size: int
                   ) -> TextScorer:
-    from datamates.config.base import from_dict
-    from datamates.config.influence import EncoderConfig
-    from datamates.core.lm import resolve_device
-    from datamates.errors import IncompatibleArtifacts
-    from datamates.run_dir import read_json
-    from datamates.selection.encode import (
-        backbone_hash,
-        content_budget,
-        load_encoder_tokenizer,
-        resolve_backbone,
-    )
-    from datamates.selection.influence_model import InfluenceModel, load_encoder, sequence_embeddings
 
     enc = from_dict(EncoderConfig, encoder, prefix="encoder.")
     bpath = resolve_backbone(enc.backbone)
@@ -126,8 +130,6 @@ def _rater_scorer(path: Path, encoder: dict[str, Any], *, device: str, precision
 
 
 def _fasttext_scorer(path: Path, *, positive_label: str, max_chars: int) -> TextScorer:
-    from datamates.baselines.classifier import load_classifier, positive_probability
-    from datamates.errors import InputError
 
     model = load_classifier(path)
     if positive_label not in model.labels:

@@ -11,7 +11,7 @@ they run once per pool and the encoder token ids are cached:
 `key` hashes the pool id, the encoder tokenizer and the token budget (for embeddings also the
 backbone weights, the chunking and the precision the encoder ran in: bf16 and fp32 features
 differ), so a cache can never be read for another pool, encoder or precision.
-Segments are written atomically (`atomic_dir`); a killed build keeps the finished ones, and
+Segments are written atomically (`artifacts.produce`); a killed build keeps the finished ones, and
 concurrent writers (score workers) never touch the same segment. The default cache folder is
 `run_dir.encoder_cache_dir(pool.path)` = `<pool>/encoder_cache/`.
 
@@ -22,21 +22,22 @@ keeps two documents from merging into one word at the seam).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, produce
 from datamates.config.base import validate
 from datamates.config.influence import EncoderConfig
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, ConfigError
+from datamates.identity import hash_config, hash_dir, hash_ids
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, encoder_cache_dir, is_done
+from datamates.run_dir import encoder_cache_dir, is_done
 
 log = get_logger(__name__)
 
@@ -104,23 +105,11 @@ def check_encoder(path: Path):
     return config
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=16)
 def _backbone_hash(path: str, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    p = Path(path)
-    for name in sorted(os.listdir(p)):
-        if name.endswith((".safetensors", ".bin")) or name in ("config.json", "tokenizer.json", "vocab.txt"):
-            h.update(name.encode())
-            h.update(_file_digest(p / name).encode())
-    return h.hexdigest()[:16]
+    names = [n for n in sorted(os.listdir(path))
+             if n.endswith((".safetensors", ".bin")) or n in ("config.json", "tokenizer.json", "vocab.txt")]
+    return hash_dir(path, names)
 
 
 def backbone_hash(path: str | Path) -> str:
@@ -170,7 +159,7 @@ def load_encoder_tokenizer(path: str) -> EncoderTokenizer:
     i = next((j for j in range(len(full) - len(plain) + 1) if full[j : j + len(plain)] == plain), 0)
     prefix, suffix = full[:i], full[i + len(plain):]
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    digest = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+    digest = hash_config(tok.to_str())
     return EncoderTokenizer(tok, prefix, suffix, int(pad), digest)
 
 
@@ -227,8 +216,14 @@ def encoder_tokens(content: list[np.ndarray], cfg: EncoderConfig, tok: EncoderTo
 # ----------------------------------------------------------------------------- segment stores
 
 
-def _ids_digest(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:12]
+def _write_segment(seg: Path, meta: dict[str, Any], **arrays: np.ndarray) -> None:
+    """One cache segment (arrays as <name>.npy + meta.json), through artifacts.produce."""
+    def build(tmp: Path) -> dict[str, Any]:
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", a)
+        return meta
+
+    produce(Output(seg, "encoder_segment", {"ids": hash_ids(arrays["ids"]), "arrays": sorted(arrays)}), build)
 
 
 class _SegmentIndex:
@@ -269,11 +264,11 @@ class _SegmentIndex:
         return np.unique(np.asarray(ids, dtype=np.int64)[~found])
 
     def new_segment(self, ids: np.ndarray) -> Path:
-        return self.root / f"seg_{int(ids[0]):012d}_{_ids_digest(ids)}"
+        return self.root / f"seg_{int(ids[0]):012d}_{hash_ids(ids)}"
 
 
 def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+    return hash_config([str(p) for p in parts])
 
 
 class TokenCache:
@@ -318,10 +313,7 @@ class TokenCache:
             ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             flat = np.concatenate(content).astype(np.uint32) if ptr[-1] else np.zeros(0, np.uint32)
             seg = self.index.new_segment(part)
-            with atomic_dir(seg, {"n": len(part), "tokens": int(ptr[-1])}) as tmp:
-                np.save(tmp / "ids.npy", part)
-                np.save(tmp / "ptr.npy", ptr)
-                np.save(tmp / "tok.npy", flat)
+            _write_segment(seg, {"n": len(part), "tokens": int(ptr[-1])}, ids=part, ptr=ptr, tok=flat)
             bar.update(len(part))
         bar.close()
         self.index.refresh()
@@ -415,9 +407,7 @@ class EmbeddingCache:
         m = np.isin(ids, keep)
         ids, emb = ids[m], emb[m]
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(self.index.new_segment(ids), {"n": len(ids), "dim": int(emb.shape[1])}) as tmp:
-            np.save(tmp / "ids.npy", ids)
-            np.save(tmp / "emb.npy", emb)
+        _write_segment(self.index.new_segment(ids), {"n": len(ids), "dim": int(emb.shape[1])}, ids=ids, emb=emb)
         self.index.refresh()
 
     def get(self, ids: np.ndarray) -> np.ndarray:

@@ -30,13 +30,15 @@ import pyarrow.parquet as pq
 import torch
 
 from datamates import tracking
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
-from datamates.core.lm import flops_per_token, resolve_device
+from datamates.core.checkpoint import checkpoint_hash
+from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import atomic_write_json, meta_record, read_json
 from datamates.selection.encode import (
     TokenCache,
     backbone_hash,
@@ -44,6 +46,7 @@ from datamates.selection.encode import (
     make_chunks,
     resolve_backbone,
 )
+from datamates.selection.features import LMFeaturizer, head_direction, stack_features
 from datamates.selection.influence_model import (
     CONFIG_FILE,
     HEAD_FILE,
@@ -163,7 +166,8 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
     if cfg.mode == "lm":
         return _fit_lm(cfg, labels, pool, out, ids, y, labels_digest=labels_digest, cache_dir=cache_dir,
                       checkpoint=checkpoint, reference=reference, history=history)
-    if _already_fitted(out, labels_digest, cfg_digest):
+    output = _output(out, labels_digest, cfg_digest, pool, labels)
+    if finished(output):
         return out
     t0 = time.time()
     tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
@@ -211,7 +215,7 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
                        flops_per_token={"encoder_forward": fe, "encoder_train": 3 * fe})
     from safetensors.torch import save_file
 
-    with atomic_dir(out, meta) as tmp:
+    def build(tmp: Path) -> dict[str, Any]:
         for h in extra.get("history", []):  # the validation curve: metrics.jsonl (+ TensorBoard / wandb)
             tracking.log_metrics(h["step"], {f"fit/{k}": v for k, v in h.items() if k != "step"}, folder=tmp)
         tracking.close(tmp)
@@ -233,6 +237,9 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
         _write_validation(tmp, metrics, digest, ids[va], y[va], pred_va * sigma + mu, extra.get("history"))
+        return meta
+
+    produce(output, build)
     return out
 
 
@@ -246,7 +253,6 @@ def lm_feature_matrix(cfg: FitConfig, featurizer, pool: Pool, ids: np.ndarray, *
                       device: torch.device) -> tuple[np.ndarray, int]:
     """[n, d] features of `cfg.features` (in that order) and the encoder tokens computed: THE feature
     path of lm-mode fit and score (one LM forward per candidate, `featurizer.features`)."""
-    from datamates.selection.features import stack_features
 
     feats = featurizer.features(pool.tokens(ids), cfg.features) if any(k != "encoder" for k in cfg.features) else {}
     n_tokens = 0
@@ -266,9 +272,6 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     """lm mode: features of the LM at `checkpoint` (selection/features.py) + a ridge / MLP head."""
     from safetensors.torch import save_file
 
-    from datamates.core.checkpoint import checkpoint_hash
-    from datamates.selection.features import LMFeaturizer, head_direction
-
     pm = _probe_meta(labels)
     checkpoint = Path(checkpoint or pm.get("checkpoint") or "")
     if not str(checkpoint) or not (checkpoint / "config.json").exists():
@@ -285,7 +288,8 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     cfg_digest = config_hash({"cfg": to_dict(cfg), "checkpoint": checkpoint_hash(checkpoint),
                               "history": [[str(f), float(w)] for f, w in history],
                               "history_labels": config_hash([h.tolist() for h in hist_y])})
-    if _already_fitted(out, labels_digest, cfg_digest):
+    output = _output(out, labels_digest, cfg_digest, pool, labels)
+    if finished(output):
         return out
     t0 = time.time()
     tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
@@ -336,7 +340,7 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
                        labels_hash=labels_digest, pool_id=pool.pool_id, checkpoint=str(checkpoint),
                        history=[[str(f), float(w)] for f, w in history], metrics=metrics, tokens=tokens,
                        flops_per_token=fpt)
-    with atomic_dir(out, meta) as tmp:
+    def build(tmp: Path) -> dict[str, Any]:
         save_file(head_tensors(head, direction), str(tmp / LM_HEAD_FILE))
         digest = model_hash_of(tmp)
         enc = {}
@@ -353,18 +357,18 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
         _write_validation(tmp, metrics, digest, ids[va], y[va], pred_va * sigma + mu, None)
+        return meta
+
+    produce(output, build)
     return out
 
 
 
-def _already_fitted(out: Path, labels_digest: str, cfg_digest: str) -> bool:
-    """A finished fit in `out` on the same labels and settings (then nothing is refitted)."""
-    if is_done(out) and (out / "meta.json").exists():
-        old = read_json(out / "meta.json")
-        if old.get("labels_hash") == labels_digest and old.get("config_hash") == cfg_digest:
-            log.info("%s is already fitted on these labels; skipping", out)
-            return True
-    return False
+def _output(out: Path, labels_digest: str, cfg_digest: str, pool: Pool, labels: Sequence[str | Path]) -> Output:
+    """The influence model as an artifact: made from these labels with these settings on this pool
+    (a finished one with other labels or settings is refused unless --force)."""
+    return Output(out, "influence_model", {"labels": labels_digest, "config": cfg_digest, "pool": pool.pool_id},
+                  inputs=(pool.path, *labels))
 
 
 def _split_and_moments(labels, ids: np.ndarray, y: np.ndarray, cfg: FitConfig):
@@ -409,7 +413,6 @@ def _predict_z(model: InfluenceModel, content: list[np.ndarray], rows: np.ndarra
 
 
 def _autocast(device: torch.device, precision: str):
-    from datamates.core.lm import autocast
 
     return autocast(device, precision)
 

@@ -25,7 +25,6 @@ LM checkpoint on x (docs/influence_model.md).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,10 @@ import torch.nn as nn
 
 from datamates.config.base import from_dict
 from datamates.config.influence import EncoderConfig
+from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.lm import autocast
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
+from datamates.identity import hash_dir
 from datamates.log import progress_bar
 from datamates.run_dir import is_done, read_json
 from datamates.selection.encode import (
@@ -51,6 +52,7 @@ from datamates.selection.encode import (
     make_chunks,
     resolve_backbone,
 )
+from datamates.selection.features import LMFeaturizer, stack_features
 
 CONFIG_FILE = "influence_config.json"
 HEAD_FILE = "head.safetensors"
@@ -245,8 +247,6 @@ class LMInfluenceModel:
     def __init__(self, path: Path, cfg: dict[str, Any], device: torch.device | str = "cpu"):
         from safetensors.torch import load_file
 
-        from datamates.selection.features import LMFeaturizer
-
         self.path, self.cfg = Path(path), cfg
         t = load_file(str(self.path / LM_HEAD_FILE))
         self.head = head_from_tensors(t)
@@ -254,7 +254,6 @@ class LMInfluenceModel:
         ckpt = Path(cfg["checkpoint"])
         if not (ckpt / "config.json").exists():
             raise ArtifactMissing(f"{path}: the LM checkpoint its features come from is gone ({ckpt}); re-run `datamates fit`")
-        from datamates.core.checkpoint import checkpoint_hash
 
         if checkpoint_hash(ckpt) != cfg["checkpoint_hash"]:
             raise IncompatibleArtifacts(f"{path}: the LM checkpoint {ckpt} changed since the fit (hash "
@@ -269,7 +268,6 @@ class LMInfluenceModel:
 
     def predict_z(self, pool, ids: np.ndarray, cache_dir: str | Path | None = None) -> np.ndarray:
         """z predictions [n] of pool sequences `ids` (one LM forward each; encoder features from the cache)."""
-        from datamates.selection.features import stack_features
 
         ids = np.asarray(ids, dtype=np.int64)
         lm_kinds = [k for k in self.features if k != "encoder"]
@@ -343,15 +341,7 @@ class LoadedInfluenceModel:
 
 def model_hash_of(folder: Path) -> str:
     """Identity of a saved influence model: its head, config and (fine-tuned) encoder weights."""
-    from datamates.selection.encode import _file_digest
-
-    h = hashlib.sha256()
-    for rel in (HEAD_FILE, LM_HEAD_FILE, "encoder/model.safetensors"):
-        f = folder / rel
-        if f.exists():
-            h.update(rel.encode())
-            h.update(_file_digest(f).encode())
-    return h.hexdigest()[:16]
+    return hash_dir(folder, (HEAD_FILE, LM_HEAD_FILE, "encoder/model.safetensors"))
 
 
 def read_influence_config(path: str | Path) -> dict[str, Any]:

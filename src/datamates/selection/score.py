@@ -32,15 +32,17 @@ import numpy as np
 import torch
 
 from datamates import executor
-from datamates.config.base import config_hash, from_dict, to_dict, validate
-from datamates.config.influence import ScoreConfig
+from datamates.artifacts import Output, finished, produce
+from datamates.config.base import from_dict, to_dict, validate
+from datamates.config.influence import EncoderConfig, ScoreConfig
 from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import IncompatibleArtifacts
+from datamates.identity import hash_ids
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_dir, atomic_write_json, fingerprint, meta_record, read_json
+from datamates.run_dir import atomic_write_json, meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
 from datamates.selection.influence_model import (
     compute_precision,
@@ -54,7 +56,6 @@ from datamates.selection.influence_model import (
 from datamates.selection.scores_io import (
     SIGN,
     check_candidate_ids,
-    finished_scores,
     read_scores,
     read_shard,
     shard_name,
@@ -117,26 +118,19 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
     out = Path(out)
     ids = check_candidate_ids(ids, pool)
     icfg = read_influence_config(model_dir)
-    plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": config_hash(ids.tolist()),
+    plan = {"pool_id": pool.pool_id, "model_hash": icfg["model_hash"], "ids_hash": hash_ids(ids),
             "n": int(len(ids)), "shard_size": cfg.shard_size}
     if icfg.get("pool_id") not in (None, pool.pool_id):  # its labels, label scale and (lm mode) tokens are that pool's
         raise IncompatibleArtifacts(f"--model {model_dir}: fitted on the pool with pool_id {icfg['pool_id']}, not "
                                     f"{pool.path} (pool_id {pool.pool_id}); fit an influence model on this pool's probe "
                                     "labels, or give --pool the pool it was fitted on")
-    if finished_scores(out, plan):
+    output = Output(out, "scores", {"plan": plan}, inputs=(model_dir, pool.path))
+    if finished(output):
         return out
     t0 = time.time()
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
-    with atomic_dir(out, resume=True, kind="scores", fingerprint=fingerprint(plan=plan)) as work:
-        plan_f = work / "plan.json"
-        if plan_f.exists():
-            old = read_json(plan_f)
-            if any(old.get(k) != v for k, v in plan.items()):
-                diff = next(k for k, v in plan.items() if old.get(k) != v)
-                raise IncompatibleArtifacts(f"{work}: an interrupted run scored with another {diff}; delete this "
-                                            "folder to start over")
-        else:
-            atomic_write_json(plan_f, plan)
+
+    def build(work: Path) -> None:  # resumed shard by shard (produce checks the partial's fingerprint)
         np.save(work / "ids.npy", ids)
         todo, n_tokens = [], 0
         for i in range(n_shards):
@@ -164,7 +158,6 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         if len(ids_back) != len(ids) or not np.array_equal(np.sort(ids_back), np.sort(ids)):
             raise RuntimeError(f"{work}: score shards cover {len(ids_back)} ids, expected {len(ids)}")
         (work / "ids.npy").unlink()
-        plan_f.unlink()
         atomic_write_json(work / "meta.json", meta_record(
             "score", sign=SIGN, **plan, mode=icfg["mode"], label_mean=icfg["label_mean"],
             label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
@@ -174,8 +167,9 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
                 icfg, _fit_meta(model_dir), n_tokens, int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size)
                                                              for i in todo)), pool.seq_len), strict=True)),
         ))
-    log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
-    return out
+        log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
+
+    return produce(output, build, resume=True)
 
 
 def _collect(work: Path, n_shards: int, pool_id: str, model_hash: str) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +187,6 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     """Fill the pool-level encoder-token cache for the shards to do, once, before workers start
     (frozen models: only for sequences whose embedding is not cached yet). Returns the encoder
     tokens the workers will process (counted FLOPs)."""
-    from datamates.config.influence import EncoderConfig
 
     if icfg["mode"] == "lm":
         return 0  # lm mode reads token rows from the pool
@@ -250,9 +243,10 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     influence model avoids). A finished `out` for the same checkpoint and ids is returned as it is."""
     out = Path(out)
     ids = check_candidate_ids(ids, pool)
-    plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": config_hash(ids.tolist()),
+    plan = {"pool_id": pool.pool_id, "model_hash": checkpoint_hash(checkpoint), "ids_hash": hash_ids(ids),
             "n": int(len(ids)), "mode": "lm_loss"}
-    if finished_scores(out, plan):
+    output = Output(out, "scores", {"plan": plan}, inputs=(checkpoint, pool.path))
+    if finished(output):
         return out
     t0 = time.time()
     model = load_model(checkpoint, device=resolve_device(device))
@@ -263,13 +257,15 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
             nll[i : i + step] = sequence_nll(model, pool.tokens(ids[i : i + step]), batch_size=batch_size)
             bar.update(len(ids[i : i + step]))
     mean_loss = nll / (pool.seq_len - 1)
-    with atomic_dir(out) as work:
+    def build(work: Path) -> None:
         write_shard(work / shard_name(0), ids, -mean_loss, pool_id=pool.pool_id, model_hash=plan["model_hash"])
         atomic_write_json(work / "meta.json", meta_record(
             "score", sign=SIGN, **plan, checkpoint=str(checkpoint), shards=[shard_name(0)],
             mean_candidate_loss=float(mean_loss.mean()), seconds_this_call=round(time.time() - t0, 2),
             tokens={"lm_forward": int(len(ids)) * pool.seq_len},  # counted FLOPs: one forward per candidate
             flops_per_token={"lm_forward": flops_per_token(model, pool.seq_len) / 3}))
+
+    produce(output, build)
     log.info("loss scores for %d sequences (mean loss %.4f, %.1f s) -> %s", len(ids), mean_loss.mean(),
              time.time() - t0, out)
     return out

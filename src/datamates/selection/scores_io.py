@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datamates.artifacts import Output, finished
 from datamates.errors import ArtifactMissing, CorruptArtifact, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger
 from datamates.run_dir import is_done, read_json
 
@@ -87,8 +89,6 @@ def iter_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     """(seq_id, score) per shard, checking every shard against meta.json (its pool and model, that
     the scores are finite: `check_scores`) and, once read, the rows against meta.json: their count
     is `n`, no sequence id repeats, and the ids are the candidate set the scorer was given (`ids_hash`)."""
-    from datamates.config.base import config_hash
-
     path = Path(path)
     meta = scores_meta(path)
     for key, want in (("pool_id", pool_id), ("model_hash", model_hash)):
@@ -115,7 +115,7 @@ def iter_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     if len(uniq) != len(every):
         raise CorruptArtifact(f"{path}: sequence id {int(uniq[counts > 1][0])} has {int(counts[counts > 1][0])} rows "
                               f"({len(every) - len(uniq):,} repeated ids); {fix}")
-    if meta.get("ids_hash") is not None and config_hash(every.tolist()) != meta["ids_hash"]:
+    if meta.get("ids_hash") is not None and hash_ids(every) != meta["ids_hash"]:
         raise CorruptArtifact(f"{path}: its rows are not the candidate set meta.json records (ids_hash "
                               f"{meta['ids_hash']}); {fix}")
 
@@ -129,19 +129,15 @@ def read_scores(path: str | Path, *, pool_id: str | None = None, model_hash: str
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def finished_scores(out: Path, plan: dict[str, Any]) -> bool:
-    """True when `out` is a finished scores folder for this plan (the meta.json keys in `plan`);
-    a finished folder of another plan is a one-line error, never silently reused or replaced."""
-    out = Path(out)
-    if not is_done(out):
-        return False
-    old = read_json(out / "meta.json")
-    if all(old.get(k) == v for k, v in plan.items()):
-        log.info("%s already holds these scores; skipping", out)
-        return True
-    diff = next(k for k, v in plan.items() if old.get(k) != v)
-    raise IncompatibleArtifacts(f"{out}: holds scores with another {diff} ({old.get(diff)}, now {plan[diff]}); "
-                                "delete it or pass another --out")
+def scores_output(out: str | Path, plan: dict[str, Any], inputs: tuple = ()) -> Output:
+    """A scores folder as an artifact: its identity is the scorer's plan (pool, model, ids, ...)."""
+    return Output(Path(out), "scores", {"plan": plan}, inputs=inputs)
+
+
+def finished_scores(out: str | Path, plan: dict[str, Any]) -> bool:
+    """True when `out` is a finished scores folder for this plan (artifacts.finished: the one
+    identity check); a finished folder of another plan is a one-line error unless --force."""
+    return finished(scores_output(out, plan))
 
 
 def check_candidate_ids(ids: np.ndarray | None, pool: Any) -> np.ndarray:

@@ -5,7 +5,6 @@ docstring (`datamates.selection.probe`)."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from datamates import executor
+from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, from_dict, to_dict
 from datamates.config.core import TrainConfig
 from datamates.config.probe import ProbeConfig
@@ -46,15 +46,12 @@ from datamates.errors import (
     InputError,
     NumericalError,
 )
+from datamates.identity import hash_ids
 from datamates.log import get_logger
 from datamates.run_dir import (
-    atomic_dir,
     atomic_write_bytes,
-    atomic_write_json,
-    fingerprint,
     is_done,
     meta_record,
-    read_json,
 )
 from datamates.selection.probe.first_order import FirstOrderProber, first_order_constants
 
@@ -447,10 +444,6 @@ def check_candidates(ids: Sequence[int] | np.ndarray, pool: Pool, source: str = 
 # ----------------------------------------------------------------------------- the stage
 
 
-def _ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
 def _label_config(cfg: ProbeConfig) -> dict[str, Any]:
     """The knobs a label depends on (not the ones that only decide where and how fast it runs)."""
     d = to_dict(cfg)
@@ -518,27 +511,17 @@ def probe(
             raise InputError(f"reference set and candidates share {len(overlap)} pool sequences (e.g. {int(overlap[0])}); "
                              "a candidate must not be part of the reference set")
     ckpt_hash = checkpoint_hash(checkpoint)
-    plan = {"checkpoint_hash": ckpt_hash, "candidates_hash": _ids_hash(ids), "n_probes": int(len(ids)),
+    plan = {"checkpoint_hash": ckpt_hash, "candidates_hash": hash_ids(ids), "n_probes": int(len(ids)),
             "pool_id": pool.pool_id, "reference": reference.fingerprint, "config": _label_config(cfg)}
     plan_hash = config_hash(plan)
-    if is_done(out):
-        old = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
-        if old.get("plan_hash") == plan_hash:
-            log.info("%s already holds these labels; skipping", out)
-            return out
-        raise IncompatibleArtifacts(f"{out}: holds probe labels of other inputs (checkpoint, candidates, reference or "
-                                    "label settings differ); choose another --out or delete it")
+    output = Output(out, "probe", {"plan": plan}, inputs=(checkpoint, pool.path))
+    if finished(output):  # before loading anything
+        return out
 
-    meta: dict[str, Any] = {}
-    threads_before = torch.get_num_threads()
-    with atomic_dir(out, meta=meta, resume=True, kind="probe", fingerprint=fingerprint(plan=plan)) as tmp:
-        chunk_dir = tmp / "chunks"
-        plan_file = tmp / "plan.json"
-        if plan_file.exists() and read_json(plan_file).get("plan_hash") != plan_hash:
-            log.info("%s: discarding chunks of a different earlier probe", tmp)
-            shutil.rmtree(chunk_dir, ignore_errors=True)
+    def build(tmp: Path) -> dict[str, Any]:
+        chunk_dir = tmp / "chunks"  # resumed chunk by chunk (produce checks the partial's fingerprint)
         chunk_dir.mkdir(exist_ok=True)
-        atomic_write_json(plan_file, {"plan_hash": plan_hash, **plan})
+        threads_before = torch.get_num_threads()
         if cfg.threads > 0:  # also for the per-checkpoint work shipped to workers: same threads, same float sums
             torch.set_num_threads(cfg.threads)
         try:
@@ -578,10 +561,11 @@ def probe(
         cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
         pq.write_table(pa.table(cols), tmp / LABELS_FILE)
         shutil.rmtree(chunk_dir)
-        plan_file.unlink()
         d = res["delta"][:, 0]
         n_new = sum(len(c) for _, c in todo)
-        meta.update(meta_record(
+        log.info("probe %s: %d labels -> %s (mean %.3g, std %.3g, %.0f%% lower the reference loss)", cfg.mode,
+                 len(ids), out, d.mean(), d.std(), 100 * (d < 0).mean())
+        return meta_record(
             "probe", sign=SIGN, mode=cfg.mode, checkpoint=str(checkpoint), checkpoint_hash=ckpt_hash,
             global_step=state.global_step, pool=str(pool.path), pool_id=pool.pool_id,
             reference={**reference.describe(), "ref_loss_before": float(spec.before[0])},
@@ -598,10 +582,9 @@ def probe(
             tokens=probe_tokens(cfg, reference.examples, len(ids), pool.seq_len,
                                 state.model.config.max_position_embeddings),
             flops_per_token={"lm_train": (f := flops_per_token(state.model, pool.seq_len)), "lm_forward": f / 3},
-        ))
-    log.info("probe %s: %d labels -> %s (mean %.3g, std %.3g, %.0f%% lower the reference loss)", cfg.mode, len(ids),
-             out, d.mean(), d.std(), 100 * (d < 0).mean())
-    return out
+        )
+
+    return produce(output, build, resume=True)
 
 
 def probe_tokens(cfg: ProbeConfig, examples: Sequence[TargetExample], n_probes: int, seq_len: int,

@@ -1,0 +1,87 @@
+"""What an artifact's bytes were made from, as short digests: the one identity module.
+
+Every identity in datamates (an artifact's fingerprint in its DONE marker, the hashes a meta.json
+records, the keys of the encoder caches) is one of these digests, all sha256 cut to DIGEST hex
+digits:
+
+    hash_file(path)          the bytes of one file
+    hash_dir(root, names)    the named files of a folder, each preceded by its name (a missing one
+                             is skipped): a checkpoint, an influence model, an encoder backbone
+    hash_ids(ids)            a sequence-id array as int64 bytes (candidates, probe sets, selections)
+    hash_array(a)            any array's dtype, shape and bytes (scores or labels held in memory)
+    hash_config(obj)         a config dataclass, dict or list as canonical JSON (hash_text of it)
+    hash_parts(*parts)       several arrays / values in order (a baseline's fitted model)
+
+An artifact's identity is a dict of such digests and config values; `artifacts.produce` flattens it
+into the fingerprint its DONE marker records (docs/run_dir.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIGEST = 16  # hex digits of every digest (64 bits)
+_BLOCK = 1 << 23
+
+
+def _update_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+
+
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    _update_file(h, Path(path))
+    return h.hexdigest()[:DIGEST]
+
+
+def hash_dir(root: str | Path, names: Iterable[str]) -> str:
+    """sha256 over the named files of `root`, each preceded by its name; missing files are skipped."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in names:
+        f = root / name
+        if f.is_file():
+            h.update(name.encode())
+            _update_file(h, f)
+    return h.hexdigest()[:DIGEST]
+
+
+def hash_ids(ids: Any) -> str:
+    """sha256 of an id array as contiguous int64 bytes (order matters)."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(ids), dtype=np.int64).tobytes()).hexdigest()[:DIGEST]
+
+
+def hash_array(a: Any) -> str:
+    """sha256 of an array's dtype, shape and bytes (scores, labels held in memory)."""
+    a = np.ascontiguousarray(np.asarray(a))
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()[:DIGEST]
+
+
+def hash_text(text: str) -> str:
+    """sha256 of a string's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST]
+
+
+def hash_config(obj: Any) -> str:
+    """sha256 of a config (dataclass, dict, list, scalar) as sorted JSON."""
+    return hash_text(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+                                else obj, sort_keys=True, default=str))
+
+
+def hash_parts(*parts: Any) -> str:
+    """sha256 over several parts, each an array (its bytes) or anything else (its str), '|' after each."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else str(p).encode())
+        h.update(b"|")
+    return h.hexdigest()[:DIGEST]
