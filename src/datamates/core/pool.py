@@ -221,6 +221,15 @@ def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -
     return out
 
 
+def cached_pool(cfg: PoolConfig, cache_root: str | Path) -> Path:
+    """Build (or reuse) the pool in `<cache_root>/<key>`, the key a hash of its fingerprint (pool
+    config, the inputs' names, sizes and content hashes, a given tokenizer's hash): runs whose pools
+    would be byte-identical share one, tokenizer included (`pool_dir: auto`)."""
+    ident = pool_identity(cfg, discover_inputs(cfg.inputs))
+    key = hash_text(json.dumps(ident, sort_keys=True, default=str))
+    return build_pool(cfg, Path(cache_root) / key)
+
+
 def _truncate_to(work: Path, state: dict[str, Any], row_bytes: int) -> None:
     """Truncate every append-only file back to the last consistent point `state` records (a resumed
     build), and remove token shards past it."""

@@ -33,7 +33,7 @@ from datamates import tracking
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
-from datamates.core.checkpoint import checkpoint_hash, load_model
+from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.pool import Pool
 from datamates.core.regression import (  # noqa: F401  (fit_head, DEFAULT_ALPHAS re-exported)
@@ -288,7 +288,8 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
                                        size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
                                        tokenizer_hash=pool.tokenizer_hash)
         direction = head_direction(checkpoint, reference, device=device, pad_id=pool.eos_id)
-    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size)
+    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size,
+                              prefix_tokens=cfg.prefix_tokens, exit_layer=cfg.exit_layer)
     all_ids = np.concatenate([ids, *hist_ids]) if hist_ids else ids
     X, n_enc_tokens = lm_feature_matrix(cfg, featurizer, pool, all_ids, cache_dir=cache_dir, device=device)
     Xc, Xh = X[: len(ids)], X[len(ids):]
@@ -312,14 +313,11 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     }
     log.info("fit lm %s (%s): validation Spearman %.4f, Pearson %.4f on %d labels (+%d earlier-stage labels)",
              "+".join(cfg.features), cfg.head, metrics["val_spearman"], metrics["val_pearson"], len(va), len(Xh))
-    lm = load_model(checkpoint)
-    T = pool.seq_len
-    tokens = {"lm_forward": int(len(all_ids)) * T}  # counted FLOPs: one LM forward per labelled sequence
-    fpt = {"lm_forward": flops_per_token(lm, T) / 3}
-    if direction is not None:
-        V, H = direction.shape
-        tokens["fo_head"] = int(len(all_ids)) * T
-        fpt["fo_head"] = 2.0 * H * V
+    # counted FLOPs: one (prefix, early-exit) LM forward per labelled sequence, priced by the featurizer
+    lm_kinds = [k for k in cfg.features if k != "encoder"]
+    T = featurizer.tokens_per_row(pool.seq_len)
+    fpt = featurizer.flops_per_token(lm_kinds, pool.seq_len) if lm_kinds else {}
+    tokens = {k: int(len(all_ids)) * (pool.seq_len if k == "lm_embed" else T) for k in fpt}
     if n_enc_tokens:
         tokens["encoder_forward"] = n_enc_tokens
     meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
@@ -338,6 +336,7 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
             "mode": "lm", "features": list(cfg.features), "head": head["head"], "checkpoint": str(checkpoint.resolve()),
             "checkpoint_hash": checkpoint_hash(checkpoint), "encoder": to_dict(cfg.encoder), **enc,
             "lm_batch_size": cfg.lm_batch_size, "precision": cfg.precision,
+            "prefix_tokens": cfg.prefix_tokens, "exit_layer": cfg.exit_layer, "lm_tokens_per_sequence": T,
             "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })

@@ -260,7 +260,8 @@ class LMInfluenceModel:
                                         f"{checkpoint_hash(ckpt)}, fitted on {cfg['checkpoint_hash']}); re-run `datamates fit`")
         self.device = torch.device(device)
         self.featurizer = LMFeaturizer(ckpt, device=self.device, direction=t.get("direction"),
-                                       batch_size=int(cfg.get("lm_batch_size", 16)))
+                                       batch_size=int(cfg.get("lm_batch_size", 16)),
+                                       prefix_tokens=cfg.get("prefix_tokens"), exit_layer=cfg.get("exit_layer"))
 
     def eval(self) -> LMInfluenceModel:
         return self
@@ -285,11 +286,13 @@ class LMInfluenceModel:
 def score_counts(icfg: dict[str, Any], fit_meta: dict[str, Any], n_encoder_tokens: int, n_scored: int,
                  seq_len: int) -> tuple[dict[str, int], dict[str, Any]]:
     """(tokens, flops_per_token) a scoring call records (accounting.py): the encoder's tokens, and in
-    lm mode one LM forward (+ the `fo` head product) per scored sequence."""
+    lm mode one LM forward (+ the `fo` head product) per scored sequence, on its prefix when the model
+    was fitted with `fit.prefix_tokens` (the fit's FLOPs per token already price the early exit)."""
     fpt = fit_meta.get("flops_per_token", {})
     if icfg.get("mode") != "lm":
         return {"encoder_forward": n_encoder_tokens}, {"encoder_forward": fpt.get("encoder_forward")}
-    tokens = {k: n_scored * seq_len for k in fpt if k != "encoder_forward"}
+    per_seq = int(icfg.get("lm_tokens_per_sequence") or seq_len)
+    tokens = {k: n_scored * (seq_len if k == "lm_embed" else per_seq) for k in fpt if k != "encoder_forward"}
     if n_encoder_tokens:
         tokens["encoder_forward"] = n_encoder_tokens
     return tokens, dict(fpt)
