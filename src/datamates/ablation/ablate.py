@@ -51,10 +51,10 @@ from datamates.ablation.merge import (
     members,
     walk_order,
 )
-from datamates.ablation.partition import Manifest, read_manifest
+from datamates.ablation.partition import Manifest, add_unit, read_manifest
 from datamates.ablation.report import headline, write_outputs
 from datamates.ablation.stats import BASELINE, claim_table, correlations, pairwise_agreement, ratio_se
-from datamates.ablation.train_partition import gold_dir, train_gold
+from datamates.ablation.train_partition import gold_dir, resolve_seed, train_gold, train_partitions
 from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
 from datamates.config.core import ModelConfig, TrainConfig
@@ -575,9 +575,6 @@ def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: Model
     `ablation.gold`, the gold mixtures are the previous study's (results.json), so no gold model
     is trained; the new unit model is its own single-unit gold model."""
     import shutil
-
-    from datamates.ablation.partition import add_unit
-    from datamates.ablation.train_partition import resolve_seed, train_partitions
 
     manifest = read_manifest(rd.partitions)
     seed = resolve_seed(cfg.seed, rd.seed_model)

@@ -44,6 +44,7 @@ from safetensors import safe_open
 
 from datamates.ablation import weights_sha
 from datamates.artifacts import Output, produce
+from datamates.core.checkpoint import load_model, open_safetensors
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
 from datamates.identity import hash_file, hash_text
 from datamates.log import get_logger
@@ -103,7 +104,6 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         raise ArtifactMissing(f"{path}: checkpoint is incomplete (no DONE marker); re-run the stage that writes it")
     config = json.loads((path / "config.json").read_text())
     tensors = {}
-    from datamates.core.checkpoint import open_safetensors
 
     with open_safetensors(path / WEIGHTS) as f:  # a truncated or corrupt file: one line
         for key in f.keys():
@@ -396,8 +396,6 @@ def param_key_map(weights_file: Path, model: torch.nn.Module | None = None) -> d
     by value against `model`, which must hold this very file's weights (default: the checkpoint
     loaded with core.checkpoint.load_model, bit-exact)."""
     if model is None:
-        from datamates.core.checkpoint import load_model
-
         model = load_model(Path(weights_file).parent)
     params = dict(model.named_parameters())
     out: dict[str, str] = {}

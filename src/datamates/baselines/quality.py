@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, produce
 from datamates.baselines._common import (
     check_ids,
     counts,
@@ -35,13 +36,15 @@ from datamates.baselines._common import (
     text_embeddings,
     write_scores,
 )
-from datamates.config.base import to_dict, validate
+from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.baselines import RaterConfig, with_encoder
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.pool import Pool
 from datamates.core.regression import regression_metrics, ridge_loo, split_train_val
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger
+from datamates.run_dir import atomic_write_json, encoder_cache_dir, is_done, read_json
+from datamates.selection.encode import backbone_hash, resolve_backbone
 
 log = get_logger(__name__)
 
@@ -162,11 +165,6 @@ def _cached_rater(cfg: RaterConfig, kind: str, items: list[Any], y: np.ndarray, 
     """fit_rater, once per (judgements, rater knobs, encoder): the head is kept in the pool's
     encoder cache (`rater-<key>/`), so every stage and seed of a run reuses it. The judgement
     tokens are counted only when the rater is fitted."""
-    from datamates.artifacts import Output, produce
-    from datamates.config.base import config_hash
-    from datamates.run_dir import atomic_write_json, encoder_cache_dir, is_done, read_json
-    from datamates.selection.encode import backbone_hash, resolve_backbone
-
     knobs = {k: v for k, v in to_dict(cfg).items() if k not in ("labels", "temperature", "batch_size", "device")}
     key = digest(config_hash({"items": items, "y": y.tolist()}), config_hash(knobs),
                  backbone_hash(resolve_backbone(cfg.encoder.backbone)))

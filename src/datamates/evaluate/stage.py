@@ -57,6 +57,11 @@ import torch
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
+from datamates.core.checkpoint import check_checkpoint, load_model, trainer_state
+from datamates.core.lm import flops_per_token, n_params, resolve_device
+from datamates.core.loss import perplexity_and_bpb, sequence_nll
+from datamates.core.pool import Pool
+from datamates.core.tokenizer import load_tokenizer
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.evaluate.scoring import encode_pairs, score_groups
 from datamates.evaluate.spec import (
@@ -258,9 +263,6 @@ def evaluate_pool(
     name: str = "",
 ) -> dict[str, Any]:
     """Perplexity and bits per byte of a pool's sequences (all, or `ids`), overall and per domain."""
-    from datamates.core.loss import perplexity_and_bpb, sequence_nll
-    from datamates.core.pool import Pool
-
     pool = pool if isinstance(pool, Pool) else Pool(pool)
     ids = np.arange(len(pool)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
     if len(ids) == 0:
@@ -299,8 +301,6 @@ def evaluate_pool(
 # ----------------------------------------------------------------------------- the stage
 
 def _checkpoint_identity(path: Path) -> dict[str, Any]:
-    from datamates.core.checkpoint import trainer_state
-
     st = (path / "model.safetensors").stat()
     ts = trainer_state(path)
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
@@ -331,8 +331,6 @@ def _normalise_pools(cfg: EvalConfig, heldout_pools: Any) -> dict[str, tuple[Any
         name = name or _pool_name(path, set(out))
         ids = None if ids is None else np.asarray(ids, dtype=np.int64)
         if ids is None and cfg.heldout_max_sequences:
-            from datamates.core.pool import Pool
-
             pool = pool if isinstance(pool, Pool) else Pool(pool)
             if len(pool) > cfg.heldout_max_sequences:
                 rng = np.random.default_rng(cfg.heldout_seed)
@@ -407,8 +405,6 @@ def _task_result(model: Any, tokenizer: Any, spec: TaskSpec, cfg: EvalConfig, do
 
 def _check_pool_tokenizers(pools: dict[str, Any], tok_hash: str | None) -> None:
     """Refuse (one line) a held-out pool built with another tokenizer than the checkpoint's."""
-    from datamates.core.pool import Pool
-
     for pool, _ in pools.values():
         pool_hash = (pool if isinstance(pool, Pool) else Pool(pool)).tokenizer_hash
         if tok_hash and pool_hash != tok_hash:
@@ -454,10 +450,6 @@ def evaluate(
     then takes the first of those. A finished `out_dir` with the same request is returned as it is; a killed run
     resumes, reusing the tasks it had finished (kept in `<out_dir>.partial/tasks/`).
     """
-    from datamates.core.checkpoint import load_model
-    from datamates.core.lm import flops_per_token, n_params, resolve_device
-    from datamates.core.tokenizer import load_tokenizer
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     specs, all_docs = _tasks(cfg, examples)  # every spec and data file is checked before the model loads
@@ -467,8 +459,6 @@ def evaluate(
             raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
         ckpt, ident = None, {"path": None, "in_memory": True}
     else:
-        from datamates.core.checkpoint import check_checkpoint
-
         ckpt = check_checkpoint(checkpoint)
         ident = _checkpoint_identity(ckpt)
     pools = _normalise_pools(cfg, heldout_pools)
