@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from datamates.config.base import data_dir
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
-from datamates.core.loss import TargetExample, encode_pair
+from datamates.core.loss import TargetExample, encode_pair, lambada_records
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.identity import hash_chunks
@@ -227,7 +227,7 @@ def load_reference(
         raise InputError(f"{path}: a text reference set needs the model's tokenizer")
     name = spec if spec in REFERENCE_SETS else path.name
     if path.name.startswith("lambada"):
-        pairs = [(ctx, " " + cont.lstrip(" ")) for ctx, cont in _lambada_records(path)]
+        pairs = [(ctx, " " + cont.lstrip(" ")) for ctx, cont in lambada_records(path)]
         kind = "lambada"
     else:
         pairs, kind = read_pairs(path), "jsonl"
@@ -249,22 +249,6 @@ def load_reference(
     if index is not None:
         name = f"{name}[reference part]"
     return ReferenceSet(name, str(path), examples, seed, len(pairs), kind=kind)
-
-
-def _lambada_records(path: Path) -> list[tuple[str, str]]:
-    """(context, last word) of every LAMBADA record, as `core.loss.load_lambada` reads them."""
-    records = []
-    for line_no, r in iter_jsonl(path, "LAMBADA file"):
-        if isinstance(r, dict) and "context" in r and "continuation" in r:
-            records.append((str(r["context"]), str(r["continuation"])))
-        elif isinstance(r, dict) and "text" in r:
-            ctx, _, cont = str(r["text"]).rpartition(" ")
-            records.append((ctx, cont))
-        else:
-            raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
-    if not records:
-        raise InputError(f"{path}: no examples")
-    return records
 
 
 def _pool_reference(path: Path, size, seed, ids, exclude, tokenizer_hash) -> ReferenceSet:

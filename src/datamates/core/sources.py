@@ -1,7 +1,9 @@
 """Every input a pool reads, turned into one stream of documents (docs/formats.md).
 
 `discover_inputs` expands what the user named (`pool.inputs`) into a sorted list of `InputFile`s;
-`iter_records` yields the documents of one of them. What is accepted:
+`iter_records` yields the documents of one of them, read by the `Reader` of its format (READERS,
+one class per format: JsonLines, Parquet, SavedArrow, HubDataset, TokenBinary, DatatroveShard;
+each also says what identifies its input and writes selected records back). What is accepted:
 
   text, one JSON object per line  .jsonl .ndjson, gzip (.jsonl.gz .json.gz: Dolma's layout),
                                   zstandard (.jsonl.zst .json.zst: DCLM's layout)
