@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # the CPU suite without the `slow` end-to-end tests (multi-process, torchrun, Ray, long runs): the
-# 10-minute budget on 2 cores; CI runs this
+# 5-minute budget on 2 quiet cores (benchmarks/newcomer_timing.sh); CI runs this
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
@@ -31,7 +31,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"
 
 demo: $(STAMP)
-	# the MATES loop on the sample pool: pool -> warmup -> 3 selection stages (MATES and random) -> report
+	# the MATES loop on the sample pool: pool (cached in runs/pools) -> 16 warmup stages -> one selection
+	# stage each for random, loss and mates -> decay -> evaluation -> table, report, curve plot
 	$(PY) -m datamates run -c tiny_cpu
 
 lint: $(STAMP)

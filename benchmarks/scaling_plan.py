@@ -69,6 +69,9 @@ def reference_examples(size: int, seed: int):
     return load_reference(str(data_dir() / "eval" / "lambada_openai.jsonl"), tok, size=size, seed=seed).examples
 
 
+LM_KINDS = ("stats", "hidden", "fo")
+
+
 @dataclass
 class Plan:
     name: str
@@ -79,6 +82,28 @@ class Plan:
     encoder: str = "bert-base-uncased"
     enc_max_tokens: int = 1024
     candidate_factor: float = 1.0  # x the default candidate block (stage_steps x batch / fraction)
+    # lm mode (selection/features.py): the feature kinds, the prefix as a share of seq_len and the exit
+    # as a share of the LM's blocks (the bench measures 32/64/128 of 256 tokens, 0..3 of 4 blocks)
+    lm_kinds: tuple[str, ...] = LM_KINDS
+    prefix_frac: float | None = None
+    exit_frac: float | None = None
+    distill_ratio: float = 0.0  # distillation: the teacher (full LM features) labels ratio x n_train candidates
+    student: str | None = None  # None: the student is the lm view above; or an encoder name (minilm-l6)
+    views: tuple = ()  # a combination: ((kinds, prefix_frac, exit_frac), ...) priced as the sum of its views
+
+
+def lm_feature_cost(preset: str, T: int, kinds, prefix_frac: float | None, exit_frac: float | None) -> dict:
+    """Counted FLOPs of one candidate's LM features at paper scale: the code's own price
+    (features.feature_flops_per_candidate) on the meta-device LM, truncated to the exit."""
+    from datamates.selection.features import feature_flops_per_candidate, truncate_layers
+
+    lm = lm_on_meta(preset, T)
+    L = lm.config.num_hidden_layers
+    k = L if exit_frac is None else int(round(exit_frac * L))
+    P = T if prefix_frac is None else max(2, int(round(prefix_frac * T)))
+    truncate_layers(lm, k)
+    return {"per_candidate": feature_flops_per_candidate(lm, list(kinds), T, P), "prefix_tokens": P, "exit_layer": k,
+            "n_layers": L}
 
 
 def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
@@ -107,11 +132,24 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
         steps = m.fit.epochs * math.ceil(n_train / m.fit.batch_size)
         evals = steps // m.fit.eval_every + 1
         fit = (m.fit.epochs * n_train * plan.enc_max_tokens * 3 * fe + evals * n_val * plan.enc_max_tokens * fe)
-    else:  # lm features: one LM forward per labelled sequence (features from the current model)
-        fit = n_labels * T * f_fwd
+    lm_view = None
+    if plan.fit_mode == "lm":  # lm features: one (prefix, early-exit) LM forward per labelled sequence
+        lm_view = lm_feature_cost(plan.preset, T, plan.lm_kinds, plan.prefix_frac, plan.exit_frac)
+        if plan.views:  # a combination of views: their features side by side, their prices summed
+            parts = [lm_feature_cost(plan.preset, T, kinds, pf, ef) for kinds, pf, ef in plan.views]
+            lm_view = {"per_candidate": sum(p["per_candidate"] for p in parts), "views": parts}
+        full = lm_feature_cost(plan.preset, T, LM_KINDS, None, None)["per_candidate"]
+        n_dist = int(round(plan.distill_ratio * n_train))
+        student = lm_view["per_candidate"] if plan.student is None else plan.enc_max_tokens * fe
+        # features of the labelled sequences (+ with distillation: the teacher's full features of them and
+        # of the n_dist candidates it labels, and the student's features of those)
+        fit = n_labels * lm_view["per_candidate"] if not n_dist else (n_labels + n_dist) * (full + student)
+        per_cand = student
+    else:
+        per_cand = plan.enc_max_tokens * fe
     # scoring, per round
     n_cand = int((m.candidates_per_stage or m.stage_steps * batch / m.select.fraction) * plan.candidate_factor)
-    score = n_cand * (T * f_fwd if plan.fit_mode == "lm" else plan.enc_max_tokens * fe)
+    score = n_cand * per_cand
     sel = rounds * (probe + fit + score)
     rate = gpus * peak * 1e12 * mfu
 
@@ -129,7 +167,66 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
         "hours": {"train": hours(train), "probe": hours(rounds * probe), "fit": hours(rounds * fit),
                   "score": hours(rounds * score), "selection": hours(sel), "total": hours(train + sel)},
         "overhead_of_train": sel / train, "share_of_total": sel / (train + sel),
+        "score_flops_per_candidate": per_cand, "lm_view": lm_view,
     }
+
+
+def bench_plan(row: dict, preset: str, bench_T: int, bench_L: int) -> Plan:
+    """The paper-scale plan of one influence-bench variant (experiments/influence_bench/results.json):
+    its prefix and exit as shares of the bench's tokens and blocks, its kinds, its distillation."""
+    variant = row["variant"]
+    if row.get("views"):  # a combination 'VIEW&VIEW'
+        views = tuple((tuple("stats" if k == "loss" else k for k in kinds), None if p is None else p / bench_T,
+                       None if e is None else e / bench_L) for p, e, kinds in row["views"])
+        return Plan(variant, preset, probe_mode="first_order", fit_mode="lm", views=views)
+    kinds = tuple("stats" if k == "loss" else k for k in row["kinds"])
+    p, e = row.get("prefix_tokens"), row.get("exit_layer")
+    plan = Plan(variant, preset, probe_mode="first_order", fit_mode="lm", lm_kinds=kinds,
+                prefix_frac=None if p is None else p / bench_T, exit_frac=None if e is None else e / bench_L)
+    if row.get("distill_n"):
+        plan.distill_ratio = row["distill_n"] / row["n_train"]
+    if "encoder" in kinds:  # the student (or the feature) is MiniLM-L6 at 512 tokens at paper scale
+        plan.encoder, plan.enc_max_tokens = "minilm-l6", 512
+        if kinds == ("encoder",):
+            plan.fit_mode = "frozen" if not row.get("distill_n") else "lm"
+            plan.student = "minilm-l6" if row.get("distill_n") else None
+    return plan
+
+
+def bench_prices(path: str, cfg, examples, args) -> dict:
+    """Every bench variant (rows of early / middle / late) with its worst-case validation Spearman and its
+    price at 410m and 1b; the pick: the best worst case among those at <= args.budget at 410m."""
+    res = json.load(open(path))
+    sets = [s for s in ("early", "middle", "late") if s in res]
+    T, L = res[sets[0]].get("seq_len", 256), res[sets[0]].get("n_layers", 4)
+    by_var: dict[str, dict] = {}
+    for s in sets:
+        for r in res[s]["rows"]:
+            if r["head"] not in ("ridge",) or r["variant"] in ("encoder", "stats+hidden+fo+encoder") or \
+                    ("kinds" not in r and "views" not in r):
+                continue
+            by_var.setdefault(r["variant"], {"row": r, "rho": {}})["rho"][s] = r["val_spearman"]
+    rows = []
+    for v, d in by_var.items():
+        if len(d["rho"]) < len(sets):
+            continue
+        c = {pre: cost(bench_plan(d["row"], pre, T, L), cfg, examples, args.gpus, args.mfu, args.peak_tflops)
+             for pre in ("pythia-410m", "pythia-1b")}
+        rows.append({"variant": v, "rho": d["rho"], "worst": min(d["rho"].values()),
+                     "score_flops_per_candidate_410m": c["pythia-410m"]["score_flops_per_candidate"],
+                     "overhead_410m": c["pythia-410m"]["overhead_of_train"],
+                     "overhead_1b": c["pythia-1b"]["overhead_of_train"]})
+        if v == "stats+hidden+fo":  # the smaller candidate block, as a control: today's model, half the candidates
+            pl = replace(bench_plan(d["row"], "pythia-410m", T, L), candidate_factor=0.5)
+            p1 = replace(bench_plan(d["row"], "pythia-1b", T, L), candidate_factor=0.5)
+            rows.append({"variant": "keep 40% (half the block), stats+hidden+fo", "rho": d["rho"],
+                         "worst": min(d["rho"].values()),
+                         "score_flops_per_candidate_410m": c["pythia-410m"]["score_flops_per_candidate"],
+                         "overhead_410m": cost(pl, cfg, examples, args.gpus, args.mfu, args.peak_tflops)["overhead_of_train"],
+                         "overhead_1b": cost(p1, cfg, examples, args.gpus, args.mfu, args.peak_tflops)["overhead_of_train"]})
+    rows.sort(key=lambda r: -r["worst"])
+    ok = [r for r in rows if r["overhead_410m"] <= args.budget]
+    return {"sets": sets, "rows": rows, "pick": ok[0]["variant"] if ok else None, "budget": args.budget}
 
 
 def memory_estimate(preset: str, seq_len: int, batch: int, budget_gb: float) -> dict:
@@ -152,6 +249,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense")
     ap.add_argument("--gpu-memory-gb", type=float, default=79.6, help="GiB per GPU (H100 SXM: 81,559 MiB)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bench", default=os.path.join(os.path.dirname(__file__), "..", "experiments", "influence_bench",
+                                                    "results.json"),
+                    help="the influence bench's results: every variant priced at paper scale, and the pick")
+    ap.add_argument("--budget", type=float, default=0.05, help="selection / training FLOPs the pick may cost at 410M")
     args = ap.parse_args()
     cfg = load_config(args.config)
     examples = reference_examples(cfg.mates.probe.reference_size or 1024, cfg.mates.probe.reference_seed)
@@ -159,11 +260,26 @@ def main() -> None:
     for preset in (cfg.model.preset, "pythia-1b"):
         tag = preset.replace("pythia-", "")
         plans += [
-            Plan(f"{tag} as configured (exact 80k, bert-base)", preset),
+            Plan(f"{tag} MATES recipe (exact 80k, bert-base; mates-parity)", preset),
             Plan(f"{tag} first-order labels", preset, probe_mode="first_order"),
             Plan(f"{tag} exact, 10k probes", preset, n_probes=10_000),
             Plan(f"{tag} exact 80k, MiniLM-L6 encoder", preset, encoder="minilm-l6"),
             Plan(f"{tag} first-order, LM-feature influence model", preset, probe_mode="first_order", fit_mode="lm"),
+            Plan(f"{tag} first-order, LM features, keep 40% (half the block)", preset, probe_mode="first_order",
+                 fit_mode="lm", candidate_factor=0.5),
+            Plan(f"{tag} first-order, LM features of a 1/8 prefix", preset, probe_mode="first_order", fit_mode="lm",
+                 prefix_frac=1 / 8),
+            Plan(f"{tag} first-order, LM features at exit 1/4", preset, probe_mode="first_order", fit_mode="lm",
+                 exit_frac=1 / 4),
+            Plan(f"{tag} first-order, LM features, 1/8 prefix + exit 1/4", preset, probe_mode="first_order",
+                 fit_mode="lm", prefix_frac=1 / 8, exit_frac=1 / 4),
+            Plan(f"{tag} first-order, LM stats+hidden, 1/8 prefix + exit 1/4", preset, probe_mode="first_order",
+                 fit_mode="lm", prefix_frac=1 / 8, exit_frac=1 / 4, lm_kinds=("stats", "hidden")),
+            Plan(f"{tag} first-order, LM hidden, 1/4 prefix + exit 1/4", preset, probe_mode="first_order",
+                 fit_mode="lm", prefix_frac=1 / 4, exit_frac=1 / 4, lm_kinds=("hidden",)),
+            Plan(f"{tag} first-order, LM features distilled into MiniLM-L6 (512 tokens)", preset,
+                 probe_mode="first_order", fit_mode="lm", distill_ratio=2.5, student="minilm-l6", enc_max_tokens=512,
+                 encoder="minilm-l6"),
             Plan(f"{tag} first-order + MiniLM-L6", preset, probe_mode="first_order", encoder="minilm-l6"),
             Plan(f"{tag} first-order + MiniLM-L6, 512 encoder tokens", preset, probe_mode="first_order",
                  encoder="minilm-l6", enc_max_tokens=512),
@@ -171,13 +287,14 @@ def main() -> None:
                  candidate_factor=0.5),
         ]
     rows = [cost(p, cfg, examples, args.gpus, args.mfu, args.peak_tflops) for p in plans]
+    bench = bench_prices(args.bench, cfg, examples, args) if args.bench and os.path.exists(args.bench) else None
     mem = {}
     for preset in ("pythia-410m", "pythia-1b"):  # the default budget: 80% of what is free once theta, m, v, rho are in
         resident = memory_estimate(preset, cfg.pool.seq_len, 1, 1e6)["resident_gb"]
         mem[preset] = memory_estimate(preset, cfg.pool.seq_len, cfg.mates.probe.candidate_batch,
                                       (args.gpu_memory_gb - resident) * 0.8)
     if args.json:
-        print(json.dumps({"setup": vars(args), "plans": rows, "first_order_memory": mem}, indent=1))
+        print(json.dumps({"setup": vars(args), "plans": rows, "first_order_memory": mem, "bench": bench}, indent=1))
         return
     print(f"{args.config}: {args.gpus} GPUs x {args.peak_tflops:g} TFLOP/s x MFU {args.mfu:.0%}; "
           f"global batch {rows[0]['global_batch']} x {cfg.pool.seq_len}; {rows[0]['selection_rounds']} selection rounds; "
@@ -195,7 +312,7 @@ def main() -> None:
     print("per stage (one selection round before each of the stages after the warmup; training: one stage of "
           "stage_steps; FLOPs, hours):")
     for r in rows:
-        if "as configured" not in r["plan"] and "+ MiniLM-L6, 512" not in r["plan"]:
+        if "MATES recipe" not in r["plan"] and "+ MiniLM-L6, 512" not in r["plan"]:
             continue
         n, f, h = r["selection_rounds"], r["flops"], r["hours"]
         stage_train = f["train"] / (cfg.mates.stages + cfg.mates.decay_steps / cfg.mates.stage_steps)
@@ -203,6 +320,20 @@ def main() -> None:
         print(f"  {r['plan']}: train {stage_train:.3g} ({stage_h:.2f} h); probe {f['probe'] / n:.3g} "
               f"({h['probe'] / n:.2f} h); fit {f['fit'] / n:.3g} ({h['fit'] / n:.2f} h); score {f['score'] / n:.3g} "
               f"({h['score'] / n:.2f} h); selection / stage training {f['selection'] / n / stage_train:.1%}")
+    if bench:
+        print()
+        print(f"influence-bench variants priced (first-order labels, {cfg.mates.probe.n_probes:,} per round; prefix and exit "
+              "scaled by their share of the bench's 256 tokens and 4 blocks); worst = the lowest validation Spearman of "
+              f"{', '.join(bench['sets'])}; pick: the best worst case at <= {args.budget:.0%} at 410m:")
+        print()
+        print("| variant | " + " | ".join(bench["sets"]) + " | worst | score FLOPs/cand 410m | 410m sel/train | "
+              "1b sel/train |")
+        print("|---|" + "---|" * (len(bench["sets"]) + 4))
+        for r in bench["rows"]:
+            mark = " **(pick)**" if r["variant"] == bench["pick"] else ""
+            print(f"| {r['variant']}{mark} | " + " | ".join(f"{r['rho'][n]:.3f}" for n in bench["sets"]) +
+                  f" | {r['worst']:.3f} | {r['score_flops_per_candidate_410m']:.3g} | {r['overhead_410m']:.1%} | "
+                  f"{r['overhead_1b']:.1%} |")
     print()
     print(f"first-order probe memory at seq_len {cfg.pool.seq_len}, candidate_batch {cfg.mates.probe.candidate_batch}, "
           f"{args.gpu_memory_gb:g} GB GPU (default budget: 80% of what is free after the resident state):")

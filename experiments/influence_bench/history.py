@@ -7,7 +7,7 @@ on the same rows plus the earlier set's labels of those rows with weight w (weig
 `fit` does with history); validation: the current set's validation rows. Also the stage-to-stage
 Spearman of the labels themselves.
 
-    .venv/bin/python experiments/influence_bench/history.py [--suffix _n800]
+    .venv/bin/python experiments/influence_bench/history.py [--suffix _n800]   # writes history.json (issue 14's: commit 69dfbd9)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
             continue
         z = np.load(f)
         ids = z["ids"]
-        X = np.concatenate([z[k] for k in KINDS], axis=1)
+        X = np.concatenate([z[f"|{k}"] for k in KINDS], axis=1)  # run.py's cache: "<view>|<kind>", "" = the whole LM
         _, _, _, _, all_ids, split = label_set(current)
         sp = dict(zip(all_ids.tolist(), split.tolist(), strict=True))
         cur, old = read(label_set(current)[0]), read(label_set(earlier)[0])

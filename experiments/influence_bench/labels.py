@@ -88,6 +88,8 @@ def main() -> None:
     pcfg = replace(cfg.mates.probe, workers=1, threads=args.threads, device="cpu")
     names = args.sets.split(",")
     for mode, sub in (("first_order", ids), ("exact", ids[: args.exact])):
+        if not len(sub):  # --exact 0: no exact check labels
+            continue
         for name in names:
             ckpt = ARENA / "warmup" / f"stage_{SETS[name]:02d}" / "checkpoint"
             t0 = time.time()

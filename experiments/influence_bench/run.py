@@ -2,6 +2,8 @@
 
     .venv/bin/python experiments/influence_bench/labels.py --n 2000 --exact 150 --threads 1   # labels (once)
     .venv/bin/python experiments/influence_bench/run.py [--sets early,middle,late] [--finetune]
+    .venv/bin/python experiments/influence_bench/run.py --labels experiments/influence_bench/labels_n1200 \
+        --sets early,middle,late,arena_s0 --threads 2                                      # issue 28's run
 
 Label sets (labels.py): first-order probe labels of 2,000 random pool candidates at warmup stages 2, 8
 and 16 of the selection arena's seed 0, one fixed 80/20 train/validation split (split.npy), and exact
@@ -15,6 +17,23 @@ labels of the first 150 candidates to check the first-order ones. Variants (docs
     stats+fo, stats+hidden, stats+hidden+fo, stats+hidden+fo+encoder       ridge
     mlp:stats+hidden+fo                                                     a small MLP head
     finetune         MATES: the fine-tuned encoder (--finetune; minutes on CPU)
+
+Cheaper views of the LM (issue 28; docs/influence_model.md#cheaper-features), `[pP][eK]:kinds`:
+
+    pP:kinds         the features of the candidate's first P tokens only (fit.prefix_tokens = P)
+    eK:kinds         early exit after K of the LM's blocks, logit lens through its final norm and head
+                     (fit.exit_layer = K; e0: the input embedding)
+    pPeK:kinds       both
+    distill>VIEW     distillation: the full stats+hidden+fo model (ridge on the training rows' labels)
+                     labels --distill-n more pool candidates; the student VIEW (an LM view, or
+                     `encoder`: frozen MiniLM) is fitted on the training labels + the teacher's labels
+    keep 40%         the smaller candidate block is priced, not fitted: today's model on half the block
+                     (benchmarks/scaling_plan.py)
+
+The LM views of a set come from one full forward per batch (`features.feature_grid`: the block
+outputs are hooked; a causal LM's prefix forward is the prefix of its forward), equal to the
+featurizer each view runs in a fit (tests/selection/test_features.py); the FLOPs per candidate are
+the code's own count of that view (`features.feature_flops_per_token` on the truncated LM x P).
 
 Each variant: validation Spearman with a bootstrap 95% interval (2,000 resamples of the validation
 rows), Spearman against the exact labels on the validation rows that have one, FLOPs of labels (the
@@ -50,7 +69,7 @@ from labels import ARENA, SETS, arena_inputs  # noqa: E402
 
 RIDGE = ["loss", "stats", "hidden", "fo", "stats+fo", "stats+hidden", "stats+hidden+fo", "encoder",
          "stats+hidden+fo+encoder"]
-MLP = ["mlp:stats+fo", "mlp:stats+hidden+fo"]
+MLP = ["mlp:stats+hidden+fo"]
 CURVE = ["stats+fo", "stats+hidden", "stats+hidden+fo", "encoder"]  # validation Spearman against the number of training labels
 
 
@@ -98,20 +117,76 @@ def label_set(name: str):
     raise SystemExit(f"unknown label set {name!r}: early, middle, late, arena_s0..arena_s4")
 
 
+# cheaper views of the LM (issue 28): prefix P of the candidate's T tokens, exit after k of its L blocks
+LM_KINDS = ["stats", "hidden", "fo"]
+
+
+def view_name(p, e) -> str:
+    return ("" if p is None else f"p{p}") + ("" if e is None else f"e{e}")
+
+
+def parse_variant(v: str):
+    """'[mlp:][distill>][pP][eK]:kinds' or 'kinds' -> (head, distill student?, prefix, exit, kinds)."""
+    head = "ridge"
+    if v.startswith("mlp:"):
+        head, v = "mlp", v[4:]
+    from datamates.selection.features import parse_view
+
+    distill = v.startswith("distill>")
+    if distill:
+        v = v[len("distill>"):]
+    p, e, kinds = parse_view(v)
+    return head, distill, p, e, kinds
+
+
+SHF = "stats+hidden+fo"
+# the head (V x H per token, 3 passes over V for stats + fo) dominates this LM's cost, so the views that need
+# it are a chosen few: the prefix curve at full depth and at exit 1, the exit curve at prefix 64; `hidden`
+# alone needs no head and is cheap in every view
+CHEAP = ([f"p{p}:{SHF}" for p in (16, 32, 64, 128)] + [f"e{e}:{SHF}" for e in (1,)]
+         + [f"p64e{e}:{SHF}" for e in (0, 1, 2)] + [f"p{p}e1:{SHF}" for p in (16, 32)] + [f"p16e0:{SHF}"]
+         + [f"p{p}e1:stats+hidden" for p in (16, 32)] + ["p16e1:stats", "p16e1:fo", "p16e1:stats+fo"]
+         + [f"{view_name(p, e)}:hidden" for p in (None, 16, 32, 64, 128) for e in (0, 1, 2, None)
+            if (p, e) != (None, None)])
+# combinations: views joined by '&' (their features side by side, their FLOPs summed); e0:hidden over the whole
+# candidate is the LM's normalised input embedding, mean-pooled (a lookup and a norm: ~0 FLOPs), the other
+# view a short prefix through few blocks and the head
+COMBO = ["e0:hidden&p16e0:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden",
+         "e0:hidden&p16e1:stats+fo", "e0:hidden&p32e1:stats+hidden+fo", "e0:hidden&p64e1:stats+hidden+fo",
+         "e0:hidden&p16:stats+hidden+fo", "e0:hidden&p32:stats+hidden+fo", "e0:hidden&e1:stats+hidden+fo",
+         "e0:hidden&fo", "e0:hidden&stats+fo", "e0:hidden&p64e0:stats+hidden+fo"]
+DISTILL = ["distill>e0:hidden", "distill>p32e0:hidden", "distill>p32e1:hidden", "distill>p64e1:hidden",
+           "distill>p128e1:hidden", f"distill>p16e1:{SHF}", f"distill>p32e1:{SHF}", "distill>encoder"]
+
+
+def distill_ids(pool, plan, exclude: np.ndarray, n: int) -> np.ndarray:
+    """n pool candidates (outside the held-out documents, the guard and `exclude`) the teacher labels."""
+    rest = np.setdiff1d(np.arange(len(pool)), np.concatenate([plan.heldout, plan.guard, exclude]))
+    return np.sort(np.random.default_rng(1).choice(rest, min(n, len(rest)), replace=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="early,middle,late")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--finetune", action="store_true")
     ap.add_argument("--variants", default="")
+    ap.add_argument("--distill-n", type=int, default=2400, help="candidates the teacher (the full LM-feature "
+                    "model) labels for the distilled students")
+    ap.add_argument("--encoder", action="store_true", help="also the MiniLM variants (minutes of CPU per set)")
+    ap.add_argument("--labels", default="", help="folder of the early/middle/late label sets (default: labels/, "
+                    "issue 14's 2,000-label sets; issue 28 ran on labels_n1200/)")
     ap.add_argument("--max-n", type=int, default=0, help="use only the first N candidates of a set (a random "
                     "subset: labels.py draws them in random order); 0: all")
     args = ap.parse_args()
+    global LABELS
+    if args.labels:
+        LABELS = Path(args.labels)
     torch.set_num_threads(args.threads)
     from datamates.config.influence import EncoderConfig
-    from datamates.core.lm import flops_per_token
+    from datamates.core.checkpoint import load_model
     from datamates.selection.encode import TokenCache, backbone_hash, encoder_tokens
-    from datamates.selection.features import LMFeaturizer, head_direction
+    from datamates.selection.features import feature_flops_per_token, head_direction, truncate_layers
     from datamates.selection.fit import fit_head
     from datamates.selection.influence_model import (
         InfluenceModel,
@@ -120,7 +195,9 @@ def main() -> None:
         predict_head,
     )
 
-    variants = args.variants.split(",") if args.variants else RIDGE + MLP
+    variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + COMBO + DISTILL))
+    if not args.encoder and not args.variants:
+        variants = [v for v in variants if "encoder" not in v]
     enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input
     results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
     for name in args.sets.split(","):
@@ -144,68 +221,114 @@ def main() -> None:
         exact = read(ex_dir) if (ex_dir / "DONE").exists() and json.loads(
             (ex_dir / "meta.json").read_text()).get("mode") == "exact" else {}  # a rerun arena may hold first-order ones
         ex_ids = np.array(sorted(set(exact) - set(ids[tr].tolist())), dtype=np.int64)  # never trained on
-        every = np.concatenate([ids, np.setdiff1d(ex_ids, ids)])
+        dist = distill_ids(pool, plan, np.concatenate([ids, ex_ids]), args.distill_n) if any(
+            "distill>" in v for v in variants) else np.zeros(0, np.int64)
+        every = np.concatenate([ids, np.setdiff1d(ex_ids, ids), dist])
         label_flops_each = probe_flops(fo_dir) / len(lab)
-        fcache = HERE / "runs" / "features" / f"{name}.npz"
         t0 = time.time()
         D = head_direction(ckpt, ref, pad_id=pool.eos_id)
-        lmf = LMFeaturizer(ckpt, direction=D)
-        if fcache.exists() and np.array_equal(np.load(fcache)["ids"], every):
-            zf = np.load(fcache)
-            feats = {k: zf[k] for k in ("stats", "hidden", "fo")}
-            t_lm = float(zf["seconds"])
-        else:
-            feats = lmf.features(pool.tokens(every), ["stats", "hidden", "fo"])
-            t_lm = time.time() - t0
-            fcache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(fcache, ids=every, seconds=t_lm, **feats)
-        feats["loss"] = feats["stats"][:, :1]
+        parsed = [parse_variant(part) for v in variants for part in v.split("&")]
+        views: dict = {(None, None): list(LM_KINDS)}  # the teacher and today's default
+        dviews: dict = {(None, None): list(LM_KINDS)} if len(dist) else {}
+        for head_, distill, p, e, kinds in parsed:
+            lk = ["stats" if k == "loss" else k for k in kinds if k != "encoder"]
+            for vw in (views, dviews) if distill else (views,):
+                if lk:
+                    vw[(p, e)] = sorted(set(vw.get((p, e), [])) | set(lk), key=LM_KINDS.index)
+        feats, t_lm = cached_grid(HERE / "runs" / "features" / f"{name}.npz", ckpt, pool, every[: len(every) - len(dist)],
+                                  views, D)
+        dfeats = cached_grid(HERE / "runs" / "features" / f"{name}_distill.npz", ckpt, pool, dist, dviews, D)[0] \
+            if len(dist) else {}
         T = pool.seq_len
-        lm_fwd = flops_per_token(lmf.model, T) / 3 * T
-        V, H = D.shape
-        fo_extra = 2.0 * T * H * V
-        t0 = time.time()
-        tc = TokenCache(pool, enc_cfg, cache_dir)
-        tc.ensure(every)
-        enc = InfluenceModel(load_encoder(tc.backbone))
-        feats["encoder"], _ = frozen_embeddings(enc, tc, every, backbone_digest=backbone_hash(tc.backbone),
-                                                device=torch.device("cpu"), precision="fp32", batch_size=64,
-                                                cache_dir=cache_dir)
-        t_enc = time.time() - t0
-        enc_fwd = flops_per_token(enc.encoder, enc_cfg.chunk_len) / 3 * encoder_tokens(tc.get(ids[:200]), enc_cfg,
-                                                                                       tc.tok) / 200
+        lm = load_model(ckpt)
+        L = lm.config.num_hidden_layers
+
+        def lm_flops(kinds, p, e) -> float:
+            """Counted FLOPs of one candidate's LM features (features.feature_flops_per_token x tokens)."""
+            m = truncate_layers(load_model(ckpt), L if e is None else e)
+            P = T if p is None else min(p, T)
+            return P * sum(feature_flops_per_token(m, kinds, P).values())
+
+        if any("encoder" in v for v in variants):
+            t0 = time.time()
+            tc = TokenCache(pool, enc_cfg, cache_dir)
+            tc.ensure(every)
+            enc = InfluenceModel(load_encoder(tc.backbone))
+            E, _ = frozen_embeddings(enc, tc, every, backbone_digest=backbone_hash(tc.backbone),
+                                     device=torch.device("cpu"), precision="fp32", batch_size=64, cache_dir=cache_dir)
+            t_enc = time.time() - t0
+            enc_fwd = flops_per_token_enc(enc, enc_cfg) * encoder_tokens(tc.get(ids[:200]), enc_cfg, tc.tok) / 200
+        else:
+            E, t_enc, enc_fwd = None, 0.0, 0.0
         pos = {int(i): j for j, i in enumerate(every)}
         ex_rows = np.array([pos[int(i)] for i in ex_ids], dtype=np.int64)
+        dist_rows = np.array([pos[int(i)] for i in dist], dtype=np.int64)
         ex_y = np.array([exact[int(i)] for i in ex_ids])
         common = [i for i in exact if i in lab]
         fidelity = (float(spearmanr([exact[i] for i in common], [lab[i] for i in common]).statistic)
                     if len(common) >= 5 else None)
+
+        def design(kinds, p, e, distill_rows=False):
+            """[rows of `every`, d] (or of `dist` with distill_rows) of the variant's features."""
+            src = dfeats if distill_rows else feats
+            parts = []
+            for k in kinds:
+                if k == "encoder":
+                    parts.append(E[dist_rows] if distill_rows else E[: len(every) - len(dist)])
+                elif k == "loss":
+                    parts.append(src[(p, e)]["stats"][:, :1])
+                else:
+                    parts.append(src[(p, e)][k])
+            return np.concatenate(parts, axis=1)
+
+        mu, sd = y[tr].mean(), y[tr].std()
+        teacher = None
         rows = []
         for v in variants:
-            head = "mlp" if v.startswith("mlp:") else "ridge"
-            kinds = v.split(":")[-1].split("+")
-            X = np.concatenate([feats[k] for k in kinds], axis=1)
+            if "&" in v:
+                rows.append(_combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each))
+                r = rows[-1]
+                print(f"{name:7s} {v:32s} rho {r['val_spearman']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]  "
+                      f"score/cand {r['flops_score_one']:.3g} FLOPs", flush=True)
+                continue
+            head, distill, p, e, kinds = parse_variant(v)
+            X = design(kinds, p, e)
             t0 = time.time()
-            model = fit_head(X[tr], (y[tr] - y[tr].mean()) / y[tr].std(), head=head, seed=0)  # rows of `ids` first
-            pred = predict_head(model, X[va])
+            xtr, ztr = X[tr], (y[tr] - mu) / sd
+            fit_extra = 0.0
+            if distill:  # the teacher (full stats+hidden+fo, ridge on the oracle labels) labels `dist`
+                if teacher is None:
+                    Xt = design(LM_KINDS, None, None)
+                    teacher = predict_head(fit_head(Xt[tr], (y[tr] - mu) / sd, head="ridge"),
+                                           design(LM_KINDS, None, None, distill_rows=True))
+                xtr, ztr = np.concatenate([xtr, design(kinds, p, e, distill_rows=True)]), np.concatenate([ztr, teacher])
+                fit_extra = len(dist) * lm_flops(LM_KINDS, None, None)
+            model = fit_head(xtr, ztr, head=head, seed=0)
+            pred = predict_head(model, X[:len(ids)][va])
             t_fit = time.time() - t0
             rho = float(spearmanr(pred, y[va]).statistic)
             lo, hi = bootstrap_ci(pred, y[va])
             rho_ex = (float(spearmanr(predict_head(model, X[ex_rows]), ex_y).statistic)
                       if len(ex_rows) >= 5 else None)
-            uses_lm = any(k != "encoder" for k in kinds)
-            score_flops = (lm_fwd if uses_lm else 0.0) + (fo_extra if "fo" in kinds else 0.0) + \
-                          (enc_fwd if "encoder" in kinds else 0.0)
-            wall = t_fit + (t_lm if uses_lm else 0.0) * 1 + (t_enc if "encoder" in kinds else 0.0)
-            rows.append({"variant": v, "head": head, "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": rho_ex,
+            lm_k = [k for k in kinds if k != "encoder"]
+            lm_k = ["stats" if k == "loss" else k for k in lm_k]
+            score_flops = (lm_flops(lm_k, p, e) if lm_k else 0.0) + (enc_fwd if "encoder" in kinds else 0.0)
+            wall = t_fit + (t_lm if lm_k else 0.0) + (t_enc if "encoder" in kinds else 0.0)
+            rows.append({"variant": v, "head": head, "prefix_tokens": p, "exit_layer": e, "kinds": kinds,
+                         "distill_n": int(len(dist)) if distill else 0,
+                         "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": rho_ex,
                          "n_exact_val": int(len(ex_rows)), "n_train": int(len(tr)), "n_val": int(len(va)),
-                         "flops_labels": label_flops_each * len(tr), "flops_fit": score_flops * len(tr),
-                         "flops_score_one": score_flops, "wall_s": round(wall, 2), "fit_alpha": model.get("alpha")})
-            print(f"{name:7s} {v:28s} rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]  exact {rho_ex}  "
-                  f"score/cand {score_flops:.3g} FLOPs  {wall:.1f} s", flush=True)
+                         "flops_labels": label_flops_each * len(tr),
+                         "flops_fit": score_flops * (len(tr) + (len(dist) if distill else 0)) + fit_extra,
+                         "flops_score_one": score_flops, "flops_score_one_full_lm": lm_flops(LM_KINDS, None, None),
+                         "wall_s": round(wall, 2), "fit_alpha": model.get("alpha")})
+            print(f"{name:7s} {v:32s} rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]  exact {rho_ex}  "
+                  f"score/cand {score_flops:.3g} FLOPs", flush=True)
         curve = {}  # label count -> validation Spearman (the first n training rows: a random subset)
         for v in CURVE:
-            X = np.concatenate([feats[k] for k in v.split("+")], axis=1)
+            if "encoder" in v and E is None:
+                continue
+            X = design(v.split("+"), None, None)
             pts = []
             for n in (77, 154, 307, 614, 1228, len(tr)):
                 if n > len(tr):
@@ -219,9 +342,9 @@ def main() -> None:
             rows.append(_finetune(name, fo_dir, pool, ids, y, tr, va, enc_cfg, cache_dir, label_flops_each))
         results[name] = {"checkpoint": str(ckpt.relative_to(HERE.parent.parent)), "n_labels": int(len(ids)),
                          "n_exact": len(exact), "n_exact_eval": int(len(ex_ids)),
-                         "first_order_vs_exact_spearman": fidelity,
-                         "label_flops_each": label_flops_each, "lm_forward_flops": lm_fwd, "rows": rows,
-                         "label_curve": curve}
+                         "first_order_vs_exact_spearman": fidelity, "n_layers": int(L), "seq_len": int(T),
+                         "label_flops_each": label_flops_each, "lm_forward_flops": lm_flops(["stats"], None, None),
+                         "rows": rows, "label_curve": curve}
         now = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
         if name in now:  # a run of some variants only (--variants, --finetune) keeps the set's other rows
             done = {r["variant"] for r in results[name]["rows"]}
@@ -231,6 +354,53 @@ def main() -> None:
         results = now
         (HERE / "results.json").write_text(json.dumps(results, indent=1))
     _table(results)
+
+
+def _combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each) -> dict:
+    """A combination 'VIEW:kinds&VIEW:kinds': the views' features side by side, one ridge head."""
+    from datamates.selection.fit import fit_head
+    from datamates.selection.influence_model import predict_head
+
+    parts = [parse_variant(p) for p in v.split("&")]
+    X = np.concatenate([design(kinds, p, e) for _, _, p, e, kinds in parts], axis=1)
+    model = fit_head(X[tr], (y[tr] - mu) / sd, head="ridge", seed=0)
+    pred = predict_head(model, X[: len(y)][va])
+    rho = float(spearmanr(pred, y[va]).statistic)
+    lo, hi = bootstrap_ci(pred, y[va])
+    score = sum(lm_flops(["stats" if k == "loss" else k for k in kinds], p, e) for _, _, p, e, kinds in parts)
+    return {"variant": v, "head": "ridge", "views": [[p, e, kinds] for _, _, p, e, kinds in parts],
+            "prefix_tokens": None, "exit_layer": None, "kinds": None, "distill_n": 0,
+            "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": None, "n_exact_val": 0,
+            "n_train": int(len(tr)), "n_val": int(len(va)), "flops_labels": label_flops_each * len(tr),
+            "flops_fit": score * len(tr), "flops_score_one": score, "wall_s": None, "fit_alpha": model.get("alpha")}
+
+
+def cached_grid(path: Path, ckpt, pool, ids: np.ndarray, views: dict, D):
+    """features.feature_grid of `views` on `ids`, cached in `path` (kept while the ids and views agree)."""
+    from datamates.selection.features import feature_grid
+
+    keys = sorted(f"{view_name(p, e)}|{k}" for (p, e), kinds in views.items() for k in kinds)
+    if path.exists():
+        z = np.load(path)
+        if np.array_equal(z["ids"], ids) and set(keys) <= set(z.files):
+            out: dict = {}
+            for (p, e), kinds in views.items():
+                out[(p, e)] = {k: z[f"{view_name(p, e)}|{k}"] for k in kinds}
+            return out, float(z["seconds"])
+    t0 = time.time()
+    grid = feature_grid(ckpt, pool.tokens(ids), views, direction=D, batch_size=16)
+    sec = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=ids, seconds=sec, **{f"{view_name(p, e)}|{k}": v for (p, e), d in grid.items() for k, v in d.items()})
+    tmp.rename(path)
+    return grid, sec
+
+
+def flops_per_token_enc(enc, enc_cfg) -> float:
+    from datamates.core.lm import flops_per_token
+
+    return flops_per_token(enc.encoder, enc_cfg.chunk_len) / 3
 
 
 def _finetune(name, fo_dir, pool, ids, y, tr, va, enc_cfg, cache_dir, label_flops_each):

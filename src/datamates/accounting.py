@@ -59,7 +59,8 @@ from datamates.run_dir import (
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
 # fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
 # FLOPs per token on top of the LM forward it shares
-KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head")
+# lm_embed: the `embed` feature's final norm on every token of a candidate (selection/features.py)
+KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head", "lm_embed")
 # stage sub-folder -> the component its FLOPs are charged to
 STAGE_ARTIFACTS = {CHECKPOINT: "train", PROBE: "probe", INFLUENCE_MODEL: "fit", SCORES: "score", EVAL: "eval"}
 FLOP_COMPONENTS = ("train", "probe", "fit", "score", "eval")

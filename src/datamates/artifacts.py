@@ -262,7 +262,8 @@ def reuse(path: str | Path, kind: str, fp: dict[str, str], *, force: bool | None
 # `produced_by`: such an artifact may be replaced or reused only by the command that made it.
 LEGACY_PRODUCERS = {"eval": ("evaluate",), "selection": ("select",), "influence_model": ("fit",),
                     "scores": ("score", "score-with", "baseline"), "plan": ("plan",), "export": ("export",),
-                    "rater": ("rate", "rater"), "encoder_segment": (), "checkpoint": ("merge",)}
+                    "rater": ("rate", "rater"), "encoder_segment": (), "checkpoint": ("merge",),
+                    "merged_checkpoint": ("merge",), "partition": ("partition",)}
 
 
 def held_kind(path: str | Path, marker: str = DONE) -> str | None:

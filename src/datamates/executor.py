@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datamates.core.train_loop import dist_setup
 from datamates.errors import ConfigError, DatamatesError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import DONE, atomic_write_bytes, fault_point
@@ -527,6 +528,16 @@ def _rank_device(spec: str) -> str:
     if spec in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     return "cpu" if spec == "auto" else spec
+
+
+def lead_ranks(fn: Callable[[], Any], *, device: str, logs: str | Path, distributed: Any) -> Any:
+    """A command's torchrun wiring, written once: set up the process group (when run under torchrun)
+    for `device` with the run's `distributed` settings (timeout_minutes, heartbeat_seconds), then
+    `lead(fn)` with the run's `<logs>/ranks` mailbox: rank 0 runs `fn`, the other ranks serve its
+    jobs. A single process just runs `fn`. Every rank returns `fn`'s result."""
+    dist_setup(device, timeout_minutes=distributed.timeout_minutes)
+    return lead(fn, Path(logs) / "ranks", heartbeat_s=distributed.heartbeat_seconds,
+                timeout_s=60 * distributed.timeout_minutes)
 
 
 def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.0, poll_s: float = 0.2,

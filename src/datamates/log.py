@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +36,7 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
         if getattr(h, "_datamates", False):
             root.removeHandler(h)
     if is_main():
-        console = logging.StreamHandler(sys.stderr)
+        console = _BarSafeHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._datamates = True  # type: ignore[attr-defined]
         root.addHandler(console)
@@ -58,6 +59,46 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
         pass
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """The console handler: a line is written through tqdm, so it lands above the open progress bars
+    (the run's overall line and the per-step bars) instead of through them."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+# Called after every step of a training bar (a progress_bar whose description starts with "train "):
+# (steps done, total, seconds of that step). run_progress sets it while a `datamates run` is going.
+_step_listener: Callable[[int, int, float], None] | None = None
+
+
+def set_step_listener(fn: Callable[[int, int, float], None] | None) -> None:
+    global _step_listener
+    _step_listener = fn
+
+
+class _TrainBar(tqdm):
+    """A tqdm bar that also tells the run's overall line about every training step."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self._last = time.time()
+
+    def update(self, n: float | None = 1):
+        out = super().update(n)
+        now = time.time()
+        if _step_listener is not None and n == 1 and not self.disable:
+            _step_listener(int(self.n), int(self.total or 0), now - self._last)
+        self._last = now
+        return out
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """tqdm on rank 0, silent elsewhere and when DATAMATES_PROGRESS=0."""
     disable = not is_main() or os.environ.get("DATAMATES_PROGRESS", "1") == "0"
@@ -67,7 +108,8 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
 
 def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> tqdm:
     disable = not is_main() or os.environ.get("DATAMATES_PROGRESS", "1") == "0"
-    return tqdm(desc=desc, total=total, unit=unit, disable=disable, mininterval=1.0, dynamic_ncols=True,
+    cls = _TrainBar if desc.startswith("train ") else tqdm
+    return cls(desc=desc, total=total, unit=unit, disable=disable, mininterval=1.0, dynamic_ncols=True,
                 leave=False)
 
 

@@ -25,13 +25,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from datamates import run_progress
 from datamates.ablation.ablate import ablate
 from datamates.ablation.partition import partition
 from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
-from datamates.core.pool import Pool, build_pool
+from datamates.core.pool import Pool, build_pool, cached_pool
 from datamates.core.reference import load_reference
 from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
@@ -64,6 +65,7 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         br, c, last = rd.branch(name), ckpt, ids
         for s in range(m.warmup_stages + 1, m.stages + 1):
             c, last = _stage(cfg, br, pool, plan, s, c, name)
+        run_progress.final(name)
         final = _decay(cfg, br, pool, c, last)
         with timed(br.base, "eval", br.final_eval):
             on_rank0(evaluate, cfg.eval, final, br.final_eval, examples=final_examples,
@@ -87,11 +89,15 @@ def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[s
 
 
 def _pool(cfg: RunConfig, rd: RunDir) -> Path:
-    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir."""
+    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir (`auto`: the
+    pool cache <runs_root>/pools/<key of the pool's fingerprint>, built there on first use)."""
+    if cfg.pool_dir == "auto" and rd.pool.exists():  # linked by an earlier call: check it is still this pool
+        return build_pool(cfg.pool, rd.pool)
     if cfg.pool_dir is not None:
+        shared = cached_pool(cfg.pool, Path(cfg.runs_root) / "pools") if cfg.pool_dir == "auto" else cfg.pool_dir
         if not rd.pool.exists():
             rd.root.mkdir(parents=True, exist_ok=True)
-            rd.pool.symlink_to(Path(cfg.pool_dir).resolve(), target_is_directory=True)
+            rd.pool.symlink_to(Path(shared).resolve(), target_is_directory=True)
         return rd.pool
     return build_pool(cfg.pool, rd.pool)
 
@@ -99,6 +105,7 @@ def _pool(cfg: RunConfig, rd: RunDir) -> Path:
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):
     """Select stage s's data, train on it, score the reference loss for the curve."""
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
+    run_progress.stage(s, selector, warmup=br.branch_name == WARMUP)
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
                     reference=_probe_reference(cfg, pool, plan, selector_reference(cfg, selector)))
     ids = read_selection(on_rank0(get_selector(selector), x))

@@ -598,6 +598,7 @@ def comparison_markdown(runs: list[dict[str, Any]]) -> str:
     keys = list(rows[0].keys())
     for r in rows[1:]:
         keys += [k for k in r if k not in keys]
+    keys = [k for k in keys if any(_fmt(r.get(k, "-")) != "-" for r in rows)]  # a metric nobody has: no column
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k, "-")) for k in keys) + " |")
@@ -864,8 +865,9 @@ def _html(runs, figs, examples, pool_meta, ablation_md: str = "") -> str:
              *[f"<p>{html.escape(r)}</p>" for r in flops_table(runs).splitlines() if r.startswith("- ")]]
     if ablation_md:
         parts.append(f"<h2>Data ablation by merging</h2>{markdown(ablation_md)}")
-    for title, _, png in figs:
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    for title, name, png in figs:  # each links to its PNG file beside report.html
+        parts.append(f"<h2>{html.escape(title)}</h2><a href='{html.escape(name)}'>"
+                     f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'></a>")
     if examples:
         parts.append(f"<h2>Examples ({html.escape(examples['stage'][0])})</h2>")
         for k, v in examples.items():

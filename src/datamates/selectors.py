@@ -10,6 +10,9 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates-parity        MATES's own recipe (mates.parity): exact labels, the fine-tuned encoder on text
     mates-static        the influence model fitted once, at the first selection stage, scores every
                         later stage (mates.static_influence; MATES's ablation)
+    mates-full          mates with the full LM-feature influence model (stats + hidden + fo of the whole
+                        candidate, every block: the default before issue 28), whatever the run's prefix
+                        and early exit (docs/influence_model.md#cheaper-features)
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -158,15 +161,25 @@ def mates_configs(x: StageInputs, mode: str | None = None, parity: bool = False)
     return replace(x.mates.probe, mode=mode or x.mates.probe.mode), x.mates.fit
 
 
+def full_lm_fit(fcfg):
+    """`mates-full`: the LM-feature influence model of issue 14 (stats + hidden + fo of the whole
+    candidate through every block, ridge), whatever prefix / early exit the run's `mates` uses."""
+    return replace(fcfg, mode="lm", features=["stats", "hidden", "fo"], head="ridge", prefix_tokens=None,
+                   exit_layer=None)
+
+
 def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool | None = None,
-                static: bool | None = None) -> Path:
+                static: bool | None = None, full: bool = False) -> Path:
     """probe -> fit -> score. `static` (`mates-static`, or mates.static_influence): the influence
     model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
-    mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back)."""
+    mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
+    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit)."""
     parity = x.mates.parity if parity is None else parity
     static = x.mates.static_influence if static is None else static
     sd = x.rd.stage(x.stage)
     pcfg, fcfg = mates_configs(x, mode, parity)
+    if full and not parity:
+        fcfg = full_lm_fit(fcfg)
     first = x.mates.warmup_stages + 1
     if static and x.stage > first:
         model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
@@ -333,6 +346,8 @@ SCORERS: list[Scorer] = [
     _mates("mates-parity", "MATES's own recipe: exact labels, the fine-tuned encoder on text", parity=True),
     _mates("mates-static", "the influence model fitted once, at the first selection stage, scores every later "
                            "stage (MATES's ablation)", static=True),
+    _mates("mates-full", "mates with the full-forward LM-feature influence model (stats + hidden + fo of the whole "
+                         "candidate, every block), whatever the run's prefix and exit", full=True),
     Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
     Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
     Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",

@@ -168,3 +168,16 @@ def test_macro_merge_with_token_weights_equals_the_flat_weighted_average(seed_an
     assert differs > 0  # unequal groups: not the flat uniform mean
     with pytest.raises(InputError, match="at least one checkpoint"):
         macro_merge([[units[0]], []], tmp_path / "bad", group_dir=tmp_path / "groups")
+
+
+def test_a_merge_is_reused_with_the_same_inputs_and_refused_with_others(seed_and_units, tmp_path):
+    """artifacts.produce owns the merged checkpoint: the same inputs return it untouched, other
+    inputs at the same folder are a one-line refusal (the old writer silently replaced it)."""
+    _, units = seed_and_units
+    out = merge(units[:2], tmp_path / "m")
+    done = (out / "DONE").read_bytes()
+    assert merge(units[:2], out) == out and (out / "DONE").read_bytes() == done
+    with pytest.raises(IncompatibleArtifacts, match="made from other inputs"):
+        merge(units[1:3], out)
+    with pytest.raises(IncompatibleArtifacts, match="made from other inputs"):
+        merge(units[:2], out, method="weighted", weights=[1.0, 3.0])

@@ -111,3 +111,17 @@ def test_cli_partition(tiny_pool, tmp_path, monkeypatch, capsys):
     assert main(["partition", "--pool", str(tiny_pool.path), "--run-dir", "run2", "--by", "field"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "field" in err
+
+
+def test_a_partition_of_another_config_is_refused_not_silently_rewritten(tiny_pool, tmp_path):
+    """artifacts.produce owns the partition: the same config reuses it, another one is a one-line
+    refusal naming the key (the old writer silently rewrote the units an ablation trained on)."""
+    from datamates.errors import IncompatibleArtifacts
+
+    cfg = PartitionConfig(by="random", k=3, heldout_sequences=0)
+    partition(tiny_pool, cfg, tmp_path / "p")
+    done = (tmp_path / "p" / "DONE").read_bytes()
+    assert partition(tiny_pool, cfg, tmp_path / "p").units == ["random_0", "random_1", "random_2"]
+    assert (tmp_path / "p" / "DONE").read_bytes() == done
+    with pytest.raises(IncompatibleArtifacts, match="config.k"):
+        partition(tiny_pool, PartitionConfig(by="random", k=2, heldout_sequences=0), tmp_path / "p")

@@ -24,9 +24,10 @@ Shared helpers below are tiny and dependency-free so the stage modules need not 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+
+from datamates.identity import hash_file
 
 MIXTURE_SEP = "+"
 
@@ -36,13 +37,6 @@ def mixture_key(names: Sequence[str]) -> str:
     return MIXTURE_SEP.join(names)
 
 
-def weights_sha(checkpoint: str | Path, chunk: int = 1 << 24) -> str:
+def weights_sha(checkpoint: str | Path) -> str:
     """Identity of a checkpoint's weights: sha256 of its model.safetensors (16 hex digits)."""
-    h = hashlib.sha256()
-    with open(Path(checkpoint) / "model.safetensors", "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()[:16]
+    return hash_file(Path(checkpoint) / "model.safetensors")

@@ -30,7 +30,6 @@ scatter.png, ranking.png, report.md, report.html. Evaluations are cached in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -52,10 +51,10 @@ from datamates.ablation.merge import (
     members,
     walk_order,
 )
-from datamates.ablation.partition import Manifest, read_manifest
+from datamates.ablation.partition import Manifest, add_unit, read_manifest
 from datamates.ablation.report import headline, write_outputs
 from datamates.ablation.stats import BASELINE, claim_table, correlations, pairwise_agreement, ratio_se
-from datamates.ablation.train_partition import gold_dir, train_gold
+from datamates.ablation.train_partition import gold_dir, resolve_seed, train_gold, train_partitions
 from datamates.config.ablation import AblationConfig, AblationEvalConfig, MergeConfig
 from datamates.config.base import config_hash, expand_vars, to_dict
 from datamates.config.core import ModelConfig, TrainConfig
@@ -64,6 +63,7 @@ from datamates.core.lm import resolve_device
 from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_text
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import RunDir, atomic_dir, is_done, meta_record
 
@@ -189,7 +189,7 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
     key = [manifest.data["config_hash"], manifest.data["pool_id"], str(lam_path), cfg.lambada_n, cfg.heldout]
     if cfg.tokens_per_set is not None or cfg.early_stop_z is not None:
         key += [cfg.tokens_per_set, cfg.early_stop_z, cfg.early_stop_chunk]
-    ident = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    ident = hash_text(json.dumps(key))
     return EvalSets(heldout, nbytes, lambada, cfg.batch_size, precision, ident, cfg.early_stop_z, cfg.early_stop_chunk)
 
 
@@ -270,7 +270,7 @@ def choose_gold(units: list[str], count: int, seed: int) -> list[list[str]]:
 
 
 def _model_id(paths: list[Path]) -> str:
-    return hashlib.sha256("|".join(weights_sha(p) for p in paths).encode()).hexdigest()[:16]
+    return hash_text("|".join(weights_sha(p) for p in paths))
 
 
 def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool, *,
@@ -281,26 +281,31 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     `this_run` counts the work of this call (proxy evaluations, gold models trained, plus the
     entries of `this_run`)."""
     t_start = time.time()
-    manifest = read_manifest(rd.partitions)
-    manifest.check_pool(pool)
-    units = manifest.units
-    K = len(units)
-    seed = Path(cfg.seed.checkpoint) if cfg.seed.checkpoint else rd.seed_model
-    unit_paths = [rd.unit(u) for u in units]
-    missing = [u for u, p in zip(units, unit_paths) if not is_done(p)]
-    if not is_done(seed) and not (seed / "model.safetensors").exists():
-        raise ArtifactMissing(f"{seed}: no seed model; run `datamates train-partitions` first")
-    if missing:
-        raise ArtifactMissing(f"{rd.unit(missing[0])}: unit model '{missing[0]}' is not trained "
-                              f"({len(missing)} of {K} missing); run `datamates train-partitions`")
-    infos = [inspect_checkpoint(p) for p in unit_paths]
-    seed_info = inspect_checkpoint(seed)
-    check_compatible(infos, seed_info)
-    seed_sha = weights_sha(seed)
-    provenance = check_unit_seeds(manifest, units, unit_paths, seed, seed_sha)
-    counts = {"proxy_evaluations": 0, "gold_trained": 0, **(this_run or {})}  # work of this call
+    study = _Study.open(cfg, train_cfg, rd, pool, this_run, subsets, gold)
+    masks, gold_multi, gold_single = study.masks, study.gold_multi, study.gold_single
+    log.info("proxies: %d mixtures of %d units x %d merge rule%s (%s)", len(masks), len(study.units),
+             len(study.specs), "s" if len(study.specs) > 1 else "", ", ".join(study.spec_names))
+    seed_key = study.evaluate_seed()
+    timings = study.evaluate_proxies(masks)
+    gold_by = {bal: study.evaluate_gold(bal, gold_multi, gold_single, train_cfg, model_cfg, pool, train_gold_models)
+               for bal in study.balances}
+    results = study.results(masks, gold_by, gold_multi, seed_key, timings)
+    results["elapsed_s"] = time.time() - t_start
+    out = Path(out) if out else rd.ablation
+    # the study's report is re-derived from the evaluation cache on every run (the cache is what
+    # resumes), so it is rewritten rather than reused by identity
+    with atomic_dir(out, meta=meta_record("ablate", config_hash=config_hash(cfg), partition=str(study.manifest.path),
+                                          seed=str(study.seed), units=study.units)) as tmp:
+        write_outputs(results, tmp, plots=cfg.plots)
+    log.info(headline(results))
+    log.info("ablation report: %s", out / "report.md")
+    return results
 
-    # ---- which mixtures
+
+def _mixtures(cfg: AblationConfig, manifest: Manifest, units: list[str], subsets: list[list[str]] | None,
+              gold: list[list[str]] | None) -> tuple[list[int], list[list[str]], list[list[str]]]:
+    """(proxy masks, gold mixtures of 2+ units, gold singletons); every gold mixture gets its proxy."""
+    K = len(units)
     subsets = subsets if subsets is not None else cfg.subsets
     if subsets is None:
         if K > cfg.max_all_units:
@@ -316,167 +321,229 @@ def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, 
     gold_multi = [g for g in gold_mix if len(g) > 1]
     gold_single = [[u] for u in units] if cfg.gold_singletons else [g for g in gold_mix if len(g) == 1]
     gold_masks = [mask_of([units.index(u) for u in g]) for g in gold_multi + gold_single]
-    masks = sorted(set(masks) | set(gold_masks))  # every gold mixture also gets its proxy
+    return sorted(set(masks) | set(gold_masks)), gold_multi, gold_single
 
-    device = resolve_device(train_cfg.device)
-    evs = build_eval_sets(manifest, pool, cfg.eval, train_cfg.precision)
-    cache = EvalCache(rd.root / "ablation_cache" / "evals.jsonl")
-    specs = [cfg.merge, *(MergeConfig.parse(x) for x in cfg.extra_proxies)]
-    if cfg.gold_balance == "both":  # both pairings need both merge rules
-        specs += [MergeConfig(method=m) for m in ("uniform", "weighted") if m not in [sp.name for sp in specs]]
-    spec_names = [sp.name for sp in specs]
-    if len(set(spec_names)) != len(spec_names):
-        raise ConfigError(f"ablation.extra_proxies repeats a merge rule: {spec_names}")
-    token_w = [float(manifest.unit(u)["tokens"]) for u in units]
-    unit_ids = {u: weights_sha(p) for u, p in zip(units, unit_paths)}
 
-    def spec_weights(sp) -> list[float] | None:
-        return token_w if sp.method == "weighted" else None
+@dataclass
+class _Study:
+    """What every step of one ablation study reads: the units and their models, the seed, the
+    evaluation sets and their cache, the merge rules (ablate() runs the steps in order)."""
 
-    def pkey(sp, mask: int) -> str:
+    cfg: AblationConfig
+    rd: RunDir
+    manifest: Manifest
+    units: list[str]
+    unit_paths: list[Path]
+    seed: Path
+    provenance: dict[str, Any]
+    device: torch.device
+    evs: EvalSets
+    cache: EvalCache
+    specs: list[MergeConfig]
+    token_w: list[float]
+    unit_ids: dict[str, str]
+    counts: dict[str, int]
+    masks: list[int]
+    gold_multi: list[list[str]]
+    gold_single: list[list[str]]
+
+    @classmethod
+    def open(cls, cfg: AblationConfig, train_cfg: TrainConfig, rd: RunDir, pool: Pool, this_run: dict[str, Any] | None,
+             subsets: list[list[str]] | None, gold: list[list[str]] | None) -> _Study:
+        manifest = read_manifest(rd.partitions)
+        manifest.check_pool(pool)
+        units = manifest.units
+        seed = Path(cfg.seed.checkpoint) if cfg.seed.checkpoint else rd.seed_model
+        unit_paths = [rd.unit(u) for u in units]
+        missing = [u for u, p in zip(units, unit_paths) if not is_done(p)]
+        if not is_done(seed) and not (seed / "model.safetensors").exists():
+            raise ArtifactMissing(f"{seed}: no seed model; run `datamates train-partitions` first")
+        if missing:
+            raise ArtifactMissing(f"{rd.unit(missing[0])}: unit model '{missing[0]}' is not trained "
+                                  f"({len(missing)} of {len(units)} missing); run `datamates train-partitions`")
+        check_compatible([inspect_checkpoint(p) for p in unit_paths], inspect_checkpoint(seed))
+        provenance = check_unit_seeds(manifest, units, unit_paths, seed, weights_sha(seed))
+        mixtures = _mixtures(cfg, manifest, units, subsets, gold)
+        device = resolve_device(train_cfg.device)
+        evs = build_eval_sets(manifest, pool, cfg.eval, train_cfg.precision)
+        specs = [cfg.merge, *(MergeConfig.parse(x) for x in cfg.extra_proxies)]
+        if cfg.gold_balance == "both":  # both pairings need both merge rules
+            specs += [MergeConfig(method=m) for m in ("uniform", "weighted") if m not in [sp.name for sp in specs]]
+        spec_names = [sp.name for sp in specs]
+        if len(set(spec_names)) != len(spec_names):
+            raise ConfigError(f"ablation.extra_proxies repeats a merge rule: {spec_names}")
+        return cls(cfg, rd, manifest, units, unit_paths, seed, provenance, device, evs,
+                   EvalCache(rd.root / "ablation_cache" / "evals.jsonl"), specs,
+                   [float(manifest.unit(u)["tokens"]) for u in units],
+                   {u: weights_sha(p) for u, p in zip(units, unit_paths)},
+                   {"proxy_evaluations": 0, "gold_trained": 0, **(this_run or {})},  # work of this call
+                   *mixtures)
+
+    @property
+    def spec_names(self) -> list[str]:
+        return [sp.name for sp in self.specs]
+
+    @property
+    def balances(self) -> list[str]:
+        """gold_balance 'both': upsampled to equal weight per unit (paper) in gold/, and natural token
+        proportions in gold_natural/; paired with the uniform and the token-weighted merge."""
+        return ["upsample", "natural"] if self.cfg.gold_balance == "both" else [self.cfg.gold_balance]
+
+    def spec_weights(self, sp: MergeConfig) -> list[float] | None:
+        return self.token_w if sp.method == "weighted" else None
+
+    def pkey(self, sp: MergeConfig, mask: int) -> str:
         """A proxy's identity: its members' weights (and token counts) and the rule, nothing about the
         units outside it, so adding a unit to a study (`add_unit`) leaves every cached proxy valid."""
         idx = members(mask)
-        w = spec_weights(sp)
-        tag = hashlib.sha256(json.dumps([[unit_ids[units[i]] for i in idx], sp.method, sp.lam, sp.lam_scale,
-                                         [w[i] for i in idx] if w else None]).encode()).hexdigest()[:16]
-        return EvalCache.key("proxy", mixture_key([units[i] for i in idx]), tag, evs.ident)
+        w = self.spec_weights(sp)
+        tag = hash_text(json.dumps([[self.unit_ids[self.units[i]] for i in idx], sp.method, sp.lam, sp.lam_scale,
+                                    [w[i] for i in idx] if w else None]))
+        return EvalCache.key("proxy", mixture_key([self.units[i] for i in idx]), tag, self.evs.ident)
 
-    timings: dict[str, float] = {}
+    def evaluate_seed(self) -> str:
+        """The seed's evaluation (the reference point), cached; returns its cache key."""
+        seed_key = EvalCache.key("seed", "seed", weights_sha(self.seed), self.evs.ident)
+        if self.cache.get(seed_key) is None:
+            m = load_model(self.seed, self.device)
+            t0 = time.time()
+            self.cache.put(seed_key, {"kind": "seed", "mixture": "seed", "k": 0, "eval": self.evs.evaluate(m),
+                                      "seconds": time.time() - t0})
+            del m
+        return seed_key
 
-    # ---- the seed (reference point)
-    seed_key = EvalCache.key("seed", "seed", weights_sha(seed), evs.ident)
-    if cache.get(seed_key) is None:
-        m = load_model(seed, device)
-        t0 = time.time()
-        cache.put(seed_key, {"kind": "seed", "mixture": "seed", "k": 0, "eval": evs.evaluate(m),
-                             "seconds": time.time() - t0})
-        del m
-    seed_eval = cache.get(seed_key)["eval"]
-
-    # ---- proxies: Gray-code walk of running sums into one resident model
-    todo = [m for m in walk_order(masks) if any(cache.get(pkey(sp, m)) is None for sp in specs)]
-    log.info("proxies: %d mixtures of %d units x %d merge rule%s (%s); %d mixtures cached", len(masks), K, len(specs),
-             "s" if len(specs) > 1 else "", ", ".join(spec_names), len(masks) - len(todo))
-    if todo:
-        model = load_model(seed, device)
+    def evaluate_proxies(self, masks: list[int]) -> dict[str, float]:
+        """Every proxy not in the cache: a Gray-code walk of running sums into one resident model."""
+        timings: dict[str, float] = {}
+        todo = [m for m in walk_order(masks) if any(self.cache.get(self.pkey(sp, m)) is None for sp in self.specs)]
+        log.info("proxies: %d mixtures cached, %d to evaluate", len(masks) - len(todo), len(todo))
+        if not todo:
+            return timings
+        model = load_model(self.seed, self.device)
         seed_params = ({n: p.detach().clone() for n, p in model.named_parameters()}
-                       if any(sp.method == "task_arithmetic" for sp in specs) else None)
-        store = UnitStore(unit_paths, model, cache=cfg.cache_units)
-        if device.type != "cpu" and store._mem is not None:
-            store._mem = [{n: t.to(device) for n, t in d.items()} for d in store._mem]
-        dtype = torch.float64 if cfg.accumulate_dtype == "float64" else torch.float32
-        groups: dict[Any, tuple[RunningMerge, list]] = {}  # one running sum per weight vector
-        for sp in specs:
-            w = spec_weights(sp)
-            key = tuple(w) if w else None
-            if key not in groups:
-                rm = RunningMerge(store, w, dtype=dtype, recompute_every=cfg.recompute_every)
-                if device.type != "cpu":
-                    rm.sum = {n: t.to(device) for n, t in rm.sum.items()}
-                groups[key] = (rm, [])
-            groups[key][1].append(sp)
+                       if any(sp.method == "task_arithmetic" for sp in self.specs) else None)
+        store = UnitStore(self.unit_paths, model, cache=self.cfg.cache_units)
+        if self.device.type != "cpu" and store._mem is not None:
+            store._mem = [{n: t.to(self.device) for n, t in d.items()} for d in store._mem]
+        groups = self._running_sums(store)
         bar = progress_bar("proxies", total=len(todo), unit="mixture")
         for mask in todo:
-            names = [units[i] for i in members(mask)]
             for rm, group_specs in groups.values():
-                t0 = time.time()
-                rm.set(mask)
-                t_set = time.time() - t0  # booked on the first rule evaluated for this mask
-                same: dict[Any, dict] = {}  # rules that give the same weights here share one evaluation
-                for sp in group_specs:
-                    lam = sp.lam * (len(names) if sp.lam_scale == "size" else 1)
-                    rule = ("mean",) if sp.method != "task_arithmetic" or lam == 1.0 else ("ta", lam)
-                    row = cache.get(pkey(sp, mask))
-                    if row is not None:
-                        same.setdefault(rule, row["eval"])
-                        continue
-                    if rule in same:
-                        cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
-                                                   "k": len(names), "eval": same[rule], "same_as": rule[0]})
-                        continue
-                    t0 = time.time()
-                    rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
-                    t1 = time.time()
-                    ev = evs.evaluate(model, race=True)
-                    counts["proxy_evaluations"] += 1
-                    t2 = time.time()
-                    cache.put(pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
-                                               "k": len(names), "eval": ev, "merge_s": t1 - t0 + t_set,
-                                               "eval_s": t2 - t1})
-                    t_set = 0.0
-                    same[rule] = ev
+                self._evaluate_mask(model, rm, group_specs, mask, seed_params)
             bar.update(1)
         bar.close()
         timings["unit_reads"] = sum(rm.unit_reads for rm, _ in groups.values())
         timings["resident_unit_bytes"] = store.nbytes()
-        del model, store, groups
+        return timings
 
-    # ---- gold models (gold_balance 'both': upsampled to equal weight per unit (paper) in gold/, and
-    # natural token proportions in gold_natural/; paired with the uniform and the token-weighted merge)
-    balances = ["upsample", "natural"] if cfg.gold_balance == "both" else [cfg.gold_balance]
-    gold_by: dict[str, list[dict[str, Any]]] = {}
-    for bal in balances:
+    def _running_sums(self, store: UnitStore) -> dict[Any, tuple[RunningMerge, list[MergeConfig]]]:
+        """One running sum per weight vector, with the merge rules that read it."""
+        dtype = torch.float64 if self.cfg.accumulate_dtype == "float64" else torch.float32
+        groups: dict[Any, tuple[RunningMerge, list[MergeConfig]]] = {}
+        for sp in self.specs:
+            w = self.spec_weights(sp)
+            key = tuple(w) if w else None
+            if key not in groups:
+                rm = RunningMerge(store, w, dtype=dtype, recompute_every=self.cfg.recompute_every)
+                if self.device.type != "cpu":
+                    rm.sum = {n: t.to(self.device) for n, t in rm.sum.items()}
+                groups[key] = (rm, [])
+            groups[key][1].append(sp)
+        return groups
+
+    def _evaluate_mask(self, model: torch.nn.Module, rm: RunningMerge, group_specs: list[MergeConfig], mask: int,
+                       seed_params: dict[str, torch.Tensor] | None) -> None:
+        names = [self.units[i] for i in members(mask)]
+        t0 = time.time()
+        rm.set(mask)
+        t_set = time.time() - t0  # booked on the first rule evaluated for this mask
+        same: dict[Any, dict] = {}  # rules that give the same weights here share one evaluation
+        for sp in group_specs:
+            lam = sp.lam * (len(names) if sp.lam_scale == "size" else 1)
+            rule = ("mean",) if sp.method != "task_arithmetic" or lam == 1.0 else ("ta", lam)
+            row = self.cache.get(self.pkey(sp, mask))
+            if row is not None:
+                same.setdefault(rule, row["eval"])
+                continue
+            if rule in same:
+                self.cache.put(self.pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
+                                                     "k": len(names), "eval": same[rule], "same_as": rule[0]})
+                continue
+            t0 = time.time()
+            rm.load_into(model, method=sp.method, lam=lam, seed=seed_params)
+            t1 = time.time()
+            ev = self.evs.evaluate(model, race=True)
+            self.counts["proxy_evaluations"] += 1
+            t2 = time.time()
+            self.cache.put(self.pkey(sp, mask), {"kind": "proxy", "proxy": sp.name, "mixture": mixture_key(names),
+                                                 "k": len(names), "eval": ev, "merge_s": t1 - t0 + t_set,
+                                                 "eval_s": t2 - t1})
+            t_set = 0.0
+            same[rule] = ev
+
+    def evaluate_gold(self, bal: str, gold_multi: list[list[str]], gold_single: list[list[str]],
+                      train_cfg: TrainConfig, model_cfg: ModelConfig, pool: Pool, train_gold_models: bool
+                      ) -> list[dict[str, Any]]:
+        """Train the missing gold models of balance `bal` and evaluate every gold mixture (cached)."""
+        cfg, rd, cache = self.cfg, self.rd, self.cache
         gold_root = rd.root / ("gold_natural" if cfg.gold_balance == "both" and bal == "natural" else "gold")
         if gold_multi:
             needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
-            counts["gold_trained"] += len(needed)
+            self.counts["gold_trained"] += len(needed)
             if needed and not train_gold_models:
                 raise ArtifactMissing(f"{gold_dir(gold_root, needed[0])}: gold model not trained ({len(needed)} missing)")
-            train_gold(manifest, pool, seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
+            train_gold(self.manifest, pool, self.seed, gold_root, gold_multi, train_cfg, model_cfg, cfg.branch,
                        balance=bal, log_dir=rd.logs)
         rows = []
         for g in gold_multi + gold_single:
             key = mixture_key(g)
             path = gold_dir(gold_root, g) if len(g) > 1 else rd.unit(g[0])
-            ck = EvalCache.key("gold", key, weights_sha(path), evs.ident)
+            ck = EvalCache.key("gold", key, weights_sha(path), self.evs.ident)
             if cache.get(ck) is None:
                 reuse = (len(g) == 1 and cfg.merge.method != "task_arithmetic"
-                         and cache.get(pkey(cfg.merge, mask_of([units.index(g[0])]))))
+                         and cache.get(self.pkey(cfg.merge, mask_of([self.units.index(g[0])]))))
                 if reuse:  # a one-unit uniform / weighted proxy is bit-for-bit the unit model
                     cache.put(ck, {"kind": "gold", "mixture": key, "k": 1, "eval": reuse["eval"], "reused_proxy": True})
                 else:
-                    m = load_model(path, device)
+                    m = load_model(path, self.device)
                     t0 = time.time()
-                    cache.put(ck, {"kind": "gold", "mixture": key, "k": len(g), "eval": evs.evaluate(m),
+                    cache.put(ck, {"kind": "gold", "mixture": key, "k": len(g), "eval": self.evs.evaluate(m),
                                    "seconds": time.time() - t0})
                     del m
             rows.append({**cache.get(ck), "path": str(path)})
-        gold_by[bal] = rows
-    gold_rows = gold_by[balances[0]]
+        return rows
 
-    proxy_rows = [{"mixture": mixture_key([units[i] for i in members(m)]), "k": len(members(m)),
-                   "evals": {sp.name: cache.get(pkey(sp, m))["eval"] for sp in specs}} for m in masks]
-    for r in proxy_rows:
-        r["eval"] = r["evals"][spec_names[0]]
-    # evaluation costs from the cache rows, so a resumed study reports the work of all its runs
-    prows = [cache.get(pkey(sp, m)) for m in masks for sp in specs]
-    timings["merge_s"] = sum(r.get("merge_s", 0.0) for r in prows)
-    timings["proxy_eval_s"] = sum(r.get("eval_s", 0.0) for r in prows)
-    timings["proxy_evaluations"] = sum(1 for r in prows if "eval_s" in r)
-    timings["gold_eval_s"] = sum(r.get("seconds", 0.0) for r in gold_rows)
-    timings["seed_eval_s"] = cache.get(seed_key).get("seconds", 0.0)
-    results = _analyse(cfg, manifest, units, evs, seed_eval, proxy_rows, gold_rows, timings, rd, seed)
-    results["claim"] = claim_table([results], B=cfg.bootstrap) if len(gold_multi) >= 3 else {}
-    if cfg.gold_balance == "both":  # uneven units: each merge rule against the gold recipe it mirrors
-        results["gold_natural"] = [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"], "path": r["path"]}
-                                   for r in gold_by["natural"]]
-        results["pairings"] = {}
-        for rule, bal in (("uniform", "upsample"), ("weighted", "natural")):
-            alt = {**results, "gold": [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"]} for r in gold_by[bal]]}
-            results["pairings"][f"{rule}~{bal}"] = (claim_table([alt], B=cfg.bootstrap, method=rule)
-                                                    if len(gold_multi) >= 3 else {})
-    results["this_run"] = counts
-    for u in results["units"]:
-        u["provenance"] = provenance[u["name"]]
-    results["elapsed_s"] = time.time() - t_start
-    out = Path(out) if out else rd.ablation
-    with atomic_dir(out, meta=meta_record("ablate", config_hash=config_hash(cfg), partition=str(manifest.path),
-                                          seed=str(seed), units=units)) as tmp:
-        write_outputs(results, tmp, plots=cfg.plots)
-    log.info(headline(results))
-    log.info("ablation report: %s", out / "report.md")
-    return results
+    def results(self, masks: list[int], gold_by: dict[str, list[dict[str, Any]]], gold_multi: list[list[str]],
+                seed_key: str, timings: dict[str, float]) -> dict[str, Any]:
+        """The study's results from the cache rows (so a resumed study reports the work of all its runs)."""
+        cfg, cache, units, specs = self.cfg, self.cache, self.units, self.specs
+        gold_rows = gold_by[self.balances[0]]
+        proxy_rows = [{"mixture": mixture_key([units[i] for i in members(m)]), "k": len(members(m)),
+                       "evals": {sp.name: cache.get(self.pkey(sp, m))["eval"] for sp in specs}} for m in masks]
+        for r in proxy_rows:
+            r["eval"] = r["evals"][self.spec_names[0]]
+        prows = [cache.get(self.pkey(sp, m)) for m in masks for sp in specs]
+        timings["merge_s"] = sum(r.get("merge_s", 0.0) for r in prows)
+        timings["proxy_eval_s"] = sum(r.get("eval_s", 0.0) for r in prows)
+        timings["proxy_evaluations"] = sum(1 for r in prows if "eval_s" in r)
+        timings["gold_eval_s"] = sum(r.get("seconds", 0.0) for r in gold_rows)
+        timings["seed_eval_s"] = cache.get(seed_key).get("seconds", 0.0)
+        results = _analyse(cfg, self.manifest, units, self.evs, cache.get(seed_key)["eval"], proxy_rows, gold_rows,
+                           timings, self.rd, self.seed)
+        results["claim"] = claim_table([results], B=cfg.bootstrap) if len(gold_multi) >= 3 else {}
+        if cfg.gold_balance == "both":  # uneven units: each merge rule against the gold recipe it mirrors
+            results["gold_natural"] = [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"], "path": r["path"]}
+                                       for r in gold_by["natural"]]
+            results["pairings"] = {}
+            for rule, bal in (("uniform", "upsample"), ("weighted", "natural")):
+                alt = {**results, "gold": [{"mixture": r["mixture"], "k": r["k"], "eval": r["eval"]}
+                                           for r in gold_by[bal]]}
+                results["pairings"][f"{rule}~{bal}"] = (claim_table([alt], B=cfg.bootstrap, method=rule)
+                                                        if len(gold_multi) >= 3 else {})
+        results["this_run"] = self.counts
+        for u in results["units"]:
+            u["provenance"] = self.provenance[u["name"]]
+        return results
 
 
 def check_unit_seeds(manifest: Manifest, units: list[str], paths: list[Path], seed: Path, seed_sha: str) -> dict:
@@ -508,9 +575,6 @@ def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: Model
     `ablation.gold`, the gold mixtures are the previous study's (results.json), so no gold model
     is trained; the new unit model is its own single-unit gold model."""
     import shutil
-
-    from datamates.ablation.partition import add_unit
-    from datamates.ablation.train_partition import resolve_seed, train_partitions
 
     manifest = read_manifest(rd.partitions)
     seed = resolve_seed(cfg.seed, rd.seed_model)

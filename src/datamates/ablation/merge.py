@@ -31,7 +31,6 @@ tokenizer hash, tensor names / shapes, or recorded seed differ.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -44,9 +43,12 @@ import torch
 from safetensors import safe_open
 
 from datamates.ablation import weights_sha
+from datamates.artifacts import Output, produce
+from datamates.core.checkpoint import load_model, open_safetensors
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.identity import hash_file, hash_text
 from datamates.log import get_logger
-from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
+from datamates.run_dir import atomic_write_json, is_done, meta_record, read_json
 
 log = get_logger(__name__)
 
@@ -102,7 +104,6 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         raise ArtifactMissing(f"{path}: checkpoint is incomplete (no DONE marker); re-run the stage that writes it")
     config = json.loads((path / "config.json").read_text())
     tensors = {}
-    from datamates.core.checkpoint import open_safetensors
 
     with open_safetensors(path / WEIGHTS) as f:  # a truncated or corrupt file: one line
         for key in f.keys():
@@ -112,7 +113,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     meta = read_json(path / "meta.json") if (path / "meta.json").exists() else {}
     tok = state.get("tokenizer_hash")
     if tok is None and (path / "tokenizer.json").exists():
-        tok = "file:" + hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()[:16]
+        tok = "file:" + hash_file(path / "tokenizer.json")
     return CheckpointInfo(path, config, tensors, tok, state, meta)
 
 
@@ -278,9 +279,10 @@ def merge(
         seeds = {i.seed_sha for i in infos}
         if len(seeds) == 1 and None not in seeds:
             group["seed_sha"] = seeds.pop()
-        with atomic_dir(out, meta=meta_record("merge", inputs=[str(i.path) for i in infos], weights=w,
-                                              method=method, lam=lam, seed=str(seed) if seed else None,
-                                              **group, **(meta or {}))) as tmp:
+        identity = {"inputs": [weights_sha(i.path) for i in infos], "weights": w, "method": method, "lam": lam,
+                    "seed": weights_sha(seed_info.path) if seed_info else None, "out_dtype": out_dtype}
+
+        def build(tmp: Path) -> dict[str, Any]:
             writer = SafetensorsWriter(tmp / WEIGHTS, specs)
             for (k, dtype, _shape) in specs:
                 first = handles[0].get_tensor(k)
@@ -309,6 +311,11 @@ def merge(
                 state["global_step"] = steps.pop()
             atomic_write_json(tmp / "trainer_state.json", state)
             atomic_write_json(tmp / "merge.json", state["merged"])
+            return meta_record("merge", inputs=[str(i.path) for i in infos], weights=w, method=method, lam=lam,
+                               seed=str(seed) if seed else None, **group, **(meta or {}))
+
+        produce(Output(out, "merged_checkpoint", identity,
+                       inputs=tuple(i.path for i in infos) + ((seed_info.path,) if seed_info else ())), build)
     log.info("merged %d checkpoints (%s) -> %s", len(infos), method, out)
     return out
 
@@ -333,7 +340,7 @@ def macro_merge(groups: Sequence[Sequence[str | Path]], out: str | Path, *, grou
     group_dir = Path(group_dir)
     paths = []
     for i, g in enumerate(groups):
-        ident = hashlib.sha256(json.dumps([within, [weights_sha(x) for x in g]]).encode()).hexdigest()[:12]
+        ident = hash_text(json.dumps([within, [weights_sha(x) for x in g]]), digits=12)
         gp = group_dir / f"group_{i:02d}_{ident}"  # named by its members' weights: never a stale group
         if not is_done(gp):
             merge(list(g), gp, method=within, weights="tokens" if within == "weighted" else None, out_dtype="float32")
@@ -389,8 +396,6 @@ def param_key_map(weights_file: Path, model: torch.nn.Module | None = None) -> d
     by value against `model`, which must hold this very file's weights (default: the checkpoint
     loaded with core.checkpoint.load_model, bit-exact)."""
     if model is None:
-        from datamates.core.checkpoint import load_model
-
         model = load_model(Path(weights_file).parent)
     params = dict(model.named_parameters())
     out: dict[str, str] = {}

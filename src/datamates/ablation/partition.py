@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, finished, produce, read_marker
 from datamates.config.ablation import PartitionConfig
 from datamates.config.base import config_hash, to_dict
 from datamates.core.documents import DocIndex
@@ -45,6 +46,7 @@ from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.core.sources import strip_suffix
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
+from datamates.identity import hash_ids
 from datamates.log import get_logger, progress
 from datamates.run_dir import atomic_dir, atomic_write_json, is_done, meta_record, read_json
 
@@ -292,63 +294,17 @@ def _balance(units: list[tuple[str, np.ndarray]], cfg: PartitionConfig) -> tuple
 
 def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
     """Split `pool` into units by `cfg` and write the partition artifact to `out`. Returns its
-    Manifest. Skips the work if `out` is complete and was made from the same pool and config."""
+    Manifest. Skips the work if `out` is complete and was made from the same pool and config
+    (artifacts.produce: made from another one, it is refused unless --force)."""
     out = Path(out)
-    if is_done(out) and (out / MANIFEST).exists():
-        old = read_json(out / MANIFEST)
-        if old.get("pool_id") == pool.pool_id and old.get("config_hash") == config_hash(cfg):
-            log.info("partitions %s are already written; skipping", out)
-            return Manifest(out, old)
-        log.info("partitions %s were made with another config or pool; rewriting", out)
+    output = partition_output(pool, cfg, out)
+    if finished(output):
+        log.info("partitions %s are already written; skipping", out)
+        return Manifest(out, read_json(out / MANIFEST))
     index = DocIndex(pool)
-    heldout, guard = draw_heldout(pool, index, cfg)
+    heldout, guard, allowed, cand = _candidates(pool, index, cfg)
+    units, available, target, dropped = _units(pool, index, cand, cfg)
     n_seq = len(pool)
-    blocked = np.zeros(n_seq, dtype=bool)
-    for ids in heldout.values():
-        blocked[ids] = True
-    blocked[guard] = True
-    allowed = ~blocked
-    if cfg.domains is not None:
-        unknown = [d for d in cfg.domains if d not in pool.domains]
-        if unknown:
-            raise InputError(f"partition.domains: unknown domain '{unknown[0]}'; pool domains: {', '.join(pool.domains)}")
-        in_dom = np.isin(np.asarray(pool.seq_domain), [pool.domains.index(d) for d in cfg.domains])
-        cand = np.nonzero(allowed & in_dom)[0]
-    else:
-        cand = np.nonzero(allowed)[0]
-    if cfg.by == "domain":
-        wanted = cfg.domains if cfg.domains is not None else pool.domains
-        present = {pool.domains[d] for d in np.unique(np.asarray(pool.seq_domain)[cand]).tolist()}
-        empty = [d for d in wanted if d not in present]
-        if empty:
-            raise InputError(
-                f"unit '{empty[0]}' is empty: every sequence of domain '{empty[0]}' is held out or guarded; "
-                "lower partition.heldout_sequences or leave the domain out (partition.domains)"
-            )
-    if len(cand) == 0:
-        raise InputError("no sequences left to partition after holding out evaluation sequences")
-
-    if cfg.by == "domain":
-        labels, label_names = _labels_domain(pool, cand)
-    elif cfg.by in ("field", "file"):
-        labels, label_names = _labels_field(pool, index, cand, cfg)
-    elif cfg.by == "random":
-        labels, label_names = _labels_random(cand, cfg)
-    else:
-        labels, label_names = _labels_cluster(pool, index, cand, cfg)
-    names = _unique_names(label_names)
-    units = [(names[i], cand[labels == i]) for i in range(len(names))]
-    for name, ids in units:
-        if len(ids) == 0:
-            raise InputError(f"unit '{name}' is empty (by = {cfg.by}); use fewer units (partition.k) or other data")
-    available = {name: len(ids) for name, ids in units}
-    target, dropped = None, 0
-    if cfg.token_balanced:
-        units, target, dropped = _balance(units, cfg)
-        if target < 0.1 * max(available.values()):
-            log.warning("token balancing keeps %d sequences per unit, under 10%% of the largest unit (%d)",
-                        target, max(available.values()))
-
     in_unit = np.zeros(n_seq, dtype=bool)
     for _, ids in units:
         in_unit[ids] = True
@@ -380,8 +336,8 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
     }
-    with atomic_dir(out, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
-                                          config_hash=config_hash(cfg))) as tmp:
+
+    def build(tmp: Path) -> dict[str, Any]:
         (tmp / "units").mkdir()
         (tmp / "heldout").mkdir()
         for name, ids in units:
@@ -397,8 +353,76 @@ def partition(pool: Pool, cfg: PartitionConfig, out: str | Path) -> Manifest:
         np.save(tmp / "rest.npy", rest.astype(np.int64))
         manifest["rest"] = {**describe(rest), "ids": "rest.npy"}
         atomic_write_json(tmp / MANIFEST, manifest)
+        return meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id, config_hash=config_hash(cfg))
+
+    produce(output, build)
     log.info(summary(manifest))
     return Manifest(out, manifest)
+
+
+def _candidates(pool: Pool, index: DocIndex, cfg: PartitionConfig
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """(held-out ids per domain, guard ids, [n_seq] bool of sequences a unit may take, the candidate
+    ids: those allowed and in partition.domains)."""
+    heldout, guard = draw_heldout(pool, index, cfg)
+    blocked = np.zeros(len(pool), dtype=bool)
+    for ids in heldout.values():
+        blocked[ids] = True
+    blocked[guard] = True
+    allowed = ~blocked
+    if cfg.domains is not None:
+        unknown = [d for d in cfg.domains if d not in pool.domains]
+        if unknown:
+            raise InputError(f"partition.domains: unknown domain '{unknown[0]}'; pool domains: {', '.join(pool.domains)}")
+        in_dom = np.isin(np.asarray(pool.seq_domain), [pool.domains.index(d) for d in cfg.domains])
+        cand = np.nonzero(allowed & in_dom)[0]
+    else:
+        cand = np.nonzero(allowed)[0]
+    if cfg.by == "domain":
+        wanted = cfg.domains if cfg.domains is not None else pool.domains
+        present = {pool.domains[d] for d in np.unique(np.asarray(pool.seq_domain)[cand]).tolist()}
+        empty = [d for d in wanted if d not in present]
+        if empty:
+            raise InputError(
+                f"unit '{empty[0]}' is empty: every sequence of domain '{empty[0]}' is held out or guarded; "
+                "lower partition.heldout_sequences or leave the domain out (partition.domains)"
+            )
+    if len(cand) == 0:
+        raise InputError("no sequences left to partition after holding out evaluation sequences")
+    return heldout, guard, allowed, cand
+
+
+def _units(pool: Pool, index: DocIndex, cand: np.ndarray, cfg: PartitionConfig
+           ) -> tuple[list[tuple[str, np.ndarray]], dict[str, int], int | None, int]:
+    """The units (name, ids) made from the candidates by cfg.by, with each unit's available size, the
+    balanced size (token_balanced) and the sequences balancing moved to the rest."""
+    if cfg.by == "domain":
+        labels, label_names = _labels_domain(pool, cand)
+    elif cfg.by in ("field", "file"):
+        labels, label_names = _labels_field(pool, index, cand, cfg)
+    elif cfg.by == "random":
+        labels, label_names = _labels_random(cand, cfg)
+    else:
+        labels, label_names = _labels_cluster(pool, index, cand, cfg)
+    names = _unique_names(label_names)
+    units = [(names[i], cand[labels == i]) for i in range(len(names))]
+    for name, ids in units:
+        if len(ids) == 0:
+            raise InputError(f"unit '{name}' is empty (by = {cfg.by}); use fewer units (partition.k) or other data")
+    available = {name: len(ids) for name, ids in units}
+    target, dropped = None, 0
+    if cfg.token_balanced:
+        units, target, dropped = _balance(units, cfg)
+        if target < 0.1 * max(available.values()):
+            log.warning("token balancing keeps %d sequences per unit, under 10%% of the largest unit (%d)",
+                        target, max(available.values()))
+    return units, available, target, dropped
+
+
+def partition_output(pool: Pool, cfg: PartitionConfig, out: Path) -> Output:
+    """The partition artifact's identity: the pool's contents and the partition config (a unit
+    added later, add_unit, keeps it: the added unit is recorded in the manifest)."""
+    return Output(out, "partition", {"pool": pool.pool_id, "config": cfg}, inputs=(pool.path,))
 
 
 def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source: str) -> Manifest:
@@ -410,7 +434,6 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
     `ablate --add-unit` resumes; with other ids it is refused. The manifest keeps its config_hash
     (every cached evaluation stays valid) and records the unit's provenance (source file, ids hash,
     time); the whole folder is rewritten atomically."""
-    import hashlib
     import shutil
     import time
 
@@ -424,7 +447,7 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
     if ids[0] < 0 or ids[-1] >= len(pool):
         raise InputError(f"{source}: sequence id {int(ids[-1] if ids[-1] >= len(pool) else ids[0])} is outside the "
                          f"pool ({len(pool):,} sequences)")
-    sha = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+    sha = hash_ids(ids)
     if name in manifest.units:
         old = manifest.unit(name)
         if old.get("provenance", {}).get("ids_sha") == sha or np.array_equal(manifest.unit_ids(name), ids):
@@ -458,8 +481,10 @@ def add_unit(manifest: Manifest, pool: Pool, name: str, ids: np.ndarray, source:
              "provenance": {"source": "add-unit", "input": str(source), "ids_sha": sha, "in_seed_rest": in_rest,
                             "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     data["units"] = [*data["units"], entry]
+    fp = (read_marker(manifest.path) or {}).get("fingerprint")  # the partition's identity stays (docstring)
     with atomic_dir(manifest.path, meta=meta_record("partition", pool=str(pool.path), pool_id=pool.pool_id,
-                                                    config_hash=data["config_hash"], added_unit=name)) as tmp:
+                                                    config_hash=data["config_hash"], added_unit=name),
+                    kind="partition", fingerprint=fp) as tmp:
         for f in manifest.path.rglob("*"):
             rel = f.relative_to(manifest.path)
             if f.is_file() and rel.name not in ("DONE", "PARTIAL", "meta.json", MANIFEST):

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from datamates.core.train_loop import read_train_log
 from datamates.errors import InputError
+from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text, meta_record
 
 
 def plateau_test(loss: np.ndarray | list[float], *, tail: float = 0.2, alpha: float = 0.05,
@@ -72,8 +74,6 @@ def plateau_test(loss: np.ndarray | list[float], *, tail: float = 0.2, alpha: fl
 
 def read_losses(checkpoint: str | Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Per-step losses of a checkpoint's train_log.jsonl (steps must be consecutive from 1)."""
-    from datamates.core.train_loop import read_train_log
-
     recs = read_train_log(checkpoint)
     if not recs:
         raise InputError(f"{checkpoint}: no train_log.jsonl records; the plateau test needs the per-step loss")
@@ -141,8 +141,6 @@ def write_plateau_report(checkpoint: str | Path, out: str | Path, *, name: str |
                          alpha: float = 0.05, tol: float = 0.0, plot: bool = True) -> dict[str, Any]:
     """Test the seed `checkpoint`'s loss curve and write plateau.json / plateau.md / plateau.png
     into the folder `out` (atomically). Returns the test's result."""
-    from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text, meta_record
-
     loss, recs = read_losses(checkpoint)
     res = plateau_test(loss, tail=tail, alpha=alpha, tol=tol)
     res["final_lr"] = recs[-1].get("lr")

@@ -33,8 +33,12 @@ from datamates import executor
 from datamates.ablation import mixture_key, weights_sha
 from datamates.config.ablation import BranchConfig, SeedConfig
 from datamates.config.core import ModelConfig, TrainConfig
+from datamates.core.checkpoint import check_checkpoint, has_optimizer_state, trainer_state
+from datamates.core.pool import Pool
+from datamates.core.train_loop import ids_hash, train
 from datamates.errors import ArtifactMissing, DatamatesError, IncompatibleArtifacts, InputError
-from datamates.log import get_logger
+from datamates.identity import hash_text
+from datamates.log import get_logger, setup_logging
 from datamates.run_dir import is_done
 
 log = get_logger(__name__)
@@ -51,8 +55,6 @@ def seed_train_config(train: TrainConfig, seed: SeedConfig) -> TrainConfig:
 
 def branch_train_config(train: TrainConfig, branch: BranchConfig, seed: str | Path, steps: int) -> TrainConfig:
     """Continued pretraining: constant lr (the seed's final one unless branch.lr), no warmup."""
-    from datamates.core.checkpoint import trainer_state
-
     lr = branch.lr
     if lr is None:
         lr = trainer_state(seed).get("lr")
@@ -86,10 +88,6 @@ def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, poo
     """Train one job (in this process or a worker). Returns (out, seconds)."""
     import torch
 
-    from datamates.core.pool import Pool
-    from datamates.core.train_loop import train
-    from datamates.log import setup_logging
-
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -109,9 +107,6 @@ def _run_job(job: BranchJob, train_cfg: TrainConfig, model_cfg: ModelConfig, poo
 def run_jobs(jobs: list[BranchJob], train_cfg: TrainConfig, model_cfg: ModelConfig, pool_path: str | Path,
              init: str | Path, branch: BranchConfig, log_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Train every job not yet done; returns {name: {"out", "seconds", "skipped"}}."""
-    from datamates.core.checkpoint import trainer_state
-    from datamates.core.train_loop import ids_hash
-
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -176,9 +171,6 @@ def resolve_seed(seed_cfg: SeedConfig, default: Path) -> Path:
 def train_seed(manifest, pool, seed_cfg: SeedConfig, train_cfg: TrainConfig, model_cfg: ModelConfig,
                out: str | Path) -> Path:
     """Train the seed on the seed mixture (or check the given checkpoint). Returns its path."""
-    from datamates.core.checkpoint import check_checkpoint, has_optimizer_state, trainer_state
-    from datamates.core.train_loop import train
-
     if seed_cfg.checkpoint:
         path = check_checkpoint(seed_cfg.checkpoint)
         tok = trainer_state(path).get("tokenizer_hash")
@@ -203,8 +195,6 @@ def train_seed(manifest, pool, seed_cfg: SeedConfig, train_cfg: TrainConfig, mod
 
 
 def _check_seed(seed: str | Path, branch: BranchConfig) -> Path:
-    from datamates.core.checkpoint import check_checkpoint, has_optimizer_state
-
     seed = Path(seed)
     if not is_done(seed) and not (seed / "model.safetensors").exists():
         raise ArtifactMissing(f"{seed}: no seed checkpoint; run `datamates train-partitions` (it trains the seed) "
@@ -284,9 +274,7 @@ def _dir_name(key: str) -> str:
     """A folder name for a mixture key (long keys are shortened with a hash)."""
     if len(key) <= 120:
         return key
-    import hashlib
-
-    return key[:80] + "~" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return key[:80] + "~" + hash_text(key, digits=12)
 
 
 def gold_dir(out_root: str | Path, names: list[str]) -> Path:

@@ -6,7 +6,7 @@ fit mode `frozen`): e(x) = mean-pooled encoder embedding (the same chunking and 
 embedding cache), q(x) = w . e(x) + b. Its head is fitted by
 
   pointwise {text, label}:          ridge regression of the z-scored label on standardised e(x),
-                                    alpha by exact leave-one-out error (selection/fit.ridge_loo,
+                                    alpha by exact leave-one-out error (core/regression.ridge_loo,
                                     the frozen influence model's fit)
   pairwise {text_a, text_b, prefer}: Bradley-Terry, P(a > b) = sigmoid(q(a) - q(b)) (QuRating's
                                     loss on GPT-3.5 comparisons):  min_w  sum -log sigmoid(y w.(e_a - e_b))
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.artifacts import Output, produce
 from datamates.baselines._common import (
     check_ids,
     counts,
@@ -35,13 +36,15 @@ from datamates.baselines._common import (
     text_embeddings,
     write_scores,
 )
-from datamates.config.base import to_dict, validate
+from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.baselines import RaterConfig, with_encoder
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.pool import Pool
+from datamates.core.regression import regression_metrics, ridge_loo, split_train_val
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger
-from datamates.selection.fit import regression_metrics, ridge_loo, split_train_val
+from datamates.run_dir import atomic_write_json, encoder_cache_dir, is_done, read_json
+from datamates.selection.encode import backbone_hash, resolve_backbone
 
 log = get_logger(__name__)
 
@@ -162,26 +165,25 @@ def _cached_rater(cfg: RaterConfig, kind: str, items: list[Any], y: np.ndarray, 
     """fit_rater, once per (judgements, rater knobs, encoder): the head is kept in the pool's
     encoder cache (`rater-<key>/`), so every stage and seed of a run reuses it. The judgement
     tokens are counted only when the rater is fitted."""
-    from datamates.config.base import config_hash
-    from datamates.run_dir import atomic_dir, atomic_write_json, encoder_cache_dir, is_done, read_json
-    from datamates.selection.encode import backbone_hash, resolve_backbone
-
     knobs = {k: v for k, v in to_dict(cfg).items() if k not in ("labels", "temperature", "batch_size", "device")}
     key = digest(config_hash({"items": items, "y": y.tolist()}), config_hash(knobs),
                  backbone_hash(resolve_backbone(cfg.encoder.backbone)))
     folder = (Path(cache_dir) if cache_dir is not None else encoder_cache_dir(pool.path)) / f"rater-{key}"
-    if is_done(folder):
+    if is_done(folder):  # the folder is named by the key (a cache from before produce has no fingerprint)
         head = np.load(folder / "head.npz")
         info = read_json(folder / "rater.json")
         log.info("rater: reusing the head fitted on these judgements (%s)", folder)
         return {"w": head["w"], "b": float(head["b"]), "metrics": info["metrics"], "tokens": 0,
                 "n_params": info["n_params"], "backbone_hash": info["backbone_hash"]}
-    r = fit_rater(cfg, kind, items, y)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(folder) as tmp:
+    r: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        r.update(fit_rater(cfg, kind, items, y))
         np.savez(tmp / "head.npz", w=r["w"], b=np.float64(r["b"]))
         atomic_write_json(tmp / "rater.json", {"metrics": r["metrics"], "n_params": r["n_params"],
                                                "backbone_hash": r["backbone_hash"], "labels": str(cfg.labels)})
+
+    produce(Output(folder, "rater", {"key": key}), build)
     return r
 
 

@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
 def _export_selection(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from datamates.artifacts import Output, produce
     from datamates.commands._common import read_ids
     from datamates.core.pool import Pool
     from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts
-    from datamates.run_dir import atomic_dir, meta_record, read_json
+    from datamates.identity import hash_ids
+    from datamates.run_dir import meta_record, read_json
 
     sel = Path(args.selection)
     meta_f = sel / "meta.json"
@@ -58,7 +60,9 @@ def _export_selection(args: argparse.Namespace) -> int:
     out = Path(args.out)
     meta = meta_record("export", format="hf", selection=str(sel), pool=str(pool.path), pool_id=pool.pool_id,
                        n_sequences=int(len(ids)))
-    with atomic_dir(out, meta, kind="export") as tmp:
+
+
+    def build(tmp: Path) -> dict:
         scratch = tmp.with_name(tmp.name + ".cache")
         try:
             meta["n_documents"] = write_hf_dataset(pool, ids, tmp, scratch)
@@ -66,5 +70,10 @@ def _export_selection(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
+        return meta
+
+    produce(Output(out, "export", {"format": "hf", "ids": hash_ids(ids), "pool": pool.pool_id},
+                   inputs=(sel, pool.path)), build)
+    meta["n_documents"] = read_json(out / "meta.json")["n_documents"]
     print(f"exported: {out} ({meta['n_documents']:,} documents; load with datasets.load_from_disk)")
     return 0

@@ -59,13 +59,11 @@ def run(args: argparse.Namespace) -> int:
                                resample_each_stage=pcfg.resample_each_stage)
     dest = args.out or (rd.probe(args.stage) if args.stage is not None else rd.root / "probe")
     # under torchrun every rank probes its share of the chunks (datamates.executor), rank 0 writes labels
-    from datamates import executor
-    from datamates.core.train_loop import dist_setup
+    from datamates.executor import lead_ranks
     from datamates.log import is_main
 
-    dist_setup(pcfg.device, timeout_minutes=cfg.distributed.timeout_minutes)
-    out = executor.lead(lambda: probe(pcfg, args.checkpoint, pool, ids, dest), rd.logs / "ranks",
-                        heartbeat_s=cfg.distributed.heartbeat_seconds, timeout_s=60 * cfg.distributed.timeout_minutes)
+    out = lead_ranks(lambda: probe(pcfg, args.checkpoint, pool, ids, dest), device=pcfg.device, logs=rd.logs,
+                     distributed=cfg.distributed)
     if not is_main():
         return 0
     meta = read_meta(out)

@@ -23,16 +23,21 @@ def run(args: argparse.Namespace) -> int:
     resolve_selectors(cfg.mates.selectors)  # an unknown selector: one line, before config.yaml is written
     if is_main():
         write_run_config(cfg, rd)
+    from datamates import run_progress
     from datamates.pipelines import run_mates
     from datamates.report import build_report, comparison_markdown, task_table
 
+    run_progress.start(cfg.name, cfg.mates, resolve_selectors(cfg.mates.selectors))
     metrics = run_mates(cfg, rd)
+    seconds = run_progress.finish()
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(comparison_markdown([metrics]))
     print()
     print(task_table([metrics]))
+    path = None
     if not args.no_report:
         path = build_report([rd.root], rd.report)
         print(f"\nreport: {path}")
+    print("\n" + run_progress.summary(rd.root, path, seconds))
     return 0

@@ -41,14 +41,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or rd.scores(args.stage)
     pool = Pool(args.pool or rd.pool)
     ids = read_ids(args.ids, len(pool), "--ids") if args.ids else np.arange(len(pool))
-    from datamates import executor
-    from datamates.core.train_loop import dist_setup
+    from datamates.executor import lead_ranks
     from datamates.log import is_main
 
-    dist_setup(cfg.mates.score.device, timeout_minutes=cfg.distributed.timeout_minutes)
-    executor.lead(lambda: score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir), rd.logs / "ranks",
-                  heartbeat_s=cfg.distributed.heartbeat_seconds,
-                  timeout_s=60 * cfg.distributed.timeout_minutes)  # under torchrun the ranks share the shards
+    lead_ranks(lambda: score(cfg.mates.score, model, pool, ids, out, cache_dir=args.cache_dir),
+               device=cfg.mates.score.device, logs=rd.logs, distributed=cfg.distributed)  # ranks share the shards
     if not is_main():
         return 0
     meta = scores_meta(out)

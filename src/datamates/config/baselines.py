@@ -58,7 +58,7 @@ class RaterConfig:
                                                "in a run, the run's encoder (mates.fit.encoder), in score-with the "
                                                "encoder defaults")
     ridge_alphas: list[float] = knob([0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
-                                     "L2 penalties tried: pointwise by leave-one-out (fit.ridge_loo), pairwise by "
+                                     "L2 penalties tried: pointwise by leave-one-out (core/regression.ridge_loo), pairwise by "
                                      "the validation Bradley-Terry loss")
     val_fraction: float = knob(0.1, "share of judgements held out to report the rater's quality", gt=0, lt=1)
     split_seed: int = knob(1234, "seed of the train/validation split")

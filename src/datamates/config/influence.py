@@ -40,11 +40,19 @@ class FitConfig:
     )
     features: list[str] = knob(
         ["stats", "hidden", "fo"],
-        "lm mode (default: the influence_bench pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
+        "lm mode (default: issue 14's influence_bench pick, the full-forward model; configs/paper_410m.yaml uses issue "
+        "28's cheaper pick, docs/influence_model.md): feature kinds (selection/features.py): stats (the LM's loss mean, quantiles, std, mean "
         "entropy), hidden (its mean-pooled last hidden state), fo (the first-order head term "
-        "<D, grad_W loss(x)>), encoder (the frozen encoder embedding)",
+        "<D, grad_W loss(x)>), embed (the LM's normalised input embedding of the whole candidate, "
+        "mean-pooled: no block runs), encoder (the frozen encoder embedding)",
     )
     head: Literal["ridge", "mlp"] = knob("ridge", "lm mode: ridge (alpha by leave-one-out) or a small MLP head")
+    prefix_tokens: int | None = knob(
+        None, "lm mode: features of the first this many tokens of each sequence only (the forward runs on "
+              "the prefix; docs/influence_model.md#cheaper-features); null: the whole sequence", ge=2)
+    exit_layer: int | None = knob(
+        None, "lm mode: early exit, the LM's first this many blocks then its final norm and head (logit "
+              "lens; 0: the input embedding); null: every block", ge=0)
     lm_batch_size: int = knob(16, "lm mode: candidates per LM forward", ge=1)
     encoder: EncoderConfig = knob(EncoderConfig(), "encoder input")
     lr: float = knob(5e-5, "peak learning rate (linear decay to 0, as HF Trainer's default)", gt=0)
@@ -69,7 +77,7 @@ class FitConfig:
     precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
 
     def check(self) -> None:
-        known = ("stats", "hidden", "fo", "encoder")
+        known = ("stats", "hidden", "fo", "embed", "encoder")
         bad = [f for f in self.features if f not in known]
         if bad or not self.features or len(set(self.features)) != len(self.features):
             raise ConfigError(f"features = {self.features}: name each of {', '.join(known)} at most once "

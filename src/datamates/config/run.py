@@ -35,7 +35,8 @@ class RunConfig:
     name: str = knob("run", "run name; artifacts go to <runs_root>/<name>")
     runs_root: str = knob("runs", "folder holding run directories")
     pool_dir: str | None = knob(
-        None, "use this already-built pool (shared by several runs) instead of building <run>/pool"
+        None, "use this already-built pool (shared by several runs) instead of building <run>/pool; `auto` "
+        "(datamates run): the pool cache <runs_root>/pools/<hash of the pool's fingerprint>, built on first use"
     )
     pool: PoolConfig = knob(PoolConfig(), "the pool of training sequences")
     model: ModelConfig = knob(ModelConfig(), "the language model")

@@ -139,21 +139,28 @@ def reference_loss(model: torch.nn.Module, examples: Sequence[TargetExample], ba
     return score_targets(model, examples, batch_size=batch_size, **kw).mean_token_loss()
 
 
-def load_lambada(path: str | Path, tokenizer, n: int | None = None, seed: int = 1234) -> list[TargetExample]:
-    """LAMBADA (OpenAI) as target examples: context, target = ' ' + last word (as lm-eval).
-    With `n`, a subsample of n examples drawn with `seed` (MATES: 1024, seed 1234)."""
+def lambada_records(path: str | Path) -> list[tuple[str, str]]:
+    """(context, last word) of every LAMBADA record: the one LAMBADA reader ({context, continuation}
+    as lm-eval's lambada_openai files, or {text} split at its last space)."""
     path = Path(path)
     records = []
     for line_no, r in iter_jsonl(path, "LAMBADA file"):
         if isinstance(r, dict) and "context" in r and "continuation" in r:
-            ctx, cont = r["context"], r["continuation"]
+            records.append((str(r["context"]), str(r["continuation"])))
         elif isinstance(r, dict) and "text" in r:
-            ctx, _, cont = r["text"].rpartition(" ")
+            ctx, _, cont = str(r["text"]).rpartition(" ")
+            records.append((ctx, cont))
         else:
             raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
-        records.append((ctx, cont))
     if not records:
         raise InputError(f"{path}: no examples")
+    return records
+
+
+def load_lambada(path: str | Path, tokenizer, n: int | None = None, seed: int = 1234) -> list[TargetExample]:
+    """LAMBADA (OpenAI) as target examples: context, target = ' ' + last word (as lm-eval).
+    With `n`, a subsample of n examples drawn with `seed` (MATES: 1024, seed 1234)."""
+    records = lambada_records(path)
     if n is not None and n < len(records):
         pick = np.sort(np.random.default_rng(seed).permutation(len(records))[:n])
         records = [records[i] for i in pick]

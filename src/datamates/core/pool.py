@@ -20,7 +20,6 @@ A killed build resumes after the last fully processed input file (`progress.json
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from datamates.core.sources import (  # noqa: F401 (re-exported: the pool's read
 )
 from datamates.core.tokenizer import eos_id, load_tokenizer, save_hf_tokenizer, tokenizer_hash, train_bpe
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError
-from datamates.identity import hash_file
+from datamates.identity import FULL, hash_file, hash_key64, hash_record, hash_text
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import (
     DONE,
@@ -222,42 +221,181 @@ def build_pool(cfg: PoolConfig, out: str | Path, *, force: bool | None = None) -
     return out
 
 
+def cached_pool(cfg: PoolConfig, cache_root: str | Path) -> Path:
+    """Build (or reuse) the pool in `<cache_root>/<key>`, the key a hash of its fingerprint (pool
+    config, the inputs' names, sizes and content hashes, a given tokenizer's hash): runs whose pools
+    would be byte-identical share one, tokenizer included (`pool_dir: auto`)."""
+    ident = pool_identity(cfg, discover_inputs(cfg.inputs))
+    key = hash_text(json.dumps(ident, sort_keys=True, default=str))
+    return build_pool(cfg, Path(cache_root) / key)
+
+
+def _truncate_to(work: Path, state: dict[str, Any], row_bytes: int) -> None:
+    """Truncate every append-only file back to the last consistent point `state` records (a resumed
+    build), and remove token shards past it."""
+    for name in list(_COLUMNS) + ["doc_ids"]:
+        with open(work / f"{name}.bin", "ab") as fh:
+            fh.truncate(state["sizes"].get(name, 0))
+    with open(work / f"tokens_{state['shard']:05d}.bin", "ab") as fh:
+        fh.truncate(state["shard_rows"] * row_bytes)
+    for stale in work.glob("tokens_*.bin"):
+        if int(stale.stem.split("_")[1]) > state["shard"]:
+            stale.unlink()
+
+
+class _ShardWriter:
+    """Appends packed sequences to the token shards (a new shard every `shard_sequences` rows) and
+    their seq_* columns; `state` (the build's progress record) counts the rows."""
+
+    def __init__(self, work: Path, state: dict[str, Any], cols: dict[str, Any], dtype: str, L: int,
+                 shard_sequences: int):
+        self.work, self.state, self.cols, self.dtype, self.shard_sequences = work, state, cols, dtype, shard_sequences
+        self.fh = open(work / f"tokens_{state['shard']:05d}.bin", "ab")
+
+    def write(self, toks: np.ndarray, dom: int, nbytes: float, docs: Any) -> None:
+        state, cols = self.state, self.cols
+        self.fh.write(toks.astype(self.dtype).tobytes())
+        state["shard_rows"] += 1
+        state["n_seq"] += 1
+        cols["seq_domain"].write([dom])
+        cols["seq_bytes"].write([nbytes])
+        cols["seq_doc_idx"].write(docs)
+        state["nnz"] = state.get("nnz", 0) + len(docs)
+        cols["seq_doc_end"].write([state["nnz"]])
+        if state["shard_rows"] >= self.shard_sequences:
+            self.fh.close()
+            state["shard"] += 1
+            state["shard_rows"] = 0
+            self.fh = open(self.work / f"tokens_{state['shard']:05d}.bin", "ab")
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _majority(shares: Any) -> int:
+    """The domain holding most of a sequence's tokens (shares: (domain, tokens) pairs)."""
+    by: dict[int, int] = {}
+    for dd, n in shares:
+        by[dd] = by.get(dd, 0) + n
+    return max(by, key=lambda k: by[k])
+
+
+def _document(rec: Record, encs: Any, token_bytes: np.ndarray | None) -> tuple[np.ndarray, int, int, bytes]:
+    """A record's token ids, bytes, characters and 16-byte digest (`encs`: the batch's encodings of
+    its text records, in order; a pre-tokenized record's bytes are its tokens' byte lengths, exact
+    for byte-level BPE)."""
+    if rec.tokens is None:
+        enc = next(encs)
+        ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
+        nbytes, nchars = len(rec.text.encode("utf-8")), len(rec.text)
+        content = rec.text.encode("utf-8")
+    else:
+        ids = rec.tokens
+        nbytes = nchars = int(token_bytes[ids].sum()) if token_bytes is not None else 0
+        content = ids.astype("<i8").tobytes()
+    return ids, nbytes, nchars, hash_record(json.dumps([rec.id, rec.domain]).encode(), content)
+
+
+def _write_document(cols: dict[str, Any], ids_fh: Any, rec: Record, ntok: int, nbytes: int, nchars: int, d: int,
+                    fi: int, digest: bytes) -> None:
+    """One document's doc_* column values and its id line."""
+    cols["doc_ntok"].write([ntok])
+    cols["doc_nbytes"].write([nbytes])
+    cols["doc_domain"].write([d])
+    cols["doc_file"].write([fi])
+    cols["doc_line"].write([rec.line])
+    cols["doc_hash"].write(np.array([hash_key64(rec.id)], dtype=np.uint64))
+    cols["doc_digest"].write(np.frombuffer(digest, dtype="<u8"))
+    cols["doc_nchars"].write([nchars])
+    ids_fh.write((json.dumps(rec.id) + "\n").encode())
+
+
+def _count_tails(packers: dict[str, Any], per_domain: dict[str, dict[str, int]], counters: dict[str, int],
+                 by_domain: bool) -> None:
+    """The tokens left in the packers (fewer than seq_len): dropped and counted."""
+    for key, packer in packers.items():
+        if packer.n:
+            if by_domain:
+                per_domain[key]["tail_tokens_dropped"] += packer.n
+            counters["tail_tokens_dropped"] = counters.get("tail_tokens_dropped", 0) + packer.n
+
+
+def _check_not_empty(counters: dict[str, int], n_seq: int, n_files: int, L: int) -> None:
+    if counters["documents_kept"] == 0:
+        raise InputError(
+            f"the pool is empty: {counters['documents_read']} records read from {n_files} files, none with text"
+        )
+    if n_seq == 0:
+        raise InputError(
+            f"the pool is empty: {counters['documents_kept']} documents hold fewer than seq_len = {L} tokens "
+            "per domain; lower pool.seq_len or add data"
+        )
+
+
+def _progress(prog_path: Path, counters: dict[str, int], n_files: int) -> dict[str, Any]:
+    """The build's progress record: a killed build's (resumed after its last finished file), or a new one."""
+    if prog_path.exists():
+        state = read_json(prog_path)
+        log.info("resuming pool build after %d of %d files", state["files_done"], n_files)
+        return state
+    return {"files_done": 0, "counters": counters, "domains": [], "shard": 0,
+            "shard_rows": 0, "n_seq": 0, "n_docs": 0, "sizes": {}, "per_domain": {}}
+
+
+def _pool_meta(cfg: PoolConfig, files: list[InputFile], state: dict[str, Any], dtype: str,
+               tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """The finished pool's meta.json (less its content hash)."""
+    L = cfg.seq_len
+    return {
+        "n_sequences": state["n_seq"],
+        "n_documents": state["n_docs"],
+        "n_shards": state["shard"] + (1 if state["shard_rows"] else 0),
+        "shard_sequences": cfg.shard_sequences,
+        "seq_len": L,
+        "dtype": dtype,
+        "tokens": state["n_seq"] * L,
+        "domains": state["domains"],
+        "per_domain": state["per_domain"],
+        "counters": state["counters"],
+        "tokenizer": tokenizer,
+        "inputs": [{**describe(f), **ident} for f, ident in zip(files, input_identity(files))],
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+    }
+
+
+def _pretokenized(cfg: PoolConfig, files: list[InputFile], tok: Any, vocab: int, eos: int
+                  ) -> tuple[PoolConfig, np.ndarray | None]:
+    """With pre-tokenized inputs: the config with its token_eos_id (default: the tokenizer's EOS),
+    each such file told the vocabulary size, and every token's byte length; else (cfg, None)."""
+    if not any(f.pretokenized for f in files):
+        return cfg, None
+    if cfg.token_eos_id is None:
+        cfg = dataclasses.replace(cfg, token_eos_id=eos)
+    for f in files:
+        f.extra["vocab_size"] = vocab
+    return cfg, _token_byte_lengths(tok)
+
+
 def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str, Any]:
     counters = {"documents_read": 0, "documents_kept": 0, "skipped_empty": 0, "skipped_undecodable": 0,
                 "blank_lines": 0, "missing_domain": 0}
     tok, tok_source = _tokenizer_for_build(cfg, files, work, counters)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eos = eos_id(tok, cfg.tokenizer.eos_token)
-    if any(f.pretokenized for f in files):
-        if cfg.token_eos_id is None:
-            cfg = dataclasses.replace(cfg, token_eos_id=eos)
-        for f in files:
-            f.extra["vocab_size"] = vocab
-    token_bytes = _token_byte_lengths(tok) if any(f.pretokenized for f in files) else None
+    cfg, token_bytes = _pretokenized(cfg, files, tok, vocab, eos)
     dtype = "uint16" if vocab <= 65535 else "uint32"
     L = cfg.seq_len
 
     prog_path = work / "progress.json"
     if prog_path.exists() and read_json(prog_path).get("phase") == "finalized":
         return read_json(prog_path)["meta"]  # killed after the write-out, during the clean-up
-    state: dict[str, Any] = {"files_done": 0, "counters": counters, "domains": [], "shard": 0,
-                             "shard_rows": 0, "n_seq": 0, "n_docs": 0, "sizes": {}, "per_domain": {}}
-    if prog_path.exists():
-        state = read_json(prog_path)
-        counters = state["counters"]
-        log.info("resuming pool build after %d of %d files", state["files_done"], len(files))
-    # truncate every append-only file back to the last consistent point
-    for name in list(_COLUMNS) + ["doc_ids"]:
-        p = work / f"{name}.bin"
-        size = state["sizes"].get(name, 0)
-        with open(p, "ab") as fh:
-            fh.truncate(size)
-    shard_file = work / f"tokens_{state['shard']:05d}.bin"
-    with open(shard_file, "ab") as fh:
-        fh.truncate(state["shard_rows"] * L * np.dtype(dtype).itemsize)
-    for stale in work.glob("tokens_*.bin"):
-        if int(stale.stem.split("_")[1]) > state["shard"]:
-            stale.unlink()
+    state = _progress(prog_path, counters, len(files))
+    counters = state["counters"]
+    _truncate_to(work, state, L * np.dtype(dtype).itemsize)
 
     cols = {name: _Appender(work / f"{name}.bin", dt) for name, dt in _COLUMNS.items()}
     ids_fh = open(work / "doc_ids.bin", "ab")
@@ -269,39 +407,17 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
     if carry.exists() and state["files_done"]:
         packers = _load_carry(carry)
 
-    shard_fh = open(shard_file, "ab")
+    shards = _ShardWriter(work, state, cols, dtype, L, cfg.shard_sequences)
 
     def emit(key: str) -> None:
         packer = packers[key]
         while packer.n >= L:
             toks, docs, nbytes, shares = packer.pop_sequence(L)
-            if cfg.pack_by_domain:
-                dom = dom_index[key]
-            else:  # majority domain of the sequence's tokens
-                by: dict[int, int] = {}
-                for dd, n in shares:
-                    by[dd] = by.get(dd, 0) + n
-                dom = max(by, key=lambda k: by[k])
-            shard_fh.write(toks.astype(dtype).tobytes())
-            state["shard_rows"] += 1
-            state["n_seq"] += 1
-            cols["seq_domain"].write([dom])
-            cols["seq_bytes"].write([nbytes])
-            cols["seq_doc_idx"].write(docs)
-            state["nnz"] = state.get("nnz", 0) + len(docs)
-            cols["seq_doc_end"].write([state["nnz"]])
+            dom = dom_index[key] if cfg.pack_by_domain else _majority(shares)
+            shards.write(toks, dom, nbytes, docs)
             pd = per_domain[domains[dom]]
             pd["sequences"] += 1
             pd["tokens"] += L
-            if state["shard_rows"] >= cfg.shard_sequences:
-                _next_shard()
-
-    def _next_shard() -> None:
-        nonlocal shard_fh
-        shard_fh.close()
-        state["shard"] += 1
-        state["shard_rows"] = 0
-        shard_fh = open(work / f"tokens_{state['shard']:05d}.bin", "ab")
 
     total_bytes = sum(f.size for f in files)
     done_bytes = sum(f.size for f in files[: state["files_done"]])
@@ -315,17 +431,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
             texts = [r.text for r in batch if r.tokens is None]
             encs = iter(tok.encode_batch(texts, add_special_tokens=False) if texts else [])
             for rec in batch:
-                if rec.tokens is None:
-                    enc = next(encs)
-                    ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
-                    nbytes, nchars = len(rec.text.encode("utf-8")), len(rec.text)
-                    content = rec.text.encode("utf-8")
-                else:  # pre-tokenized: bytes = the tokens' byte lengths (exact for byte-level BPE)
-                    ids = rec.tokens
-                    nbytes = nchars = int(token_bytes[ids].sum()) if token_bytes is not None else 0
-                    content = ids.astype("<i8").tobytes()
-                digest = hashlib.blake2b(json.dumps([rec.id, rec.domain]).encode() + b"\0" + content,
-                                         digest_size=16).digest()
+                ids, nbytes, nchars, digest = _document(rec, encs, token_bytes)
                 ids = np.append(ids, eos)
                 if rec.domain not in dom_index:
                     dom_index[rec.domain] = len(domains)
@@ -335,16 +441,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
                 d = dom_index[rec.domain]
                 doc = state["n_docs"]
                 state["n_docs"] += 1
-                cols["doc_ntok"].write([len(ids)])
-                cols["doc_nbytes"].write([nbytes])
-                cols["doc_domain"].write([d])
-                cols["doc_file"].write([fi])
-                cols["doc_line"].write([rec.line])
-                h = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "little")
-                cols["doc_hash"].write(np.array([h], dtype=np.uint64))
-                cols["doc_digest"].write(np.frombuffer(digest, dtype="<u8"))
-                cols["doc_nchars"].write([nchars])
-                ids_fh.write((json.dumps(rec.id) + "\n").encode())
+                _write_document(cols, ids_fh, rec, len(ids), nbytes, nchars, d, fi, digest)
                 per_domain[rec.domain]["documents"] += 1
                 per_domain[rec.domain]["bytes"] += nbytes
                 counters["documents_kept"] += 1
@@ -361,7 +458,7 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         if batch:
             flush(batch)
         # checkpoint: everything up to this file is durable
-        shard_fh.flush()
+        shards.flush()
         ids_fh.flush()
         state["files_done"] = fi + 1
         state["sizes"] = {name: c.size() for name, c in cols.items()}
@@ -370,43 +467,15 @@ def _build_into(cfg: PoolConfig, files: list[InputFile], work: Path) -> dict[str
         atomic_write_json(prog_path, state)
         bar.update(f.size)
     bar.close()
-    shard_fh.close()
+    shards.close()
     ids_fh.close()
 
-    for key, packer in packers.items():
-        if packer.n:
-            if cfg.pack_by_domain:
-                per_domain[key]["tail_tokens_dropped"] += packer.n
-            counters["tail_tokens_dropped"] = counters.get("tail_tokens_dropped", 0) + packer.n
-
-    if counters["documents_kept"] == 0:
-        raise InputError(
-            f"the pool is empty: {counters['documents_read']} records read from {len(files)} files, none with text"
-        )
-    if state["n_seq"] == 0:
-        raise InputError(
-            f"the pool is empty: {counters['documents_kept']} documents hold fewer than seq_len = {L} tokens "
-            "per domain; lower pool.seq_len or add data"
-        )
+    _count_tails(packers, per_domain, counters, cfg.pack_by_domain)
+    _check_not_empty(counters, state["n_seq"], len(files), L)
     for c in cols.values():
         c.close()
-    return {
-        "n_sequences": state["n_seq"],
-        "n_documents": state["n_docs"],
-        "n_shards": state["shard"] + (1 if state["shard_rows"] else 0),
-        "shard_sequences": cfg.shard_sequences,
-        "seq_len": L,
-        "dtype": dtype,
-        "tokens": state["n_seq"] * L,
-        "domains": domains,
-        "per_domain": per_domain,
-        "counters": counters,
-        "tokenizer": {"source": tok_source, "hash": tokenizer_hash(tok), "vocab_size": vocab, "eos_id": eos,
-                      "eos_token": cfg.tokenizer.eos_token},
-        "inputs": [{**describe(f), **ident} for f, ident in zip(files, input_identity(files))],
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-    }
+    return _pool_meta(cfg, files, state, dtype, {"source": tok_source, "hash": tokenizer_hash(tok), "vocab_size": vocab,
+                                                 "eos_id": eos, "eos_token": cfg.tokenizer.eos_token})
 
 
 def _save_carry(path: Path, packers: dict[str, _Packer]) -> None:
@@ -498,11 +567,7 @@ def _finalize(work: Path, meta: dict[str, Any]) -> None:
 def _content_hash(digests: Path) -> str:
     """sha256 over the documents' 16-byte digests blake2b(json([id, domain]) NUL text-or-tokens), in
     pool order: what the documents are, whatever container or path they were read from."""
-    h = hashlib.sha256()
-    with open(digests, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(digests, digits=FULL)
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -646,11 +711,11 @@ class Pool:
         if "content_hash" in m:  # the documents, not their files (pools built since issue 16)
             blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], m["content_hash"],
                                m["config"].get("pack_by_domain")], sort_keys=True)
-            return hashlib.sha256(blob.encode()).hexdigest()[:16]
+            return hash_text(blob)
         inputs = [{k: v for k, v in i.items() if k != "path"} for i in m["inputs"]]  # not where they lie
         blob = json.dumps([m["tokenizer"]["hash"], m["seq_len"], m["n_sequences"], inputs,
                            m["config"].get("pack_by_domain")], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_text(blob)
 
     def tokens(self, ids: Any) -> np.ndarray:
         """[len(ids), seq_len] int64 token rows, in the order of `ids`."""

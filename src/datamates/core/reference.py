@@ -47,7 +47,6 @@ head. A probe then costs one body forward over the set plus a tiny head matmul.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,9 +60,10 @@ import torch.nn.functional as F
 from datamates.config.base import data_dir
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.lm import autocast
-from datamates.core.loss import TargetExample, encode_pair
+from datamates.core.loss import TargetExample, encode_pair, lambada_records
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
+from datamates.identity import hash_chunks
 
 # name -> file under $DATAMATES_DATA (a plain dict registry; `load_reference` lists the names on a miss)
 REFERENCE_SETS: dict[str, str] = {
@@ -119,16 +119,11 @@ class ReferenceSet:
     def fingerprint(self) -> str:
         """Hash of the token ids of every example (identifies the set whatever its spec)."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for e in self.examples:
-                h.update(np.asarray(e.context, dtype=np.int64).tobytes())
-                h.update(b"|")
-                h.update(np.asarray(e.target, dtype=np.int64).tobytes())
-                h.update(b"#")
-            if self.parts is not None:
-                h.update(np.asarray(self.parts, dtype=np.int64).tobytes())
-                h.update("|".join(self.part_names or []).encode())
-            self._fingerprint = h.hexdigest()[:16]
+            chunks = [part for e in self.examples for part in (np.asarray(e.context, dtype=np.int64).tobytes(), b"|",
+                                                               np.asarray(e.target, dtype=np.int64).tobytes(), b"#")]
+            if self.parts is not None:  # several references: which example belongs to which
+                chunks += [np.asarray(self.parts, dtype=np.int64).tobytes(), "|".join(self.part_names or []).encode()]
+            self._fingerprint = hash_chunks(chunks)
         return self._fingerprint
 
     def halves(self, seed: int | None = None) -> np.ndarray:
@@ -301,7 +296,7 @@ def load_reference(
         raise InputError(f"{path}: a text reference set needs the model's tokenizer")
     name = spec if spec in REFERENCE_SETS else path.name
     if path.name.startswith("lambada"):
-        pairs = [(ctx, " " + cont.lstrip(" ")) for ctx, cont in _lambada_records(path)]
+        pairs = [(ctx, " " + cont.lstrip(" ")) for ctx, cont in lambada_records(path)]
         kind = "lambada"
     else:
         pairs, kind = read_pairs(path), "jsonl"
@@ -328,22 +323,6 @@ def load_reference(
     if index is not None:
         name = f"{name}[reference part]"
     return ReferenceSet(name, str(path), examples, seed, len(pairs), kind=kind)
-
-
-def _lambada_records(path: Path) -> list[tuple[str, str]]:
-    """(context, last word) of every LAMBADA record, as `core.loss.load_lambada` reads them."""
-    records = []
-    for line_no, r in iter_jsonl(path, "LAMBADA file"):
-        if isinstance(r, dict) and "context" in r and "continuation" in r:
-            records.append((str(r["context"]), str(r["continuation"])))
-        elif isinstance(r, dict) and "text" in r:
-            ctx, _, cont = str(r["text"]).rpartition(" ")
-            records.append((ctx, cont))
-        else:
-            raise InputError(f"{path}:{line_no}: expected fields 'context' and 'continuation' (or 'text')")
-    if not records:
-        raise InputError(f"{path}: no examples")
-    return records
 
 
 def clean_reference(pool_path: str | Path, ids: np.ndarray, tokenizer_hash: str | None = None) -> ReferenceSet:

@@ -1,7 +1,9 @@
 """Every input a pool reads, turned into one stream of documents (docs/formats.md).
 
 `discover_inputs` expands what the user named (`pool.inputs`) into a sorted list of `InputFile`s;
-`iter_records` yields the documents of one of them. What is accepted:
+`iter_records` yields the documents of one of them, read by the `Reader` of its format (READERS,
+one class per format: JsonLines, Parquet, SavedArrow, HubDataset, TokenBinary, DatatroveShard;
+each also says what identifies its input and writes selected records back). What is accepted:
 
   text, one JSON object per line  .jsonl .ndjson, gzip (.jsonl.gz .json.gz: Dolma's layout),
                                   zstandard (.jsonl.zst .json.zst: DCLM's layout)
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import glob as globlib
 import gzip
-import hashlib
 import io
 import itertools
 import json
@@ -45,6 +46,7 @@ import numpy as np
 from datamates.config.core import PoolConfig
 from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import InputError
+from datamates.identity import FULL, hash_chunks, hash_file
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
                   ".ndjson.zst")
@@ -73,7 +75,7 @@ class InputFile:
 
     @property
     def pretokenized(self) -> bool:
-        return self.kind in ("tokens", "datatrove")
+        return READERS[self.kind].pretokenized
 
 
 def strip_suffix(name: str) -> str:
@@ -306,7 +308,7 @@ def iter_records(f: InputFile, cfg: PoolConfig, counters: dict[str, int]) -> Ite
     """Documents of one input. Bad JSON, a missing text field or a non-string text raise InputError
     naming file and line; empty texts and undecodable lines are skipped and counted."""
     if f.pretokenized:
-        for n, toks in _token_documents(f, cfg):
+        for n, toks in reader(f).documents(f, cfg):
             if len(toks) == 0:
                 counters["skipped_empty"] += 1
                 continue
@@ -402,78 +404,6 @@ class _ZstdFrames(io.RawIOBase):
         return n
 
 
-def raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
-    """(line / row number from 1, record) of a text input."""
-    if f.kind == "parquet":
-        yield from _parquet_rows(f)
-        return
-    if f.kind == "arrow":
-        yield from _arrow_rows(f)
-        return
-    if f.kind == "hf":
-        ds = f.extra.get("dataset") or _load_hf(str(f.url))
-        try:
-            yield from enumerate(ds, start=1)
-        except InputError:
-            raise
-        except Exception as e:
-            raise InputError(f"{f.url}: reading the dataset failed ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:150] if str(e) else ''})") from None
-        return
-    try:
-        import zstandard
-        zerr: tuple[type[BaseException], ...] = (zstandard.ZstdError,)
-    except ImportError:
-        zerr = ()
-    try:
-        with open_binary(f) as raw, _decompressed(f, raw) as fh:
-            for line_no, line_bytes in enumerate(fh, start=1):
-                if not line_bytes.strip():
-                    counters["blank_lines"] += 1
-                    continue
-                try:
-                    line = line_bytes.decode("utf-8")
-                except UnicodeDecodeError:
-                    counters["skipped_undecodable"] += 1
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{f.rel}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-    except zerr as e:
-        raise InputError(f"{f.rel}: not a zstandard file, or a corrupt one ({str(e)[:120]}); give a .zst made by "
-                         "zstd, or rename the file to its real format") from None
-    except (OSError, EOFError) as e:
-        if isinstance(e, gzip.BadGzipFile) or "gzip" in str(e).lower() or isinstance(e, EOFError):
-            raise InputError(f"{f.rel}: corrupt or truncated gzip file ({e})") from None
-        raise
-
-
-def _parquet_rows(f: InputFile) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    # pyarrow reads the footer first (its length and magic at the end of the file): a truncated file
-    # fails here, before any row; a corrupt page fails where it is read
-    try:
-        pf = pq.ParquetFile(f.path if f.path is not None else open_binary(f))
-    except Exception as e:
-        raise InputError(f"{f.rel}: not a readable Parquet file: truncated, or not Parquet ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:150] if str(e) else ''})") from None
-    row = 0
-    batches = pf.iter_batches(batch_size=4096)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            break
-        except Exception as e:
-            raise InputError(f"{f.rel}: a corrupt or truncated Parquet file: reading after row {row} failed "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
-        for rec in batch.to_pylist():
-            row += 1
-            yield row, rec
-
-
 def arrow_files(folder: Path) -> list[Path]:
     """The Arrow shards of a `save_to_disk` folder, in order (its state.json `_data_files`)."""
     try:
@@ -487,36 +417,9 @@ def arrow_files(folder: Path) -> list[Path]:
     return files
 
 
-def _arrow_rows(f: InputFile) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-
-    assert f.path is not None
-    row = 0
-    for shard in arrow_files(f.path):
-        try:
-            with pa.memory_map(str(shard), "r") as src:
-                reader = pa.ipc.open_stream(src)
-                for batch in reader:
-                    for rec in batch.to_pylist():
-                        row += 1
-                        yield row, rec
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(f"{shard}: not a readable Arrow shard of a save_to_disk folder ({e})") from None
-
-
 def _read_all(f: InputFile) -> bytes:
     with open_binary(f) as fh:
         return fh.read()
-
-
-def _token_dtype(f: InputFile, cfg: PoolConfig, vocab_size: int | None) -> np.dtype:
-    if f.kind == "datatrove":
-        meta = _ds_metadata(f)
-        if meta is not None:
-            return np.dtype("<u4" if meta == 4 else "<u2")
-    if cfg.token_dtype != "auto":
-        return np.dtype(cfg.token_dtype).newbyteorder("<")
-    return np.dtype("<u2" if (vocab_size or 0) <= 65536 else "<u4")
 
 
 def _ds_metadata(f: InputFile) -> int | None:
@@ -533,30 +436,277 @@ def _ds_metadata(f: InputFile) -> int | None:
         return None
 
 
-def _token_documents(f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.ndarray]]:
-    """(document number from 1, token ids without EOS) of a token binary. `.bin`: split at
-    `cfg.token_eos_id` (set by the pool build from the tokenizer's EOS when null); `.ds`: the ends
-    in `.ds.index` (datatrove appends EOS inside each document; a trailing EOS is dropped here, the
-    pool appends its own)."""
-    eos = cfg.token_eos_id
-    dtype = _token_dtype(f, cfg, f.extra.get("vocab_size"))
-    nbytes = f.path.stat().st_size if f.path is not None else None
-    if nbytes is not None and nbytes % dtype.itemsize:
-        raise InputError(f"{f.rel}: {nbytes:,} bytes is not a multiple of the token size {dtype.itemsize} "
-                         f"({dtype.name}); set pool.token_dtype to the dtype the file was written with")
-    if f.path is not None:  # memory-mapped: memory stays flat whatever the file size
-        toks = np.memmap(f.path, dtype=dtype, mode="r") if nbytes else np.zeros(0, dtype)
-    else:
-        data = _read_all(f)
-        if len(data) % dtype.itemsize:
-            raise InputError(f"{f.rel}: {len(data):,} bytes is not a multiple of the token size {dtype.itemsize} "
+BLOCK = 1 << 24  # tokens read at a time from a flat token binary
+
+
+# ----------------------------------------------------------------------------- readers
+#
+# One reader per input format (datatrove's readers/ are the model): its records, what identifies
+# it before it is read, and the selected records written back in its format. InputFile.kind names
+# the reader (READERS); the functions below the classes dispatch to it.
+
+
+class Reader:
+    """A format's records (`rows`: text formats; `documents`: token formats), its identity and its
+    selected-records writer. The base identity is a file's relative name, size and content hash
+    (a remote file's: the filesystem's checksum)."""
+
+    kind = ""
+    pretokenized = False
+    selected_suffix = ""  # appended to `rel` for the written selection (a folder or a hub split: .jsonl.gz)
+
+    def rows(self, f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+        """(line / row number from 1, record) of a text input."""
+        raise NotImplementedError(self.kind)
+
+    def documents(self, f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.ndarray]]:
+        """(document number from 1, token ids without EOS) of a token input."""
+        raise NotImplementedError(self.kind)
+
+    def identity(self, f: InputFile) -> dict[str, Any]:
+        if f.path is not None:
+            return {"rel": f.rel, "bytes": f.size, "sha256": hash_file(f.path)}
+        fs = f.extra["fs"]
+        try:
+            check = fs.checksum(f.extra["fs_path"])
+        except Exception:
+            check = None
+        return {"rel": f.rel, "bytes": f.size, "checksum": str(check)}
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        raise NotImplementedError(self.kind)
+
+
+class JsonLines(Reader):
+    """JSON lines, plain, gzip or zstandard (byte-checked: a truncated or corrupt container is one line)."""
+
+    kind = "jsonl"
+
+    def rows(self, f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+        try:
+            import zstandard
+            zerr: tuple[type[BaseException], ...] = (zstandard.ZstdError,)
+        except ImportError:
+            zerr = ()
+        try:
+            with open_binary(f) as raw, _decompressed(f, raw) as fh:
+                for line_no, line_bytes in enumerate(fh, start=1):
+                    if not line_bytes.strip():
+                        counters["blank_lines"] += 1
+                        continue
+                    try:
+                        line = line_bytes.decode("utf-8")
+                    except UnicodeDecodeError:
+                        counters["skipped_undecodable"] += 1
+                        continue
+                    try:
+                        yield line_no, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{f.rel}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except zerr as e:
+            raise InputError(f"{f.rel}: not a zstandard file, or a corrupt one ({str(e)[:120]}); give a .zst made by "
+                             "zstd, or rename the file to its real format") from None
+        except (OSError, EOFError) as e:
+            if isinstance(e, gzip.BadGzipFile) or "gzip" in str(e).lower() or isinstance(e, EOFError):
+                raise InputError(f"{f.rel}: corrupt or truncated gzip file ({e})") from None
+            raise
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        """The selected lines byte for byte, recompressed as the input was."""
+        with open_binary(f) as raw, _decompressed(f, raw) as fin, _compressed_writer(dst) as fout:
+            for line_no, line in enumerate(fin, start=1):
+                if line_no in rows:
+                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+class Parquet(Reader):
+    kind = "parquet"
+
+    def rows(self, f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+        import pyarrow.parquet as pq
+
+        # pyarrow reads the footer first (its length and magic at the end of the file): a truncated file
+        # fails here, before any row; a corrupt page fails where it is read
+        try:
+            pf = pq.ParquetFile(f.path if f.path is not None else open_binary(f))
+        except Exception as e:
+            raise InputError(f"{f.rel}: not a readable Parquet file: truncated, or not Parquet ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:150] if str(e) else ''})") from None
+        row = 0
+        batches = pf.iter_batches(batch_size=4096)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as e:
+                raise InputError(f"{f.rel}: a corrupt or truncated Parquet file: reading after row {row} failed "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
+            for rec in batch.to_pylist():
+                row += 1
+                yield row, rec
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        """The selected rows with the input's schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(f.path if f.path is not None else open_binary(f))
+        pq.write_table(table.take(pa.array(np.array(sorted(rows), dtype=np.int64) - 1)), dst)
+
+
+class _RecordsOut(Reader):
+    """A format written back as gzipped JSON lines of its records (`<rel>.jsonl.gz`)."""
+
+    selected_suffix = ".jsonl.gz"
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        counters: dict[str, int] = {"blank_lines": 0, "skipped_undecodable": 0}
+        with gzip.open(dst, "wt", encoding="utf-8") as fout:
+            for n, rec in self.rows(f, counters):
+                if n in rows:
+                    fout.write(json.dumps(rec, default=str) + "\n")
+
+
+class SavedArrow(_RecordsOut):
+    """A `datasets` save_to_disk folder: its Arrow shards in state.json order."""
+
+    kind = "arrow"
+
+    def rows(self, f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+        import pyarrow as pa
+
+        assert f.path is not None
+        row = 0
+        for shard in arrow_files(f.path):
+            try:
+                with pa.memory_map(str(shard), "r") as src:
+                    reader = pa.ipc.open_stream(src)
+                    for batch in reader:
+                        for rec in batch.to_pylist():
+                            row += 1
+                            yield row, rec
+            except (OSError, pa.ArrowInvalid) as e:
+                raise InputError(f"{shard}: not a readable Arrow shard of a save_to_disk folder ({e})") from None
+
+    def identity(self, f: InputFile) -> dict[str, Any]:
+        if f.path is None:
+            return super().identity(f)
+        return {"rel": f.rel, "bytes": f.size,
+                "sha256": hash_chunks((hash_file(s).encode() for s in arrow_files(f.path)), digits=FULL)}
+
+
+class HubDataset(_RecordsOut):
+    """A Hugging Face hub split (`hf:` spec), identified by its spec."""
+
+    kind = "hf"
+
+    def rows(self, f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+        ds = f.extra.get("dataset") or _load_hf(str(f.url))
+        try:
+            yield from enumerate(ds, start=1)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{f.url}: reading the dataset failed ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:150] if str(e) else ''})") from None
+
+    def identity(self, f: InputFile) -> dict[str, Any]:
+        return {"rel": f.rel, "spec": f.url}
+
+
+class TokenBinary(Reader):
+    """A flat token binary (`.bin`): documents separated by `cfg.token_eos_id` (set by the pool build
+    from the tokenizer's EOS when null), scanned in blocks of BLOCK tokens (memory O(block + longest
+    document), whatever the file size)."""
+
+    kind = "tokens"
+    pretokenized = True
+
+    def dtype(self, f: InputFile, cfg: PoolConfig, vocab_size: int | None) -> np.dtype:
+        if cfg.token_dtype != "auto":
+            return np.dtype(cfg.token_dtype).newbyteorder("<")
+        return np.dtype("<u2" if (vocab_size or 0) <= 65536 else "<u4")
+
+    def tokens(self, f: InputFile, cfg: PoolConfig) -> np.ndarray:
+        """All the file's tokens (memory-mapped when local), checked against the dtype and vocabulary."""
+        dtype = self.dtype(f, cfg, f.extra.get("vocab_size"))
+        nbytes = f.path.stat().st_size if f.path is not None else None
+        if nbytes is not None and nbytes % dtype.itemsize:
+            raise InputError(f"{f.rel}: {nbytes:,} bytes is not a multiple of the token size {dtype.itemsize} "
                              f"({dtype.name}); set pool.token_dtype to the dtype the file was written with")
-        toks = np.frombuffer(data, dtype=dtype)
-    vocab = f.extra.get("vocab_size")
-    if vocab is not None and len(toks) and int(toks.max()) >= vocab:  # streams over the memory map
-        raise InputError(f"{f.rel}: token id {int(toks.max())} is not in the tokenizer's vocabulary ({vocab}); "
-                         "set pool.tokenizer.name_or_path to the tokenizer that made the file, or pool.token_dtype")
-    if f.kind == "datatrove":
+        if f.path is not None:  # memory-mapped: memory stays flat whatever the file size
+            toks = np.memmap(f.path, dtype=dtype, mode="r") if nbytes else np.zeros(0, dtype)
+        else:
+            data = _read_all(f)
+            if len(data) % dtype.itemsize:
+                raise InputError(f"{f.rel}: {len(data):,} bytes is not a multiple of the token size {dtype.itemsize} "
+                                 f"({dtype.name}); set pool.token_dtype to the dtype the file was written with")
+            toks = np.frombuffer(data, dtype=dtype)
+        vocab = f.extra.get("vocab_size")
+        if vocab is not None and len(toks) and int(toks.max()) >= vocab:  # streams over the memory map
+            raise InputError(f"{f.rel}: token id {int(toks.max())} is not in the tokenizer's vocabulary ({vocab}); "
+                             "set pool.tokenizer.name_or_path to the tokenizer that made the file, or pool.token_dtype")
+        return toks
+
+    def documents(self, f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.ndarray]]:
+        toks = self.tokens(f, cfg)
+        eos = cfg.token_eos_id
+        if eos is None:
+            raise InputError(f"{f.rel}: a token binary needs pool.token_eos_id (the separator), or a tokenizer with "
+                             f"pool.tokenizer.eos_token")
+        # scanned in blocks of BLOCK tokens (memory O(block + longest document), whatever the file size)
+        n = 0
+        carry = np.zeros(0, dtype=np.int64)
+        for lo in range(0, len(toks), BLOCK):
+            block = np.asarray(toks[lo : lo + BLOCK], dtype=np.int64)
+            cuts = np.nonzero(block == eos)[0]
+            start = 0
+            for c in cuts.tolist():
+                doc = np.concatenate([carry, block[start:c]]) if len(carry) else block[start:c]
+                carry = np.zeros(0, dtype=np.int64)
+                n += 1
+                yield n, doc
+                start = c + 1
+            carry = np.concatenate([carry, block[start:]])
+        if len(carry):  # a last document without a closing EOS
+            n += 1
+            yield n, carry
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        """The selected documents as an EOS-separated binary of the input's dtype."""
+        self._write_documents(f, rows, dst, cfg)
+
+    def _write_documents(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> list[int]:
+        f.extra["vocab_size"] = None
+        dtype = self.dtype(f, cfg, None)
+        ends, total = [], 0
+        with open(dst, "wb") as fout:
+            for n, toks in self.documents(f, cfg):
+                if n in rows:
+                    doc = np.append(toks, cfg.token_eos_id).astype(dtype)
+                    fout.write(doc.tobytes())
+                    total += len(doc)
+                    ends.append(total)
+        return ends
+
+
+class DatatroveShard(TokenBinary):
+    """A datatrove DocumentTokenizer shard (`.ds`): document ends in `.ds.index` (datatrove appends
+    EOS inside each document; a trailing EOS is dropped here, the pool appends its own), the token
+    size in `.ds.metadata`."""
+
+    kind = "datatrove"
+
+    def dtype(self, f: InputFile, cfg: PoolConfig, vocab_size: int | None) -> np.dtype:
+        meta = _ds_metadata(f)
+        if meta is not None:
+            return np.dtype("<u4" if meta == 4 else "<u2")
+        return super().dtype(f, cfg, vocab_size)
+
+    def documents(self, f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.ndarray]]:
+        toks = self.tokens(f, cfg)
+        eos = cfg.token_eos_id
         idx = Path(str(f.path) + ".index") if f.path is not None else None
         if idx is None or not idx.is_file():
             raise InputError(f"{f.rel}: no {f.rel}.index beside it (datatrove's DocumentTokenizer writes one; "
@@ -575,30 +725,34 @@ def _token_documents(f: InputFile, cfg: PoolConfig) -> Iterator[tuple[int, np.nd
                 doc = doc[:-1]
             yield n, doc
             start = end
-        return
-    if eos is None:
-        raise InputError(f"{f.rel}: a token binary needs pool.token_eos_id (the separator), or a tokenizer with "
-                         f"pool.tokenizer.eos_token")
-    # scanned in blocks of BLOCK tokens (memory O(block + longest document), whatever the file size)
-    n = 0
-    carry = np.zeros(0, dtype=np.int64)
-    for lo in range(0, len(toks), BLOCK):
-        block = np.asarray(toks[lo : lo + BLOCK], dtype=np.int64)
-        cuts = np.nonzero(block == eos)[0]
-        start = 0
-        for c in cuts.tolist():
-            doc = np.concatenate([carry, block[start:c]]) if len(carry) else block[start:c]
-            carry = np.zeros(0, dtype=np.int64)
-            n += 1
-            yield n, doc
-            start = c + 1
-        carry = np.concatenate([carry, block[start:]])
-    if len(carry):  # a last document without a closing EOS
-        n += 1
-        yield n, carry
+
+    def identity(self, f: InputFile) -> dict[str, Any]:
+        ident = super().identity(f)
+        if f.path is not None:
+            idx = Path(str(f.path) + ".index")
+            if not idx.is_file():
+                raise InputError(f"{f.rel}: no {f.rel}.index beside it (datatrove's DocumentTokenizer writes one; "
+                                 "save_index=True)")
+            ident["index_sha256"] = hash_file(idx)
+        return ident
+
+    def write_selected(self, f: InputFile, rows: set[int], dst: Path, cfg: PoolConfig) -> None:
+        """The selected documents, and their .ds.index."""
+        ends = self._write_documents(f, rows, dst, cfg)
+        Path(f"{dst}.index").write_bytes(np.asarray(ends, dtype="<u8").tobytes())
 
 
-BLOCK = 1 << 24  # tokens read at a time from a flat token binary
+READERS: dict[str, Reader] = {r.kind: r for r in (JsonLines(), Parquet(), SavedArrow(), HubDataset(), TokenBinary(),
+                                                  DatatroveShard())}
+
+
+def reader(f: InputFile) -> Reader:
+    return READERS[f.kind]
+
+
+def raw_records(f: InputFile, counters: dict[str, int]) -> Iterator[tuple[int, Any]]:
+    """(line / row number from 1, record) of a text input."""
+    return reader(f).rows(f, counters)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -608,30 +762,7 @@ def source_identity(f: InputFile) -> dict[str, Any]:
     """What identifies an input before it is read (the build's resume / reuse check): its name
     relative to the given folder, size and content hash for files (not where they lie), the spec
     for a hub dataset. The pool's own identity hashes the documents (core/pool.py)."""
-    from datamates.run_dir import file_sha256
-
-    if f.kind == "hf":
-        return {"rel": f.rel, "spec": f.url}
-    if f.path is not None and f.kind == "arrow":
-        h = hashlib.sha256()
-        for shard in arrow_files(f.path):
-            h.update(file_sha256(shard).encode())
-        return {"rel": f.rel, "bytes": f.size, "sha256": h.hexdigest()}
-    if f.path is not None:
-        ident = {"rel": f.rel, "bytes": f.size, "sha256": file_sha256(f.path)}
-        if f.kind == "datatrove":
-            idx = Path(str(f.path) + ".index")
-            if not idx.is_file():
-                raise InputError(f"{f.rel}: no {f.rel}.index beside it (datatrove's DocumentTokenizer writes one; "
-                                 "save_index=True)")
-            ident["index_sha256"] = file_sha256(idx)
-        return ident
-    fs = f.extra["fs"]
-    try:
-        check = fs.checksum(f.extra["fs_path"])
-    except Exception:
-        check = None
-    return {"rel": f.rel, "bytes": f.size, "checksum": str(check)}
+    return reader(f).identity(f)
 
 
 def describe(f: InputFile) -> dict[str, Any]:
@@ -672,40 +803,10 @@ def write_selected(entry: dict[str, Any], rows: set[int], out: Path, cfg: PoolCo
     shard also gets its .ds.index). A save_to_disk folder or a hub dataset gives `<rel>.jsonl.gz`
     of its records. Returns the file written."""
     f = reopen(entry, cfg)
-    dst = out / f.rel
-    if f.kind in ("arrow", "hf"):
-        dst = out / f"{f.rel}.jsonl.gz"
+    r = reader(f)
+    dst = out / f"{f.rel}{r.selected_suffix}"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if f.kind == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(f.path if f.path is not None else open_binary(f))
-        pq.write_table(table.take(pa.array(np.array(sorted(rows), dtype=np.int64) - 1)), dst)
-    elif f.kind in ("arrow", "hf"):
-        counters: dict[str, int] = {"blank_lines": 0, "skipped_undecodable": 0}
-        with gzip.open(dst, "wt", encoding="utf-8") as fout:
-            for n, rec in raw_records(f, counters):
-                if n in rows:
-                    fout.write(json.dumps(rec, default=str) + "\n")
-    elif f.pretokenized:
-        f.extra["vocab_size"] = None
-        dtype = _token_dtype(f, cfg, None)
-        ends, total = [], 0
-        with open(dst, "wb") as fout:
-            for n, toks in _token_documents(f, cfg):
-                if n in rows:
-                    doc = np.append(toks, cfg.token_eos_id).astype(dtype)
-                    fout.write(doc.tobytes())
-                    total += len(doc)
-                    ends.append(total)
-        if f.kind == "datatrove":
-            Path(f"{dst}.index").write_bytes(np.asarray(ends, dtype="<u8").tobytes())
-    else:
-        with open_binary(f) as raw, _decompressed(f, raw) as fin, _compressed_writer(dst) as fout:
-            for line_no, line in enumerate(fin, start=1):
-                if line_no in rows:
-                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+    r.write_selected(f, rows, dst, cfg)
     return dst
 
 

@@ -300,10 +300,10 @@ def train(
             lock.release()
 
 
-def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, meta, callback) -> Path:
-    resume = _latest_step_dir(work)
-
-    # ---- model, optimizer, state
+def _model_and_state(cfg, model_cfg, pool, ids, init, resume, rank, device):
+    """The model, its AdamW and the trainer state: from the killed run's last step folder (`resume`),
+    from `init` (its weights, and its optimizer state with train.init_optimizer), or new; the
+    generators seeded (or, resumed, restored where the killed run left them)."""
     if resume is not None:
         model = load_model(resume, device)
         state = trainer_state(resume)
@@ -350,6 +350,13 @@ def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, 
     torch.manual_seed(cfg.seed + rank)
     if resume is not None:  # after seeding: the generators continue where the killed run left them
         _restore_rng(resume, rank, device)
+    return model, optimizer, state
+
+
+def _train(cfg, model_cfg, pool, ids, out, work, fp, rank, world, device, init, meta, callback) -> Path:
+    resume = _latest_step_dir(work)
+
+    model, optimizer, state = _model_and_state(cfg, model_cfg, pool, ids, init, resume, rank, device)
 
     net: torch.nn.Module = model
     if world > 1:

@@ -143,6 +143,24 @@ def _mask(seg: torch.Tensor, eager: bool, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def _batch(packs: Sequence[_Pack], first_slot: Sequence[int], T: int) -> tuple[np.ndarray, ...]:
+    """Lay `packs` out as one [B, T] batch: tokens, positions, segments, and for every scored token
+    its row, position, label and (group, unique request) slot (`first_slot`: each pack's group's first)."""
+    B = len(packs)
+    x = np.zeros((B, T), np.int64)
+    pos = np.zeros((B, T), np.int64)
+    seg = np.full((B, T), _PAD_SEG, np.int64)
+    b_idx, p_idx, labels, slots = [], [], [], []
+    for r, (p, first) in enumerate(zip(packs, first_slot)):
+        n = len(p.tokens)
+        x[r, :n], pos[r, :n], seg[r, :n] = p.tokens, p.pos, p.seg
+        b_idx.append(np.full(len(p.need_pos), r))
+        p_idx.append(p.need_pos)
+        labels.append(p.need_lab)
+        slots.append(first + p.need_u)
+    return x, pos, seg, np.concatenate(b_idx), np.concatenate(p_idx), np.concatenate(labels), np.concatenate(slots)
+
+
 def score_groups(
     model: torch.nn.Module,
     groups: Sequence[Sequence[Request]],
@@ -193,21 +211,7 @@ def score_groups(
         idx = order[i:j]
         i = j
         B = len(idx)
-        x = np.zeros((B, T), np.int64)
-        pos = np.zeros((B, T), np.int64)
-        seg = np.full((B, T), _PAD_SEG, np.int64)
-        b_idx, p_idx, labels, slots = [], [], [], []
-        for r, pi in enumerate(idx):
-            p = packs[pi]
-            n = len(p.tokens)
-            x[r, :n], pos[r, :n], seg[r, :n] = p.tokens, p.pos, p.seg
-            b_idx.append(np.full(len(p.need_pos), r))
-            p_idx.append(p.need_pos)
-            labels.append(p.need_lab)
-            slots.append(base[owner[pi]] + p.need_u)
-        b_all, p_all = np.concatenate(b_idx), np.concatenate(p_idx)
-        lab = np.concatenate(labels)
-        slot = np.concatenate(slots)
+        x, pos, seg, b_all, p_all, lab, slot = _batch([packs[pi] for pi in idx], [base[owner[pi]] for pi in idx], T)
         xt = torch.from_numpy(x).to(device)
         kwargs = {}
         if (seg[seg != _PAD_SEG] >= 0).any():

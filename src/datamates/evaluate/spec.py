@@ -52,7 +52,6 @@ from __future__ import annotations
 import ast
 import functools
 import gzip
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -68,6 +67,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from datamates.config.base import check_name, data_dir, expand_vars
 from datamates.core.jsonl import replace_invalid_unicode
 from datamates.errors import ConfigError, InputError
+from datamates.identity import FULL, hash_file, hash_text
 from datamates.log import get_logger
 
 log = get_logger(__name__)
@@ -177,7 +177,7 @@ def _load_yaml_text(text: str, path: Path) -> Any:
 
 
 def _module_name(path: Path) -> str:
-    return "datamates_task_code_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return "datamates_task_code_" + hash_text(str(path))
 
 
 def resolve_function(ref: FunctionRef) -> tuple[Any, Path | None]:
@@ -386,7 +386,7 @@ class TaskSpec:
         files = [self.data] + ([self.fewshot_data] if self.fewshot_data else []) + self.code_files
         blob = json.dumps([_portable(self.raw), [_file_digest(p) if p.exists() else None for p in files]],
                           sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_text(blob)
 
 
 def _portable(raw: dict[str, Any]) -> dict[str, Any]:
@@ -396,11 +396,7 @@ def _portable(raw: dict[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path, digits=FULL)
 
 
 def _file_digest(path: Path) -> str:
@@ -516,27 +512,23 @@ def _functions(v: Any, key: str) -> Iterator[tuple[str, FunctionRef]]:
             yield from _functions(x, f"{key}[{i}]")
 
 
-def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path: bool = False) -> TaskSpec:
-    """Read and check a task file; every problem is a one-line ConfigError naming the file, line and key.
+class _Where:
+    """Where a key of a task file is (file:line, its `include`s resolved) and the one-line error naming it."""
 
-    lm-eval's meaning for every key of its task schema (HARNESS_KEYS): null is unset; keys that do
-    not apply to local JSON lines are ignored with a one-line note (TaskSpec.ignored, logged);
-    what cannot be honoured is refused. `!function` values run Python code from the task's folder:
-    only with allow_task_code (--allow-task-code), resolved as lm-eval resolves them. `include`s and
-    data files must lie below the task file's folder, the data bundle or the shipped tasks, unless
-    allow_any_path (--allow-any-task-path)."""
-    path = Path(path)
-    roots = None if allow_any_path else _roots(path)
-    raw, lines = _read_yaml(path, roots=roots)
+    def __init__(self, path: Path, lines: dict[str, tuple[Path, Any]]):
+        self.path, self.lines = path, lines
 
-    def where(key: str) -> str:
-        f, n = lines.get(key, (path, "?"))
+    def __call__(self, key: str) -> str:
+        f, n = self.lines.get(key, (self.path, "?"))
         return f"{f}:{n}"
 
-    def err(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{where(key)}: key '{key}': {msg}")
+    def err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self(key)}: key '{key}': {msg}")
 
-    ignored: list[str] = []
+
+def _check_keys(raw: dict[str, Any], where: _Where) -> None:
+    """Only keys of lm-eval's task schema, none that cannot be honoured."""
+    err = where.err
     for k in raw:
         if k in GROUP_KEYS:
             raise err(k, "this is an lm-eval group file; give the task files of the group (their paths) instead")
@@ -548,6 +540,10 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
             raise err(k, f"{why}; remove it (or set it to null)")
     if raw.get("unsafe_code") not in (None, False):
         raise err("unsafe_code", "code-execution tasks are not scored (generate_until); remove it")
+
+
+def _task_code(raw: dict[str, Any], allow_task_code: bool) -> tuple[dict[str, Any], list[Path]]:
+    """The `!function` values resolved ({key path: function}) and their source files."""
     # !function: Python code beside the task file, run only when the user said so
     refs = [kp for k, v in raw.items() for kp in _functions(v, k)]
     code: dict[str, Any] = {}
@@ -566,6 +562,12 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
         code[kp] = fn
         if src is not None:
             code_files.append(src)
+    return code, code_files
+
+
+def _check_basics(raw: dict[str, Any], path: Path, where: _Where, ignored: list[str]) -> tuple[str, str]:
+    """(output_type, task name): the text keys, output_type and dataset_path checked."""
+    err = where.err
     for k in ("task", "dataset_path", "training_split", "validation_split", "test_split", "fewshot_split",
               "output_type", "target_delimiter", "fewshot_delimiter", "dataset_name"):
         if raw.get(k) is not None and not isinstance(raw[k], str):
@@ -596,8 +598,14 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
         check_name(name, "task")
     except ConfigError as e:
         raise ConfigError(f"{where('task')}: {e}") from None
+    return output_type, name
 
-    # data files and splits
+
+def _data_files(raw: dict[str, Any], path: Path, roots: Any, where: _Where, ignored: list[str]
+                ) -> tuple[Path, Path | None, str, dict[str, Any], list[str]]:
+    """(evaluated file, few-shot file or None, evaluated split, fewshot_config, what of fewshot_config
+    cannot be honoured): data files below the allowed roots, one file per split."""
+    err = where.err
     kwargs = raw.get("dataset_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise err("dataset_kwargs", "expected a mapping with data_files (a file, or a mapping split -> file)")
@@ -653,55 +661,39 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
     else:
         data, fewshot_data = one_file(files, "data_files"), None
 
-    # templates
-    def rule(key: str) -> Rule | None:
-        if key not in raw or raw[key] is None:
-            return None
-        v = raw[key]
-        if key in code:
-            return Rule(key, v, None, code[key])
-        if isinstance(v, bool) or not isinstance(v, (str, int, list, dict)):
-            raise err(key, f"expected a template, a field name, an int or a list, got {v!r}")
-        if key in ("doc_to_text", "description") and not isinstance(v, (str, int)):
-            raise err(key, f"expected a template, a field name or an int, got {type(v).__name__}")
-        if key == "description" and isinstance(v, int):
-            raise err(key, "expected a template or a field name")
-        if key == "doc_to_choice" and isinstance(v, int):
-            raise err(key, "expected a template, a field name or a list")
-        if isinstance(v, list) and not all(isinstance(c, str) for c in v) and key == "doc_to_choice":
-            raise err(key, "a list of choices must hold texts")
-        tmpl = None
-        if isinstance(v, str):
-            try:
-                tmpl = JINJA.from_string(v)
-            except jinja2.TemplateSyntaxError as e:
-                raise err(key, f"Jinja2 syntax error ({e.message}) in {v!r}") from None
-        return Rule(key, v, tmpl)
+    return data, fewshot_data, split, fcfg, fewshot_unsupported
 
-    spec = TaskSpec(name=name, path=path, data=data, split=split, output_type=output_type,
-                    target_delimiter=raw.get("target_delimiter") if raw.get("target_delimiter") is not None else " ",
-                    fewshot_delimiter=raw.get("fewshot_delimiter") if raw.get("fewshot_delimiter") is not None
-                    else "\n\n", fewshot_data=fewshot_data, raw=raw, where={k: where(k) for k in raw},
-                    process_docs=code.get("process_docs"), fewshot_sampler=fcfg.get("sampler") or "default",
-                    fewshot_unsupported=[f"{where('fewshot_config')}: key 'fewshot_config': {u}" for u in fewshot_unsupported],
-                    code_files=sorted(set(code_files)))
-    if raw.get("description") == "":
-        raw = {k: v for k, v in raw.items() if k != "description"}  # lm-eval's default
-    for k in ("doc_to_text", "doc_to_target", "doc_to_choice", "description"):
-        setattr(spec, k, rule(k) if k in raw else None)
-    for k in ("doc_to_text", "doc_to_target"):
-        if getattr(spec, k) is None:
-            raise ConfigError(f"{path}: missing key '{k}'")
-    if spec.is_mc and spec.doc_to_choice is None:
-        raise ConfigError(f"{path}: missing key 'doc_to_choice' (output_type multiple_choice)")
-    if not spec.is_mc and spec.doc_to_choice is not None:
-        raise err("doc_to_choice", "not used with output_type loglikelihood")
-    nf = raw.get("num_fewshot", 0)
-    if nf is None:
-        nf = 0
-    if isinstance(nf, bool) or not isinstance(nf, int) or nf < 0:
-        raise err("num_fewshot", f"expected an int >= 0, got {nf!r}")
-    spec.num_fewshot = nf
+
+def _rule(raw: dict[str, Any], code: dict[str, Any], key: str, where: _Where) -> Rule | None:
+    """A template key (doc_to_text, doc_to_target, doc_to_choice, description) as a Rule."""
+    err = where.err
+    if key not in raw or raw[key] is None:
+        return None
+    v = raw[key]
+    if key in code:
+        return Rule(key, v, None, code[key])
+    if isinstance(v, bool) or not isinstance(v, (str, int, list, dict)):
+        raise err(key, f"expected a template, a field name, an int or a list, got {v!r}")
+    if key in ("doc_to_text", "description") and not isinstance(v, (str, int)):
+        raise err(key, f"expected a template, a field name or an int, got {type(v).__name__}")
+    if key == "description" and isinstance(v, int):
+        raise err(key, "expected a template or a field name")
+    if key == "doc_to_choice" and isinstance(v, int):
+        raise err(key, "expected a template, a field name or a list")
+    if isinstance(v, list) and not all(isinstance(c, str) for c in v) and key == "doc_to_choice":
+        raise err(key, "a list of choices must hold texts")
+    tmpl = None
+    if isinstance(v, str):
+        try:
+            tmpl = JINJA.from_string(v)
+        except jinja2.TemplateSyntaxError as e:
+            raise err(key, f"Jinja2 syntax error ({e.message}) in {v!r}") from None
+    return Rule(key, v, tmpl)
+
+
+def _metrics(raw: dict[str, Any], spec: TaskSpec, code: dict[str, Any], output_type: str, where: _Where) -> None:
+    """spec.metrics, spec.metric and the metrics' !function aggregations from metric_list."""
+    err = where.err
     metrics = []
     mlist = raw.get("metric_list")
     if mlist is not None and not isinstance(mlist, list):
@@ -722,6 +714,52 @@ def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path
         metrics.append(name_)
     spec.metrics = list(dict.fromkeys(metrics)) if mlist else list(DEFAULT_METRICS[output_type])
     spec.metric = "acc_norm" if "acc_norm" in spec.metrics else "acc"
+
+
+def load_spec(path: str | Path, *, allow_task_code: bool = False, allow_any_path: bool = False) -> TaskSpec:
+    """Read and check a task file; every problem is a one-line ConfigError naming the file, line and key.
+
+    lm-eval's meaning for every key of its task schema (HARNESS_KEYS): null is unset; keys that do
+    not apply to local JSON lines are ignored with a one-line note (TaskSpec.ignored, logged);
+    what cannot be honoured is refused. `!function` values run Python code from the task's folder:
+    only with allow_task_code (--allow-task-code), resolved as lm-eval resolves them. `include`s and
+    data files must lie below the task file's folder, the data bundle or the shipped tasks, unless
+    allow_any_path (--allow-any-task-path)."""
+    path = Path(path)
+    roots = None if allow_any_path else _roots(path)
+    raw, lines = _read_yaml(path, roots=roots)
+    where = _Where(path, lines)
+    err = where.err
+    ignored: list[str] = []
+    _check_keys(raw, where)
+    code, code_files = _task_code(raw, allow_task_code)
+    output_type, name = _check_basics(raw, path, where, ignored)
+    data, fewshot_data, split, fcfg, fewshot_unsupported = _data_files(raw, path, roots, where, ignored)
+    spec = TaskSpec(name=name, path=path, data=data, split=split, output_type=output_type,
+                    target_delimiter=raw.get("target_delimiter") if raw.get("target_delimiter") is not None else " ",
+                    fewshot_delimiter=raw.get("fewshot_delimiter") if raw.get("fewshot_delimiter") is not None
+                    else "\n\n", fewshot_data=fewshot_data, raw=raw, where={k: where(k) for k in raw},
+                    process_docs=code.get("process_docs"), fewshot_sampler=fcfg.get("sampler") or "default",
+                    fewshot_unsupported=[f"{where('fewshot_config')}: key 'fewshot_config': {u}" for u in fewshot_unsupported],
+                    code_files=sorted(set(code_files)))
+    if raw.get("description") == "":
+        raw = {k: v for k, v in raw.items() if k != "description"}  # lm-eval's default
+    for k in ("doc_to_text", "doc_to_target", "doc_to_choice", "description"):
+        setattr(spec, k, _rule(raw, code, k, where) if k in raw else None)
+    for k in ("doc_to_text", "doc_to_target"):
+        if getattr(spec, k) is None:
+            raise ConfigError(f"{path}: missing key '{k}'")
+    if spec.is_mc and spec.doc_to_choice is None:
+        raise ConfigError(f"{path}: missing key 'doc_to_choice' (output_type multiple_choice)")
+    if not spec.is_mc and spec.doc_to_choice is not None:
+        raise err("doc_to_choice", "not used with output_type loglikelihood")
+    nf = raw.get("num_fewshot", 0)
+    if nf is None:
+        nf = 0
+    if isinstance(nf, bool) or not isinstance(nf, int) or nf < 0:
+        raise err("num_fewshot", f"expected an int >= 0, got {nf!r}")
+    spec.num_fewshot = nf
+    _metrics(raw, spec, code, output_type, where)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise err("metadata", f"expected a mapping, got {type(meta).__name__}")

@@ -57,6 +57,11 @@ import torch
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict
 from datamates.config.evaluate import EvalConfig
+from datamates.core.checkpoint import check_checkpoint, load_model, trainer_state
+from datamates.core.lm import flops_per_token, n_params, resolve_device
+from datamates.core.loss import perplexity_and_bpb, sequence_nll
+from datamates.core.pool import Pool
+from datamates.core.tokenizer import load_tokenizer
 from datamates.errors import ConfigError, IncompatibleArtifacts, InputError
 from datamates.evaluate.scoring import encode_pairs, score_groups
 from datamates.evaluate.spec import (
@@ -258,9 +263,6 @@ def evaluate_pool(
     name: str = "",
 ) -> dict[str, Any]:
     """Perplexity and bits per byte of a pool's sequences (all, or `ids`), overall and per domain."""
-    from datamates.core.loss import perplexity_and_bpb, sequence_nll
-    from datamates.core.pool import Pool
-
     pool = pool if isinstance(pool, Pool) else Pool(pool)
     ids = np.arange(len(pool)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
     if len(ids) == 0:
@@ -299,8 +301,6 @@ def evaluate_pool(
 # ----------------------------------------------------------------------------- the stage
 
 def _checkpoint_identity(path: Path) -> dict[str, Any]:
-    from datamates.core.checkpoint import trainer_state
-
     st = (path / "model.safetensors").stat()
     ts = trainer_state(path)
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
@@ -331,8 +331,6 @@ def _normalise_pools(cfg: EvalConfig, heldout_pools: Any) -> dict[str, tuple[Any
         name = name or _pool_name(path, set(out))
         ids = None if ids is None else np.asarray(ids, dtype=np.int64)
         if ids is None and cfg.heldout_max_sequences:
-            from datamates.core.pool import Pool
-
             pool = pool if isinstance(pool, Pool) else Pool(pool)
             if len(pool) > cfg.heldout_max_sequences:
                 rng = np.random.default_rng(cfg.heldout_seed)
@@ -350,6 +348,88 @@ def _mean(tasks: dict[str, dict], names: list[str], average_metric: str) -> dict
     ses = [tasks[n][f"{metrics[n]}_stderr"] for n in names]
     return {"value": float(np.mean(vals)), "stderr": float(math.sqrt(sum(s * s for s in ses)) / len(names)),
             "n_tasks": len(names), "metrics": metrics}
+
+
+def _tasks(cfg: EvalConfig, examples: Mapping[str, Sequence[int]] | None
+           ) -> tuple[list[TaskSpec], dict[str, list[Any]]]:
+    """The task specs and their documents (only `examples` of a task when given), or a one-line
+    error: checked before any model is loaded, so bad input fails in a second."""
+    specs = [load_spec(p, allow_task_code=cfg.allow_task_code, allow_any_path=cfg.allow_any_task_path)
+             for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
+
+    def shots_from_file(s: TaskSpec) -> bool:  # shots drawn from the evaluated file itself: load all of it
+        return bool(s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot) and s.fewshot_data is None
+
+    for s in specs:  # a few-shot setting the task file cannot honour: before the model loads
+        k = s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot
+        if k and s.fewshot_unsupported:
+            raise ConfigError(f"{s.fewshot_unsupported[0]} cannot be honoured with num_fewshot = {k}; "
+                              f"evaluate 0-shot or remove it")
+    all_docs = {s.name: load_docs(s, limit=cfg.limit if not shots_from_file(s) else None) for s in specs}
+    for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
+        if name in all_docs:
+            docs = load_docs(next(s for s in specs if s.name == name))
+            all_docs[name] = [docs[int(i)] for i in pos]
+    return specs, all_docs
+
+
+def _task_result(model: Any, tokenizer: Any, spec: TaskSpec, cfg: EvalConfig, docs: list[Any], work: Path | None,
+                 key: str) -> dict[str, Any]:
+    """One task's result; with `work` (the evaluation's partial folder) a finished task of the same
+    request is read back from `work/tasks/` and a new one is kept there (the resume)."""
+    cache = work / "tasks" / f"{spec.name}.json" if work is not None else None
+    res = None
+    if cache is not None and cache.exists():
+        stored = read_json(cache)
+        if stored.get("key") == key:
+            res = stored["result"]
+            log.info("%s: reusing the result of an interrupted run", spec.name)
+        else:  # left by a different request
+            cache.unlink()
+            (work / "samples" / f"{spec.name}.jsonl").unlink(missing_ok=True)
+    if res is None:
+        res = evaluate_task(model, tokenizer, spec, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+                            fewshot_seed=cfg.fewshot_seed, batch_size=cfg.batch_size,
+                            max_tokens=cfg.max_tokens, precision=cfg.precision,
+                            share_context=cfg.share_context, docs=docs)
+        if work is not None:
+            if cfg.log_samples:
+                _write_samples(work / "samples" / f"{spec.name}.jsonl", res["samples"])
+            atomic_write_json(cache, {"key": key, "result": {k: v for k, v in res.items() if k != "samples"}})
+    return res
+
+
+def _check_pool_tokenizers(pools: dict[str, Any], tok_hash: str | None) -> None:
+    """Refuse (one line) a held-out pool built with another tokenizer than the checkpoint's."""
+    for pool, _ in pools.values():
+        pool_hash = (pool if isinstance(pool, Pool) else Pool(pool)).tokenizer_hash
+        if tok_hash and pool_hash != tok_hash:
+            raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
+                                        f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
+
+
+def _request_key(ident: dict[str, Any], settings: dict[str, Any], specs: list[TaskSpec],
+                 examples: Mapping[str, Sequence[int]] | None, pools: dict[str, Any]) -> str:
+    """The evaluation's identity: checkpoint, settings, each task's fingerprint, the examples, the pools."""
+    request = {"schema": SCHEMA, "checkpoint": ident, "settings": settings,
+               "tasks": {s.name: s.fingerprint() for s in specs},
+               **({"examples": {k: config_hash([int(i) for i in v]) for k, v in examples.items()}} if examples else {}),
+               "pools": {k: [str(getattr(p, "path", p)), None if i is None else config_hash(i.tolist())]
+                         for k, (p, i) in pools.items()}}
+    return config_hash(request)
+
+
+def _add_means(result: dict[str, Any], metric: str) -> None:
+    """task_mean over every task, and the nine-task means when all nine of the paper were evaluated."""
+    if len([n for n in NINE if n in result["tasks"]]) == len(NINE):
+        result["nine_task_mean"] = _mean(result["tasks"], NINE, metric)
+        result["nine_task_gold_logprob"] = _mean(result["tasks"], NINE, "gold_logprob")
+        result["nine_task_gold_prob"] = _mean(result["tasks"], NINE, "gold_prob")
+    result["task_mean"] = _mean(result["tasks"], list(result["tasks"]), metric)
 
 
 def evaluate(
@@ -370,60 +450,24 @@ def evaluate(
     then takes the first of those. A finished `out_dir` with the same request is returned as it is; a killed run
     resumes, reusing the tasks it had finished (kept in `<out_dir>.partial/tasks/`).
     """
-    from datamates.core.checkpoint import load_model
-    from datamates.core.lm import flops_per_token, n_params, resolve_device
-    from datamates.core.tokenizer import load_tokenizer
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    # every spec and data file is checked before the model is loaded: bad input fails in a second
-    specs = [load_spec(p, allow_task_code=cfg.allow_task_code, allow_any_path=cfg.allow_any_task_path)
-             for p in resolve_tasks(list(cfg.tasks) + list(cfg.reference))]
+    specs, all_docs = _tasks(cfg, examples)  # every spec and data file is checked before the model loads
     names = [s.name for s in specs]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise InputError(f"two task specs are named '{sorted(dup)[0]}'; give one a different `task:` name")
-    def shots_from_file(s: TaskSpec) -> bool:  # shots drawn from the evaluated file itself: load all of it
-        return bool(s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot) and s.fewshot_data is None
-
-    for s in specs:  # a few-shot setting the task file cannot honour: before the model loads
-        k = s.num_fewshot if cfg.num_fewshot is None else cfg.num_fewshot
-        if k and s.fewshot_unsupported:
-            raise ConfigError(f"{s.fewshot_unsupported[0]} cannot be honoured with num_fewshot = {k}; "
-                              f"evaluate 0-shot or remove it")
-    all_docs = {s.name: load_docs(s, limit=cfg.limit if not shots_from_file(s) else None) for s in specs}
-    for name, pos in (examples or {}).items():  # only these examples (the plan's evaluation part)
-        if name in all_docs:
-            docs = load_docs(next(s for s in specs if s.name == name))
-            all_docs[name] = [docs[int(i)] for i in pos]
     if isinstance(checkpoint, torch.nn.Module):
         if tokenizer is None:
             raise InputError("evaluate(model, ...): pass tokenizer= with an in-memory model")
         ckpt, ident = None, {"path": None, "in_memory": True}
     else:
-        from datamates.core.checkpoint import check_checkpoint
-
         ckpt = check_checkpoint(checkpoint)
         ident = _checkpoint_identity(ckpt)
     pools = _normalise_pools(cfg, heldout_pools)
-    tok_hash = ident.get("tokenizer_hash")
-    for pool, _ in pools.values():
-        from datamates.core.pool import Pool
-
-        pool_hash = (pool if isinstance(pool, Pool) else Pool(pool)).tokenizer_hash
-        if tok_hash and pool_hash != tok_hash:
-            raise IncompatibleArtifacts(f"held-out pool {getattr(pool, 'path', pool)}: tokenizer {pool_hash} differs "
-                                        f"from the checkpoint's {tok_hash}; build the pool with the model's tokenizer")
+    _check_pool_tokenizers(pools, ident.get("tokenizer_hash"))
     # the two permissions decide whether a task file loads, not its numbers (its code files' bytes
     # are in the task's fingerprint): a finished evaluation stays valid when they change
     settings = {k: v for k, v in to_dict(cfg).items()
                 if k not in ("tasks", "reference", "heldout_pools", "device", "allow_task_code", "allow_any_task_path")}
-    request = {"schema": SCHEMA, "checkpoint": ident, "settings": settings,
-               "tasks": {s.name: s.fingerprint() for s in specs},
-               **({"examples": {k: config_hash([int(i) for i in v]) for k, v in examples.items()}} if examples else {}),
-               "pools": {k: [str(getattr(p, "path", p)), None if i is None else config_hash(i.tolist())]
-                         for k, (p, i) in pools.items()}}
-    key = config_hash(request)
+    key = _request_key(ident, settings, specs, examples, pools)
     out_dir = Path(out_dir) if out_dir is not None else None
     output = None if out_dir is None else Output(out_dir, "eval", {"request": key}, inputs=(ckpt,) if ckpt else ())
     if output is not None and ckpt is not None and finished(output) and (out_dir / "eval.json").exists():
@@ -446,34 +490,12 @@ def evaluate(
                                   "nine_task_mean": None, "task_mean": None, "perplexity": {}}
         n_examples = 0
         for spec in specs:
-            cache = work / "tasks" / f"{spec.name}.json" if work is not None else None
-            res = None
-            if cache is not None and cache.exists():
-                stored = read_json(cache)
-                if stored.get("key") == key:
-                    res = stored["result"]
-                    log.info("%s: reusing the result of an interrupted run", spec.name)
-                else:  # left by a different request
-                    cache.unlink()
-                    (work / "samples" / f"{spec.name}.jsonl").unlink(missing_ok=True)
-            if res is None:
-                res = evaluate_task(model, tokenizer, spec, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
-                                    fewshot_seed=cfg.fewshot_seed, batch_size=cfg.batch_size,
-                                    max_tokens=cfg.max_tokens, precision=cfg.precision,
-                                    share_context=cfg.share_context, docs=all_docs[spec.name])
-                if work is not None:
-                    if cfg.log_samples:
-                        _write_samples(work / "samples" / f"{spec.name}.jsonl", res["samples"])
-                    atomic_write_json(cache, {"key": key, "result": {k: v for k, v in res.items() if k != "samples"}})
+            res = _task_result(model, tokenizer, spec, cfg, all_docs[spec.name], work, key)
             res = {k: v for k, v in res.items() if k != "samples"}
             n_examples += res["n"]
             (result["tasks"] if spec.is_mc else result["reference"])[spec.name] = res
             log.info("%s", _one_line(res))
-        if len([n for n in NINE if n in result["tasks"]]) == len(NINE):
-            result["nine_task_mean"] = _mean(result["tasks"], NINE, cfg.average_metric)
-            result["nine_task_gold_logprob"] = _mean(result["tasks"], NINE, "gold_logprob")
-            result["nine_task_gold_prob"] = _mean(result["tasks"], NINE, "gold_prob")
-        result["task_mean"] = _mean(result["tasks"], list(result["tasks"]), cfg.average_metric)
+        _add_means(result, cfg.average_metric)
         for name, (pool, ids) in pools.items():
             result["perplexity"][name] = evaluate_pool(model, pool, ids, batch_size=max(1, cfg.batch_size // 2),
                                                        precision=cfg.precision, name=name)

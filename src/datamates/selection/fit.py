@@ -33,9 +33,16 @@ from datamates import tracking
 from datamates.artifacts import Output, finished, produce
 from datamates.config.base import config_hash, to_dict, validate
 from datamates.config.influence import FitConfig
-from datamates.core.checkpoint import checkpoint_hash, load_model
+from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.pool import Pool
+from datamates.core.regression import (  # noqa: F401  (fit_head, DEFAULT_ALPHAS re-exported)
+    DEFAULT_ALPHAS,
+    fit_head,
+    regression_metrics,
+    ridge_loo,
+    split_train_val,
+)
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts, InputError, NumericalError
 from datamates.log import get_logger, progress_bar
 from datamates.run_dir import atomic_write_json, meta_record, read_json
@@ -111,29 +118,6 @@ def read_labels(labels: Sequence[str | Path], pool: Pool | None = None) -> tuple
         raise InputError(f"{labels[0]}: sequence id {int(ids.max() if ids.max() >= len(pool) else ids.min())} "
                          f"is not in the pool {pool.path} (0..{len(pool) - 1})")
     return ids, y
-
-
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the training and validation splits (MATES: 10% held out, seed 1234)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 2, max(2, int(round(n * val_fraction))))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def regression_metrics(pred: np.ndarray, true: np.ndarray, const: float) -> dict[str, float]:
-    from scipy.stats import pearsonr, spearmanr
-
-    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    same = np.ptp(pred) == 0 or np.ptp(true) == 0
-    return {
-        "spearman": float("nan") if same else float(spearmanr(pred, true).statistic),
-        "pearson": float("nan") if same else float(pearsonr(pred, true).statistic),
-        "mse": float(np.mean((pred - true) ** 2)),
-        "mse_constant": float(np.mean((const - true) ** 2)),
-    }
 
 
 def _nan_to_neg(x: float) -> float:
@@ -304,7 +288,8 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
                                        size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
                                        tokenizer_hash=pool.tokenizer_hash)
         direction = head_direction(checkpoint, reference, device=device, pad_id=pool.eos_id)
-    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size)
+    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size,
+                              prefix_tokens=cfg.prefix_tokens, exit_layer=cfg.exit_layer)
     all_ids = np.concatenate([ids, *hist_ids]) if hist_ids else ids
     X, n_enc_tokens = lm_feature_matrix(cfg, featurizer, pool, all_ids, cache_dir=cache_dir, device=device)
     Xc, Xh = X[: len(ids)], X[len(ids):]
@@ -328,14 +313,11 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     }
     log.info("fit lm %s (%s): validation Spearman %.4f, Pearson %.4f on %d labels (+%d earlier-stage labels)",
              "+".join(cfg.features), cfg.head, metrics["val_spearman"], metrics["val_pearson"], len(va), len(Xh))
-    lm = load_model(checkpoint)
-    T = pool.seq_len
-    tokens = {"lm_forward": int(len(all_ids)) * T}  # counted FLOPs: one LM forward per labelled sequence
-    fpt = {"lm_forward": flops_per_token(lm, T) / 3}
-    if direction is not None:
-        V, H = direction.shape
-        tokens["fo_head"] = int(len(all_ids)) * T
-        fpt["fo_head"] = 2.0 * H * V
+    # counted FLOPs: one (prefix, early-exit) LM forward per labelled sequence, priced by the featurizer
+    lm_kinds = [k for k in cfg.features if k != "encoder"]
+    T = featurizer.tokens_per_row(pool.seq_len)
+    fpt = featurizer.flops_per_token(lm_kinds, pool.seq_len) if lm_kinds else {}
+    tokens = {k: int(len(all_ids)) * (pool.seq_len if k == "lm_embed" else T) for k in fpt}
     if n_enc_tokens:
         tokens["encoder_forward"] = n_enc_tokens
     meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
@@ -354,6 +336,7 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
             "mode": "lm", "features": list(cfg.features), "head": head["head"], "checkpoint": str(checkpoint.resolve()),
             "checkpoint_hash": checkpoint_hash(checkpoint), "encoder": to_dict(cfg.encoder), **enc,
             "lm_batch_size": cfg.lm_batch_size, "precision": cfg.precision,
+            "prefix_tokens": cfg.prefix_tokens, "exit_layer": cfg.exit_layer, "lm_tokens_per_sequence": T,
             "label_mean": mu, "label_std": sigma, "model_hash": digest, "pool_id": pool.pool_id,
             "sign": "predicts ref_loss_delta = L_ref(after) - L_ref(before); lower is better",
         })
@@ -496,99 +479,6 @@ def _fit_frozen(cfg: FitConfig, tokens: TokenCache, bpath: Path, bdigest: str, i
     return model, pred_va, {"ridge_alpha": alpha, "ridge_loo_mse": {str(k): v for k, v in loo.items()},
                             "encoder_tokens_computed": n_tokens,
                             "embedding_precision": compute_precision(device, cfg.precision)}
-
-
-def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[float, np.ndarray, float, dict[float, float]]:
-    """Ridge regression of y on standardized X with an intercept; alpha by exact leave-one-out MSE.
-
-    Xs = (X - mean) / std = U S V^T;  y_hat(alpha) = ybar + U diag(s^2 / (s^2 + alpha)) U^T (y - ybar)
-    hat diagonal h_i = 1/n + sum_j U_ij^2 s_j^2 / (s_j^2 + alpha);  LOO residual = (y_i - y_hat_i) / (1 - h_i)
-    Returns (alpha, w, b, {alpha: LOO MSE}) with f(x) = x . w + b on the raw (unstandardized) x."""
-    X = np.asarray(X, np.float64)
-    y = np.asarray(y, np.float64)
-    n = len(y)
-    mu, sd = X.mean(0), X.std(0) + 1e-8
-    Xs = (X - mu) / sd
-    ybar = y.mean()
-    U, s, Vt = np.linalg.svd(Xs, full_matrices=False)
-    Uty = U.T @ (y - ybar)
-    loo: dict[float, float] = {}
-    for a in alphas:
-        d = s**2 / (s**2 + a)
-        yhat = ybar + U @ (d * Uty)
-        h = 1.0 / n + (U**2) @ d
-        r = (y - yhat) / np.maximum(1 - h, 1e-12)
-        loo[float(a)] = float(np.mean(r**2))
-    alpha = min(loo, key=lambda a: loo[a])
-    ws = Vt.T @ ((s / (s**2 + alpha)) * Uty)
-    w = ws / sd
-    b = float(ybar - mu @ w)
-    return alpha, w, b, loo
-
-
-DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
-
-
-def fit_head(X: np.ndarray, z: np.ndarray, *, head: str = "ridge", alphas: Sequence[float] = DEFAULT_ALPHAS,
-             seed: int = 0, hidden: int = 64, epochs: int = 300, weight_decay: float = 1e-3,
-             weights: np.ndarray | None = None) -> dict[str, Any]:
-    """A head on a feature matrix X [n, d] fitted to z [n]; `predict_head` applies it.
-
-    ridge: `ridge_loo` (standardized features, alpha by exact leave-one-out MSE).
-    mlp:   f(x) = w2 . gelu(W1 xs + b1) + b2 on standardized xs, full-batch AdamW (lr 1e-2, weight decay
-           `weight_decay`) on the MSE for `epochs` steps, the step count picked by the MSE on a 10% inner
-           split of the training rows (seed `seed`), then refitted on all training rows for that many steps."""
-    X = np.asarray(X, np.float64)
-    z = np.asarray(z, np.float64)
-    wts = None if weights is None or np.all(np.asarray(weights) == 1) else np.asarray(weights, np.float64)
-    if head == "ridge":
-        if wts is None:
-            alpha, w, b, loo = ridge_loo(X, z, alphas)
-        else:  # weighted ridge: weighted centring and scaling, rows scaled by sqrt(weight)
-            mu_w = (wts[:, None] * X).sum(0) / wts.sum()
-            sd_w = np.sqrt((wts[:, None] * (X - mu_w) ** 2).sum(0) / wts.sum()) + 1e-8
-            zbar = float((wts * z).sum() / wts.sum())
-            r = np.sqrt(wts)
-            alpha, ws, _b0, loo = ridge_loo(r[:, None] * (X - mu_w) / sd_w, r * (z - zbar), alphas)
-            w = ws / sd_w
-            b = zbar - float(mu_w @ w)  # b0 (the scaled problem's intercept) is ~0 after weighted centring
-        return {"head": "ridge", "w": w, "b": b, "alpha": alpha, "loo_mse": loo}
-    if head != "mlp":
-        raise ValueError(f"unknown head {head!r}; available: ridge, mlp")
-    mu, sd = X.mean(0), X.std(0) + 1e-8
-    Xs = torch.as_tensor((X - mu) / sd, dtype=torch.float32)
-    zt = torch.as_tensor(z, dtype=torch.float32)
-    wt = torch.as_tensor(np.ones(len(z)) if wts is None else wts / wts.mean(), dtype=torch.float32)
-    perm = np.random.default_rng(seed).permutation(len(z))
-    n_in = max(2, len(z) // 10)
-    inner, rest = perm[:n_in], perm[n_in:]
-
-    def train(rows: np.ndarray, steps: int, watch: np.ndarray | None):
-        g = torch.Generator().manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
-        for p in net.parameters():
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[-1]) ** 0.5))
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=weight_decay)
-        r = torch.as_tensor(rows)
-        best = (math.inf, 0)
-        for step in range(1, steps + 1):
-            opt.zero_grad()
-            loss = (wt[r] * (net(Xs[r])[:, 0] - zt[r]) ** 2).mean()
-            loss.backward()
-            opt.step()
-            if watch is not None and step % 10 == 0:
-                with torch.no_grad():
-                    m = float(torch.nn.functional.mse_loss(net(Xs[torch.as_tensor(watch)])[:, 0], zt[watch]))
-                if m < best[0]:
-                    best = (m, step)
-        return net, best[1]
-
-    with torch.enable_grad():
-        _, n_steps = train(rest, epochs, inner)
-        net, _ = train(np.arange(len(z)), max(10, n_steps), None)
-    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return {"head": "mlp", "mu": mu, "sd": sd, "state": state, "hidden": hidden, "steps": max(10, n_steps)}
 
 
 def _scatter(path: Path, true: np.ndarray, pred: np.ndarray, metrics: dict[str, Any],

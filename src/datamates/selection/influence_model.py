@@ -208,7 +208,7 @@ def head_predict(model: InfluenceModel, emb: np.ndarray) -> np.ndarray:
 
 
 def head_tensors(head: dict[str, Any], direction: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The tensors of a fitted feature head (fit.fit_head) for `lm_head.safetensors`."""
+    """The tensors of a fitted feature head (core/regression.fit_head) for `lm_head.safetensors`."""
     out: dict[str, torch.Tensor] = {}
     if head["head"] == "ridge":
         out["ridge.w"] = torch.as_tensor(np.asarray(head["w"], np.float64))
@@ -230,7 +230,7 @@ def head_from_tensors(t: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def predict_head(model: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    """z predictions [n] float64 of a feature head (fit.fit_head) on features X [n, d]."""
+    """z predictions [n] float64 of a feature head (core/regression.fit_head) on features X [n, d]."""
     X = np.asarray(X, np.float64)
     if model["head"] == "ridge":
         return X @ np.asarray(model["w"], np.float64) + float(model["b"])
@@ -260,7 +260,8 @@ class LMInfluenceModel:
                                         f"{checkpoint_hash(ckpt)}, fitted on {cfg['checkpoint_hash']}); re-run `datamates fit`")
         self.device = torch.device(device)
         self.featurizer = LMFeaturizer(ckpt, device=self.device, direction=t.get("direction"),
-                                       batch_size=int(cfg.get("lm_batch_size", 16)))
+                                       batch_size=int(cfg.get("lm_batch_size", 16)),
+                                       prefix_tokens=cfg.get("prefix_tokens"), exit_layer=cfg.get("exit_layer"))
 
     def eval(self) -> LMInfluenceModel:
         return self
@@ -285,11 +286,13 @@ class LMInfluenceModel:
 def score_counts(icfg: dict[str, Any], fit_meta: dict[str, Any], n_encoder_tokens: int, n_scored: int,
                  seq_len: int) -> tuple[dict[str, int], dict[str, Any]]:
     """(tokens, flops_per_token) a scoring call records (accounting.py): the encoder's tokens, and in
-    lm mode one LM forward (+ the `fo` head product) per scored sequence."""
+    lm mode one LM forward (+ the `fo` head product) per scored sequence, on its prefix when the model
+    was fitted with `fit.prefix_tokens` (the fit's FLOPs per token already price the early exit)."""
     fpt = fit_meta.get("flops_per_token", {})
     if icfg.get("mode") != "lm":
         return {"encoder_forward": n_encoder_tokens}, {"encoder_forward": fpt.get("encoder_forward")}
-    tokens = {k: n_scored * seq_len for k in fpt if k != "encoder_forward"}
+    per_seq = int(icfg.get("lm_tokens_per_sequence") or seq_len)
+    tokens = {k: n_scored * (seq_len if k == "lm_embed" else per_seq) for k in fpt if k != "encoder_forward"}
     if n_encoder_tokens:
         tokens["encoder_forward"] = n_encoder_tokens
     return tokens, dict(fpt)

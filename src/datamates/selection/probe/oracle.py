@@ -475,22 +475,10 @@ def _check_finite(res: dict[str, np.ndarray]) -> None:
         )
 
 
-def probe(
-    cfg: ProbeConfig,
-    checkpoint: str | Path,
-    pool: Pool | str | Path,
-    candidate_ids: Sequence[int] | np.ndarray,
-    out: str | Path,
-    *,
-    reference: ReferenceSet | None = None,
-) -> Path:
-    """Label every candidate with ref_loss_delta (see the module docstring) and write `out/`
-    (labels.parquet + meta.json + DONE). `reference` overrides `cfg.reference*`. Returns `out`;
-    a complete `out` with the same inputs is kept as it is, a killed run resumes by chunk."""
-    t_start = time.time()
-    out = Path(out)
-    pool = pool if isinstance(pool, Pool) else Pool(pool)
-    ids = check_candidates(candidate_ids, pool)
+def _check_inputs(cfg: ProbeConfig, checkpoint: str | Path, pool: Pool, ids: np.ndarray,
+                  reference: ReferenceSet | None) -> tuple[Path, ReferenceSet]:
+    """The checkpoint (with its optimizer state, of the pool's tokenizer) and the reference set
+    (cfg.reference* unless given; sharing no sequence with the candidates), or a one-line error."""
     checkpoint = check_checkpoint(checkpoint)
     if not has_optimizer_state(checkpoint):
         raise ArtifactMissing(
@@ -510,6 +498,51 @@ def probe(
         if len(overlap):
             raise InputError(f"reference set and candidates share {len(overlap)} pool sequences (e.g. {int(overlap[0])}); "
                              "a candidate must not be part of the reference set")
+    return checkpoint, reference
+
+
+def _write_labels(res: dict[str, np.ndarray], halves: bool, path: Path,
+                  part_names: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """labels.parquet: seq_id, ref_loss_delta (+ ref_loss_after, the halves' deltas, each part's delta
+    `ref_loss_delta_<part>`), loss, grad_norm. With several references (`part_names`) the label is
+    `combine_part_deltas` of the parts' deltas. Returns (label, {column: a part's deltas})."""
+    label = res["delta"][:, 0]
+    part_cols: dict[str, np.ndarray] = {}
+    if part_names:  # several references: the mean of each one's delta / its sd
+        first = 3 if halves else 1
+        part_cols = {f"ref_loss_delta_{n}": res["delta"][:, first + i] for i, n in enumerate(part_names)}
+        label = combine_part_deltas(np.stack(list(part_cols.values()), axis=1))
+    cols = {"seq_id": pa.array(res["seq_id"], pa.int64()), "ref_loss_delta": pa.array(label, pa.float64())}
+    if "after" in res and not part_names:
+        cols["ref_loss_after"] = pa.array(res["after"][:, 0], pa.float64())
+    if halves:
+        cols["ref_loss_delta_a"] = pa.array(res["delta"][:, 1], pa.float64())
+        cols["ref_loss_delta_b"] = pa.array(res["delta"][:, 2], pa.float64())
+    for name, v in part_cols.items():
+        cols[name] = pa.array(v, pa.float64())
+    cols["loss"] = pa.array(res["loss"], pa.float64())
+    cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
+    pq.write_table(pa.table(cols), path)
+    return label, part_cols
+
+
+def probe(
+    cfg: ProbeConfig,
+    checkpoint: str | Path,
+    pool: Pool | str | Path,
+    candidate_ids: Sequence[int] | np.ndarray,
+    out: str | Path,
+    *,
+    reference: ReferenceSet | None = None,
+) -> Path:
+    """Label every candidate with ref_loss_delta (see the module docstring) and write `out/`
+    (labels.parquet + meta.json + DONE). `reference` overrides `cfg.reference*`. Returns `out`;
+    a complete `out` with the same inputs is kept as it is, a killed run resumes by chunk."""
+    t_start = time.time()
+    out = Path(out)
+    pool = pool if isinstance(pool, Pool) else Pool(pool)
+    ids = check_candidates(candidate_ids, pool)
+    checkpoint, reference = _check_inputs(cfg, checkpoint, pool, ids, reference)
     ckpt_hash = checkpoint_hash(checkpoint)
     plan = {"checkpoint_hash": ckpt_hash, "candidates_hash": hash_ids(ids), "n_probes": int(len(ids)),
             "pool_id": pool.pool_id, "reference": reference.fingerprint, "config": _label_config(cfg)}
@@ -550,25 +583,8 @@ def probe(
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if not np.array_equal(res["seq_id"], ids):
             raise InputError(f"{tmp}: chunk files do not match the candidate list; delete {tmp} and re-run")
-        label = res["delta"][:, 0]
-        part_cols = {}
-        if reference.parts is not None:  # several references: the mean of each one's delta / its sd
-            first = 3 if cfg.reference_halves else 1
-            part_cols = {f"ref_loss_delta_{n}": res["delta"][:, first + i]
-                         for i, n in enumerate(reference.part_names or [])}
-            label = combine_part_deltas(np.stack(list(part_cols.values()), axis=1))
-        cols = {"seq_id": pa.array(res["seq_id"], pa.int64()),
-                "ref_loss_delta": pa.array(label, pa.float64())}
-        if "after" in res and reference.parts is None:
-            cols["ref_loss_after"] = pa.array(res["after"][:, 0], pa.float64())
-        if cfg.reference_halves:
-            cols["ref_loss_delta_a"] = pa.array(res["delta"][:, 1], pa.float64())
-            cols["ref_loss_delta_b"] = pa.array(res["delta"][:, 2], pa.float64())
-        for name, v in part_cols.items():
-            cols[name] = pa.array(v, pa.float64())
-        cols["loss"] = pa.array(res["loss"], pa.float64())
-        cols["grad_norm"] = pa.array(res["grad_norm"], pa.float64())
-        pq.write_table(pa.table(cols), tmp / LABELS_FILE)
+        label, part_cols = _write_labels(res, cfg.reference_halves, tmp / LABELS_FILE,
+                                         reference.part_names if reference.parts is not None else None)
         shutil.rmtree(chunk_dir)
         d = label
         n_new = sum(len(c) for _, c in todo)
