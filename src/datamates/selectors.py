@@ -369,6 +369,8 @@ SCORERS: list[Scorer] = [
            "classifier", "classifier:classify", ("reference", "model"), aliases=("classifier",)),
     Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
            "perplexity:perplexity_filter", ("model",)),
+    Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
+           "heuristic", "heuristic:heuristic"),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
 ]

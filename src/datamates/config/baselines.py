@@ -153,6 +153,18 @@ class GroupConfig:
     device: str = knob("auto", "auto, cpu, cuda, cuda:N")
 
 
+@dataclass(kw_only=True)
+class HeuristicConfig:
+    """Gopher / C4-style rule-based quality filter (baselines/heuristic.py): rules failed, lower is better."""
+
+    min_word_length: float = knob(3.0, "a document's mean word length must be at least this (Gopher: 3)", ge=0)
+    max_word_length: float = knob(10.0, "... and at most this (Gopher: 10)", gt=0)
+    max_symbol_ratio: float = knob(0.1, "at most this many '#' / '...' per word (Gopher: 0.1)", ge=0)
+    min_alpha_words: float = knob(0.8, "at least this share of words holds a letter (Gopher: 0.8)", ge=0, le=1)
+    min_compression_ratio: float = knob(0.3, "gzip size / text size at least this (lower: repetitive text)", ge=0)
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
+
+
 def with_encoder(cfg):
     """A SemDeDup / rater config with its encoder filled in: null is the encoder defaults (a run
     fills in its own encoder first, selectors.py)."""
@@ -169,6 +181,7 @@ class BaselinesConfig:
     dsdm: DsDmConfig = knob(DsDmConfig(), "DsDm (TRAK datamodels)")
     rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
     group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
+    heuristic: HeuristicConfig = knob(HeuristicConfig(), "heuristic quality filter (Gopher / C4 rules)")
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:
