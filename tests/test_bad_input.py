@@ -1043,11 +1043,24 @@ def test_lone_surrogates_in_task_data_follow_the_same_rule(world, tmp_path):
 
 def test_the_torchrun_mailbox_never_unpickles_a_file_it_did_not_sign(tmp_path):
     """`<run>/logs/ranks/` used to be read with pickle.load: anyone able to write the run folder
-    could run code in every rank. Files are signed with a key that never touches the disk."""
+    could run code in every rank. Files are now JSON (arrays as .npy, allow_pickle=False) signed with
+    a key that never touches the disk, and name code only through executor.WORKERS."""
+    import hashlib
+    import hmac
+    import inspect
+    import json
     import pickle
 
-    from datamates import executor
+    import numpy as np
+    import torch
 
+    from datamates import executor
+    from datamates.core.loss import TargetExample
+    from datamates.selection.probe.first_order import FirstOrderConstants
+    from datamates.selection.probe.oracle import ProbeTask, WorkSpec, _write_chunk
+
+    src = inspect.getsource(executor)
+    assert "import pickle" not in src and "pickle." not in src and "allow_pickle=True" not in src
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -1055,17 +1068,37 @@ def test_the_torchrun_mailbox_never_unpickles_a_file_it_did_not_sign(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     key = os.urandom(32)
-    planted = tmp_path / "job_0000.pkl"
+    planted = tmp_path / "job_0000.json"
     planted.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(executor.ShardFailed, match="signature does not match"):
         executor._read(planted, key)
-    forged = tmp_path / "end.pkl"
-    forged.write_bytes(os.urandom(32) + pickle.dumps(Evil()))
+    forged = tmp_path / "end.json"
+    forged.write_bytes(os.urandom(32).hex().encode() + b"\n" + pickle.dumps(Evil()))
     with pytest.raises(executor.ShardFailed, match="signature does not match"):
         executor._read(forged, key)
+    # even a correctly signed file may name only datamates' registered workers, dataclasses and errors
+    for name in ("os:system", "datamates.run_dir:atomic_write_bytes"):
+        text = json.dumps({"arrays": [], "body": {"__ref__": name}}).encode()
+        signed = tmp_path / "named.json"
+        signed.write_bytes(hmac.new(key, text, hashlib.sha256).hexdigest().encode() + b"\n" + text)
+        with pytest.raises(executor.ShardFailed, match="not"):
+            executor._read(signed, key)
     assert not marker.exists()
-    executor._post(tmp_path / "ok.pkl", {"shards": [1, 2]}, key)
-    assert executor._read(tmp_path / "ok.pkl", key) == {"shards": [1, 2]}
+    # a probe job goes through as JSON + .npy files and comes back equal
+    spec = WorkSpec("ckpt", "pool", {"mode": "first_order", "lr": None}, 0.1,
+                    [TargetExample((1, 2), (3,)), TargetExample((4,), (5, 6))], np.eye(3), np.arange(3.0), 0,
+                    FirstOrderConstants("theta", [torch.ones(4, 3)], np.zeros(3), None))
+    job = executor.Job("probe", [tmp_path / "a.npz", tmp_path / "b.npz"], ProbeTask(spec, np.arange(7), 4),
+                       save=_write_chunk, sizes=[4, 3], unit="probe")
+    executor._post(tmp_path / "job_0001.json", {"job": job, "todo": [0, 1], "device": "cpu"}, key)
+    back = executor._read(tmp_path / "job_0001.json", key)["job"]
+    assert back.save is _write_chunk and back.paths == job.paths and back.sizes == [4, 3]
+    s = back.worker.spec
+    assert s.examples == spec.examples and isinstance(s.examples[0].context, tuple) and s.cfg == spec.cfg
+    assert np.array_equal(s.groups, spec.groups) and np.array_equal(back.worker.ids, np.arange(7))
+    assert torch.equal(s.first_order.rho[0], spec.first_order.rho[0])
+    executor._post(tmp_path / "ok.json", ("user", executor.ConfigError, "x"), key)
+    assert executor._read(tmp_path / "ok.json", key) == ("user", executor.ConfigError, "x")
 
 
 HELD_CASES = [test_undecodable_lines_are_skipped_counted_and_reported, test_documents_without_the_domain_field_are_counted,

@@ -32,10 +32,12 @@ Backends (`backend=`):
 
 `lead(fn, mailbox)` is how a torchrun program runs a serial step that contains sharded jobs (a
 selector: probe -> fit -> score -> select): rank 0 runs `fn`; the other ranks *serve*: they poll
-the mailbox folder for the jobs rank 0 posts (a pickled `Job`, between datamates' own processes of
-one run, each file signed with HMAC-SHA256 under a key rank 0 draws per `lead` call and sends to the
-other ranks over the process group, never through the file system: a file anyone else wrote into
-the run folder fails the check and is never unpickled), run their shards, and return `fn`'s
+the mailbox folder for the jobs rank 0 posts (a `Job` as JSON, never pickle: its worker and save
+function by the "module:qualname" they were registered under with `worker`, configs as dataclasses
+of the datamates package, arrays as .npy files with allow_pickle=False; each file signed with
+HMAC-SHA256 under a key rank 0 draws per `lead` call and sends to the other ranks over the process
+group, never through the file system: a file anyone else wrote into the run folder fails the
+check and is never decoded), run their shards, and return `fn`'s
 result when rank 0 posts it. They wait on files, with a heartbeat line in their log every `heartbeat_s`, never inside a collective, so a long serial step
 on rank 0 (the ridge fit, the Gumbel-top-k merge, an evaluation) cannot hit the process-group
 timeout (config: `distributed.timeout_minutes`, default 30; only training's collectives and one
@@ -51,14 +53,18 @@ docs/executor.md describes the design and how to choose a backend.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import hmac
+import importlib
+import io
+import json
 import multiprocessing as mp
 import os
-import pickle
 import secrets
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -66,8 +72,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
+
+import numpy as np
 
 from datamates.core.train_loop import dist_setup
 from datamates.errors import ConfigError, DatamatesError
@@ -96,10 +104,12 @@ class Job:
 
     name     for logs and errors ("probe", "score", "train-units")
     paths    the result path of every shard, in shard order (n shards = len(paths))
-    worker   picklable factory `worker(slot) -> fn`, called once per worker process / actor / rank;
+    worker   factory `worker(slot) -> fn` (picklable for local / Ray; an instance of a class registered
+             with `executor.worker` to be shared over a torchrun world), called once per worker
+             process / actor / rank;
              `fn(i)` computes shard i and returns its result (None: only `run(local_worker=...)`
              in this process)
-    save     picklable `save(path, result)` writing atomically, run where the shard was computed;
+    save     `save(path, result)` (a function registered with `executor.worker`) writing atomically, run where the shard was computed;
              None: `fn(i)` writes `paths[i]` itself (e.g. a checkpoint folder) and its (small,
              picklable) return value is handed back to the caller
     sizes    optional work per shard (e.g. sequences) for the progress bar"""
@@ -192,7 +202,8 @@ def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "a
     call computed when `job.save` is None (else {}). Afterwards every `job.paths[i]` is finished.
 
     Inside `lead` under torchrun the job is shared over the world, whatever `backend` says, unless
-    `share` is False (a job whose worker cannot be pickled, e.g. a closure: it runs in this process).
+    `share` is False (a job whose worker is not a registered `worker` class, e.g. a closure: it runs
+    in this process).
     `local_worker`: a zero-argument factory of `fn` for the shards this process computes (inline,
     or rank 0 of a torchrun world), e.g. one that reuses state the caller has loaded already."""
     if backend not in BACKENDS:
@@ -405,22 +416,152 @@ def world_size() -> int:
     return 1
 
 
+# ----------------------------------------------------------------------------- the mailbox codec
+# A mailbox file is JSON, never pickle: plain values as themselves, tuples / paths / non-string-keyed
+# dicts tagged, dataclasses of the datamates package field by field with their "module:qualname",
+# numpy arrays (and CPU tensors) as .npy files beside it (allow_pickle=False, their sha256 inside
+# the signed JSON), and a job's worker / save function only by the name it was registered under
+# with `worker` (WORKERS). Decoding resolves names only inside the datamates package: a registered
+# worker, a dataclass, or a DatamatesError class (a user error re-raised on every rank).
+
+WORKERS: dict[str, Any] = {}  # "module:qualname" -> a class or function a mailbox job may name
+_TAGS = ("__tuple__", "__path__", "__npy__", "__tensor__", "__items__", "__ref__", "__dataclass__", "__worker__")
+
+
+def worker(obj: Any) -> Any:
+    """Register a worker class (its instances are a Job's `worker`, sent as their `__dict__`) or a
+    save function of the datamates package as a name a torchrun mailbox job may carry."""
+    WORKERS[_name(obj)] = obj
+    return obj
+
+
+def _name(obj: Any) -> str:
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _encode(obj: Any, arrays: list[np.ndarray]) -> Any:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PurePath):
+        return {"__path__": str(obj)}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError("an object array cannot go through the torchrun mailbox")
+        arrays.append(obj)
+        return {"__npy__": len(arrays) - 1}
+    if "torch" in sys.modules and isinstance(obj, sys.modules["torch"].Tensor):
+        arrays.append(obj.detach().cpu().numpy())
+        return {"__tensor__": len(arrays) - 1}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, arrays) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and k not in _TAGS for k in obj):
+            return {k: _encode(v, arrays) for k, v in obj.items()}
+        return {"__items__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, type) and issubclass(obj, DatamatesError) or (
+            hasattr(obj, "__qualname__") and WORKERS.get(_name(obj)) is obj):
+        return {"__ref__": _name(obj)}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and _name(type(obj)).startswith("datamates."):
+        return {"__dataclass__": _name(type(obj)),
+                "fields": {f.name: _encode(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)}}
+    if WORKERS.get(_name(type(obj))) is type(obj):
+        return {"__worker__": _name(type(obj)), "state": _encode(obj.__getstate__(), arrays)}
+    raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} cannot go through the torchrun mailbox as JSON "
+                    "(register a worker class with executor.worker, or send a dataclass of the datamates package)")
+
+
+def _resolve(name: str) -> Any:
+    """A "module:qualname" inside the datamates package (importing its module registers its
+    workers); anything else is refused before any import."""
+    mod, _, qual = str(name).partition(":")
+    if not (mod == "datamates" or mod.startswith("datamates.")) or not qual:
+        raise ShardFailed(f"the torchrun mailbox names {name!r}, which is not part of datamates")
+    if name in WORKERS:
+        return WORKERS[name]
+    obj: Any = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _decode(obj: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    tag = next((t for t in _TAGS if t in obj), None)
+    if tag is None:
+        return {k: _decode(v, arrays) for k, v in obj.items()}
+    if tag == "__tuple__":
+        return tuple(_decode(v, arrays) for v in obj[tag])
+    if tag == "__path__":
+        return Path(obj[tag])
+    if tag == "__npy__":
+        return arrays[obj[tag]]
+    if tag == "__tensor__":
+        import torch
+
+        return torch.from_numpy(arrays[obj[tag]])
+    if tag == "__items__":
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in obj[tag]}
+    target = _resolve(obj[tag])
+    if tag == "__ref__":
+        if WORKERS.get(obj[tag]) is target or isinstance(target, type) and issubclass(target, DatamatesError):
+            return target
+    elif tag == "__dataclass__":
+        if isinstance(target, type) and dataclasses.is_dataclass(target):
+            values = {k: _decode(v, arrays) for k, v in obj["fields"].items()}
+            init = {f.name for f in dataclasses.fields(target) if f.init}
+            out = target(**{k: v for k, v in values.items() if k in init})
+            for k, v in values.items():
+                if k not in init:
+                    object.__setattr__(out, k, v)
+            return out
+    elif tag == "__worker__" and WORKERS.get(obj[tag]) is target:
+        out = target.__new__(target)
+        out.__dict__.update(_decode(obj["state"], arrays))
+        return out
+    raise ShardFailed(f"the torchrun mailbox names {obj[tag]!r}, which is not a registered executor worker, a "
+                      "dataclass or an error of datamates")
+
+
 def _post(path: Path, obj: Any, key: bytes) -> None:
-    """A mailbox file: HMAC-SHA256(key, payload) then the pickled payload."""
-    payload = pickle.dumps(obj)
-    atomic_write_bytes(path, hmac.new(key, payload, hashlib.sha256).digest() + payload)
+    """A mailbox file: `<path>` holds HMAC-SHA256(key, text) in hex, a newline, then the JSON text;
+    its arrays are `<stem>.<i>.npy` beside it (written first; their sha256 is in the signed text)."""
+    arrays: list[np.ndarray] = []
+    body = _encode(obj, arrays)
+    digests = []
+    for i, a in enumerate(arrays):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+        atomic_write_bytes(path.with_name(f"{path.stem}.{i}.npy"), buf.getvalue())
+        digests.append(hashlib.sha256(buf.getvalue()).hexdigest())
+    text = json.dumps({"arrays": digests, "body": body}).encode()
+    atomic_write_bytes(path, hmac.new(key, text, hashlib.sha256).hexdigest().encode() + b"\n" + text)
 
 
 def _read(path: Path, key: bytes) -> Any:
-    """A mailbox file, unpickled only when its signature is this `lead` call's: the key exists only
-    in the ranks' memory, so a file planted in logs/ranks/ cannot run code in a rank."""
+    """A mailbox file, decoded only when its signature is this `lead` call's: the key exists only
+    in the ranks' memory. Nothing in it is ever unpickled (JSON, and .npy with allow_pickle=False),
+    and it names code only through the WORKERS registry of the datamates package."""
     with open(path, "rb") as fh:
         blob = fh.read()
-    sig, payload = blob[:32], blob[32:]
-    if len(blob) < 32 or not hmac.compare_digest(sig, hmac.new(key, payload, hashlib.sha256).digest()):
+    sig, _, text = blob.partition(b"\n")
+    if not hmac.compare_digest(sig, hmac.new(key, text, hashlib.sha256).hexdigest().encode()):
         raise ShardFailed(f"{path}: a mailbox file not written by this run's rank 0 (its signature does not match); "
                           "something else writes into the run folder: stop it and re-run the command")
-    return pickle.loads(payload)
+    msg = json.loads(text)
+    arrays = []
+    for i, digest in enumerate(msg["arrays"]):
+        data = path.with_name(f"{path.stem}.{i}.npy").read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ShardFailed(f"{path}: its array file {i} changed after rank 0 wrote it; re-run the command")
+        arrays.append(np.load(io.BytesIO(data), allow_pickle=False))
+    return _decode(msg["body"], arrays)
 
 
 @dataclass
@@ -442,7 +583,7 @@ class _World:
     def run(self, job: Job, todo: list[int], *, device: str, local_worker, progress) -> dict[int, Any]:
         n = self.jobs
         self.jobs += 1
-        _post(self.folder / f"job_{n:04d}.pkl", {"job": job, "todo": todo, "device": device}, self.key)
+        _post(self.folder / f"job_{n:04d}.json", {"job": job, "todo": todo, "device": device}, self.key)
         t0 = time.time()
         with _Progress(job, todo, progress) as bar:
             out = _serve_job(job, todo, self.rank, self.world, device, local_worker, self.folder, n, bar, self.key)
@@ -543,7 +684,7 @@ def lead_ranks(fn: Callable[[], Any], *, device: str, logs: str | Path, distribu
 def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.0, poll_s: float = 0.2,
          timeout_s: float = 1800.0) -> Any:
     """Run `fn` on rank 0 while the other ranks serve the jobs it submits (see the module
-    docstring); every rank returns `fn`'s result (which must be picklable). A single process, or
+    docstring); every rank returns `fn`'s result (which must be JSON through the mailbox codec: plain values, paths, arrays, dataclasses of datamates). A single process, or
     a call inside another `lead`: just `fn()`.
 
     The mailbox is a folder every rank sees (a run's logs/ranks); each call uses a fresh
@@ -575,15 +716,19 @@ def lead(fn: Callable[[], Any], mailbox: str | Path, *, heartbeat_s: float = 60.
         try:
             result = fn()
         except DatamatesError as e:
-            _post(folder / "end.pkl", ("user", type(e), str(e)), key)
+            _post(folder / "end.json", ("user", type(e), str(e)), key)
             raise
         except BaseException as e:
-            _post(folder / "end.pkl", ("error", None, f"rank 0 failed: {type(e).__name__}: {e}"), key)
+            _post(folder / "end.json", ("error", None, f"rank 0 failed: {type(e).__name__}: {e}"), key)
             raise
         finally:
             _CURRENT[0] = None
             stop.set()
-        _post(folder / "end.pkl", ("ok", result, ""), key)
+        try:
+            _post(folder / "end.json", ("ok", result, ""), key)
+        except TypeError as e:  # the other ranks must not wait for a result that cannot be sent
+            _post(folder / "end.json", ("error", None, f"rank 0's result cannot be sent to the other ranks: {e}"), key)
+            raise ShardFailed(f"rank 0's result cannot be sent to the other ranks: {e}") from None
         return result
     return _serve(folder, rank, world, heartbeat_s, poll_s, timeout_s, key)
 
@@ -599,14 +744,14 @@ def _serve(folder: Path, rank: int, world: int, heartbeat_s: float, poll_s: floa
     n = 0
     t0 = last = time.time()
     while True:
-        jf = folder / f"job_{n:04d}.pkl"
+        jf = folder / f"job_{n:04d}.json"
         if jf.exists():
             msg = _read(jf, key)
             _serve_job(msg["job"], msg["todo"], rank, world, msg["device"], None, folder, n, None, key)
             n += 1
             last = time.time()
             continue
-        end = folder / "end.pkl"
+        end = folder / "end.json"
         if end.exists():
             kind, value, text = _read(end, key)
             if kind == "ok":

@@ -7,9 +7,11 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     random              uniform k of the block (MATES's baseline and warmup stages)
     mates               probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k
     mates-first-order   the same, with first-order probe labels
-    mates-parity        MATES's own recipe (mates.parity): exact labels, the fine-tuned encoder on text
+    mates-parity        MATES's own recipe: exact labels, the fine-tuned encoder on text
     mates-static        the influence model fitted once, at the first selection stage, scores every
-                        later stage (mates.static_influence; MATES's ablation)
+                        later stage (MATES's ablation)
+                        (mates.parity / mates.static_influence: deprecated aliases of these two,
+                        read by `mates` only, with a one-line warning)
     mates-full          mates with the full LM-feature influence model (stats + hidden + fo of the whole
                         candidate, every block: the default before issue 28), whatever the run's prefix
                         and early exit (docs/influence_model.md#cheaper-features)
@@ -153,8 +155,7 @@ def mates_probe_ids(x: StageInputs, pcfg) -> np.ndarray:
 
 
 def mates_configs(x: StageInputs, mode: str | None = None, parity: bool = False):
-    """(probe config, fit config) of the `mates` scorers: parity (`mates-parity`, or `mates.parity`
-    for `mates`) is MATES's own recipe (exact labels of the plan's probe set, the fine-tuned encoder
+    """(probe config, fit config) of the `mates` scorers: parity (`mates-parity`) is MATES's own recipe (exact labels of the plan's probe set, the fine-tuned encoder
     on text, no label history)."""
     if parity:
         return replace(x.mates.probe, mode="exact"), replace(x.mates.fit, mode="finetune")
@@ -168,14 +169,23 @@ def full_lm_fit(fcfg):
                    exit_layer=None)
 
 
-def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool | None = None,
-                static: bool | None = None, full: bool = False) -> Path:
-    """probe -> fit -> score. `static` (`mates-static`, or mates.static_influence): the influence
+@functools.cache
+def _deprecated(flag: str, selector: str) -> None:
+    log.warning("mates.%s is deprecated: it is an alias of the %s selector (put %s in mates.selectors)",
+                flag, selector, selector)
+
+
+def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False, static: bool = False,
+                full: bool = False, aliases: bool = False) -> Path:
+    """probe -> fit -> score. `static` (`mates-static`): the influence
     model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
     mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
     `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit)."""
-    parity = x.mates.parity if parity is None else parity
-    static = x.mates.static_influence if static is None else static
+    if aliases:  # `mates` only: the config flags mates.parity / mates.static_influence, deprecated aliases
+        for flag, selector in (("parity", "mates-parity"), ("static_influence", "mates-static")):
+            if getattr(x.mates, flag):
+                _deprecated(flag, selector)
+        parity, static = x.mates.parity, x.mates.static_influence
     sd = x.rd.stage(x.stage)
     pcfg, fcfg = mates_configs(x, mode, parity)
     if full and not parity:
@@ -341,7 +351,8 @@ def _mates(name: str, summary: str, **kw: Any) -> Scorer:
 
 SCORERS: list[Scorer] = [
     Scorer("random", score_random, "uniform k of the block (MATES's baseline and warmup stages)"),
-    _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k"),
+    _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k",
+           aliases=True),
     _mates("mates-first-order", "the same, with first-order probe labels", mode="first_order"),
     _mates("mates-parity", "MATES's own recipe: exact labels, the fine-tuned encoder on text", parity=True),
     _mates("mates-static", "the influence model fitted once, at the first selection stage, scores every later "

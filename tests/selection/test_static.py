@@ -87,3 +87,26 @@ def test_label_multiplier_and_history(tiny_pool, tiny_ckpt, tmp_path):
 
     x = _inputs(m_exact, rd, tiny_pool, tiny_ckpt, 2, ref)
     assert len(mates_probe_ids(x, m_exact.probe)) == 24
+
+
+def test_the_old_flags_are_deprecated_aliases_read_by_mates_only(tmp_path, monkeypatch):
+    """mates.parity / mates.static_influence used to be a second address of every MATES variant
+    (mates-first-order with mates.parity: true probed exact labels); now `mates` alone reads them."""
+    from datamates import selectors
+
+    class Probed(Exception):
+        pass
+
+    seen = []
+
+    def probe_stops(pcfg, *args, **kw):  # the probe config each scorer asks for, then stop
+        seen.append(pcfg.mode)
+        raise Probed
+
+    monkeypatch.setattr(selectors, "probe", probe_stops)
+    m = replace(MatesConfig(label_multiplier=1), parity=True)
+    x = StageInputs(m, RunDir(tmp_path / "r"), None, 2, None, np.arange(4), np.arange(2), 1, tmp_path)
+    for name in ("mates", "mates-first-order"):
+        with pytest.raises(Probed):
+            selectors.REGISTRY[name].score(x)
+    assert seen == ["exact", "first_order"]

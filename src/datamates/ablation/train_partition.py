@@ -140,6 +140,7 @@ def run_jobs(jobs: list[BranchJob], train_cfg: TrainConfig, model_cfg: ModelConf
     return results
 
 
+@executor.worker
 class _TrainTask:
     """The models to train as executor shards (datamates.executor): shard i trains `jobs[i]` into
     its checkpoint folder (atomic: finished when it holds DONE) and returns (out, seconds)."""

@@ -67,12 +67,12 @@ class MatesConfig:
     label_history_decay: float = knob(0.5, "weight per stage back of earlier stages' labels", gt=0, le=1)
     static_influence: bool = knob(
         False, "fit the influence model once, at the first selection stage, and score every later stage "
-        "with it (MATES's static ablation; the `mates-static` selector sets it)",
+        "with it (MATES's static ablation). Deprecated: an alias of the `mates-static` selector, read by `mates` only",
     )
     parity: bool = knob(
         False, "MATES's own recipe: exact probe labels of the plan's probe set and the fine-tuned encoder "
-        "(fit.mode finetune on fit.encoder), no label multiplier or history (the `mates-parity` selector "
-        "sets it; docs/influence_model.md)",
+        "(fit.mode finetune on fit.encoder), no label multiplier or history (docs/influence_model.md). Deprecated: an alias of "
+        "the `mates-parity` selector, read by `mates` only",
     )
     probe: ProbeConfig = knob(ProbeConfig(), "oracle probing")
     fit: FitConfig = knob(FitConfig(), "influence-model fit")

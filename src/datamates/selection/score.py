@@ -205,6 +205,7 @@ def _prepare_tokens(icfg: dict[str, Any], model_dir: str | Path, pool: Pool, ids
     return 0
 
 
+@executor.worker
 class ScoreTask:
     """The score stage's shards for the executor (datamates.executor): shard i = ids[i x S : (i + 1)
     x S] of the plan's ids.npy. `task(slot)` loads the influence model once per worker on the

@@ -365,6 +365,7 @@ class ProbeWorker:
         return out
 
 
+@executor.worker
 class ProbeTask:
     """The probe stage's shards for the executor (datamates.executor): shard i = candidates
     ids[i x chunk : (i + 1) x chunk]; `task(slot)` builds one ProbeWorker per worker on the slot's
@@ -453,6 +454,7 @@ def _label_config(cfg: ProbeConfig) -> dict[str, Any]:
     return d
 
 
+@executor.worker
 def _write_chunk(path: Path, res: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **res)
