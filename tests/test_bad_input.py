@@ -31,33 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datamates_testing import TINY_YAML
 
 from datamates.cli import main
-
-# one tiny configuration for every case: a 1-layer, 16-wide GPT-NeoX on 32-token sequences
-TINY_YAML = """\
-name: tiny
-pool:
-  seq_len: 32
-  tokenizer:
-    vocab_size: 300
-model:
-  n_layers: 1
-  d_model: 16
-  n_heads: 2
-  context: 32
-train:
-  steps: 2
-  micro_batch_size: 2
-  lr: 0.003
-  warmup_steps: 0
-  checkpoint_every: 1
-  log_every: 1
-  device: cpu
-eval:
-  device: cpu
-  batch_size: 4
-"""
 
 
 @dataclass
