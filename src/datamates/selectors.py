@@ -15,6 +15,9 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates-full          mates with the full LM-feature influence model (stats + hidden + fo of the whole
                         candidate, every block: the default before issue 28), whatever the run's prefix
                         and early exit (docs/influence_model.md#cheaper-features)
+    mates-prefix        mates with issue 28's paper-scale pick whatever the run's fit: embed + stats + hidden +
+                        fo of the first seq_len/16 tokens through the embedding and head only (exit_layer 0;
+                        configs/arena_gpu.yaml, paper_410m.yaml), so CPU arenas can run it beside `mates`
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -169,6 +172,14 @@ def full_lm_fit(fcfg):
                    exit_layer=None)
 
 
+def prefix_lm_fit(fcfg, seq_len: int):
+    """`mates-prefix`: issue 28's pick (experiments/influence_bench, docs/influence_model.md#cheaper-features):
+    embed + stats + hidden + fo of the first seq_len/16 tokens (16 of 256, 64 of 1,024) through the input
+    embedding and the head only (exit_layer 0), ridge, whatever the run's own fit."""
+    return replace(fcfg, mode="lm", features=["embed", "stats", "hidden", "fo"], head="ridge",
+                   prefix_tokens=max(2, seq_len // 16), exit_layer=0)
+
+
 @functools.cache
 def _deprecated(flag: str, selector: str) -> None:
     log.warning("mates.%s is deprecated: it is an alias of the %s selector (put %s in mates.selectors)",
@@ -176,11 +187,12 @@ def _deprecated(flag: str, selector: str) -> None:
 
 
 def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False, static: bool = False,
-                full: bool = False, aliases: bool = False) -> Path:
+                full: bool = False, prefix: bool = False, aliases: bool = False) -> Path:
     """probe -> fit -> score. `static` (`mates-static`): the influence
     model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
     mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
-    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit)."""
+    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit); `prefix` (`mates-prefix`):
+    issue 28's cheap pick (prefix_lm_fit)."""
     if aliases:  # `mates` only: the config flags mates.parity / mates.static_influence, deprecated aliases
         for flag, selector in (("parity", "mates-parity"), ("static_influence", "mates-static")):
             if getattr(x.mates, flag):
@@ -190,6 +202,8 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
     pcfg, fcfg = mates_configs(x, mode, parity)
     if full and not parity:
         fcfg = full_lm_fit(fcfg)
+    if prefix and not parity:
+        fcfg = prefix_lm_fit(fcfg, x.pool.seq_len)
     first = x.mates.warmup_stages + 1
     if static and x.stage > first:
         model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
@@ -359,6 +373,8 @@ SCORERS: list[Scorer] = [
                            "stage (MATES's ablation)", static=True),
     _mates("mates-full", "mates with the full-forward LM-feature influence model (stats + hidden + fo of the whole "
                          "candidate, every block), whatever the run's prefix and exit", full=True),
+    _mates("mates-prefix", "mates with issue 28's cheap pick (embed + stats + hidden + fo of a seq_len/16-token "
+                           "prefix, embedding and head only), whatever the run's fit", prefix=True),
     Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
     Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
     Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",
