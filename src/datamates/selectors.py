@@ -65,6 +65,7 @@ import numpy as np
 from datamates.accounting import timed
 from datamates.baselines._common import encoder_embeddings
 from datamates.baselines.dsir import dsir
+from datamates.baselines.heuristic import HeuristicConfig
 from datamates.baselines.perplexity import perplexity_filter
 from datamates.baselines.quality import BUNDLE_LABELS, rate
 from datamates.baselines.rholoss import irreducible_model, reducible_loss
@@ -384,6 +385,8 @@ SCORERS: list[Scorer] = [
            "classifier", "classifier:classify", ("reference", "model"), aliases=("classifier",)),
     Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
            "perplexity:perplexity_filter", ("model",)),
+    Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
+           "heuristic", "heuristic:heuristic", config=HeuristicConfig),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
 ]

@@ -15,7 +15,7 @@ from datamates.run_dir import RunDir, read_json
 from datamates.selection.select import read_selection
 from datamates.selectors import SELECTORS, StageInputs, resolve_selectors
 
-BASELINES = ["dsir", "semdedup", "qurating", "fasttext", "perplexity"]
+BASELINES = ["dsir", "semdedup", "qurating", "fasttext", "perplexity", "heuristic"]
 
 
 def test_registered():
