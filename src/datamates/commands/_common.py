@@ -41,7 +41,6 @@ def setup(args: argparse.Namespace, verb: str):
     from datamates.config import load_config
     from datamates.log import setup_logging
     from datamates.run_dir import RunDir, set_force
-
     from datamates.selectors import resolve_config
 
     set_force(getattr(args, "force", False))
