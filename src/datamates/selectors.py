@@ -48,8 +48,10 @@ The registry is the literal list `SCORERS` (mergekit's registry.py is the model)
 name, the MATES variants as instances of one scorer with arguments. `datamates run` (mates.selectors,
 `all`), `datamates score-with` (the scorers with a `standalone` function) and the docs' tables
 (tests/baselines/test_selectors.py checks docs/baselines.md) read it. Adding a scorer: its module
-(a function writing a scores folder, baselines/_common.write_scores), its config section in
-config/baselines.py, and one line here (docs/extending.md walks through one). `group:NAME` composes:
+(a function writing a scores folder, baselines/_common.write_scores, and its config dataclass) and
+one line here naming both (docs/extending.md walks through one). `config=` declares the scorer's
+section, mates.baselines.<section>: the config loader keeps it raw (config/ cannot import a scorer)
+and `resolve_config` checks it against the dataclass when a verb starts, before any work. `group:NAME` composes:
 NAME's scores, then the group selection. Older names (rater, classifier) are accepted as aliases.
 """
 
@@ -66,12 +68,13 @@ import numpy as np
 from datamates.accounting import timed
 from datamates.baselines._common import encoder_embeddings
 from datamates.baselines.dsir import dsir
+from datamates.baselines.heuristic import HeuristicConfig
 from datamates.baselines.perplexity import perplexity_filter
 from datamates.baselines.quality import BUNDLE_LABELS, rate
 from datamates.baselines.rholoss import irreducible_model, reducible_loss
 from datamates.baselines.semdedup import semdedup
 from datamates.baselines.trak import dsdm
-from datamates.config.base import data_dir
+from datamates.config.base import data_dir, resolve_owned
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceSet, load_reference
@@ -330,6 +333,8 @@ def score_rholoss(x: StageInputs) -> Path:
 class Scorer:
     """One entry of the registry: `datamates run` (mates.selectors), `datamates score-with` and the
     docs' tables read it. `section`: its knobs, mates.baselines.<section> (None: mates.* or none);
+    `config`: the dataclass of that section when the scorer's module declares it (None: a field of
+    config/baselines.BaselinesConfig);
     `standalone`: the scoring function `score-with` calls as fn(section config, pool, ids, out, **kw)
     (None: the scorer needs a run's stage); `flags`: the score-with flags that set a knob of its
     section; `aliases`: older names still accepted; `in_all`: listed by `selectors: [all]`."""
@@ -343,13 +348,22 @@ class Scorer:
     aliases: tuple[str, ...] = ()
     cache: bool = False  # score-with passes --cache-dir (encoder embeddings)
     in_all: bool = True
+    config: type | None = None  # the section's dataclass, declared in the scorer's module
 
     def stage_scores(self, x: StageInputs) -> Any:
         """The scores of stage x's block: the scorer's own glue, or its standalone function called
         with its config section (mates.baselines.<section>) on the block."""
         if self.score is not None:
             return self.score(x)
-        return _scored(x, self.scoring_function(), getattr(_baselines(x), self.section or ""))
+        return _scored(x, self.scoring_function(), self.section_config(_baselines(x)))
+
+    def section_config(self, baselines: Any, prefix: str = "mates.baselines.") -> Any:
+        """This scorer's config section of `baselines` (a BaselinesConfig): a declared field, or
+        its own section (checked first if no verb did: resolve_config)."""
+        if self.config is None:
+            return getattr(baselines, self.section or "")
+        resolve_owned(baselines, SECTIONS, prefix=prefix)
+        return baselines.scorers[self.section]
 
     def scoring_function(self) -> Callable[..., Path]:
         import importlib
@@ -388,12 +402,23 @@ SCORERS: list[Scorer] = [
     Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
            "perplexity:perplexity_filter", ("model",)),
     Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
-           "heuristic", "heuristic:heuristic"),
+           "heuristic", "heuristic:heuristic", config=HeuristicConfig),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
 ]
 REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
 ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}
+# mates.baselines.<name> -> the dataclass a scorer's module declares for it (Scorer.config)
+SECTIONS: dict[str, type] = {s.section: s.config for s in SCORERS if s.config is not None and s.section}
+
+
+def resolve_config(cfg: Any) -> Any:
+    """A RunConfig's scorer-owned sections (mates.baselines.<name>, Scorer.config) checked against
+    their dataclasses (a bad key: the loader's one-line ConfigError) and filled with their defaults,
+    in place; idempotent. Every verb calls it right after loading (commands/_common.setup, config
+    show), `run_mates` before any work, `score-with` on its `baselines.*` section."""
+    resolve_owned(cfg.mates.baselines, SECTIONS, prefix="mates.baselines.")
+    return cfg
 
 
 def canonical(name: str) -> str:
