@@ -52,15 +52,29 @@ from datamates.ablation.partition import add_unit, read_manifest
 from datamates.ablation.report import headline, write_outputs
 from datamates.ablation.stats import claim_table, correlations, pairwise_agreement, ratio_se
 from datamates.ablation.train_partition import resolve_seed, train_partitions
+from datamates.artifacts import (
+    DONE,
+    META,
+    PARTIAL,
+    Output,
+    atomic_dir,
+    check_not_input,
+    check_replaceable,
+    is_done,
+    meta_record,
+    produce,
+    read_json,
+)
 from datamates.config.ablation import AblationConfig
 from datamates.config.base import config_hash
 from datamates.config.core import ModelConfig, TrainConfig
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
 from datamates.log import get_logger
-from datamates.run_dir import RunDir, atomic_dir, is_done, meta_record
+from datamates.run_dir import RunDir
 
 log = get_logger(__name__)
+CHECKPOINT = "checkpoint"  # the kind core.train_loop.train gives a unit model
 
 
 def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool, *,
@@ -109,6 +123,7 @@ def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: Model
         gold = [g["mixture"].split("+") for g in json.loads(prev.read_text())["gold"] if g["k"] > 1]
     if not is_done(seed) and not (seed / "model.safetensors").exists():
         raise ArtifactMissing(f"{seed}: no seed model; an incremental study extends a trained study")
+    dest = rd.unit(name)
     if model is not None:  # refused before anything is written
         model = Path(model)
         inspect_checkpoint(model)
@@ -117,23 +132,35 @@ def add_unit_study(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: Model
             raise IncompatibleArtifacts(
                 f"{model}: --model was not trained from this study's seed ({seed}, weights {weights_sha(seed)}; the "
                 f"model records {meta.get('seed_sha')}); train the unit from this seed instead (leave out --model)")
+        if not is_done(dest):  # what copy_checkpoint's produce() would refuse, before the manifest changes
+            check_not_input(dest, [model])
+            check_replaceable(dest, CHECKPOINT)
     manifest = add_unit(manifest, pool, name, ids, source)
-    dest = rd.unit(name)
     trained = 0
     if model is not None:
         if not is_done(dest):
-            tmp = dest.with_name(dest.name + ".copy-partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(model, tmp)
-            tmp.rename(dest)
+            copy_checkpoint(model, dest)
     elif not is_done(dest):
-        train_partitions(manifest, pool, seed, rd.root / "units", train_cfg, model_cfg, cfg.branch, units=[name],
+        train_partitions(manifest, pool, seed, rd.units, train_cfg, model_cfg, cfg.branch, units=[name],
                          log_dir=rd.logs)
         trained = 1
     return ablate(cfg, train_cfg, model_cfg, rd, pool, gold=gold, out=out,
                   this_run={"units_trained": trained, "added_unit": name})
 
 
+def copy_checkpoint(model: Path, dest: Path) -> Path:
+    """`--add-unit --model`: the unit's checkpoint copied to `dest` through artifacts.produce (kind
+    checkpoint, identity: its weights), with its meta.json (the seed hash check_unit_seeds reads)."""
+    def markers(folder: str, names: list[str]) -> list[str]:  # the source's own DONE / meta.json: produce writes dest's
+        return [n for n in names if n in (DONE, PARTIAL, META)] if Path(folder) == model else []
+
+    def build(tmp: Path) -> dict[str, Any] | None:
+        shutil.copytree(model, tmp, dirs_exist_ok=True, ignore=markers)
+        return read_json(model / META) if (model / META).is_file() else None
+
+    return produce(Output(dest, CHECKPOINT, {"copy_of": weights_sha(model)}, inputs=(model,)), build)
+
+
 __all__ = ["HELDOUT_ALL", "LAMBADA", "EvalCache", "EvalSets", "Study", "ablate", "add_unit_study", "all_mixtures",
-           "build_eval_sets", "check_unit_seeds", "choose_gold", "claim_table", "correlations", "headline",
+           "build_eval_sets", "check_unit_seeds", "choose_gold", "copy_checkpoint", "claim_table", "correlations", "headline",
            "pairwise_agreement", "ratio_se"]
