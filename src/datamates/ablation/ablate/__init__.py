@@ -162,5 +162,5 @@ def copy_checkpoint(model: Path, dest: Path) -> Path:
 
 
 __all__ = ["HELDOUT_ALL", "LAMBADA", "EvalCache", "EvalSets", "Study", "ablate", "add_unit_study", "all_mixtures",
-           "build_eval_sets", "check_unit_seeds", "choose_gold", "copy_checkpoint", "claim_table", "correlations", "headline",
+           "build_eval_sets", "check_unit_seeds", "choose_gold", "claim_table", "copy_checkpoint", "correlations", "headline",
            "pairwise_agreement", "ratio_se"]
