@@ -80,7 +80,9 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
 
 
 def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
-
+    """pool -> units -> seed -> one model per unit -> the study (ablation.ablate.ablate: the seed's,
+    every proxy's and the gold models' evaluations, the correlations, the report; its own box, since
+    `datamates ablate` and `ablate --add-unit` run it on a trained study)."""
     pool = pool or Pool(_pool(cfg, rd))
     a = cfg.ablation
     manifest = partition(pool, a.partition, rd.partitions)
