@@ -1,10 +1,12 @@
 """Configs of the static baselines (docs/baselines.md): DSIR, SemDeDup, the quality rater, the
-fastText classifier filter and the perplexity filter; DsDm, reducible loss and group-level selection. One dataclass per method; `BaselinesConfig`
+fastText classifier filter and the perplexity filter; DsDm, reducible loss and group-level selection; the
+quality prior's weight of `mates+fasttext`. One dataclass per method; `BaselinesConfig`
 holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,6 +167,18 @@ class HeuristicConfig:
     shard_size: int = knob(65536, "sequences per score shard", ge=1)
 
 
+@dataclass(kw_only=True)
+class PriorConfig:
+    """`mates+fasttext` (baselines/prior.py): MATES's influence and a quality prior, each standardised over the block."""
+
+    weight: float = knob(1.0, "w of combined = z(mates) + w * z(fasttext), both z-scores over the candidate block "
+                              "(select's block scale), lower is better; 0: mates's ranking", ge=0)
+
+    def check(self) -> None:
+        if not math.isfinite(self.weight):
+            raise ConfigError(f"weight = {self.weight}: must be a finite number >= 0 (1.0: influence and prior alike)")
+
+
 def with_encoder(cfg):
     """A SemDeDup / rater config with its encoder filled in: null is the encoder defaults (a run
     fills in its own encoder first, selectors.py)."""
@@ -182,6 +196,7 @@ class BaselinesConfig:
     rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
     group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
     heuristic: HeuristicConfig = knob(HeuristicConfig(), "heuristic quality filter (Gopher / C4 rules)")
+    prior: PriorConfig = knob(PriorConfig(), "mates+fasttext: the weight of the quality prior")
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:
