@@ -34,6 +34,7 @@ stage modules in data-flow order; every step skips itself when its artifact is c
                         block as `select` does (w: baselines.prior.weight, default 1; 0 is mates's
                         ranking) (baselines/prior.py). Not listed by `all` (it repeats mates's probe
                         and fit on its own branch): name it
+    mates+heuristic     the same with the heuristic rules as the prior (model-free)
     NAME@REF            selector NAME probing the reference REF instead of mates.probe.reference
                         (e.g. mates@lambada_openai, oracle@clean; plan.selector_reference)
     group:NAME          any scoring selector NAME (mates, oracle, loss, dsir, dsdm ...), then group-level
@@ -43,7 +44,7 @@ stage modules in data-flow order; every step skips itself when its artifact is c
 One protocol (docs/methods.md#selection-protocol): every selector but `random` hands `select` raw
 scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
 block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
-(seed, id). No selector overrides the scale or picks ids itself (`mates+fasttext` standardises its two
+(seed, id). No selector overrides the scale or picks ids itself (`mates+PRIOR` standardises its two
 components over the block the same way before adding them, then hands the sum to `select`).
 
 The registry is the literal list `SCORERS` (mergekit's registry.py is the model): one `Scorer` per
@@ -315,8 +316,8 @@ def score_rholoss(x: StageInputs) -> Path:
                               work=sd / "rholoss", device=x.mates.score.device, charge_training=charge)
 
 
-def score_mates_prior(x: StageInputs, *, prior: str = "fasttext") -> Path:
-    """`mates+fasttext`: the `mates` steps (probe -> fit -> score into stage_NN/scores), the prior, a
+def score_mates_prior(x: StageInputs, *, prior: str) -> Path:
+    """`mates+PRIOR` (mates+fasttext, mates+heuristic): the `mates` steps (probe -> fit -> score into stage_NN/scores), the prior, a
     standalone scorer of the registry with its own section (fastText: mates.baselines.classifier), on
     the same block into stage_NN/prior, then z(mates) + w z(prior) over the block into
     stage_NN/combined (baselines/prior.py; w: mates.baselines.prior.weight). Each step skips itself
@@ -370,6 +371,12 @@ def _mates(name: str, summary: str, **kw: Any) -> Scorer:
     return Scorer(name, functools.partial(score_mates, **kw), summary)
 
 
+def _prior(prior: str) -> Scorer:
+    """MATES x a quality prior: one scorer, instances per prior (any standalone scorer of the registry)."""
+    return Scorer(f"mates+{prior}", functools.partial(score_mates_prior, prior=prior),
+                  f"z(mates) + w z({prior}) over the block: the influence times a quality prior", "prior", in_all=False)
+
+
 SCORERS: list[Scorer] = [
     Scorer("random", score_random, "uniform k of the block (MATES's baseline and warmup stages)"),
     _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k",
@@ -396,8 +403,8 @@ SCORERS: list[Scorer] = [
            "heuristic", "heuristic:heuristic"),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
-    Scorer("mates+fasttext", score_mates_prior, "z(mates) + w z(fasttext) over the block: the influence times a "
-           "quality prior", "prior", in_all=False),
+    _prior("fasttext"),
+    _prior("heuristic"),
 ]
 REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
 ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}

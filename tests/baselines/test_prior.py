@@ -29,8 +29,12 @@ NAME = "mates+fasttext"
 
 
 def test_registered_named_not_in_all():
-    assert NAME in SELECTORS and REGISTRY[NAME].section == "prior"
-    assert NAME not in resolve_selectors(["all"]) and resolve_selectors([NAME]) == [NAME]
+    from datamates.selectors import score_mates_prior
+
+    for name in (NAME, "mates+heuristic"):
+        assert name in SELECTORS and REGISTRY[name].section == "prior"
+        assert REGISTRY[name].score.func is score_mates_prior  # one scorer, an instance per prior
+        assert name not in resolve_selectors(["all"]) and resolve_selectors([name]) == [name]
     assert MatesConfig().baselines.prior.weight == 1.0
 
 
@@ -102,6 +106,15 @@ def test_combined_scores_are_the_hand_computation_and_w0_is_mates(tiny_pool, tin
     np.testing.assert_allclose(got0, zm, rtol=1e-6, atol=1e-6)
     alone = read_selection(select(inputs(0.0).mates.select, mates_folder, tiny_pool, tmp_path / "mates_alone", k=24))
     np.testing.assert_array_equal(sel0, alone)
+
+    # the heuristic prior (another instance), w = 2, on its own branch: the same hand computation
+    rd2 = RunDir(tmp_path / "run", "mates+heuristic")
+    x = replace(inputs(2.0), rd=rd2)
+    SELECTORS["mates+heuristic"](x)
+    _, zm2 = _z(rd2.scores(2))
+    _, zh = _z(rd2.stage(2) / "prior")
+    np.testing.assert_allclose(_sorted(rd2.stage(2) / "combined")[1], zm2 + 2.0 * zh, rtol=1e-6, atol=1e-6)
+    assert read_json(rd2.stage(2) / "prior" / "meta.json")["method"] == "heuristic" and np.std(zh) > 0.1
 
 
 def _cli(*argv) -> tuple[int, str]:

@@ -7,15 +7,18 @@ Each z is its scores standardised over the candidate block exactly as `select` s
 (selection/select.py, `select.scale: block`: the block's mean and population sd; `standardised_keys`
 is called with that scale, so there is one implementation of it). Both components are lower-is-better,
 so the combination is too, and it is scale-free: multiplying either component's raw scores by a
-constant changes nothing. `select` then standardises the combined scores over the block again like
+positive constant, or adding one, changes nothing. `select` then standardises the combined scores over the block again like
 every selector's (one protocol: the temperature means the same). w = 0 is the influence model's
 ranking exactly (an affine map of its scores); a large w is the prior's.
 
 Why a prior: the influence target can be gamed by junk (word-shuffled text lowers the LAMBADA loss
 while raising held-out clean loss; experiments/selection_arena/README.md, "Junk"), and a quality
-filter scores junk low without looking at the target. The prior of the registry entry
-`mates+fasttext` is the fastText filter (baselines/classifier.py: reference positives vs pool
-negatives, DCLM's recipe): model-free, offline, seconds per block.
+filter scores a candidate without looking at the target. The registry has two instances (selectors.py
+`_prior`): `mates+fasttext`, the fastText filter (baselines/classifier.py: reference positives vs pool
+negatives, DCLM's recipe; seconds per block), and `mates+heuristic`, the Gopher / C4 rules
+(baselines/heuristic.py; no model). Measured indicatively on the junk arena's first selection stage
+(docs/baselines.md#mates-x-a-quality-prior-matesfasttext): the fastText prior with its default FLAN
+positives *raises* the junk kept, the heuristic one lowers it a little; neither is a verdict.
 
 The combined scores are a scores folder in the common format (selection/scores_io.py) whose identity
 is the two components' DONE fingerprints and w; meta.json records w and each component's folder,

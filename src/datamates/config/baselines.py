@@ -1,6 +1,6 @@
 """Configs of the static baselines (docs/baselines.md): DSIR, SemDeDup, the quality rater, the
 fastText classifier filter and the perplexity filter; DsDm, reducible loss and group-level selection; the
-quality prior's weight of `mates+fasttext`. One dataclass per method; `BaselinesConfig`
+quality prior's weight of `mates+fasttext` / `mates+heuristic`. One dataclass per method; `BaselinesConfig`
 holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`)."""
 
 from __future__ import annotations
@@ -169,10 +169,12 @@ class HeuristicConfig:
 
 @dataclass(kw_only=True)
 class PriorConfig:
-    """`mates+fasttext` (baselines/prior.py): MATES's influence and a quality prior, each standardised over the block."""
+    """`mates+fasttext`, `mates+heuristic` (baselines/prior.py): MATES's influence and a quality prior, each
+    standardised over the block."""
 
-    weight: float = knob(1.0, "w of combined = z(mates) + w * z(fasttext), both z-scores over the candidate block "
-                              "(select's block scale), lower is better; 0: mates's ranking", ge=0)
+    weight: float = knob(1.0, "w of combined = z(mates) + w * z(prior) (mates+fasttext, mates+heuristic), both "
+                              "z-scores over the candidate block (select's block scale), lower is better; 0: mates's "
+                              "ranking", ge=0)
 
     def check(self) -> None:
         if not math.isfinite(self.weight):
@@ -196,7 +198,7 @@ class BaselinesConfig:
     rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
     group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
     heuristic: HeuristicConfig = knob(HeuristicConfig(), "heuristic quality filter (Gopher / C4 rules)")
-    prior: PriorConfig = knob(PriorConfig(), "mates+fasttext: the weight of the quality prior")
+    prior: PriorConfig = knob(PriorConfig(), "mates+fasttext, mates+heuristic: the weight of the quality prior")
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:
