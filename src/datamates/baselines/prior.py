@@ -68,10 +68,10 @@ def combine(cfg: PriorConfig, pool: Pool, ids: np.ndarray, out: str | Path, *, i
         values[order] += w * z[srt]
         marker = read_marker(folder) or {}
         parts[name] = {"scores": str(folder), "fingerprint": marker.get("fingerprint"), "weight": w, **stats}
-    pos = {int(i): j for j, i in enumerate(ids)}
+    by_id, sorted_values = ids[order], values[order]
 
     def score_fn(part: np.ndarray) -> np.ndarray:
-        return values[[pos[int(i)] for i in part]]
+        return sorted_values[np.searchsorted(by_id, part)]
 
     def meta() -> dict[str, Any]:
         return {"method": "mates+prior", "weight": cfg.weight, "components": parts, "config": to_dict(cfg),
