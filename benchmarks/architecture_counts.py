@@ -81,15 +81,13 @@ def counts(commit: str) -> dict[str, float]:
     exp_bytes = sum(int(v) for k, v in files.items() if k.startswith("experiments/")
                     and not k.endswith((".py", ".yaml", ".yml", ".md", ".sh", ".txt")) and v.isdigit())
     lines = {name: src[name].count("\n") if name in src else 0 for name in ("report.py", "ablation/ablate.py")}
-    rep = {k: v.count("
-") for k, v in src.items() if k.startswith("report/")}
+    rep = {k: v.count("\n") for k, v in src.items() if k.startswith("report/")}
     if rep:  # the split of issue 27: report/ in all, and its largest module
         big = max(rep, key=rep.get)
         lines["report.py"] = f"{sum(rep.values())} in report/ (largest {big.split('/')[1]}, {rep[big]})"
     # the study, split by concern into the folder ablation/ablate/ (issue 27): its largest module
     lines["ablation/ablate.py"] = lines["ablation/ablate.py"] or max(
-        (v.count("
-") for k, v in src.items() if k.startswith("ablation/ablate/")), default=0)
+        (v.count("\n") for k, v in src.items() if k.startswith("ablation/ablate/")), default=0)
     return {"hashing helpers": len(hashing), "identity checks (probe + score, distinct mechanisms)": identity,
             "function-local package imports outside the CLI": lazy, "functions > 100 lines in src/": len(long_fns),
             "report lines": lines["report.py"],

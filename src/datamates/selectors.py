@@ -33,6 +33,11 @@ stage modules in data-flow order; every step skips itself when its artifact is c
                         model: the stage's starting checkpoint) (baselines/trak.py)
     rholoss             reducible loss: current loss - the loss of an irreducible model fine-tuned once
                         per branch on the plan's reference part, highest first (baselines/rholoss.py)
+    mates+fasttext      MATES x a quality prior: z(mates) + w z(fasttext), both standardised over the
+                        block as `select` does (w: baselines.prior.weight, default 1; 0 is mates's
+                        ranking) (baselines/prior.py). Not listed by `all` (it repeats mates's probe
+                        and fit on its own branch): name it
+    mates+heuristic     the same with the heuristic rules as the prior (model-free)
     NAME@REF            selector NAME probing the reference REF instead of mates.probe.reference
                         (e.g. mates@lambada_openai, oracle@clean; plan.selector_reference)
     group:NAME          any scoring selector NAME (mates, oracle, loss, dsir, dsdm ...), then group-level
@@ -42,7 +47,8 @@ stage modules in data-flow order; every step skips itself when its artifact is c
 One protocol (docs/methods.md#selection-protocol): every selector but `random` hands `select` raw
 scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
 block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
-(seed, id). No selector overrides the scale or picks ids itself.
+(seed, id). No selector overrides the scale or picks ids itself (`mates+PRIOR` standardises its two
+components over the block the same way before adding them, then hands the sum to `select`).
 
 The registry is the literal list `SCORERS` (mergekit's registry.py is the model): one `Scorer` per
 name, the MATES variants as instances of one scorer with arguments. `datamates run` (mates.selectors,
@@ -70,6 +76,7 @@ from datamates.baselines._common import encoder_embeddings
 from datamates.baselines.dsir import dsir
 from datamates.baselines.heuristic import HeuristicConfig
 from datamates.baselines.perplexity import perplexity_filter
+from datamates.baselines.prior import PriorConfig, combine
 from datamates.baselines.quality import BUNDLE_LABELS, rate
 from datamates.baselines.rholoss import irreducible_model, reducible_loss
 from datamates.baselines.semdedup import semdedup
@@ -326,6 +333,21 @@ def score_rholoss(x: StageInputs) -> Path:
                               work=sd / "rholoss", device=x.mates.score.device, charge_training=charge)
 
 
+def score_mates_prior(x: StageInputs, *, prior: str) -> Path:
+    """`mates+PRIOR` (mates+fasttext, mates+heuristic): the `mates` steps (probe -> fit -> score into stage_NN/scores), the prior, a
+    standalone scorer of the registry with its own section (fastText: mates.baselines.classifier), on
+    the same block into stage_NN/prior, then z(mates) + w z(prior) over the block into
+    stage_NN/combined (baselines/prior.py; w: mates.baselines.prior.weight). Each step skips itself
+    when its artifact is complete."""
+    influence = score_mates(x)
+    sd, p = x.rd.stage(x.stage), REGISTRY[prior]
+    with timed(sd, "score", sd / "prior"):
+        prior_scores = p.scoring_function()(p.section_config(_baselines(x)), x.pool, x.candidates, sd / "prior")
+    with timed(sd, "score", sd / "combined"):
+        return combine(REGISTRY[f"mates+{prior}"].section_config(_baselines(x)), x.pool, x.candidates, sd / "combined", influence=influence,
+                       prior=prior_scores)
+
+
 # ----------------------------------------------------------------------------- the registry
 
 
@@ -377,6 +399,13 @@ def _mates(name: str, summary: str, **kw: Any) -> Scorer:
     return Scorer(name, functools.partial(score_mates, **kw), summary)
 
 
+def _prior(prior: str) -> Scorer:
+    """MATES x a quality prior: one scorer, instances per prior (any standalone scorer of the registry)."""
+    return Scorer(f"mates+{prior}", functools.partial(score_mates_prior, prior=prior),
+                  f"z(mates) + w z({prior}) over the block: the influence times a quality prior", "prior", in_all=False,
+                  config=PriorConfig)
+
+
 SCORERS: list[Scorer] = [
     Scorer("random", score_random, "uniform k of the block (MATES's baseline and warmup stages)"),
     _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k",
@@ -405,6 +434,8 @@ SCORERS: list[Scorer] = [
            "heuristic", "heuristic:heuristic", config=HeuristicConfig),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
+    _prior("fasttext"),
+    _prior("heuristic"),
 ]
 REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
 ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}
