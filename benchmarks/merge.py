@@ -164,13 +164,13 @@ def amortisation(K: int, unit_steps: int, seed_steps: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from datamates.ablation.ablate import EvalSets
     from datamates.config.base import data_dir, from_dict
     from datamates.config.core import ModelConfig, TrainConfig
     from datamates.core.lm import build_model
     from datamates.core.loss import load_lambada
     from datamates.core.pool import Pool
     from datamates.core.train_loop import lm_loss, make_optimizer
+    from datamates.pipelines.ablation import EvalSets
 
     pool_path = ROOT / "runs" / "tiny_cpu" / "pool"
     if not (pool_path / "DONE").exists():
@@ -190,9 +190,9 @@ def amortisation(K: int, unit_steps: int, seed_steps: int) -> dict:
         if i >= 2:
             times.append(time.time() - a)
     t_step = float(np.median(times))
-    held = {d: pool.tokens(np.sort(rng.choice(np.nonzero(np.asarray(pool.seq_domain) == j)[0], 64, replace=False)))
+    held = {d: np.sort(rng.choice(np.nonzero(np.asarray(pool.seq_domain) == j)[0], 64, replace=False))
             for j, d in enumerate(pool.domains)}
-    evs = EvalSets(held, {d: 1.0 for d in held}, load_lambada(data_dir() / "eval" / "lambada_openai.jsonl",
+    evs = EvalSets(pool, held, {d: 1.0 for d in held}, load_lambada(data_dir() / "eval" / "lambada_openai.jsonl",
                                                             pool.tokenizer(), n=500), 32, "fp32", "bench")
     a = time.time()
     evs.evaluate(model)
@@ -221,7 +221,6 @@ def incremental(pool_path: Path, out: Path, K: int, unit_steps: int, seed_steps:
     import torch
 
     torch.set_num_threads(1)
-    from datamates.ablation.ablate import ablate, add_unit_study
     from datamates.ablation.partition import add_unit, partition
     from datamates.ablation.train_partition import train_partitions, train_seed
     from datamates.config.ablation import (
@@ -234,6 +233,7 @@ def incremental(pool_path: Path, out: Path, K: int, unit_steps: int, seed_steps:
     from datamates.config.base import data_dir, from_dict
     from datamates.config.core import ModelConfig, TrainConfig
     from datamates.core.pool import Pool
+    from datamates.pipelines.ablation import ablate, add_unit_study
     from datamates.run_dir import RunDir
 
     if not (pool_path / "DONE").exists():

@@ -43,20 +43,20 @@ def test_same_pool_settings_share_one_build_and_others_get_their_own(data, tmp_p
 
 def test_run_links_its_pool_to_the_cache(data, tmp_path):
     from datamates.config import load_config
-    from datamates.pipelines import _pool
+    from datamates.pipelines import run_pool
     from datamates.run_dir import RunDir
 
     corpus = _corpus(tmp_path, data)
     cfg = load_config(None, [f"pool.inputs=[{corpus}]", "pool.seq_len=64", "pool.tokenizer.vocab_size=300",
                              "pool_dir=auto", f"runs_root={tmp_path / 'runs'}", "name=one"])
     rd = RunDir(cfg.run_dir)
-    p = _pool(cfg, rd)
+    p = run_pool(cfg, rd)
     assert p.is_symlink() and p.resolve().parent == (tmp_path / "runs" / "pools").resolve()
     cfg2 = load_config(None, [f"pool.inputs=[{corpus}]", "pool.seq_len=64", "pool.tokenizer.vocab_size=300",
                               "pool_dir=auto", f"runs_root={tmp_path / 'runs'}", "name=two"])
-    assert _pool(cfg2, RunDir(cfg2.run_dir)).resolve() == p.resolve()
+    assert run_pool(cfg2, RunDir(cfg2.run_dir)).resolve() == p.resolve()
     # the run's own link is checked on a later call: other pool settings are refused, not silently reused
     cfg3 = load_config(None, [f"pool.inputs=[{corpus}]", "pool.seq_len=32", "pool.tokenizer.vocab_size=300",
                               "pool_dir=auto", f"runs_root={tmp_path / 'runs'}", "name=one"])
     with pytest.raises(DatamatesError, match="seq_len"):
-        _pool(cfg3, rd)
+        run_pool(cfg3, rd)

@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _gold_list(run: Path, out: Path) -> bool:
     """Every multi-unit mixture of the partition's units, as the `--gold` file of every study."""
-    from datamates.ablation.ablate import all_mixtures
     from datamates.ablation.partition import read_manifest
+    from datamates.pipelines.ablation import all_mixtures
     from datamates.run_dir import atomic_write_json
 
     mix = all_mixtures(read_manifest(run / "partitions").units)
@@ -192,7 +192,13 @@ def analyse(root: Path, studies: list[str]) -> dict:
     """Tables over the seed models: <root>/analysis/{summary.json, claim.md, claim.csv}, and times.json."""
     from datamates.ablation.plateau import read_plateau
     from datamates.ablation.report import claim_csv, claim_markdown
-    from datamates.ablation.stats import BASELINE, SEED_BASELINE, claim_table, eval_precision, seed_model_table
+    from datamates.ablation.stats import (
+        BASELINE,
+        SEED_BASELINE,
+        claim_table,
+        eval_precision,
+        seed_model_table,
+    )
     from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text
 
     results = [json.loads((root / s / "ablation" / "results.json").read_text()) for s in studies]

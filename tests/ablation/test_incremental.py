@@ -12,12 +12,12 @@ import pytest
 import torch
 from ablation_helpers import TINY, make_checkpoint, study_config, train_cfg
 
-from datamates.ablation.ablate import ablate, add_unit_study
 from datamates.ablation.partition import add_unit, partition, read_manifest
 from datamates.ablation.train_partition import train_partitions, train_seed
 from datamates.cli import main
 from datamates.config.ablation import PartitionConfig
 from datamates.errors import IncompatibleArtifacts, InputError
+from datamates.pipelines.ablation import ablate, add_unit_study
 from datamates.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # trains two small studies: about 20 CPU-seconds

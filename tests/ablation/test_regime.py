@@ -142,9 +142,9 @@ def _copy_study(tiny_study, dest):
 
 
 def test_every_gold_mixture_trained_once_and_resumes_to_the_same_bytes(tiny_study, tiny_pool, tmp_path):
-    from datamates.ablation.ablate import ablate, all_mixtures
     from datamates.ablation.train_partition import gold_dir, train_gold
     from datamates.core.train_loop import read_train_log
+    from datamates.pipelines.ablation import ablate, all_mixtures
 
     units = tiny_study["manifest"].units
     mix = all_mixtures(units)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from datamates.ablation.ablate import ratio_se
 from datamates.ablation.stats import (
     BASELINE,
     SEED_BASELINE,
@@ -17,6 +16,7 @@ from datamates.ablation.stats import (
     claim_stats,
     claim_table,
     pairwise_agreement,
+    ratio_se,
     within_size_pearson,
 )
 

@@ -9,7 +9,13 @@ import pytest
 import torch
 from ablation_helpers import TINY, study_config, train_cfg
 
-from datamates.ablation.ablate import (
+from datamates.ablation.merge import merge
+from datamates.ablation.train_partition import gold_dir, train_partitions
+from datamates.cli import main
+from datamates.core.checkpoint import load_model, trainer_state
+from datamates.core.train_loop import read_train_log
+from datamates.errors import InputError
+from datamates.pipelines.ablation import (
     EvalCache,
     ablate,
     build_eval_sets,
@@ -17,12 +23,6 @@ from datamates.ablation.ablate import (
     correlations,
     pairwise_agreement,
 )
-from datamates.ablation.merge import merge
-from datamates.ablation.train_partition import gold_dir, train_partitions
-from datamates.cli import main
-from datamates.core.checkpoint import load_model, trainer_state
-from datamates.core.train_loop import read_train_log
-from datamates.errors import InputError
 
 
 def test_units_branch_from_the_full_seed_state(tiny_study):

@@ -8,12 +8,12 @@ import pytest
 import torch
 from ablation_helpers import TINY, study_config, train_cfg
 
-from datamates.ablation.ablate import ablate
 from datamates.ablation.merge import merge
 from datamates.ablation.partition import partition
 from datamates.ablation.train_partition import gold_dir, gold_multipliers, train_partitions, train_seed
 from datamates.config.ablation import PartitionConfig
 from datamates.core.checkpoint import load_model, trainer_state
+from datamates.pipelines.ablation import ablate
 from datamates.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # a small study with two gold sets: about 15 CPU-seconds
@@ -53,7 +53,7 @@ def test_uneven_units_both_gold_recipes(tiny_pool, tmp_path):
     row = next(r for r in res["proxies"] if r["mixture"] == mix)
     out = merge([rd.unit(u) for u in doms[:2]], tmp_path / "w", method="weighted",
                 weights=[float(man.unit(u)["tokens"]) for u in doms[:2]])
-    from datamates.ablation.ablate import build_eval_sets
+    from datamates.pipelines.ablation import build_eval_sets
 
     ev = build_eval_sets(man, tiny_pool, cfg.eval, tcfg.precision).evaluate(load_model(out))
     for s, v in ev.items():

@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import write_run_config
 
     write_run_config(cfg, rd)
-    from datamates.ablation.ablate import ablate, headline
+    from datamates.ablation.report import headline
     from datamates.core.pool import Pool
     from datamates.errors import InputError
+    from datamates.pipelines.ablation import ablate
 
     pool = Pool(args.pool or getattr(cfg, "pool_dir", None) or rd.pool)
     subsets = read_mixtures(args.subsets) if args.subsets else None
@@ -71,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.add_unit is None and (args.input or args.model):
         raise InputError("--input / --model go with --add-unit NAME")
     if args.add_unit is not None:
-        from datamates.ablation.ablate import add_unit_study
         from datamates.commands._common import read_ids
+        from datamates.pipelines.ablation import add_unit_study
 
         if not args.input:
             raise InputError(f"--add-unit {args.add_unit}: give the unit's sequence ids with --input PATH")

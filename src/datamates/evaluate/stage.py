@@ -261,8 +261,11 @@ def evaluate_pool(
     batch_size: int = 16,
     precision: str = "auto",
     name: str = "",
+    per_sequence: bool = False,
 ) -> dict[str, Any]:
-    """Perplexity and bits per byte of a pool's sequences (all, or `ids`), overall and per domain."""
+    """Perplexity and bits per byte of a pool's sequences (all, or `ids`), overall and per domain;
+    `per_sequence`: also `seq_nll`, each sequence's summed next-token NLL in the order of `ids`
+    (the ablation study's standard errors and early stop read it)."""
     pool = pool if isinstance(pool, Pool) else Pool(pool)
     ids = np.arange(len(pool)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
     if len(ids) == 0:
@@ -295,6 +298,8 @@ def evaluate_pool(
         m = dom == d
         if m.any():
             out["domains"][dname] = agg(m)
+    if per_sequence:
+        out["seq_nll"] = nll.tolist()
     return out
 
 

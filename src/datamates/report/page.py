@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from datamates.ablation.ablate import headline
+from datamates.ablation.report import headline
 from datamates.html import markdown, md_table, page_head
 from datamates.report.gather import read_pool_meta, run_stages, scored_examples, selector_names, summarize_run
 from datamates.report.plots import plot_curves, plot_domains, plot_forest, plot_score_hist

@@ -22,9 +22,6 @@ from typing import Any
 import torch
 
 from datamates.ablation import mixture_key, weights_sha
-from datamates.ablation.ablate.analysis import analyse
-from datamates.ablation.ablate.mixtures import study_mixtures
-from datamates.ablation.ablate.sets import EvalCache, EvalSets, build_eval_sets
 from datamates.ablation.merge import (
     RunningMerge,
     UnitStore,
@@ -45,6 +42,9 @@ from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, ConfigError, IncompatibleArtifacts
 from datamates.identity import hash_text
 from datamates.log import get_logger, progress_bar
+from datamates.pipelines.ablation.analysis import analyse
+from datamates.pipelines.ablation.mixtures import study_mixtures
+from datamates.pipelines.ablation.sets import EvalCache, EvalSets, build_eval_sets
 from datamates.run_dir import RunDir, is_done
 
 log = get_logger(__name__)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from datamates.ablation.ablate.sets import EvalSets
 from datamates.ablation.partition import Manifest
 from datamates.ablation.stats import BASELINE, correlations
 from datamates.config.ablation import AblationConfig
 from datamates.config.base import to_dict
+from datamates.pipelines.ablation.sets import EvalSets
 from datamates.run_dir import RunDir
 
 

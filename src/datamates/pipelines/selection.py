@@ -1,4 +1,4 @@
-"""The two methods as their papers' algorithm boxes: the stage order and nothing else.
+"""The selection method as its paper's algorithm box: the stage order and nothing else.
 
 run_mates (Yu et al. 2024, Alg. 1; docs/methods.md#mates-the-loop):
     pool <- tokenize the corpus;  plan <- held-out documents, probe set, one candidate block per
@@ -9,16 +9,7 @@ run_mates (Yu et al. 2024, Alg. 1; docs/methods.md#mates-the-loop):
         model    <- train(model, selected)        AdamW state carried across stages
     final <- a short learning-rate decay on the last stage's data
     evaluate(final) on the held-out documents and the evaluation part of the reference sets only
-
-run_ablation (Na et al. 2024; docs/methods.md#data-ablations-by-merging):
-    pool <- tokenize the corpus;  units <- partition(pool), held-out data of every domain set aside
-    seed <- train(seed mixture)                    (or an existing checkpoint)
-    theta_i <- train(seed, unit_i), i = 1..K       same steps, constant low lr, full seed state
-    proxy(S) <- mean(theta_i : i in S)             every mixture S, Gray-code running sums
-    gold(S) <- train(seed, union of S)             a sample of mixtures, k x unit steps
-    report <- corr(log PPL proxy, log PPL gold)    per evaluation set
 """
-
 from __future__ import annotations
 
 from dataclasses import replace
@@ -26,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from datamates import run_progress
-from datamates.ablation.ablate import ablate
-from datamates.ablation.partition import partition
-from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
-from datamates.core.pool import Pool, build_pool, cached_pool
+from datamates.core.pool import Pool
 from datamates.core.reference import load_reference
 from datamates.core.train_loop import dist_setup, train
 from datamates.evaluate import evaluate
 from datamates.executor import on_rank0, set_world
 from datamates.log import get_logger
+from datamates.pipelines.pool import run_pool
 from datamates.plan import make_plan, selector_reference
 from datamates.report import summarize_run
 from datamates.run_dir import WARMUP, RunDir, encoder_cache_dir
@@ -55,7 +44,7 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     dist_setup(cfg.train.device, timeout_minutes=cfg.distributed.timeout_minutes)
     set_world(rd.logs / "ranks", heartbeat_s=cfg.distributed.heartbeat_seconds,
               timeout_s=60 * cfg.distributed.timeout_minutes)
-    pool = Pool(on_rank0(_pool, cfg, rd))
+    pool = Pool(on_rank0(run_pool, cfg, rd))
     plan = on_rank0(make_plan, cfg, pool, rd.plan)
     m = cfg.mates
     final_examples = plan.examples("evaluation")
@@ -77,32 +66,6 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     if kinds:  # planted junk (datamates.junk): <run>/noise.json
         on_rank0(junk_report, rd.root, kinds)
     return on_rank0(summarize_run, rd)
-
-
-def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
-    """pool -> units -> seed -> one model per unit -> the study (ablation.ablate.ablate: the seed's,
-    every proxy's and the gold models' evaluations, the correlations, the report; its own box, since
-    `datamates ablate` and `ablate --add-unit` run it on a trained study)."""
-    pool = pool or Pool(_pool(cfg, rd))
-    a = cfg.ablation
-    manifest = partition(pool, a.partition, rd.partitions)
-    seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
-    train_partitions(manifest, pool, seed, rd.units, cfg.train, cfg.model, a.branch, log_dir=rd.logs)
-    return ablate(a, cfg.train, cfg.model, rd, pool)
-
-
-def _pool(cfg: RunConfig, rd: RunDir) -> Path:
-    """<run>/pool, built from cfg.pool, or a link to the shared pool in cfg.pool_dir (`auto`: the
-    pool cache <runs_root>/pools/<key of the pool's fingerprint>, built there on first use)."""
-    if cfg.pool_dir == "auto" and rd.pool.exists():  # linked by an earlier call: check it is still this pool
-        return build_pool(cfg.pool, rd.pool)
-    if cfg.pool_dir is not None:
-        shared = cached_pool(cfg.pool, Path(cfg.runs_root) / "pools") if cfg.pool_dir == "auto" else cfg.pool_dir
-        if not rd.pool.exists():
-            rd.root.mkdir(parents=True, exist_ok=True)
-            rd.pool.symlink_to(Path(shared).resolve(), target_is_directory=True)
-        return rd.pool
-    return build_pool(cfg.pool, rd.pool)
 
 
 def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | None, selector: str):

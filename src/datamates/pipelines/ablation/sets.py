@@ -7,9 +7,10 @@ re-evaluate nothing.
     heldout_all        every domain's held-out sequences pooled (micro-averaged over tokens)
     lambada            perplexity of the target word's tokens, and greedy accuracy
 
-The scorers are `core.loss.sequence_nll` and `core.loss.score_targets`, the ones
-`evaluate.evaluate_pool` and the reference sets share; this module adds what a study needs beside
-them: log PPL per set with its standard error, an identity for the cache, and early stopping.
+The held-out sets are scored by `evaluate.evaluate_pool` (per-sequence NLL, the scorer of every
+run's held-out perplexity), LAMBADA by `core.loss.score_targets` (float64 sums per example, the
+reference sets' scorer); this module adds what a study needs beside them: log PPL per set with its
+standard error, an identity for the cache, and early stopping.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from datamates.ablation.partition import Manifest
 from datamates.ablation.stats import ratio_se
 from datamates.config.ablation import AblationEvalConfig
 from datamates.config.base import expand_vars
-from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets, sequence_nll
+from datamates.core.loss import TargetExample, load_lambada, perplexity_and_bpb, score_targets
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, InputError
+from datamates.evaluate import evaluate_pool
 from datamates.identity import hash_text
 
 HELDOUT_ALL = "heldout_all"
@@ -38,7 +40,7 @@ LAMBADA = "lambada"
 
 @dataclass
 class EvalSets:
-    """Held-out sequences per domain and LAMBADA examples, tokenized once.
+    """Held-out sequences per domain (ids of the pool) and LAMBADA examples, tokenized once.
 
     Every result carries `se`, the standard error of its log PPL over the set's sequences
     (`ratio_se`), so a fixed token budget (`eval.tokens_per_set`) says how precise it is. With
@@ -46,7 +48,8 @@ class EvalSets:
     the model is worse than the best model so far (`self.best`, per-sequence NLL on the same
     sequences) by more than z paired standard errors: that mixture is separated from the best."""
 
-    heldout: dict[str, np.ndarray]  # domain -> [n, L] int64 tokens
+    pool: Pool | None  # the held-out sequences' pool (None: LAMBADA only)
+    heldout_ids: dict[str, np.ndarray]  # domain -> sequence ids of the pool
     heldout_bytes: dict[str, float]  # domain -> UTF-8 bytes behind the predicted tokens
     lambada: list[TargetExample]
     batch_size: int
@@ -58,24 +61,30 @@ class EvalSets:
 
     @property
     def names(self) -> list[str]:
-        out = [f"heldout/{d}" for d in self.heldout]
-        if self.heldout:
+        out = [f"heldout/{d}" for d in self.heldout_ids]
+        if self.heldout_ids:
             out.append(HELDOUT_ALL)
         if self.lambada:
             out.append(LAMBADA)
         return out
 
-    def _heldout_nll(self, model: torch.nn.Module, name: str, toks: np.ndarray, race: bool) -> tuple[np.ndarray, bool]:
+    def _score(self, model: torch.nn.Module, name: str, ids: np.ndarray) -> np.ndarray:
+        """Each sequence's summed next-token NLL, through evaluate.evaluate_pool."""
+        res = evaluate_pool(model, self.pool, ids, batch_size=self.batch_size, precision=self.precision, name=name,
+                            per_sequence=True)
+        return np.asarray(res["seq_nll"], dtype=np.float64)
+
+    def _heldout_nll(self, model: torch.nn.Module, name: str, ids: np.ndarray, race: bool) -> tuple[np.ndarray, bool]:
         z = self.early_stop_z
         if not (race and z and name in self.best):
-            return sequence_nll(model, toks, batch_size=self.batch_size, precision=self.precision), False
+            return self._score(model, name, ids), False
         ref = self.best[name][1]
         out: list[np.ndarray] = []
         step = self.early_stop_chunk
-        for i in range(0, len(toks), step):
-            out.append(sequence_nll(model, toks[i : i + step], batch_size=self.batch_size, precision=self.precision))
+        for i in range(0, len(ids), step):
+            out.append(self._score(model, name, ids[i : i + step]))
             done = sum(len(o) for o in out)
-            if i + step < len(toks) and done >= 2 * step:
+            if i + step < len(ids) and done >= 2 * step:
                 d = np.concatenate(out) - ref[:done]  # paired per-sequence difference
                 if d.mean() - z * d.std(ddof=1) / math.sqrt(done) > 0:
                     return np.concatenate(out), True
@@ -86,12 +95,12 @@ class EvalSets:
         seq_nll (per sequence / example, for paired standard errors), seq_tokens (LAMBADA)}}."""
         res: dict[str, dict[str, float]] = {}
         all_nll, all_tok, tot_bytes, stopped_any = [], [], 0.0, False
-        for dom, toks in self.heldout.items():
+        for dom, ids in self.heldout_ids.items():
             name = f"heldout/{dom}"
-            seq, stopped = self._heldout_nll(model, name, toks, race)
+            seq, stopped = self._heldout_nll(model, name, ids, race)
             n = len(seq)
-            t = np.full(n, toks.shape[1] - 1, dtype=np.float64)
-            nbytes = self.heldout_bytes[dom] * n / len(toks)
+            t = np.full(n, self.pool.seq_len - 1, dtype=np.float64)
+            nbytes = self.heldout_bytes[dom] * n / len(ids)
             nll, n_tok = float(seq.sum()), int(t.sum())
             ppl, bpb = perplexity_and_bpb(nll, n_tok, nbytes)
             res[name] = {"nll": nll, "tokens": n_tok, "ppl": ppl, "logppl": nll / n_tok, "bpb": bpb,
@@ -101,7 +110,7 @@ class EvalSets:
             all_nll.append(seq)
             all_tok.append(t)
             tot_bytes += nbytes
-        if self.heldout:
+        if self.heldout_ids:
             seq, t = np.concatenate(all_nll), np.concatenate(all_tok)
             ppl, bpb = perplexity_and_bpb(float(seq.sum()), int(t.sum()), tot_bytes)
             res[HELDOUT_ALL] = {"nll": float(seq.sum()), "tokens": int(t.sum()), "ppl": ppl,
@@ -124,7 +133,7 @@ class EvalSets:
 
 
 def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, precision: str) -> EvalSets:
-    heldout, nbytes = {}, {}
+    heldout_ids, nbytes = {}, {}
     L = pool.seq_len
     if cfg.heldout:
         if not manifest.heldout_domains:
@@ -135,7 +144,7 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
             if cfg.tokens_per_set is not None:  # a fixed subsample, the same for every model
                 n = min(len(ids), max(2, math.ceil(cfg.tokens_per_set / (L - 1))))
                 ids = np.sort(np.random.default_rng([0, 4099]).permutation(ids)[:n])
-            heldout[dom] = pool.tokens(ids)
+            heldout_ids[dom] = np.asarray(ids, dtype=np.int64)
             nbytes[dom] = float(np.asarray(pool.seq_bytes, dtype=np.float64)[ids].sum()) * (L - 1) / L
     lambada: list[TargetExample] = []
     lam_path = None
@@ -144,13 +153,13 @@ def build_eval_sets(manifest: Manifest, pool: Pool, cfg: AblationEvalConfig, pre
         if not lam_path.exists():
             raise InputError(f"ablation.eval.lambada = {cfg.lambada!r}: no such file ({lam_path})")
         lambada = load_lambada(lam_path, pool.tokenizer(), n=cfg.lambada_n)
-    if not heldout and not lambada:
+    if not heldout_ids and not lambada:
         raise ConfigError("ablation.eval: no evaluation set (heldout: false and lambada: null)")
     key = [manifest.data["config_hash"], manifest.data["pool_id"], str(lam_path), cfg.lambada_n, cfg.heldout]
     if cfg.tokens_per_set is not None or cfg.early_stop_z is not None:
         key += [cfg.tokens_per_set, cfg.early_stop_z, cfg.early_stop_chunk]
     ident = hash_text(json.dumps(key))
-    return EvalSets(heldout, nbytes, lambada, cfg.batch_size, precision, ident, cfg.early_stop_z, cfg.early_stop_chunk)
+    return EvalSets(pool, heldout_ids, nbytes, lambada, cfg.batch_size, precision, ident, cfg.early_stop_z, cfg.early_stop_chunk)
 
 
 class EvalCache:

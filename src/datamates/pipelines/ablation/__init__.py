@@ -1,14 +1,21 @@
-"""The ablation study: a merged proxy for every mixture, gold models for a sample, and how well
-the proxies predict the gold models (Na et al. 2024, §4-5; docs/methods.md#merging, docs/methods.md#proxy-evaluation-and-statistics).
+"""The ablation study as its algorithm box (Na et al. 2024, §4-5; docs/methods.md#data-ablations-by-merging,
+docs/methods.md#proxy-evaluation-and-statistics): a merged proxy for every mixture, gold models for a
+sample, and how well the proxies predict the gold models. It composes the stages (partition,
+train_partition, merge, evaluate), so it lives beside the selection box in `pipelines`.
 
-The study composes the other ablation stages (it is the study, not a stage): it reads the
-partition manifest, the seed and unit checkpoints, trains the missing gold models through
-`train_partition.train_gold`, and merges with `merge.RunningMerge`. Its box, `ablate()`:
+run_ablation(), the whole study from a pool:
+
+    units    <- partition(pool), held-out data of every domain set aside   (ablation.partition)
+    seed     <- train(seed mixture), or an existing checkpoint             (ablation.train_partition)
+    theta_i  <- train(seed, unit_i), i = 1..K                              (ablation.train_partition)
+    ablate()
+
+ablate(), the study on trained units (`datamates ablate`, `ablate --add-unit` run it alone):
 
     study    <- units, seed, evaluation sets, merge rules           (study.Study.open)
     seed     <- evaluate(seed)                                      (the reference point)
-    proxy(S) <- evaluate(mean(theta_i : i in S)), every mixture S   (Gray-code running sums)
-    gold(S)  <- evaluate(train(seed, union of S)), a sample of S    (|S| x unit steps)
+    proxy(S) <- evaluate(mean(theta_i : i in S)), every mixture S   (merge.RunningMerge: Gray-code running sums)
+    gold(S)  <- evaluate(train(seed, union of S)), a sample of S    (train_partition.train_gold, |S| x unit steps)
     results  <- corr(log PPL proxy, log PPL gold) per evaluation set (analysis.analyse)
     write <run>/ablation/
 
@@ -18,9 +25,9 @@ gold(S) is continued pretraining from the seed on the union of S's units for |S|
 (train_partition.py), for |S| = 1 the unit model itself (gold_singletons).
 
 Evaluation sets (sets.py): the held-out sequences of every domain (token perplexity,
-micro-averaged over tokens, and bits per byte), all held-out sequences pooled, and LAMBADA
-(perplexity of the target word's tokens, and greedy accuracy). For every evaluation set, across
-the gold mixtures (analysis.py):
+micro-averaged over tokens, and bits per byte; scored by `evaluate.evaluate_pool`), all held-out
+sequences pooled, and LAMBADA (perplexity of the target word's tokens, and greedy accuracy). For
+every evaluation set, across the gold mixtures (analysis.py):
 
     Pearson r of log PPL(proxy) vs log PPL(gold); Spearman rho; Kendall tau;
     pairwise agreement = fraction of mixture pairs ordered the same way by proxy and gold.
@@ -44,14 +51,11 @@ from typing import Any
 import numpy as np
 
 from datamates.ablation import weights_sha
-from datamates.ablation.ablate.mixtures import all_mixtures, choose_gold
-from datamates.ablation.ablate.sets import HELDOUT_ALL, LAMBADA, EvalCache, EvalSets, build_eval_sets
-from datamates.ablation.ablate.study import Study, check_unit_seeds
 from datamates.ablation.merge import inspect_checkpoint
-from datamates.ablation.partition import add_unit, read_manifest
+from datamates.ablation.partition import add_unit, partition, read_manifest
 from datamates.ablation.report import headline, write_outputs
 from datamates.ablation.stats import claim_table, correlations, pairwise_agreement, ratio_se
-from datamates.ablation.train_partition import resolve_seed, train_partitions
+from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed
 from datamates.artifacts import (
     DONE,
     META,
@@ -68,13 +72,30 @@ from datamates.artifacts import (
 from datamates.config.ablation import AblationConfig
 from datamates.config.base import config_hash
 from datamates.config.core import ModelConfig, TrainConfig
+from datamates.config.run import RunConfig
 from datamates.core.pool import Pool
 from datamates.errors import ArtifactMissing, IncompatibleArtifacts
 from datamates.log import get_logger
+from datamates.pipelines.ablation.mixtures import all_mixtures, choose_gold
+from datamates.pipelines.ablation.sets import HELDOUT_ALL, LAMBADA, EvalCache, EvalSets, build_eval_sets
+from datamates.pipelines.ablation.study import Study, check_unit_seeds
+from datamates.pipelines.pool import run_pool
 from datamates.run_dir import RunDir
 
 log = get_logger(__name__)
 CHECKPOINT = "checkpoint"  # the kind core.train_loop.train gives a unit model
+
+
+
+def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
+    """pool -> units -> seed -> one model per unit -> the study (ablate: the seed's, every proxy's
+    and the gold models' evaluations, the correlations, the report)."""
+    pool = pool or Pool(run_pool(cfg, rd))
+    a = cfg.ablation
+    manifest = partition(pool, a.partition, rd.partitions)
+    seed = train_seed(manifest, pool, a.seed, cfg.train, cfg.model, resolve_seed(a.seed, rd.seed_model))
+    train_partitions(manifest, pool, seed, rd.units, cfg.train, cfg.model, a.branch, log_dir=rd.logs)
+    return ablate(a, cfg.train, cfg.model, rd, pool)
 
 
 def ablate(cfg: AblationConfig, train_cfg: TrainConfig, model_cfg: ModelConfig, rd: RunDir, pool: Pool, *,
@@ -163,4 +184,4 @@ def copy_checkpoint(model: Path, dest: Path) -> Path:
 
 __all__ = ["HELDOUT_ALL", "LAMBADA", "EvalCache", "EvalSets", "Study", "ablate", "add_unit_study", "all_mixtures",
            "build_eval_sets", "check_unit_seeds", "choose_gold", "claim_table", "copy_checkpoint", "correlations", "headline",
-           "pairwise_agreement", "ratio_se"]
+           "pairwise_agreement", "ratio_se", "run_ablation"]
