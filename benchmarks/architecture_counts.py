@@ -14,7 +14,9 @@ For each commit it extracts the tree (`git archive`) and counts, with one `ast` 
 - function-local imports of the package outside cli.py and commands/ (direct statements of a
   function body);
 - functions over 100 lines in src/;
-- report line counts (report.py, or report/ in all and its largest module) and ablation/ablate.py's;
+- report line counts (report.py, or report/ in all and its largest module) and ablation/ablate.py's
+  (after the split, the largest module of ablation/ablate/ or, once the study moved into the
+  pipelines layer, of pipelines/ablation/);
 - MB of committed files under experiments/ that are not code, configs or Markdown.
 
 The number of files a new baseline touches is read from the newest commit that added the heuristic
@@ -85,9 +87,11 @@ def counts(commit: str) -> dict[str, float]:
     if rep:  # the split of issue 27: report/ in all, and its largest module
         big = max(rep, key=rep.get)
         lines["report.py"] = f"{sum(rep.values())} in report/ (largest {big.split('/')[1]}, {rep[big]})"
-    # the study, split by concern into the folder ablation/ablate/ (issue 27): its largest module
+    # the study, split by concern into the folder ablation/ablate/ and then moved beside the MATES
+    # loop as pipelines/ablation/ (issue 27): its largest module
     lines["ablation/ablate.py"] = lines["ablation/ablate.py"] or max(
-        (v.count("\n") for k, v in src.items() if k.startswith("ablation/ablate/")), default=0)
+        (v.count("\n") for k, v in src.items() if k.startswith(("ablation/ablate/", "pipelines/ablation/"))),
+        default=0)
     return {"hashing helpers": len(hashing), "identity checks (probe + score, distinct mechanisms)": identity,
             "function-local package imports outside the CLI": lazy, "functions > 100 lines in src/": len(long_fns),
             "report lines": lines["report.py"],

@@ -3,10 +3,11 @@
     partition.py        pool -> units, held-out evaluation ids per domain, the seed's rest
     train_partition.py  seed model; one model per unit from the seed; gold models on unions
     merge.py            parameter averaging: streaming to disk, and Gray-code running sums in memory
-    ablate/             the study: a proxy for every mixture, gold models for a sample,
-                        proxy-vs-gold correlations, plots, report (split by concern: the box in
-                        __init__.py, sets.py evaluation sets and cache, mixtures.py, study.py
-                        one method per step, analysis.py)
+    plateau.py          is the seed on its loss plateau
+    stats.py, report.py the study's statistics, and its results.json / CSV / plots / report.md
+
+The study (a proxy for every mixture, gold models for a sample, proxy-vs-gold correlations)
+composes these stages and evaluate/, so it is an algorithm box: datamates.pipelines.ablation.
 
 The stage functions the pipeline calls:
 
@@ -18,7 +19,8 @@ The stage functions the pipeline calls:
                                BranchConfig, balance="upsample") -> {mixture: Path}
     merge.merge(paths, out, weights=None|[w]|"tokens", method="uniform", seed=None, lam=1.0,
                 lam_scale="constant", out_dtype="float32") -> Path
-    ablate.ablate(AblationConfig, TrainConfig, ModelConfig, rd: RunDir, pool, subsets=None, gold=None) -> dict
+    datamates.pipelines.ablation.ablate(AblationConfig, TrainConfig, ModelConfig, rd: RunDir, pool,
+                                        subsets=None, gold=None) -> dict      (the study on trained units)
     datamates.pipelines.run_ablation(cfg: RunConfig, rd: RunDir) -> dict   (all of the above, in order)
 
 Shared helpers below are tiny and dependency-free so the stage modules need not import each other.

@@ -86,7 +86,6 @@ log = get_logger(__name__)
 CHECKPOINT = "checkpoint"  # the kind core.train_loop.train gives a unit model
 
 
-
 def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
     """pool -> units -> seed -> one model per unit -> the study (ablate: the seed's, every proxy's
     and the gold models' evaluations, the correlations, the report)."""
