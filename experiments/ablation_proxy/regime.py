@@ -192,13 +192,7 @@ def analyse(root: Path, studies: list[str]) -> dict:
     """Tables over the seed models: <root>/analysis/{summary.json, claim.md, claim.csv}, and times.json."""
     from datamates.ablation.plateau import read_plateau
     from datamates.ablation.report import claim_csv, claim_markdown
-    from datamates.ablation.stats import (
-        BASELINE,
-        SEED_BASELINE,
-        claim_table,
-        eval_precision,
-        seed_model_table,
-    )
+    from datamates.ablation.stats import BASELINE, SEED_BASELINE, claim_table, eval_precision, seed_model_table
     from datamates.run_dir import atomic_dir, atomic_write_json, atomic_write_text
 
     results = [json.loads((root / s / "ablation" / "results.json").read_text()) for s in studies]
