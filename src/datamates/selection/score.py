@@ -13,9 +13,9 @@ What makes it fast (benchmarks/score.py measures each against MATES's way):
 
 Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
 (scores_io.py). Shards are the unit of resume (a killed run recomputes only missing shards) and of
-parallel work, through datamates.executor (docs/executor.md): backend `local` runs `workers`
-processes (one per GPU on CUDA), backend `ray` runs `workers` Ray actors that hold the model
-(`ray_cpus_per_actor` / `ray_gpus_per_actor` each), and inside `datamates run` under torchrun the
+parallel work, through datamates.executor (docs/executor.md; section `executor`): backend `local`
+runs `workers` processes (one per GPU on CUDA), backend `ray` runs `workers` Ray actors that hold
+the model (`ray_cpus` / `ray_gpus` each), and inside `datamates run` under torchrun the
 ranks share the shards; all give the same scores. With Ray on a small node leave CPUs free
 (ray-project/ray#44687). Ray runs its workers at niceness 15 (ray-project/ray#24928): on a machine
 shared with other jobs set RAY_worker_niceness=0 before Ray starts, or the actors get a fraction of
@@ -25,6 +25,7 @@ the CPU.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,10 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             S = cfg.shard_size
             job = executor.Job("score", [work / shard_name(i) for i in range(n_shards)], task,
                                sizes=[len(ids[i * S : (i + 1) * S]) for i in range(n_shards)], unit="seq")
-            executor.run(job, backend="ray" if cfg.backend == "ray" else "local", workers=cfg.workers,
-                         device=cfg.device, threads=(cfg.threads_per_worker or 0) if cfg.workers > 1 else 0,
-                         ray_address=cfg.ray_address,
-                         ray_cpus=cfg.ray_cpus_per_actor, ray_gpus=cfg.ray_gpus_per_actor, progress="score")
+            ex = cfg.executor  # score's Ray defaults: 1 CPU per actor (CPUs left for Ray's read tasks), 0 GPUs
+            executor.run(job, replace(ex, threads=ex.threads if ex.workers > 1 else 0,
+                                      ray_cpus=1.0 if ex.ray_cpus is None else ex.ray_cpus),
+                         device=cfg.device, progress="score")
         seconds = time.time() - t0
         ids_back, _ = _collect(work, n_shards, pool.pool_id, icfg["model_hash"])
         if len(ids_back) != len(ids) or not np.array_equal(np.sort(ids_back), np.sort(ids)):
@@ -161,7 +162,7 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
         atomic_write_json(work / "meta.json", meta_record(
             "score", sign=SIGN, **plan, mode=icfg["mode"], label_mean=icfg["label_mean"],
             label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
-            backend=cfg.backend, workers=cfg.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
+            backend=cfg.executor.backend, workers=cfg.executor.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
             scored_this_call=int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size) for i in todo)),
             **dict(zip(("tokens", "flops_per_token"), score_counts(  # counted FLOPs of this call
                 icfg, _fit_meta(model_dir), n_tokens, int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size)
