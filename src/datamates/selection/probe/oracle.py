@@ -607,7 +607,9 @@ def probe(
                    if part_cols else None),
             stats={"mean": float(d.mean()), "std": float(d.std()), "min": float(d.min()), "max": float(d.max()),
                    "fraction_negative": float((d < 0).mean())},
-            probes_this_run=n_new, probes_per_s=n_new / max(seconds, 1e-9),  # produce adds the build's seconds
+            # probe_seconds: the probing alone (the executor's run), the throughput's clock; produce adds
+            # `seconds`, the whole build (loading, reference pass, probing, write-out)
+            probe_seconds=round(seconds, 3), probes_this_run=n_new, probes_per_s=n_new / max(seconds, 1e-9),
             tokens=probe_tokens(cfg, reference.examples, len(ids), pool.seq_len,
                                 state.model.config.max_position_embeddings, n_groups=len(spec.groups)),
             flops_per_token={"lm_train": (f := flops_per_token(state.model, pool.seq_len)), "lm_forward": f / 3},
