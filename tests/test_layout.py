@@ -108,6 +108,20 @@ def test_no_cycle_between_rooms():
         visit(room, [])
 
 
+# report/ split by concern (docs/index.md): each module imports only those before it here
+REPORT_ORDER = ("gather", "stats", "tables", "plots", "page")
+
+
+def test_report_modules_import_only_those_before_them():
+    """gather -> stats -> tables, plots -> page: no cycle inside the report room, and the modules
+    are exactly these five (+ __init__, which re-exports)."""
+    files = {p.stem for p in (SRC / "report").glob("*.py")}
+    assert files == {*REPORT_ORDER, "__init__"}, f"report/ holds {sorted(files)}"
+    for i, name in enumerate(REPORT_ORDER):
+        imps = {m.split(".")[2] for m in _imports(SRC / "report" / f"{name}.py") if m.startswith("datamates.report.")}
+        later = imps - set(REPORT_ORDER[:i])
+        assert not later, f"report/{name}.py imports {sorted(later)}, which come after it in {REPORT_ORDER}"
+
 def test_function_local_imports_of_the_package_stay_in_the_cli():
     """Lazy imports of datamates' own modules keep `--help` fast in cli/commands; elsewhere the
     import graph a reader sees is the real one. The rooms other helpers own this round

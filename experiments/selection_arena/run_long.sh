@@ -9,5 +9,6 @@ PY=${PYTHON:-python}
 $PY experiments/selection_arena/run.py --config configs/arena_long_cpu.yaml --seeds 0 1 2 3 4 "$@"
 $PY experiments/selection_arena/pairs.py experiments/selection_arena/runs/arena_long_cpu_s{0,1,2,3,4} \
     --pair mates:loss --pair mates:random --pair mates:mates-parity --pair mates:mates-static \
-    --pair group:mates:mates --share mates --share mates-parity --share dsdm --share loss \
+    --pair group:mates:mates --pair mates-prefix:mates --pair mates-prefix:loss --pair mates-prefix:random \
+    --share mates-prefix --share mates --share mates-parity --share dsdm --share loss \
     --out experiments/selection_arena/arena_long_cpu_pairs.json --md experiments/selection_arena/arena_long_cpu_pairs.md

@@ -1,4 +1,4 @@
-"""The one HTML renderer of datamates' reports (the MATES run report, `report.py`, and the
+"""The one HTML renderer of datamates' reports (the MATES run report, `report/`, and the
 ablation study's, `ablation/report.py`): both write Markdown first and render it here, so the
 two reports share one page style and one table / heading / image rendering.
 

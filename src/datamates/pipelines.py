@@ -42,13 +42,14 @@ from datamates.plan import make_plan, selector_reference
 from datamates.report import summarize_run
 from datamates.run_dir import WARMUP, RunDir, encoder_cache_dir
 from datamates.selection.select import read_selection
-from datamates.selectors import StageInputs, get_selector, resolve_selectors
+from datamates.selectors import StageInputs, get_selector, resolve_config, resolve_selectors
 
 log = get_logger(__name__)
 
 
 def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     selectors = resolve_selectors(cfg.mates.selectors)  # an unknown name fails before any work
+    resolve_config(cfg)  # a scorer's own section (mates.baselines.<name>) too
     # under torchrun: training is DDP; a selector runs on rank 0 and shares its probe and score
     # shards with every rank (executor.lead); its serial steps (fit, select) stay on rank 0
     dist_setup(cfg.train.device, timeout_minutes=cfg.distributed.timeout_minutes)
@@ -79,7 +80,9 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
 
 
 def run_ablation(cfg: RunConfig, rd: RunDir, pool: Pool | None = None) -> dict[str, Any]:
-
+    """pool -> units -> seed -> one model per unit -> the study (ablation.ablate.ablate: the seed's,
+    every proxy's and the gold models' evaluations, the correlations, the report; its own box, since
+    `datamates ablate` and `ablate --add-unit` run it on a trained study)."""
     pool = pool or Pool(_pool(cfg, rd))
     a = cfg.ablation
     manifest = partition(pool, a.partition, rd.partitions)

@@ -15,6 +15,9 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates-full          mates with the full LM-feature influence model (stats + hidden + fo of the whole
                         candidate, every block: the default before issue 28), whatever the run's prefix
                         and early exit (docs/influence_model.md#cheaper-features)
+    mates-prefix        mates with issue 28's paper-scale pick whatever the run's fit: embed + stats + hidden +
+                        fo of the first seq_len/16 tokens through the embedding and head only (exit_layer 0;
+                        configs/arena_gpu.yaml, paper_410m.yaml), so CPU arenas can run it beside `mates`
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -30,6 +33,11 @@ stage modules in data-flow order; every step skips itself when its artifact is c
                         model: the stage's starting checkpoint) (baselines/trak.py)
     rholoss             reducible loss: current loss - the loss of an irreducible model fine-tuned once
                         per branch on the plan's reference part, highest first (baselines/rholoss.py)
+    mates+fasttext      MATES x a quality prior: z(mates) + w z(fasttext), both standardised over the
+                        block as `select` does (w: baselines.prior.weight, default 1; 0 is mates's
+                        ranking) (baselines/prior.py). Not listed by `all` (it repeats mates's probe
+                        and fit on its own branch): name it
+    mates+heuristic     the same with the heuristic rules as the prior (model-free)
     NAME@REF            selector NAME probing the reference REF instead of mates.probe.reference
                         (e.g. mates@lambada_openai, oracle@clean; plan.selector_reference)
     group:NAME          any scoring selector NAME (mates, oracle, loss, dsir, dsdm ...), then group-level
@@ -39,14 +47,17 @@ stage modules in data-flow order; every step skips itself when its artifact is c
 One protocol (docs/methods.md#selection-protocol): every selector but `random` hands `select` raw
 scores, lower is better, and `select` standardises them all the same way (`mates.select.scale`,
 block statistics by default) before Gumbel-top-k with the same tau and the same noise keyed by
-(seed, id). No selector overrides the scale or picks ids itself.
+(seed, id). No selector overrides the scale or picks ids itself (`mates+PRIOR` standardises its two
+components over the block the same way before adding them, then hands the sum to `select`).
 
 The registry is the literal list `SCORERS` (mergekit's registry.py is the model): one `Scorer` per
 name, the MATES variants as instances of one scorer with arguments. `datamates run` (mates.selectors,
 `all`), `datamates score-with` (the scorers with a `standalone` function) and the docs' tables
 (tests/baselines/test_selectors.py checks docs/baselines.md) read it. Adding a scorer: its module
-(a function writing a scores folder, baselines/_common.write_scores), its config section in
-config/baselines.py, and one line here (docs/extending.md walks through one). `group:NAME` composes:
+(a function writing a scores folder, baselines/_common.write_scores, and its config dataclass) and
+one line here naming both (docs/extending.md walks through one). `config=` declares the scorer's
+section, mates.baselines.<section>: the config loader keeps it raw (config/ cannot import a scorer)
+and `resolve_config` checks it against the dataclass when a verb starts, before any work. `group:NAME` composes:
 NAME's scores, then the group selection. Older names (rater, classifier) are accepted as aliases.
 """
 
@@ -63,12 +74,14 @@ import numpy as np
 from datamates.accounting import timed
 from datamates.baselines._common import encoder_embeddings
 from datamates.baselines.dsir import dsir
+from datamates.baselines.heuristic import HeuristicConfig
 from datamates.baselines.perplexity import perplexity_filter
+from datamates.baselines.prior import PriorConfig, combine
 from datamates.baselines.quality import BUNDLE_LABELS, rate
 from datamates.baselines.rholoss import irreducible_model, reducible_loss
 from datamates.baselines.semdedup import semdedup
 from datamates.baselines.trak import dsdm
-from datamates.config.base import data_dir, deprecated
+from datamates.config.base import data_dir, deprecated, resolve_owned
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceSet, load_reference
@@ -168,16 +181,25 @@ def full_lm_fit(fcfg):
                    exit_layer=None)
 
 
+def prefix_lm_fit(fcfg, seq_len: int):
+    """`mates-prefix`: issue 28's pick (experiments/influence_bench, docs/influence_model.md#cheaper-features):
+    embed + stats + hidden + fo of the first seq_len/16 tokens (16 of 256, 64 of 1,024) through the input
+    embedding and the head only (exit_layer 0), ridge, whatever the run's own fit."""
+    return replace(fcfg, mode="lm", features=["embed", "stats", "hidden", "fo"], head="ridge",
+                   prefix_tokens=max(2, seq_len // 16), exit_layer=0)
+
+
 def _deprecated(flag: str, selector: str) -> None:
     deprecated(f"mates.{flag}", f"it is an alias of the {selector} selector (put {selector} in mates.selectors)")
 
 
 def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False, static: bool = False,
-                full: bool = False, aliases: bool = False) -> Path:
+                full: bool = False, prefix: bool = False, aliases: bool = False) -> Path:
     """probe -> fit -> score. `static` (`mates-static`): the influence
     model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
     mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
-    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit)."""
+    `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit); `prefix` (`mates-prefix`):
+    issue 28's cheap pick (prefix_lm_fit)."""
     if aliases:  # `mates` only: the config flags mates.parity / mates.static_influence, deprecated aliases
         for flag, selector in (("parity", "mates-parity"), ("static_influence", "mates-static")):
             if getattr(x.mates, flag):
@@ -186,6 +208,8 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
     pcfg, fcfg = mates_configs(x, mode, parity)
     if full and not parity:
         fcfg = full_lm_fit(fcfg)
+    if prefix and not parity:
+        fcfg = prefix_lm_fit(fcfg, x.pool.seq_len)
     first = x.mates.warmup_stages + 1
     if static and x.stage > first:
         model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
@@ -301,6 +325,21 @@ def score_rholoss(x: StageInputs) -> Path:
                               work=sd / "rholoss", device=x.mates.score.device, charge_training=charge)
 
 
+def score_mates_prior(x: StageInputs, *, prior: str) -> Path:
+    """`mates+PRIOR` (mates+fasttext, mates+heuristic): the `mates` steps (probe -> fit -> score into stage_NN/scores), the prior, a
+    standalone scorer of the registry with its own section (fastText: mates.baselines.classifier), on
+    the same block into stage_NN/prior, then z(mates) + w z(prior) over the block into
+    stage_NN/combined (baselines/prior.py; w: mates.baselines.prior.weight). Each step skips itself
+    when its artifact is complete."""
+    influence = score_mates(x)
+    sd, p = x.rd.stage(x.stage), REGISTRY[prior]
+    with timed(sd, "score", sd / "prior"):
+        prior_scores = p.scoring_function()(p.section_config(_baselines(x)), x.pool, x.candidates, sd / "prior")
+    with timed(sd, "score", sd / "combined"):
+        return combine(REGISTRY[f"mates+{prior}"].section_config(_baselines(x)), x.pool, x.candidates, sd / "combined", influence=influence,
+                       prior=prior_scores)
+
+
 # ----------------------------------------------------------------------------- the registry
 
 
@@ -308,6 +347,8 @@ def score_rholoss(x: StageInputs) -> Path:
 class Scorer:
     """One entry of the registry: `datamates run` (mates.selectors), `datamates score-with` and the
     docs' tables read it. `section`: its knobs, mates.baselines.<section> (None: mates.* or none);
+    `config`: the dataclass of that section when the scorer's module declares it (None: a field of
+    config/baselines.BaselinesConfig);
     `standalone`: the scoring function `score-with` calls as fn(section config, pool, ids, out, **kw)
     (None: the scorer needs a run's stage); `flags`: the score-with flags that set a knob of its
     section; `aliases`: older names still accepted; `in_all`: listed by `selectors: [all]`."""
@@ -321,13 +362,22 @@ class Scorer:
     aliases: tuple[str, ...] = ()
     cache: bool = False  # score-with passes --cache-dir (encoder embeddings)
     in_all: bool = True
+    config: type | None = None  # the section's dataclass, declared in the scorer's module
 
     def stage_scores(self, x: StageInputs) -> Any:
         """The scores of stage x's block: the scorer's own glue, or its standalone function called
         with its config section (mates.baselines.<section>) on the block."""
         if self.score is not None:
             return self.score(x)
-        return _scored(x, self.scoring_function(), getattr(_baselines(x), self.section or ""))
+        return _scored(x, self.scoring_function(), self.section_config(_baselines(x)))
+
+    def section_config(self, baselines: Any, prefix: str = "mates.baselines.") -> Any:
+        """This scorer's config section of `baselines` (a BaselinesConfig): a declared field, or
+        its own section (checked first if no verb did: resolve_config)."""
+        if self.config is None:
+            return getattr(baselines, self.section or "")
+        resolve_owned(baselines, SECTIONS, prefix=prefix)
+        return baselines.scorers[self.section]
 
     def scoring_function(self) -> Callable[..., Path]:
         import importlib
@@ -341,6 +391,13 @@ def _mates(name: str, summary: str, **kw: Any) -> Scorer:
     return Scorer(name, functools.partial(score_mates, **kw), summary)
 
 
+def _prior(prior: str) -> Scorer:
+    """MATES x a quality prior: one scorer, instances per prior (any standalone scorer of the registry)."""
+    return Scorer(f"mates+{prior}", functools.partial(score_mates_prior, prior=prior),
+                  f"z(mates) + w z({prior}) over the block: the influence times a quality prior", "prior", in_all=False,
+                  config=PriorConfig)
+
+
 SCORERS: list[Scorer] = [
     Scorer("random", score_random, "uniform k of the block (MATES's baseline and warmup stages)"),
     _mates("mates", "probe the probe set -> fit the influence model -> score the block -> Gumbel-top-k",
@@ -351,6 +408,8 @@ SCORERS: list[Scorer] = [
                            "stage (MATES's ablation)", static=True),
     _mates("mates-full", "mates with the full-forward LM-feature influence model (stats + hidden + fo of the whole "
                          "candidate, every block), whatever the run's prefix and exit", full=True),
+    _mates("mates-prefix", "mates with issue 28's cheap pick (embed + stats + hidden + fo of a seq_len/16-token "
+                           "prefix, embedding and head only), whatever the run's fit", prefix=True),
     Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
     Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
     Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",
@@ -364,12 +423,25 @@ SCORERS: list[Scorer] = [
     Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
            "perplexity:perplexity_filter", ("model",)),
     Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
-           "heuristic", "heuristic:heuristic"),
+           "heuristic", "heuristic:heuristic", config=HeuristicConfig),
     Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
     Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
+    _prior("fasttext"),
+    _prior("heuristic"),
 ]
 REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
 ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}
+# mates.baselines.<name> -> the dataclass a scorer's module declares for it (Scorer.config)
+SECTIONS: dict[str, type] = {s.section: s.config for s in SCORERS if s.config is not None and s.section}
+
+
+def resolve_config(cfg: Any) -> Any:
+    """A RunConfig's scorer-owned sections (mates.baselines.<name>, Scorer.config) checked against
+    their dataclasses (a bad key: the loader's one-line ConfigError) and filled with their defaults,
+    in place; idempotent. Every verb calls it right after loading (commands/_common.setup, config
+    show), `run_mates` before any work, `score-with` on its `baselines.*` section."""
+    resolve_owned(cfg.mates.baselines, SECTIONS, prefix="mates.baselines.")
+    return cfg
 
 
 def canonical(name: str) -> str:

@@ -124,3 +124,25 @@ def test_a_unit_from_another_seed_is_refused(studies, tiny_pool, tmp_path, capsy
     finally:
         for u, text in metas.items():
             (a.unit(u) / "meta.json").write_text(text)
+
+
+def test_add_unit_model_onto_a_folder_of_the_users_is_one_line(studies, tiny_pool, tmp_path, capsys):
+    """--add-unit NAME --model PATH where <run>/units/NAME is a folder of the user's: one line,
+    exit 2, nothing written (the copy goes through artifacts.produce; it used to fail renaming
+    onto the folder, with a traceback, after the manifest had taken the unit)."""
+    a, b = studies["a"], studies["b"]
+    man = read_manifest(a.partitions)
+    free = np.setdiff1d(man.rest_ids(), np.concatenate([man.unit_ids(u) for u in man.units]))[:2]
+    np.save(tmp_path / "ids.npy", free)
+    mine = a.unit("mine")
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    try:
+        rc = main(["ablate", "--run-dir", str(a.root), "--pool", str(tiny_pool.path), "--add-unit", "mine",
+                   "--input", str(tmp_path / "ids.npy"), "--model", str(b.unit("new"))])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and str(mine) in err[0], err
+        assert "mine" not in read_manifest(a.partitions).units
+        assert (mine / "notes.txt").read_text() == "keep me"
+    finally:
+        shutil.rmtree(mine)

@@ -9,9 +9,8 @@ import gzip
 import numpy as np
 import pytest
 
-from datamates.baselines.heuristic import features, heuristic_scores
+from datamates.baselines.heuristic import HeuristicConfig, features, heuristic_scores
 from datamates.cli import main
-from datamates.config.baselines import HeuristicConfig
 from datamates.selection.scores_io import read_scores
 
 
@@ -67,3 +66,52 @@ def test_a_flag_of_another_scorer_is_refused(bad, tiny_pool, tmp_path, capsys):
     assert main(["score-with", *argv]) == 2
     assert "--eps does not apply to heuristic" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_its_config_section_lives_in_its_module():
+    """The registry line names the section's dataclass (`config=`); config/baselines.py does not know it,
+    yet a run reads it at mates.baselines.heuristic, checked when the verb starts."""
+    import dataclasses
+
+    from datamates.config import load_config
+    from datamates.config.base import to_dict
+    from datamates.config.baselines import BaselinesConfig
+    from datamates.selectors import REGISTRY, resolve_config
+
+    assert REGISTRY["heuristic"].config is HeuristicConfig
+    assert HeuristicConfig.__module__ == "datamates.baselines.heuristic"
+    assert "heuristic" not in {f.name for f in dataclasses.fields(BaselinesConfig)}
+    cfg = resolve_config(load_config("tiny_cpu", ["mates.baselines.heuristic.min_compression_ratio=0.5"]))
+    got = REGISTRY["heuristic"].section_config(cfg.mates.baselines)
+    assert got == HeuristicConfig(min_compression_ratio=0.5)
+    assert to_dict(cfg)["mates"]["baselines"]["heuristic"] == dataclasses.asdict(got)  # config.yaml, config_hash
+
+
+def test_config_show_prints_its_defaults(capsys):
+    assert main(["config", "show", "-c", "tiny_cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "\n    heuristic:\n      min_word_length: 3.0  # a document's mean word length" in out
+
+
+@pytest.mark.parametrize("verb,key,want", [
+    ("run", "mates.baselines.heuristic.bogus=1",
+     "--set mates.baselines.heuristic.bogus=1: unknown key 'mates.baselines.heuristic.bogus'; allowed keys here: "
+     "max_symbol_ratio, max_word_length, min_alpha_words, min_compression_ratio, min_word_length, shard_size"),
+    ("run", "mates.baselines.heuristic.min_word_length=-1",
+     "--set mates.baselines.heuristic.min_word_length=-1: mates.baselines.heuristic.min_word_length = -1.0: must be >= 0"),
+    ("config", "mates.baselines.heuristic.max_word_length=0",
+     "--set mates.baselines.heuristic.max_word_length=0: mates.baselines.heuristic.max_word_length = 0.0: must be > 0"),
+    ("score-with", "baselines.heuristic.min_alpha_words=2",
+     "baselines.heuristic.min_alpha_words = 2.0: must be <= 1"),
+])
+def test_a_bad_knob_of_its_section_is_one_line_and_exit_2(verb, key, want, tiny_pool, tmp_path, capsys):
+    argv = {"run": ["run", "-c", "tiny_cpu", "--run-dir", str(tmp_path / "run")],
+            "config": ["config", "show", "-c", "tiny_cpu"],
+            "score-with": ["score-with", "heuristic", "--pool", str(tiny_pool.path), "--out", str(tmp_path / "x"),
+                           "--run-dir", str(tmp_path / "run")]}[verb]
+    assert main([*argv, "--set", key]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(want) and "Traceback" not in "".join(err)
+    assert not (tmp_path / "x").exists()
+    if verb == "run":
+        assert not (tmp_path / "run").exists()  # refused before any work: nothing written

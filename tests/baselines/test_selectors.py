@@ -37,7 +37,7 @@ def test_one_registry_feeds_run_score_with_and_the_docs():
     docs = "".join((Path(__file__).parents[2] / "docs" / f).read_text() for f in ("baselines.md", "methods.md", "extending.md"))
     missing = [s.name for s in SCORERS if f"`{s.name}`" not in docs]
     assert not missing, f"registered but not documented: {missing}"
-    for name in ("mates-parity", "mates-static", "mates-first-order", "mates-full"):
+    for name in ("mates-parity", "mates-static", "mates-first-order", "mates-full", "mates-prefix"):
         assert REGISTRY[name].score.func is REGISTRY["mates"].score.func  # one scorer, other arguments
 
 

@@ -121,3 +121,44 @@ def test_bad_executor_keys_are_one_line_errors(sets, expected):
     with pytest.raises(ConfigError) as e:
         load_config(None, sets)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_owned_sections_are_kept_raw_by_the_loader_then_checked_by_their_owner():
+    """A section declared above config/ (a scorer's own, selectors.SCORERS `config=`): `from_dict`
+    keeps it as written, `resolve_owned` checks it against its dataclass with the loader's one-line
+    messages and fills in defaults; `to_dict`, `config_hash` and `describe` show it at its address."""
+    from dataclasses import dataclass
+
+    from datamates.config.base import RawSection, config_hash, knob, resolve_owned, to_dict
+    from datamates.identity import hash_config
+
+    @dataclass(kw_only=True)
+    class Own:
+        """A toy scorer's section."""
+
+        x: int = knob(1, "the x knob", ge=0)
+
+    @dataclass(kw_only=True)
+    class Parent:
+        a: int = knob(0, "the a knob")
+        held: dict = knob({}, "owned sections", owned=True)
+
+    p = from_dict(Parent, {"a": 1, "own": {"x": 2}}, prefix="s.", where="f.yaml: ")
+    assert isinstance(p.held["own"], RawSection)
+    resolve_owned(p, {"own": Own}, prefix="s.")
+    resolve_owned(p, {"own": Own}, prefix="s.")  # idempotent
+    assert p.held == {"own": Own(x=2)}
+    assert to_dict(p) == {"a": 1, "own": {"x": 2}}
+    assert config_hash(p) == hash_config({"a": 1, "own": {"x": 2}})
+    assert "  # A toy scorer's section.\n  own:\n    x: 2  # the x knob" in describe(Parent, 1, p)
+    q = from_dict(Parent, {})
+    resolve_owned(q, {"own": Own}, prefix="s.")
+    assert q.held == {"own": Own()}
+    with pytest.raises(ConfigError, match=r"^f\.yaml: unknown key 's\.nope'; allowed keys here: a, own$"):
+        resolve_owned(from_dict(Parent, {"nope": {}}, prefix="s.", where="f.yaml: "), {"own": Own}, prefix="s.")
+    with pytest.raises(ConfigError, match=r"^f\.yaml: s\.own\.x = -1: must be >= 0$"):
+        resolve_owned(from_dict(Parent, {"own": {"x": -1}}, prefix="s.", where="f.yaml: "), {"own": Own})
+    with pytest.raises(ConfigError, match=r"^f\.yaml: unknown key 's\.own\.y'; allowed keys here: x$"):
+        resolve_owned(from_dict(Parent, {"own": {"y": 0}}, prefix="s.", where="f.yaml: "), {"own": Own})
+    with pytest.raises(ConfigError, match=r"^unknown key 'held'"):  # the field itself is no address
+        resolve_owned(from_dict(Parent, {"held": {}}), {"own": Own})

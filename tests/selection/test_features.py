@@ -374,6 +374,22 @@ def test_mates_full_is_the_full_lm_feature_model():
     assert "mates-full" in SELECTORS
 
 
+@pytest.mark.parametrize("config", ["arena_gpu.yaml", "paper_410m.yaml"])
+def test_mates_prefix_is_the_presets_pick(config):
+    """`mates-prefix` is issue 28's pick as the GPU / paper presets spell it (seq_len/16 prefix tokens,
+    embedding + head only), whatever the run's own fit: the CPU arenas can run it beside `mates`."""
+    from pathlib import Path
+
+    from datamates.config.run import load_config
+    from datamates.selectors import SELECTORS, prefix_lm_fit
+
+    cfg = load_config(str(Path(__file__).parents[2] / "configs" / config))
+    fields = ("mode", "features", "head", "prefix_tokens", "exit_layer")
+    pick = prefix_lm_fit(FitConfig(mode="finetune"), cfg.pool.seq_len)
+    assert [getattr(pick, f) for f in fields] == [getattr(cfg.mates.fit, f) for f in fields]
+    assert "mates-prefix" in SELECTORS
+
+
 def test_embed_by_hand_and_counted(tiny_ckpt, tiny_pool, ids, ref, tmp_path, one_thread):
     """`embed` = the mean over the WHOLE candidate of norm(E[x_t]) (the LM's input embedding through its
     final norm), whatever the prefix; counted as lm_embed tokens of whole candidates, no LM forward

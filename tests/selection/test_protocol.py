@@ -16,7 +16,7 @@ from datamates.errors import ConfigError
 from datamates.run_dir import RunDir, atomic_dir, read_json
 from datamates.selection.scores_io import SIGN, write_shard
 from datamates.selection.select import select
-from datamates.selectors import SELECTORS, StageInputs, _select, resolve_selectors
+from datamates.selectors import REGISTRY, SELECTORS, StageInputs, _select, resolve_selectors
 
 
 def _scores_folder(path, ids, scores, pool_id, label_mean, label_std):
@@ -84,7 +84,8 @@ def test_effective_temperature_is_logged(tiny_pool, tmp_path):
 
 
 def test_registry_is_the_one_list_of_names():
-    assert resolve_selectors(["all"]) == list(SELECTORS)
+    assert resolve_selectors(["all"]) == [n for n in SELECTORS if REGISTRY[n].in_all]
+    assert "mates+fasttext" in SELECTORS and "mates+fasttext" not in resolve_selectors(["all"])  # named, not in all
     assert resolve_selectors(["mates", "random", "mates"]) == ["mates", "random"]
     with pytest.raises(ConfigError, match="unknown selector 'nope'; available: all, random"):
         resolve_selectors(["random", "nope"])

@@ -3,8 +3,10 @@
     partition.py        pool -> units, held-out evaluation ids per domain, the seed's rest
     train_partition.py  seed model; one model per unit from the seed; gold models on unions
     merge.py            parameter averaging: streaming to disk, and Gray-code running sums in memory
-    ablate.py           the study: a proxy for every mixture, gold models for a sample,
-                        proxy-vs-gold correlations, plots, report
+    ablate/             the study: a proxy for every mixture, gold models for a sample,
+                        proxy-vs-gold correlations, plots, report (split by concern: the box in
+                        __init__.py, sets.py evaluation sets and cache, mixtures.py, study.py
+                        one method per step, analysis.py)
 
 The stage functions the pipeline calls:
 

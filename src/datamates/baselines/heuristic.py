@@ -15,19 +15,22 @@ Per candidate sequence (its text, decoded as `_common.sequence_texts` does), fou
 The integer part is the filter (0: kept by every rule); the second term, in [0, 0.5), orders
 documents that fail the same number of rules by how repetitive they are, so Gumbel-top-k over a
 block has a signal beyond ties. No model runs: the counted compute is zero FLOPs (text units only).
+
+Its knobs, `HeuristicConfig`, live here (the registry line names it: `Scorer(..., config=HeuristicConfig)`);
+a run reads them at mates.baselines.heuristic, `score-with heuristic` at baselines.heuristic.
 """
 
 from __future__ import annotations
 
 import gzip
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datamates.baselines._common import check_ids, counts, digest, sequence_texts, write_scores
-from datamates.config.base import to_dict, validate
-from datamates.config.baselines import HeuristicConfig
+from datamates.config.base import knob, to_dict, validate
 from datamates.core.pool import Pool
 from datamates.log import get_logger
 
@@ -35,6 +38,18 @@ log = get_logger(__name__)
 RULES = ("word_length", "symbol_ratio", "alpha_words", "compression")
 _WORD = re.compile(r"\S+")
 _ALPHA = re.compile(r"[^\W\d_]")
+
+
+@dataclass(kw_only=True)
+class HeuristicConfig:
+    """Gopher / C4-style rule-based quality filter (baselines/heuristic.py): rules failed, lower is better."""
+
+    min_word_length: float = knob(3.0, "a document's mean word length must be at least this (Gopher: 3)", ge=0)
+    max_word_length: float = knob(10.0, "... and at most this (Gopher: 10)", gt=0)
+    max_symbol_ratio: float = knob(0.1, "at most this many '#' / '...' per word (Gopher: 0.1)", ge=0)
+    min_alpha_words: float = knob(0.8, "at least this share of words holds a letter (Gopher: 0.8)", ge=0, le=1)
+    min_compression_ratio: float = knob(0.3, "gzip size / text size at least this (lower: repetitive text)", ge=0)
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
 
 
 def features(text: str) -> tuple[float, float, float, float]:

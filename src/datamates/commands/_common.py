@@ -36,13 +36,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def setup(args: argparse.Namespace, verb: str):
-    """Load the RunConfig, set up logging to <run>/logs/<verb>.log; return (cfg, RunDir)."""
+    """Load the RunConfig (the scorers' own sections checked and filled in: selectors.resolve_config),
+    set up logging to <run>/logs/<verb>.log; return (cfg, RunDir)."""
     from datamates.config import load_config
     from datamates.log import setup_logging
     from datamates.run_dir import RunDir, set_force
+    from datamates.selectors import resolve_config
 
     set_force(getattr(args, "force", False))
-    cfg = load_config(args.config, args.sets)
+    cfg = resolve_config(load_config(args.config, args.sets))  # scorers' own sections: checked before any work
     root = Path(args.run_dir) if getattr(args, "run_dir", None) else cfg.run_dir
     rd = RunDir(root)
     setup_logging(rd.logs / f"{verb}.log", verbose=getattr(args, "verbose", False))

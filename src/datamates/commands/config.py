@@ -14,9 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datamates.config import RunConfig, describe, load_config
-    from datamates.selectors import resolve_selectors
+    from datamates.selectors import resolve_config, resolve_selectors
 
-    cfg = load_config(args.config, args.sets)
+    cfg = resolve_config(load_config(args.config, args.sets))  # the scorers' own sections, defaults included
     resolve_selectors(cfg.mates.selectors)  # as `run` checks it: `show` never passes a config `run` refuses
     print(describe(RunConfig, obj=cfg))
     return 0

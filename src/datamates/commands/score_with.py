@@ -29,10 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import read_ids, setup
-    from datamates.config.base import apply_sets, from_dict, to_dict
+    from datamates.config.base import apply_sets, from_dict, resolve_owned, to_dict
     from datamates.config.baselines import BaselinesConfig
     from datamates.errors import ConfigError
-    from datamates.selectors import REGISTRY, canonical
+    from datamates.selectors import REGISTRY, SECTIONS, canonical
 
     name = canonical(args.method)
     if name not in REGISTRY or REGISTRY[name].standalone is None:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, rd = setup(args, "score-with")
     data = apply_sets({"baselines": to_dict(BaselinesConfig())}, own)
     bcfg = from_dict(BaselinesConfig, data["baselines"], prefix="baselines.")
+    resolve_owned(bcfg, SECTIONS, prefix="baselines.")  # the scorers' own sections (Scorer.config)
     import numpy as np
 
     from datamates.core.pool import Pool
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     pool = Pool(args.pool or rd.pool)
     ids = read_ids(args.ids) if args.ids else np.arange(len(pool), dtype=np.int64)
     kw = {"cache_dir": args.cache_dir} if scorer.cache else {}
-    scorer.scoring_function()(getattr(bcfg, m), pool, ids, args.out, **kw)
+    scorer.scoring_function()(scorer.section_config(bcfg, "baselines."), pool, ids, args.out, **kw)
     meta = scores_meta(args.out)
     hint = meta.get("select_hint", {})
     print(f"{scorer.name} scores: {args.out} ({meta['n']:,} sequences in {len(meta['shards'])} shards)")

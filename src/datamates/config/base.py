@@ -10,6 +10,14 @@ out-of-range value with one line naming the key, the value and what is allowed. 
 overrides are applied to the raw dict first, so they get the same checks; a `Sources` record makes
 the message name what the user typed (the YAML file, `--set a.b=c`, or the CLI flag such as
 `--seq-len 4`) rather than the YAML file for every key.
+
+A section may be declared by a module above `config/` (a scorer's own `mates.baselines.<name>`,
+selectors.SCORERS): its parent declares one field with `knob({}, ..., owned=True)`; `from_dict`
+keeps every key of the parent it does not know as a `RawSection` (the mapping as written, its key
+and its source) in that field, and `resolve_owned`, called by the layer that knows the sections'
+dataclasses (selectors.resolve_config, at the start of every verb), checks each against its
+dataclass with the same one-line messages and fills in the defaults. `to_dict`, `config_hash` and
+`describe` show owned sections in their parent, at the same address as a declared field.
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ def knob(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    owned: bool = False,
 ) -> Any:
-    """A config field with its documentation and allowed range (checked by `validate`)."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    """A config field with its documentation and allowed range (checked by `validate`). `owned`:
+    the field (a dict, default {}) holds the sections other modules declare (`resolve_owned`)."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "owned": owned}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     if default is _MISSING:
@@ -133,6 +143,22 @@ def _apply_aliases(cls: type, data: dict[str, Any], prefix: str, where: str | So
             where.by_key.setdefault(prefix + alias.new, where.by_key[prefix + old])
         deprecated(f"{prefix}{old}", f"spell it {prefix}{alias.new}")
     return data
+
+
+class RawSection:
+    """A section the loader does not know, as written (`data`), with its dotted key and its source,
+    until `resolve_owned` checks it against the dataclass that declares it."""
+
+    def __init__(self, data: Any, key: str, where: str | Sources):
+        self.data, self.key, self.where = data, key, where
+
+    def __repr__(self) -> str:
+        return f"RawSection({self.key}: {self.data!r})"
+
+
+def _owned_field(cls: Any) -> str | None:
+    """The name of `cls`'s field of owned sections (knob(..., owned=True)), None if it has none."""
+    return next((f.name for f in dataclasses.fields(cls) if f.metadata.get("owned")), None)
 
 
 def _w(where: str | Sources, key: str) -> str:
@@ -255,14 +281,18 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", wh
     if getattr(cls, "ALIASES", None):
         data = _apply_aliases(cls, data, prefix, where)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    owned = _owned_field(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != owned}
     unknown = [k for k in data if k not in fields]
-    if unknown:
+    if unknown and owned is None:
         raise ConfigError(
             f"{_w(where, prefix + str(unknown[0]))}unknown key '{prefix}{unknown[0]}'; "
             f"allowed keys here: {', '.join(sorted(fields))}"
         )
+    raw = {str(k): RawSection(data.pop(k), f"{prefix}{k}", where) for k in unknown}  # resolve_owned checks them
     kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in data.items()}
+    if owned is not None:
+        kwargs[owned] = raw
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is _MISSING and f.default_factory is _MISSING
@@ -317,13 +347,59 @@ def validate(obj: Any, *, prefix: str = "", where: str | Sources = "") -> None:
             raise ConfigError(f"{_wc(where, prefix, e, names)}{prefix}{e}") from None
 
 
+def resolve_owned(obj: Any, sections: dict[str, type], *, prefix: str = "") -> None:
+    """Check `obj`'s owned sections (from_dict kept them raw) against `sections` (name -> the
+    dataclass that declares it) and fill in the defaults of those not written, in place; a name no
+    module declares is refused as `from_dict` refuses an unknown key. Idempotent."""
+    name = _owned_field(type(obj))
+    if name is None:
+        return
+    held = getattr(obj, name)
+    declared = {f.name for f in dataclasses.fields(obj) if f.name != name}
+    clash = sorted(declared & set(sections))
+    if clash:
+        raise TypeError(f"{type(obj).__name__}.{clash[0]} is declared twice (a field and an owned section)")
+    for key, value in list(held.items()):
+        if isinstance(value, RawSection) and key not in sections:
+            raise ConfigError(f"{_w(value.where, value.key)}unknown key '{value.key}'; "
+                              f"allowed keys here: {', '.join(sorted(declared | set(sections)))}")
+    for key, cls in sections.items():
+        value = held.get(key)
+        if isinstance(value, RawSection):
+            held[key] = _coerce(value.data, cls, value.key, value.where)
+        elif value is None:
+            held[key] = from_dict(cls, {}, prefix=f"{prefix}{key}.")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+    """A config as plain nested dicts (dataclasses.asdict), owned sections in their parent."""
+    return _plain(obj)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, RawSection):
+        return copy.deepcopy(v.data)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(v):
+            x = _plain(getattr(v, f.name))
+            if f.metadata.get("owned"):
+                out.update(x)
+            else:
+                out[f.name] = x
+        return out
+    if isinstance(v, list | tuple):
+        return type(v)(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return type(v)((_plain(k), _plain(x)) for k, x in v.items())
+    return copy.deepcopy(v)
 
 
 def config_hash(obj: Any) -> str:
-    """A short, stable hash of a config's values (for meta.json and compatibility checks)."""
-    return hash_config(obj)
+    """A short, stable hash of a config's values (for meta.json and compatibility checks); a
+    dataclass is hashed as `to_dict` shows it (the same digest as dataclasses.asdict when it has no
+    owned sections)."""
+    return hash_config(to_dict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj)
 
 
 def parse_set(expr: str) -> tuple[list[str], Any]:
@@ -434,6 +510,18 @@ def describe(cls: type, indent: int = 0, obj: Any = None) -> str:
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)
         help_ = f.metadata.get("help", "")
+        if f.metadata.get("owned"):  # each at its address in this section, its docstring as help
+            for key, section in value.items():
+                if isinstance(section, RawSection):
+                    lines.append(f"{pad}{key}: {yaml.safe_dump(section.data, default_flow_style=True).strip()}"
+                                 "  # not checked yet")
+                    continue
+                doc = (type(section).__doc__ or "").strip().splitlines()
+                if doc:
+                    lines.append(f"{pad}# {doc[0]}")
+                lines.append(f"{pad}{key}:")
+                lines.append(describe(type(section), indent + 1, section))
+            continue
         if dataclasses.is_dataclass(value):
             if help_:
                 lines.append(f"{pad}# {help_}")

@@ -1,12 +1,15 @@
 """Configs of the static baselines (docs/baselines.md): DSIR, SemDeDup, the quality rater, the
 fastText classifier filter and the perplexity filter; DsDm, reducible loss and group-level selection. One dataclass per method; `BaselinesConfig`
-holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`)."""
+holds them all (`datamates score-with METHOD --set baselines.<method>.<knob>=...`). A scorer may
+instead declare its section in its own module (`Scorer.config`, e.g. baselines/heuristic.py): config/
+cannot import a scorer, so such a section is kept raw in `BaselinesConfig.scorers` until
+`selectors.resolve_config` checks it (config/base.py, owned sections)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from datamates.config.base import knob
 from datamates.config.influence import EncoderConfig
@@ -153,18 +156,6 @@ class GroupConfig:
     device: str = knob("auto", "auto, cpu, cuda, cuda:N")
 
 
-@dataclass(kw_only=True)
-class HeuristicConfig:
-    """Gopher / C4-style rule-based quality filter (baselines/heuristic.py): rules failed, lower is better."""
-
-    min_word_length: float = knob(3.0, "a document's mean word length must be at least this (Gopher: 3)", ge=0)
-    max_word_length: float = knob(10.0, "... and at most this (Gopher: 10)", gt=0)
-    max_symbol_ratio: float = knob(0.1, "at most this many '#' / '...' per word (Gopher: 0.1)", ge=0)
-    min_alpha_words: float = knob(0.8, "at least this share of words holds a letter (Gopher: 0.8)", ge=0, le=1)
-    min_compression_ratio: float = knob(0.3, "gzip size / text size at least this (lower: repetitive text)", ge=0)
-    shard_size: int = knob(65536, "sequences per score shard", ge=1)
-
-
 def with_encoder(cfg):
     """A SemDeDup / rater config with its encoder filled in: null is the encoder defaults (a run
     fills in its own encoder first, selectors.py)."""
@@ -181,7 +172,10 @@ class BaselinesConfig:
     dsdm: DsDmConfig = knob(DsDmConfig(), "DsDm (TRAK datamodels)")
     rholoss: RhoLossConfig = knob(RhoLossConfig(), "reducible loss (RHO-LOSS)")
     group: GroupConfig = knob(GroupConfig(), "group-level selection (group:NAME)")
-    heuristic: HeuristicConfig = knob(HeuristicConfig(), "heuristic quality filter (Gopher / C4 rules)")
+    scorers: dict[str, Any] = knob({}, "the sections scorer modules declare themselves (`Scorer.config` in "
+                                       "selectors.SCORERS, e.g. heuristic), each at baselines.<name>: kept as "
+                                       "written by the loader, checked against its dataclass when a verb starts "
+                                       "(selectors.resolve_config)", owned=True)
 
     def check(self) -> None:
         if self.semdedup.eps is not None and not 0 < self.semdedup.eps < 1:
