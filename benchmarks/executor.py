@@ -9,9 +9,9 @@ it, and its overhead per shard.
             against the same calls in a plain loop; reported as milliseconds per shard. The local
             figure includes starting 2 spawned processes (a torch import each).
   probe     exact probes (one AdamW step + reference pass per candidate) of a tiny GPT-NeoX on the
-            pool: probe.workers 1 vs 2 (local processes), 1 torch thread per worker, 8 chunks.
+            pool: probe.executor.workers 1 vs 2 (local processes), 1 torch thread per worker, 8 chunks.
   score     a frozen-MiniLM influence model fitted on those labels scores `--scores` pool
-            sequences: score.workers 1 vs 2, 1 thread per worker, 8 shards (embeddings computed
+            sequences: score.executor.workers 1 vs 2, 1 thread per worker, 8 shards (embeddings computed
             fresh in each run: the embedding cache is per run).
 
 Labels and scores must be identical between 1 and 2 workers (checked). On a 2-core machine the
@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from datamates import executor  # noqa: E402
 from datamates.config.base import data_dir  # noqa: E402
 from datamates.config.core import ModelConfig, PoolConfig, TokenizerConfig, TrainConfig  # noqa: E402
+from datamates.config.executor import ExecutorConfig  # noqa: E402
 from datamates.config.influence import EncoderConfig, FitConfig, ScoreConfig  # noqa: E402
 from datamates.config.probe import ProbeConfig  # noqa: E402
 from datamates.core.pool import Pool, build_pool  # noqa: E402
@@ -85,7 +86,7 @@ def overhead(n: int) -> dict[str, float]:
                 save_npz(p, fn(i))
         else:
             job = executor.Job("empty", paths, Empty(), save=save_npz)
-            executor.run(job, backend="local", workers=1 if tag == "inline" else 2, device="cpu", threads=1,
+            executor.run(job, ExecutorConfig(workers=1 if tag == "inline" else 2, threads=1), device="cpu",
                          progress=False)
         res[tag] = time.perf_counter() - t0
         assert all(p.exists() for p in paths)
@@ -124,8 +125,8 @@ def checkpoint(pool: Pool) -> Path:
 def timed_probe(ckpt, pool, ids, ref, workers: int, tag: str) -> tuple[float, np.ndarray]:
     out = OUT / f"probe_{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ProbeConfig(mode="exact", device="cpu", threads=1, workers=workers, chunk_size=max(1, len(ids) // 8),
-                      batch_size=16)
+    cfg = ProbeConfig(mode="exact", device="cpu", executor=ExecutorConfig(workers=workers, threads=1),
+                      chunk_size=max(1, len(ids) // 8), batch_size=16)
     t0 = time.perf_counter()
     probe(cfg, ckpt, pool, ids, out, reference=ref)
     return time.perf_counter() - t0, read_labels(out)[1]
@@ -136,8 +137,8 @@ def timed_score(model_dir, pool, ids, workers: int, tag: str) -> tuple[float, np
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     shutil.copytree(OUT / "cache_tokens", cache)  # encoder tokens cached; embeddings computed in the run
-    cfg = ScoreConfig(shard_size=max(1, len(ids) // 8), workers=workers, threads_per_worker=1, device="cpu",
-                      batch_size=32)
+    cfg = ScoreConfig(shard_size=max(1, len(ids) // 8), executor=ExecutorConfig(workers=workers, threads=1),
+                      device="cpu", batch_size=32)
     t0 = time.perf_counter()
     score(cfg, model_dir, pool, ids, out, cache_dir=cache)
     return time.perf_counter() - t0, read_scores(out)[1]

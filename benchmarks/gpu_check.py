@@ -252,7 +252,7 @@ def part_probe(pool, ckpt: Path, work: Path, size: dict, device: torch.device) -
         probe(cfg, ckpt, pool, cand, dst)
         meta = read_meta(dst)
         out[mode] = {"probes": n, "probes_per_s": round(meta["probes_per_s"], 3),
-                     "setup_s": round(meta["total_seconds"] - meta["seconds"], 2),
+                     "setup_s": round(meta["seconds"] - meta["probe_seconds"], 2),
                      "label_mean": meta["stats"]["mean"]}
     return out
 

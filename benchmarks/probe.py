@@ -96,10 +96,10 @@ def main() -> None:
             total = time.time() - t0
             meta = read_meta(out)
             rates[mode].append(meta["probes_per_s"])
-            setup[mode].append(total - meta["seconds"])
+            setup[mode].append(total - meta["probe_seconds"])
             labels[mode] = read_labels(out)[1]
             print(f"[rep {rep}] {mode:12s} {n:4d} probes  {meta['probes_per_s']:8.2f} probes/s  "
-                  f"(setup {total - meta['seconds']:.1f}s)", file=sys.stderr, flush=True)
+                  f"(setup {total - meta['probe_seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     k, e = args.naive, min(args.exact, args.first_order)
     diff = np.abs(labels["exact"][:k] - labels["naive"][:k])

@@ -36,6 +36,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from datamates.config.executor import ExecutorConfig  # noqa: E402
 from datamates.config.influence import EncoderConfig, FitConfig, ScoreConfig  # noqa: E402
 from datamates.core.pool import Pool  # noqa: E402
 from datamates.run_dir import atomic_dir  # noqa: E402
@@ -168,7 +169,7 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         t_ray_init = time.perf_counter() - t0
         try:
-            dt_ray, ids_ray, s_ray = ours(model_dir, pool, ids, cache, "ray", backend="ray", workers=1)
+            dt_ray, ids_ray, s_ray = ours(model_dir, pool, ids, cache, "ray", executor=ExecutorConfig(backend="ray", workers=1))
         finally:
             ray.shutdown()
         dt_loc, ids_loc, s_loc = ours(model_dir, pool, ids, cache, "local")

@@ -138,3 +138,19 @@ def test_counted_reads_token_records_and_refuses_missing_ones(tmp_path):
     # the baselines' record: tokens_processed and the FLOPs computed from them
     b = counted(art("dsir", {"tokens_processed": {"encoder": 7, "lm": 0, "text": 99}, "flops": 28.0}))
     assert b["flops"] == 28.0 and b["tokens"] == {"encoder_forward": 7, "lm_forward": 0}
+
+
+def test_stage_seconds_are_the_artifacts_own_and_the_timed_components(tiny_run):
+    """Probe, fit, score and select are timed by produce (their meta.json `seconds`), training
+    around its call (timings.json); a stage's seconds hold both, and the run's accounting sums them."""
+    from datamates.accounting import stage_seconds
+
+    rd = tiny_run
+    sd = rd.branch("mates").stage(2)
+    secs = stage_seconds(sd)
+    for comp, art in (("probe", "probe"), ("fit", "influence_model"), ("score", "scores"), ("select", "selected")):
+        assert secs[comp] == round(read_json(sd / art / "meta.json")["seconds"], 3), comp
+        assert comp not in read_json(sd / "timings.json")  # measured once, by produce
+    assert secs["train"] > 0
+    acc = read_json(rd.metrics)["selectors"]["mates"]["accounting"]["seconds"]
+    assert acc["selection"] == pytest.approx(sum(secs[c] for c in ("probe", "fit", "score", "select")), abs=0.01)

@@ -207,3 +207,30 @@ def test_a_user_error_drops_the_partial_it_started_but_not_a_resumed_one(tmp_pat
         assert (tmp / "shard_0").read_text() == "work"
         raise InputError("later input")
     assert (tmp_path / "x.partial" / "shard_0").exists()  # a resumed partial holds earlier work: kept
+
+
+def test_produce_records_the_seconds_build_took(tmp_path):
+    """The seconds of an artifact are measured by produce, around build, and written into meta.json
+    beside the stamped record build returns (no stage times itself); a meta without a clock stays
+    byte-exact, and a build that returns None writes no meta.json."""
+    import json
+
+    from datamates.artifacts import Output, produce
+
+    calls = []
+
+    def build(tmp: Path) -> dict:
+        calls.append(tmp)
+        (tmp / "data").write_text("x")
+        return {"produced_by": "test", "created": "now", "tokens": {}}
+
+    out = produce(Output(tmp_path / "a", "test", {"k": 1}), build)
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta) == {"produced_by", "created", "tokens", "seconds"} and isinstance(meta["seconds"], float)
+    assert meta["seconds"] >= 0
+    assert produce(Output(tmp_path / "a", "test", {"k": 1}), build) == out and len(calls) == 1  # reused
+    assert json.loads((out / "meta.json").read_text()) == meta  # a reuse does not touch it
+    produce(Output(tmp_path / "b", "test", {"k": 1}), lambda tmp: (tmp / "data").write_text("y") and None)
+    assert not (tmp_path / "b" / "meta.json").exists()
+    produce(Output(tmp_path / "c", "test", {"k": 1}), lambda tmp: {"n": 1})  # no clock (the pool's): none added
+    assert json.loads((tmp_path / "c" / "meta.json").read_text()) == {"n": 1}

@@ -203,6 +203,18 @@ def _(w, t):
     return ["config", "show", *w.tiny("--set", "train.lrr=1")], ["--set train.lrr=1", "unknown key 'train.lrr'"], []
 
 
+@case("config", "a deprecated executor key and its new spelling disagree")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "mates.score.workers=2", "--set", "mates.score.executor.workers=3")],
+            ["--set mates.score.workers=2", "mates.score.executor.workers = 3", "keep mates.score.executor.workers"], [])
+
+
+@case("config", "out of range in a deprecated executor key names the --set")
+def _(w, t):
+    return (["config", "show", *w.tiny("--set", "ablation.branch.workers=0")],
+            ["--set ablation.branch.workers=0: ablation.branch.executor.workers = 0: must be >= 1"], [])
+
+
 @case("config", "wrong type")
 def _(w, t):
     p = t / "bad.yaml"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from datamates import executor
+from datamates.config.executor import ExecutorConfig
 from datamates.errors import DatamatesError, InputError
 from datamates.run_dir import atomic_write_bytes
 
@@ -74,7 +75,7 @@ def _expected(n: int) -> list[float]:
 @pytest.mark.parametrize("backend,workers", [("inline", 1), pytest.param("local", 2, marks=pytest.mark.slow)])
 def test_results_are_merged_by_shard_index(tmp_path, backend, workers):
     job = _job(tmp_path / "w")
-    executor.run(job, backend=backend, workers=workers, device="cpu", threads=1, progress=False)
+    executor.run(job, ExecutorConfig(backend=backend, workers=workers, threads=1), device="cpu", progress=False)
     got = [load_json(p) for p in job.paths]
     assert [g["i"] for g in got] == list(range(6))
     assert [g["v"] for g in got] == _expected(6)  # the hand computation, in index order
@@ -88,7 +89,7 @@ def test_local_processes_write_the_same_bytes_as_inline(tmp_path):
     local-process variants above are marked slow."""
     a, b = _job(tmp_path / "a", n=5), _job(tmp_path / "b", n=5)
     executor.run(a, progress=False)
-    executor.run(b, backend="local", workers=2, device="cpu", threads=1, progress=False)
+    executor.run(b, ExecutorConfig(backend="local", workers=2, threads=1), device="cpu", progress=False)
     for pa, pb in zip(a.paths, b.paths):
         ja, jb = load_json(pa), load_json(pb)
         assert jb["threads"] == 1
@@ -107,7 +108,7 @@ def test_finished_shards_are_skipped_on_restart(tmp_path, backend, workers):
     save_json(job.paths[0], {"i": 0, "v": -1.0})  # a finished shard is never recomputed
     for f in (tmp_path / "w" / "calls").iterdir():
         f.unlink()
-    executor.run(job, backend=backend, workers=workers, device="cpu", threads=1, progress=False)
+    executor.run(job, ExecutorConfig(backend=backend, workers=workers, threads=1), device="cpu", progress=False)
     assert _calls(tmp_path / "w") == [2, 4]
     assert load_json(job.paths[0])["v"] == -1.0 and keep != job.paths[0].read_bytes()
     assert [load_json(p)["v"] for p in job.paths[1:]] == _expected(6)[1:]
@@ -118,17 +119,17 @@ def test_finished_shards_are_skipped_on_restart(tmp_path, backend, workers):
 def test_an_error_names_the_shard_and_leaves_no_result(tmp_path, backend, workers):
     job = _job(tmp_path / "w", bad={3: "bug"})
     with pytest.raises(executor.ShardFailed, match=r"sq shard 3 failed: ValueError: boom at 3"):
-        executor.run(job, backend=backend, workers=workers, device="cpu", threads=1, progress=False)
+        executor.run(job, ExecutorConfig(backend=backend, workers=workers, threads=1), device="cpu", progress=False)
     assert not job.paths[3].exists()
     assert not [f for f in (tmp_path / "w").iterdir() if ".tmp" in f.name]  # no half-written file
     # a user error keeps its type (one line and exit code 2 at the CLI), with the shard in the message
     job = _job(tmp_path / "u", bad={1: "user"})
     with pytest.raises(InputError, match=r"^sq shard 1: shard input 1 is bad; fix it$"):
-        executor.run(job, backend=backend, workers=workers, device="cpu", threads=1, progress=False)
+        executor.run(job, ExecutorConfig(backend=backend, workers=workers, threads=1), device="cpu", progress=False)
     # fixed input: a re-run computes the missing shards only
     done_before = {i for i in range(6) if job.paths[i].exists()}
     job.worker.bad = {}
-    executor.run(job, backend=backend, workers=workers, device="cpu", threads=1, progress=False)
+    executor.run(job, ExecutorConfig(backend=backend, workers=workers, threads=1), device="cpu", progress=False)
     assert [load_json(p)["v"] for p in job.paths] == _expected(6)
     assert 1 not in done_before
 
@@ -140,7 +141,7 @@ def test_results_written_by_the_shard_itself_come_back(tmp_path):
     folder = tmp_path / "ckpts"
     job = executor.Job("dirs", [folder / f"m{i}" for i in range(3)], _DirWorker(folder), save=None)
     (folder / "m1").mkdir(parents=True)  # a folder without DONE (a killed writer) is not finished
-    out = executor.run(job, backend="local", workers=2, device="cpu", threads=1, progress=False)
+    out = executor.run(job, ExecutorConfig(backend="local", workers=2, threads=1), device="cpu", progress=False)
     assert out == {0: "m0", 1: "m1", 2: "m2"}
     assert all(executor.shard_done(p) for p in job.paths)
     assert executor.run(job, progress=False) == {}
@@ -162,9 +163,9 @@ class _DirWorker:
 
 def test_torchrun_backend_outside_a_world_is_refused(tmp_path):
     with pytest.raises(DatamatesError, match="torchrun backend needs a torchrun world"):
-        executor.run(_job(tmp_path / "w"), backend="torchrun", progress=False)
+        executor.run(_job(tmp_path / "w"), ExecutorConfig(backend="torchrun"), progress=False)
     with pytest.raises(DatamatesError, match="not one of"):
-        executor.run(_job(tmp_path / "x"), backend="threads", progress=False)
+        executor.run(_job(tmp_path / "x"), ExecutorConfig(backend="threads"), progress=False)
 
 
 # ----------------------------------------------------------------------------- lead over a gloo world
@@ -175,6 +176,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 import torch.distributed as dist
 from datamates import executor
+from datamates.config.executor import ExecutorConfig
 from datamates.errors import InputError
 from datamates.log import setup_logging
 import test_executor as T

@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--sets", default="early,middle,late")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from datamates.config.executor import ExecutorConfig
     from datamates.log import setup_logging
     from datamates.selection.probe import probe
 
@@ -85,7 +86,7 @@ def main() -> None:
     out = Path(args.out)
     cfg, pool, plan, ref = arena_inputs()
     ids = candidates(pool, plan, args.n, out)
-    pcfg = replace(cfg.mates.probe, workers=1, threads=args.threads, device="cpu")
+    pcfg = replace(cfg.mates.probe, executor=ExecutorConfig(threads=args.threads), device="cpu")
     names = args.sets.split(",")
     for mode, sub in (("first_order", ids), ("exact", ids[: args.exact])):
         if not len(sub):  # --exact 0: no exact check labels

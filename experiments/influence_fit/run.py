@@ -77,7 +77,7 @@ def main() -> None:
         rows.append({"mode": mode, "split_seed": seed, "val_spearman": m["val_spearman"], "spearman_ci95": [lo, hi],
                      "val_pearson": m["val_pearson"], "val_mse_z": m["val_mse_z"],
                      "val_mse_z_constant": m["val_mse_z_constant"], "n_train": m["n_train"], "n_val": m["n_val"],
-                     "fit_seconds": m["seconds"], "wall_seconds_this_call": round(time.time() - t0, 1),
+                     "fit_seconds": json.loads((out / "meta.json").read_text())["seconds"], "wall_seconds_this_call": round(time.time() - t0, 1),
                      **({"best_step": m["best_step"], "total_steps": m["total_steps"]} if mode == "finetune" else
                         {"ridge_alpha": m["ridge_alpha"]})})
         print(json.dumps(rows[-1]), flush=True)

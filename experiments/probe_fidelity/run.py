@@ -32,6 +32,7 @@ from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 from datamates.config.base import from_dict  # noqa: E402
 from datamates.config.core import ModelConfig, TrainConfig  # noqa: E402
+from datamates.config.executor import ExecutorConfig  # noqa: E402
 from datamates.config.probe import ProbeConfig  # noqa: E402
 from datamates.core.pool import Pool  # noqa: E402
 from datamates.core.reference import load_reference  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
     for name, ckpt in (("early", early), ("late", late)):
         runs = RUNS / f"probe_{name}"
         kw = dict(device="cpu", reference_size=pc["reference_size"], reference_seed=pc["reference_seed"],
-                  chunk_size=50, threads=1)
+                  chunk_size=50, executor=ExecutorConfig(threads=1))
         out = timed(f"exact_{name}", times, probe, ProbeConfig(mode="exact", reference_halves=True, **kw),
                     ckpt, pool, probes, runs / "exact", reference=ref)
         t = read_labels_table(out)

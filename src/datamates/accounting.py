@@ -1,9 +1,11 @@
 """Counted FLOPs and wall seconds per component (training, probing, influence-model fit, scoring,
 evaluation), per stage.
 
-Time is measured around each component call by the pipeline and kept in
-`<stage>/timings.json` (only calls that did work are recorded, so a resumed run keeps the times
-of the calls it skipped).
+Time: an artifact's meta.json holds `seconds`, the wall seconds its build took, measured by
+`artifacts.produce` (probe, influence model, scores, selection); components whose work runs partly
+outside their artifact's build (training, the decay, evaluation, the baselines' scoring) are timed
+around the call (`timed`) into `<stage>/timings.json`, which wins for the components it names. Only
+calls that did work are recorded, so a resumed run keeps the times of the calls it skipped.
 
 FLOPs are *counted*, not estimated: every artifact that runs a model records in its meta.json
 the tokens it processed, by kind, and the model's FLOPs per token of that kind (the training
@@ -50,6 +52,7 @@ from datamates.run_dir import (
     INFLUENCE_MODEL,
     PROBE,
     SCORES,
+    SELECTED,
     atomic_write_json,
     is_done,
     read_json,
@@ -64,6 +67,8 @@ KINDS = ("lm_train", "lm_forward", "encoder_train", "encoder_forward", "fo_head"
 # stage sub-folder -> the component its FLOPs are charged to
 STAGE_ARTIFACTS = {CHECKPOINT: "train", PROBE: "probe", INFLUENCE_MODEL: "fit", SCORES: "score", EVAL: "eval"}
 FLOP_COMPONENTS = ("train", "probe", "fit", "score", "eval")
+# stage sub-folder -> the component whose seconds its meta.json holds (written by artifacts.produce)
+SECONDS_ARTIFACTS = {PROBE: "probe", INFLUENCE_MODEL: "fit", SCORES: "score", SELECTED: "select"}
 
 
 @contextlib.contextmanager
@@ -144,7 +149,16 @@ def stage_flops(stage_dir: Path, errors: list[str] | None = None) -> tuple[dict[
 
 
 def stage_seconds(stage_dir: Path) -> dict[str, float]:
-    return _json(Path(stage_dir) / "timings.json")
+    """Wall seconds per component of one stage folder: `timings.json`, and for a component it does
+    not name, the `seconds` produce recorded in that component's finished artifact."""
+    out = _json(Path(stage_dir) / "timings.json")
+    for sub, comp in SECONDS_ARTIFACTS.items():
+        art = Path(stage_dir) / sub
+        if comp not in out and is_done(art):
+            s = _json(art / "meta.json").get("seconds")
+            if isinstance(s, int | float):
+                out[comp] = round(float(s), 3)
+    return out
 
 
 def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eval: Path | None = None,

@@ -7,7 +7,9 @@ writer refuses with one line), reuse (a finished `kind` with the same fingerprin
 is), refusal (a finished artifact made with other settings is a one-line error, exit 2, unless
 --force; another kind of artifact, a folder of the user's, or one of the command's own inputs is
 never replaced, --force or not), the scratch folder `<path>.partial` and its resume, `meta.json`
-(what `build` returns: the counted tokens and FLOPs per token, seconds) and the `DONE` marker
+(what `build` returns: the counted tokens and FLOPs per token, plus, in a stamped `meta_record`,
+`seconds`: the wall seconds `build` took in this call, measured here so no stage times itself) and
+the `DONE` marker
 (kind, fingerprint, code version, every file's size), then the rename into place.
 
 The identity is a dict of config values and digests (identity.py); its flattened form is the
@@ -513,8 +515,10 @@ def produce(out: Output, build: Callable[[Path], dict[str, Any] | None], *, resu
     does not run). Finished with another: IncompatibleArtifacts naming the first differing key
     (redone under --force). Another kind, a folder of the user's, or one of the inputs: refused.
     Otherwise, under the output's lock: open (or, with `resume`, resume) `<path>.partial`, call
-    `build(tmp)`, write what it returns as meta.json (nothing when it returns None), DONE (kind,
-    fingerprint, file sizes) and rename into place."""
+    `build(tmp)`, write what it returns as meta.json (nothing when it returns None) with `seconds`,
+    build's wall seconds in this call, when it is a stamped `meta_record` (a meta.json without a
+    clock, the pool's, stays a function of the inputs: a resumed build is byte-identical), DONE
+    (kind, fingerprint, file sizes) and rename into place."""
     path = Path(out.path)
     check_not_input(path, out.inputs)
     fp = fingerprint(**out.identity)
@@ -523,12 +527,15 @@ def produce(out: Output, build: Callable[[Path], dict[str, Any] | None], *, resu
             log.info("%s already holds this %s; skipping", path, out.kind)
             return path
         tmp, fresh = begin_partial(path, out.kind, fp, resume=resume, force=force)
+        t0 = time.perf_counter()
         try:
             meta = build(tmp)
         except DatamatesError:
             drop_fresh_partial(tmp, fresh)
             raise
         if meta is not None:
+            if "created" in meta:  # a stamped record (meta_record); a clock-free meta (the pool's) stays byte-exact
+                meta = {**meta, "seconds": round(time.perf_counter() - t0, 3)}
             atomic_write_json(tmp / META, meta)
         write_done(tmp, out.kind, fp)
         replace_dir(tmp, path, out.kind)

@@ -77,6 +77,7 @@ from typing import Any
 
 import numpy as np
 
+from datamates.config.executor import ExecutorConfig
 from datamates.core.train_loop import dist_setup
 from datamates.errors import ConfigError, DatamatesError
 from datamates.log import get_logger, progress_bar
@@ -194,18 +195,23 @@ def device_for(spec: str, index: int) -> str:
 # ----------------------------------------------------------------------------- the entry point
 
 
-def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "auto", threads: int = 0,
-        ray_address: str | None = None, ray_cpus: float = 1.0, ray_gpus: float = 0.0,
+def run(job: Job, ex: ExecutorConfig | None = None, *, device: str = "auto",
         local_worker: Callable[[], Callable[[int], Any]] | None = None, progress: str | bool | None = None,
         share: bool = True) -> dict[int, Any]:
     """Compute every unfinished shard of `job`; returns {shard: returned value} of the shards this
     call computed when `job.save` is None (else {}). Afterwards every `job.paths[i]` is finished.
+
+    `ex`: the stage's executor section (workers, threads, backend, Ray address and resources; the
+    stage resolves its own defaults first); None: inline, in this process. Ray resources left null
+    here: `ray_cpus` = threads (at least 1), `ray_gpus` = 0.
 
     Inside `lead` under torchrun the job is shared over the world, whatever `backend` says, unless
     `share` is False (a job whose worker is not a registered `worker` class, e.g. a closure: it runs
     in this process).
     `local_worker`: a zero-argument factory of `fn` for the shards this process computes (inline,
     or rank 0 of a torchrun world), e.g. one that reuses state the caller has loaded already."""
+    ex = ex or ExecutorConfig(backend="inline")
+    backend, workers, threads = ex.backend, ex.workers, ex.threads
     if backend not in BACKENDS:
         raise ConfigError(f"executor backend {backend!r} is not one of {', '.join(BACKENDS)}")
     todo = job.todo()
@@ -223,7 +229,9 @@ def run(job: Job, *, backend: str = "inline", workers: int = 1, device: str = "a
     t0 = time.time()
     with _Progress(job, todo, progress) as bar:
         if backend == "ray":
-            out = _run_ray(job, todo, workers, device, ray_address, ray_cpus, ray_gpus, bar)
+            out = _run_ray(job, todo, workers, device, ex.ray_address,
+                           ex.ray_cpus if ex.ray_cpus is not None else max(1, threads),
+                           ex.ray_gpus if ex.ray_gpus is not None else 0.0, bar)
         elif backend == "local" and workers > 1 and len(todo) > 1:
             out = _run_local(job, todo, workers, device, threads, bar)
         else:

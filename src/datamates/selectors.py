@@ -81,7 +81,7 @@ from datamates.baselines.quality import BUNDLE_LABELS, rate
 from datamates.baselines.rholoss import irreducible_model, reducible_loss
 from datamates.baselines.semdedup import semdedup
 from datamates.baselines.trak import dsdm
-from datamates.config.base import data_dir, resolve_owned
+from datamates.config.base import data_dir, deprecated, resolve_owned
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceSet, load_reference
@@ -118,11 +118,10 @@ def _select(x: StageInputs, candidates, **kw) -> Path:
     candidates None: uniform random over the block."""
     if candidates is None:
         candidates, kw = x.candidates, {**kw, "method": "random"}
-    out = x.rd.selected(x.stage)
-    with timed(x.rd.stage(x.stage), "select", out):
-        if x.group is not None:
-            return _select_group(x, candidates, out)
-        return select(x.mates.select, candidates, x.pool, out, k=x.k, attributes=write_attributes, **kw)
+    out = x.rd.selected(x.stage)  # its seconds: produce's, in its meta.json (accounting.stage_seconds)
+    if x.group is not None:
+        return _select_group(x, candidates, out)
+    return select(x.mates.select, candidates, x.pool, out, k=x.k, attributes=write_attributes, **kw)
 
 
 def _select_group(x: StageInputs, candidates, out: Path) -> Path:
@@ -190,10 +189,8 @@ def prefix_lm_fit(fcfg, seq_len: int):
                    prefix_tokens=max(2, seq_len // 16), exit_layer=0)
 
 
-@functools.cache
 def _deprecated(flag: str, selector: str) -> None:
-    log.warning("mates.%s is deprecated: it is an alias of the %s selector (put %s in mates.selectors)",
-                flag, selector, selector)
+    deprecated(f"mates.{flag}", f"it is an alias of the {selector} selector (put {selector} in mates.selectors)")
 
 
 def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False, static: bool = False,
@@ -208,7 +205,6 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
             if getattr(x.mates, flag):
                 _deprecated(flag, selector)
         parity, static = x.mates.parity, x.mates.static_influence
-    sd = x.rd.stage(x.stage)
     pcfg, fcfg = mates_configs(x, mode, parity)
     if full and not parity:
         fcfg = full_lm_fit(fcfg)
@@ -222,30 +218,26 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
                               "re-run the branch from its first selection stage")
     else:
         probe_ids = mates_probe_ids(x, pcfg) if not parity else x.probe_ids
-        with timed(sd, "probe", x.rd.probe(x.stage)):
-            labels = probe(pcfg, x.checkpoint, x.pool, probe_ids, x.rd.probe(x.stage), reference=x.reference)
+        labels = probe(pcfg, x.checkpoint, x.pool, probe_ids, x.rd.probe(x.stage), reference=x.reference)
         history = []
         if not parity and fcfg.mode == "lm":
             for back in range(1, x.mates.label_history + 1):
                 if x.stage - back >= first and (x.rd.probe(x.stage - back) / "DONE").exists():
                     history.append((x.rd.probe(x.stage - back), x.mates.label_history_decay ** back))
-        with timed(sd, "fit", x.rd.influence_model(x.stage)):
-            model = fit(fcfg, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir,
-                        checkpoint=x.checkpoint, reference=x.reference, history=history)
-    with timed(sd, "score", x.rd.scores(x.stage)):
-        return score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
+        model = fit(fcfg, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir,
+                    checkpoint=x.checkpoint, reference=x.reference, history=history)
+    # probe, fit and score are timed by produce (their meta.json `seconds`; accounting.stage_seconds)
+    return score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
 
 
 def score_oracle(x: StageInputs):
     pcfg = replace(x.mates.probe, mode=x.mates.oracle_mode)
-    with timed(x.rd.stage(x.stage), "probe", x.rd.probe(x.stage)):
-        labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage), reference=x.reference)
+    labels = probe(pcfg, x.checkpoint, x.pool, x.candidates, x.rd.probe(x.stage), reference=x.reference)
     return read_labels(labels)  # the labels are the scores
 
 
 def score_loss(x: StageInputs) -> Path:
-    with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
-        return score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
+    return score_by_loss(x.checkpoint, x.pool, x.candidates, x.rd.scores(x.stage), device=x.mates.score.device)
 
 
 def _baselines(x: StageInputs):

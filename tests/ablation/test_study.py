@@ -12,6 +12,7 @@ from ablation_helpers import TINY, study_config, train_cfg
 from datamates.ablation.merge import merge
 from datamates.ablation.train_partition import gold_dir, train_partitions
 from datamates.cli import main
+from datamates.config.executor import ExecutorConfig
 from datamates.core.checkpoint import load_model, trainer_state
 from datamates.core.train_loop import read_train_log
 from datamates.errors import InputError
@@ -144,7 +145,7 @@ def test_parallel_workers_match_serial(tiny_study, tiny_pool, tmp_path):
 
     cfg = tiny_study["cfg"]
     par = train_partitions(tiny_study["manifest"], tiny_pool, tiny_study["seed"], tmp_path / "units",
-                           train_cfg(), TINY, replace(cfg.branch, workers=2), log_dir=tmp_path / "logs")
+                           train_cfg(), TINY, replace(cfg.branch, executor=ExecutorConfig(workers=2)), log_dir=tmp_path / "logs")
     for name, path in par.items():
         a, b = load_model(path), load_model(tiny_study["units"][name])
         for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
@@ -180,7 +181,7 @@ def test_ray_backend_matches_serial(tiny_study, tiny_pool, tmp_path):
     cfg = tiny_study["cfg"]
     try:
         par = train_partitions(tiny_study["manifest"], tiny_pool, tiny_study["seed"], tmp_path / "units",
-                               train_cfg(), TINY, replace(cfg.branch, workers=2, backend="ray"),
+                               train_cfg(), TINY, replace(cfg.branch, executor=ExecutorConfig(workers=2, backend="ray")),
                                units=["web", "wiki"])
     finally:
         ray.shutdown()

@@ -82,6 +82,47 @@ def test_from_dict_roundtrip():
     assert t.grad_clip is None
 
 
+def test_old_flat_executor_keys_are_aliases_of_the_executor_section(caplog):
+    """mates.probe / mates.score / ablation.branch spelled their executor knobs three ways; the old
+    flat keys still load (one warning line each) into the one `executor` section."""
+    from datamates.config.base import deprecated
+    from datamates.config.executor import ExecutorConfig
+
+    deprecated.cache_clear()
+    old = load_config(None, ["mates.probe.workers=2", "mates.probe.threads=1", "mates.probe.backend=ray",
+                             "mates.probe.ray_address=10.0.0.1:6379", "mates.score.workers=3",
+                             "mates.score.threads_per_worker=2", "mates.score.ray_cpus_per_actor=2",
+                             "mates.score.ray_gpus_per_actor=1", "ablation.branch.workers=4",
+                             "ablation.branch.threads_per_worker=null", "ablation.branch.backend=process",
+                             "ablation.branch.gpus_per_worker=1"])
+    new = load_config(None, ["mates.probe.executor={workers: 2, threads: 1, backend: ray, ray_address: '10.0.0.1:6379'}",
+                             "mates.score.executor={workers: 3, threads: 2, ray_cpus: 2, ray_gpus: 1}",
+                             "ablation.branch.executor={workers: 4, backend: local, ray_gpus: 1}"])
+    assert old == new
+    assert new.ablation.branch.executor == ExecutorConfig(workers=4, ray_gpus=1.0)
+    warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert "mates.score.threads_per_worker is deprecated: spell it mates.score.executor.threads" in warned
+    assert len(warned) == 12  # one line per old key
+    load_config(None, ["mates.probe.workers=2"])
+    assert len([r for r in caplog.records if "deprecated" in r.getMessage()]) == 12  # once per process
+
+
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["mates.probe.workers=2", "mates.probe.executor.workers=3"],
+         "mates.probe.workers = 2 and mates.probe.executor.workers = 3 are the same knob"),
+        (["mates.score.workers=0"], "--set mates.score.workers=0: mates.score.executor.workers = 0: must be >= 1"),
+        (["ablation.branch.backend=threads"], "ablation.branch.executor.backend = 'threads': allowed values"),
+        (["mates.probe.executor.wrkers=1"], "unknown key 'mates.probe.executor.wrkers'"),
+    ],
+)
+def test_bad_executor_keys_are_one_line_errors(sets, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, sets)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
 def test_owned_sections_are_kept_raw_by_the_loader_then_checked_by_their_owner():
     """A section declared above config/ (a scorer's own, selectors.SCORERS `config=`): `from_dict`
     keeps it as written, `resolve_owned` checks it against its dataclass with the loader's one-line

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from datamates.config.executor import ExecutorConfig
 from datamates.config.influence import FitConfig, ScoreConfig
 from datamates.core.checkpoint import load_model
 from datamates.core.reference import load_reference
@@ -178,7 +179,7 @@ def _same_scores(workers: bool, tiny_ckpt, tiny_pool, ids, ref, tmp_path):
     cand = np.arange(5, len(tiny_pool), 173)[:60]
     cfgs = {"one": ScoreConfig(device="cpu"), "shards": ScoreConfig(device="cpu", shard_size=7)}
     if workers:
-        cfgs = {"one": cfgs["one"], "workers": ScoreConfig(device="cpu", shard_size=20, workers=2, threads_per_worker=1)}
+        cfgs = {"one": cfgs["one"], "workers": ScoreConfig(device="cpu", shard_size=20, executor=ExecutorConfig(workers=2, threads=1))}
     runs = {}
     for name, cfg in cfgs.items():
         sid, sc = read_scores(score(cfg, model, tiny_pool, cand, tmp_path / f"scores_{name}"))

@@ -167,7 +167,7 @@ def test_output_contract_and_skip(tiny_ckpt, tiny_pool, ref, tmp_path):
     mix = (na * t.column("ref_loss_delta_a").to_numpy() + nb * t.column("ref_loss_delta_b").to_numpy()) / (na + nb)
     np.testing.assert_allclose(mix, y, rtol=1e-9, atol=1e-12)
     stamp = (out / "DONE").read_text()
-    probe(cfg(reference_halves=True, workers=1), tiny_ckpt, tiny_pool, CANDIDATES, out, reference=ref)
+    probe(cfg(reference_halves=True), tiny_ckpt, tiny_pool, CANDIDATES, out, reference=ref)
     assert (out / "DONE").read_text() == stamp  # same inputs: kept as it is
     with pytest.raises(IncompatibleArtifacts, match="other inputs"):
         probe(cfg(reference_halves=True), tiny_ckpt, tiny_pool, CANDIDATES[:2], out, reference=ref)

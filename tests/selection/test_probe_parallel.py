@@ -6,6 +6,7 @@ world: tests/test_torchrun.py."""
 import numpy as np
 import pytest
 
+from datamates.config.executor import ExecutorConfig
 from datamates.config.probe import ProbeConfig
 from datamates.core.reference import load_reference
 from datamates.selection.probe import probe, read_labels_table
@@ -26,7 +27,8 @@ def _labels(path):
 
 def _cfg(mode, **kw):
     # threads=1 everywhere: the same torch thread count in every process, so the same float sums
-    return ProbeConfig(mode=mode, device="cpu", chunk_size=2, candidate_batch=2, batch_size=3, threads=1, **kw)
+    return ProbeConfig(mode=mode, device="cpu", chunk_size=2, candidate_batch=2, batch_size=3,
+                       executor=ExecutorConfig(threads=1, **kw))
 
 
 def test_two_local_workers_give_identical_labels(tiny_ckpt, tiny_pool, ref, tmp_path):

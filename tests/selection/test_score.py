@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from datamates.config.executor import ExecutorConfig
 from datamates.config.influence import FitConfig, ScoreConfig
 from datamates.errors import IncompatibleArtifacts
 from datamates.selection.encode import TokenCache
@@ -119,7 +120,7 @@ def test_foreign_shards_are_refused(scored, im_frozen_model, im_labels, tiny_poo
 
 def test_local_workers_give_the_same_scores(scored, im_frozen_model, tiny_pool, cand, tmp_path):
     out, cache = scored
-    two = score(ScoreConfig(shard_size=32, workers=2, threads_per_worker=1, device="cpu"), im_frozen_model,
+    two = score(ScoreConfig(shard_size=32, executor=ExecutorConfig(workers=2, threads=1), device="cpu"), im_frozen_model,
                 tiny_pool, cand, tmp_path / "two", cache_dir=tmp_path / "cache2")
     ids2, s2 = read_scores(two)
     ids1, s1 = read_scores(out)

@@ -15,8 +15,8 @@ seed and one checkpoint format.
 
 Each model is an atomic checkpoint folder (`<run>/units/<unit>`, `<run>/gold/<mixture>`): a
 finished one is skipped, a killed one resumes from its `.partial` folder. Jobs are the shards of
-datamates.executor (docs/executor.md): serial, `branch.workers` local processes (`threads_per_worker`
-torch threads each), or Ray actors.
+datamates.executor (docs/executor.md): serial, `branch.executor.workers` local processes
+(`branch.executor.threads` torch threads each), or Ray actors.
 """
 
 from __future__ import annotations
@@ -124,16 +124,16 @@ def run_jobs(jobs: list[BranchJob], train_cfg: TrainConfig, model_cfg: ModelConf
         log.info("%d of %d models already trained; skipping them", len(jobs) - len(todo), len(jobs))
     if not todo:
         return results
-    workers = min(branch.workers, len(todo))
-    serial = workers == 1 and branch.backend == "process"
-    threads = branch.threads_per_worker if (branch.threads_per_worker or serial) else 1
+    ex = branch.executor
+    workers = min(ex.workers, len(todo))
+    serial = workers == 1 and ex.backend == "local"
+    threads = ex.threads if (ex.threads or serial) else 1
     args = (train_cfg, model_cfg, str(pool_path), str(init), threads, None if serial or not log_dir else str(log_dir))
-    log.info("training %d models (%s, %d worker%s x %s threads)", len(todo), "serial" if serial else branch.backend,
+    log.info("training %d models (%s, %d worker%s x %s threads)", len(todo), "serial" if serial else ex.backend,
              workers, "s" if workers > 1 else "", threads or "default")
     job = executor.Job("train", [j.out for j in todo], _TrainTask(todo, args), save=None)
-    out = executor.run(job, backend="ray" if branch.backend == "ray" else "local", workers=workers,
-                       device=train_cfg.device, threads=threads or 0, ray_cpus=branch.threads_per_worker or 1,
-                       ray_gpus=branch.gpus_per_worker, progress=False)
+    out = executor.run(job, replace(ex, workers=workers, threads=threads or 0), device=train_cfg.device,
+                       progress=False)  # Ray: threads CPUs (at least 1) and ray_gpus (default 0) per task
     for i, job_ in enumerate(todo):
         o, sec = out.get(i, (str(job_.out), 0.0))
         results[job_.name] = {"out": o, "seconds": sec, "skipped": False}

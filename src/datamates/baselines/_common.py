@@ -17,7 +17,6 @@ label_mean, label_std, shards, n):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from datamates.core.reference import REFERENCE_SETS, read_pairs
 from datamates.errors import InputError
 from datamates.identity import hash_file, hash_ids, hash_parts
 from datamates.log import get_logger
-from datamates.run_dir import atomic_write_json, meta_record
+from datamates.run_dir import meta_record
 from datamates.selection.encode import (
     TokenCache,
     backbone_hash,
@@ -143,10 +142,9 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
     output = scores_output(out, plan, inputs=(pool.path,))
     if finished(output):
         return out
-    t0 = time.time()
     n_shards = (len(ids) + shard_size - 1) // shard_size
 
-    def build(work: Path) -> None:  # resumed shard by shard (produce checks the partial's fingerprint)
+    def build(work: Path) -> dict[str, Any]:  # resumed shard by shard (produce checks the partial's fingerprint)
         done = sum((work / shard_name(i)).exists() for i in range(n_shards))
         for i in range(n_shards):
             if (work / shard_name(i)).exists():
@@ -170,9 +168,8 @@ def write_scores(out: str | Path, pool: Pool, ids: np.ndarray, plan: dict[str, A
             log.info("resumed: %d of %d score shards were already done", done, n_shards)
         for name, blob in (files or {}).items():  # artifacts beside the scores (e.g. a trained classifier)
             (work / name).write_bytes(blob)
-        fields = {**meta(), **plan, "shards": [shard_name(i) for i in range(n_shards)],
-                  "seconds_this_call": round(time.time() - t0, 2)}
-        atomic_write_json(work / "meta.json", meta_record("score-with", sign=SIGN, **fields))
+        fields = {**meta(), **plan, "shards": [shard_name(i) for i in range(n_shards)]}
+        return meta_record("score-with", sign=SIGN, **fields)  # produce adds the seconds this call took
 
     return produce(output, build, resume=True)
 

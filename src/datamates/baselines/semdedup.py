@@ -40,7 +40,7 @@ from datamates.core.pool import Pool
 from datamates.errors import ConfigError
 from datamates.identity import hash_ids
 from datamates.log import get_logger
-from datamates.run_dir import atomic_write_json, meta_record
+from datamates.run_dir import meta_record
 from datamates.selection.scores_io import SIGN, finished_scores, scores_output, shard_name, write_shard
 
 log = get_logger(__name__)
@@ -105,16 +105,17 @@ def semdedup(cfg: SemDeDupConfig, pool: Pool, ids: np.ndarray | None, out: str |
     rank = np.empty(len(ids), dtype=np.float64)
     rank[order] = np.arange(len(ids), dtype=np.float64)
     model_hash = digest("semdedup", labels, u)
-    def build(work: Path) -> None:
+
+    def build(work: Path) -> dict[str, Any]:
         write_shard(work / shard_name(0), ids, rank, pool_id=pool.pool_id, model_hash=model_hash)
         np.save(work / "clusters.npy", labels)  # [n] cluster of each candidate (in `ids` order)
         np.save(work / "centroids.npy", centroids)  # [K, H] unit rows
-        atomic_write_json(work / "meta.json", meta_record(
+        return meta_record(  # produce writes it, with the seconds this took
             "score-with", sign=SIGN, **plan, model_hash=model_hash, shards=[shard_name(0)],
             label_mean=0.0, label_std=1.0, eps=eps, n_kept=n_kept, n_duplicates=int(len(ids) - n_kept),
             clusters=int(k), config=to_dict(cfg),
             select_hint={"method": "topk", "temperature": 0.0, "scale": "none", "k": n_kept},
-            **counts("encoder_forward", enc_tokens, 2.0 * encoder_parameters(cfg.encoder))))
+            **counts("encoder_forward", enc_tokens, 2.0 * encoder_parameters(cfg.encoder)))
 
     produce(scores_output(out, plan, inputs=(pool.path,)), build)
     log.info("SemDeDup: eps %.4g keeps %d of %d (%d near-duplicates) in %d clusters -> %s", eps, n_kept, len(ids),

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-size", type=int, metavar="N", help="examples of the reference set (mates.probe.reference_size)")
     p.add_argument("--mode", choices=["exact", "first_order", "naive"], help="mates.probe.mode")
     p.add_argument("--lr", type=float, help="learning rate of the probe step (default: the schedule's rate at the next step)")
-    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.probe.workers)")
-    p.add_argument("--backend", choices=["local", "ray"], help="mates.probe.backend")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.probe.executor.workers)")
+    p.add_argument("--backend", choices=["local", "ray"], help="mates.probe.executor.backend")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder (default: <run>/probe or <run>/stage_NN/probe)")
     add_config_args(p)
 
@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import flag_sets, read_ids, setup
 
-    flag_sets(args, {k: k for k in ("mode", "reference", "reference_size", "lr", "workers", "backend")},
-              "mates.probe.")
+    flag_sets(args, {**{k: k for k in ("mode", "reference", "reference_size", "lr")},
+                     "workers": "executor.workers", "backend": "executor.backend"}, "mates.probe.")
 
     cfg, rd = setup(args, "probe")
     import numpy as np

@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", type=positive_int, metavar="N", help="stage number: default --model and --out of that stage")
     p.add_argument("--pool", metavar="DIR", help="pool folder (default: <run>/pool)")
     p.add_argument("--out", "-o", metavar="DIR", help="scores folder (default: <run>/stage_NN/scores)")
-    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.score.workers)")
-    p.add_argument("--backend", choices=["local", "ray"], help="mates.score.backend")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (mates.score.executor.workers)")
+    p.add_argument("--backend", choices=["local", "ray"], help="mates.score.executor.backend")
     p.add_argument("--cache-dir", metavar="DIR", help="encoder token / embedding cache (default: <pool>/encoder_cache)")
     add_config_args(p)
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import flag_sets, read_ids, setup
 
-    flag_sets(args, {"workers": "workers", "backend": "backend"}, "mates.score.")
+    flag_sets(args, {"workers": "executor.workers", "backend": "executor.backend"}, "mates.score.")
 
     cfg, rd = setup(args, "score")
     import numpy as np

@@ -14,8 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", metavar="CKPT", help="an existing seed checkpoint (ablation.seed.checkpoint)")
     p.add_argument("--units", metavar="A,B,...", help="train only these units (default: all)")
     p.add_argument("--steps", type=int, metavar="N", help="steps per unit (ablation.branch.steps)")
-    p.add_argument("--workers", type=int, metavar="N", help="parallel trainings (ablation.branch.workers)")
-    p.add_argument("--backend", choices=["process", "ray"], help="ablation.branch.backend")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel trainings (ablation.branch.executor.workers)")
+    p.add_argument("--backend", choices=["local", "ray", "process"],
+                   help="ablation.branch.executor.backend (process: the old name of local, deprecated)")
     p.add_argument("--seed-only", action="store_true", help="train the seed model and stop")
     add_config_args(p)
 
@@ -23,8 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from datamates.commands._common import flag_sets, setup
 
-    flag_sets(args, {"seed": "seed.checkpoint", "steps": "branch.steps", "workers": "branch.workers",
-                     "backend": "branch.backend"}, "ablation.")
+    if args.backend == "process":
+        from datamates.config.base import deprecated
+
+        deprecated("--backend process", "spell it --backend local")
+        args.backend = "local"
+    flag_sets(args, {"seed": "seed.checkpoint", "steps": "branch.steps", "workers": "branch.executor.workers",
+                     "backend": "branch.executor.backend"}, "ablation.")
     cfg, rd = setup(args, "train-partitions")
     from datamates.ablation.partition import read_manifest
     from datamates.ablation.train_partition import resolve_seed, train_partitions, train_seed

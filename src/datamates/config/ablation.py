@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from datamates.config.base import knob
+from datamates.config.base import Alias, knob
+from datamates.config.executor import ExecutorConfig
 from datamates.errors import ConfigError
 
 
@@ -87,6 +88,13 @@ class SeedConfig:
 class BranchConfig:
     """Continued pretraining from the seed: unit models and gold models (docs/methods.md#unit-and-gold-training)."""
 
+    ALIASES = {  # deprecated flat spellings of the executor section
+        "workers": Alias("executor.workers"),
+        "threads_per_worker": Alias("executor.threads", lambda v: 0 if v is None else v),
+        "backend": Alias("executor.backend", lambda v: "local" if v == "process" else v),
+        "gpus_per_worker": Alias("executor.ray_gpus"),
+    }
+
     steps: int = knob(80, "optimizer steps per unit model; a gold model of k units trains k x steps", ge=1)
     lr: float | None = knob(
         None, "constant learning rate (no warmup, no decay: paper); null: the seed's final learning rate "
@@ -95,12 +103,8 @@ class BranchConfig:
     init_optimizer: bool = knob(
         True, "resume the seed's AdamW moments and step counter (paper: full seed state)"
     )
-    workers: int = knob(1, "models trained in parallel (processes, or Ray tasks)", ge=1)
-    threads_per_worker: int | None = knob(
-        None, "torch threads per worker; null: torch's default when serial (workers: 1), 1 per parallel worker", ge=1
-    )
-    backend: Literal["process", "ray"] = knob("process", "parallel backend: a local process pool, or Ray tasks")
-    gpus_per_worker: float = knob(0.0, "Ray: GPUs per task (0 on CPU machines)", ge=0)
+    executor: ExecutorConfig = knob(ExecutorConfig(), "where the models train: executor.workers in parallel "
+                                    "(docs/executor.md)")
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -34,9 +35,11 @@ import yaml
 
 from datamates.errors import ConfigError
 from datamates.identity import hash_config
+from datamates.log import get_logger
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
+log = get_logger(__name__)
 
 
 def knob(
@@ -99,6 +102,47 @@ class Sources:
             return self.prefix(key)
         inside = [v for k, v in self.by_key.items() if k.startswith(section)]
         return f"{', '.join(inside)}: " if inside else self.prefix(key or section.rstrip("."))
+
+
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """A deprecated key kept working: a config class lists `ALIASES = {"old": Alias("section.new")}`
+    and `from_dict` reads `old` as the dotted key `new` of the same section (its value mapped by
+    `convert`, e.g. a renamed choice), with one warning line per key and process."""
+
+    new: str
+    convert: Any = None
+
+
+@functools.cache
+def deprecated(old: str, instead: str) -> None:
+    """One warning line per deprecated spelling and process (config keys, selector flags)."""
+    log.warning("%s is deprecated: %s", old, instead)
+
+
+def _apply_aliases(cls: type, data: dict[str, Any], prefix: str, where: str | Sources) -> dict[str, Any]:
+    aliases: dict[str, Alias] = getattr(cls, "ALIASES", {})
+    for old in [k for k in data if k in aliases]:
+        alias = aliases[old]
+        value = data.pop(old)
+        if alias.convert is not None:
+            value = alias.convert(value)
+        *path, leaf = alias.new.split(".")
+        node = data
+        for part in path:
+            sub = node.get(part)
+            if sub is not None and not isinstance(sub, dict):
+                raise ConfigError(f"{_w(where, prefix + old)}{prefix}{old} (deprecated: {prefix}{alias.new}) is set "
+                                  f"but {prefix}{part} is not a section")
+            node[part] = node = dict(sub or {})
+        if leaf in node and node[leaf] != value:
+            raise ConfigError(f"{_w(where, prefix + old)}{prefix}{old} = {value!r} and {prefix}{alias.new} = "
+                              f"{node[leaf]!r} are the same knob; keep {prefix}{alias.new} only")
+        node[leaf] = value
+        if isinstance(where, Sources) and prefix + old in where.by_key:  # errors name what the user typed
+            where.by_key.setdefault(prefix + alias.new, where.by_key[prefix + old])
+        deprecated(f"{prefix}{old}", f"spell it {prefix}{alias.new}")
+    return data
 
 
 class RawSection:
@@ -234,6 +278,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", wh
         base = to_dict(presets[name])
         base.update(data)
         data = base
+    if getattr(cls, "ALIASES", None):
+        data = _apply_aliases(cls, data, prefix, where)
     hints = typing.get_type_hints(cls)
     owned = _owned_field(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != owned}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from datamates.config.base import knob
+from datamates.config.base import Alias, knob
+from datamates.config.executor import ExecutorConfig
 from datamates.errors import ConfigError
 
 
@@ -86,16 +87,18 @@ class FitConfig:
 
 @dataclass(kw_only=True)
 class ScoreConfig:
+    ALIASES = {  # deprecated flat spellings of the executor section
+        "workers": Alias("executor.workers"), "backend": Alias("executor.backend"),
+        "threads_per_worker": Alias("executor.threads", lambda v: 0 if v is None else v),
+        "ray_address": Alias("executor.ray_address"), "ray_cpus_per_actor": Alias("executor.ray_cpus"),
+        "ray_gpus_per_actor": Alias("executor.ray_gpus"),
+    }
+
     batch_size: int = knob(64, "encoder chunks per forward pass (length-sorted, padded to the batch's longest)", ge=1)
     shard_size: int = knob(65536, "sequences per score shard (the unit of resume and of parallel work)", ge=1)
-    workers: int = knob(1, "parallel scoring processes (local: one per GPU, or CPU processes; ray: actors)", ge=1)
-    backend: Literal["local", "ray"] = knob("local", "local processes, or Ray Data actors (pip install datamates[ray])")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N (local workers on CUDA use cuda:0..workers-1)")
     precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU (as fit: same features)")
-    threads_per_worker: int | None = knob(None, "torch CPU threads per worker; null: CPUs / workers", ge=1)
-    ray_address: str | None = knob(None, "Ray cluster address; null: connect to a running one or start a local one")
-    ray_cpus_per_actor: float = knob(1.0, "CPUs each Ray actor claims; leave CPUs for Ray's read tasks", gt=0)
-    ray_gpus_per_actor: float = knob(0.0, "GPUs each Ray actor claims (1 on a GPU cluster)", ge=0)
+    executor: ExecutorConfig = knob(ExecutorConfig(), "where the score shards run (docs/executor.md)")
 
 
 @dataclass(kw_only=True)

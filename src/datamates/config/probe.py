@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from datamates.config.base import knob
+from datamates.config.base import Alias, knob
+from datamates.config.executor import ExecutorConfig
 
 
 @dataclass(kw_only=True)
 class ProbeConfig:
+    ALIASES = {k: Alias(f"executor.{k}") for k in ("workers", "threads", "backend", "ray_address")}  # deprecated
+
     mode: Literal["exact", "first_order", "naive"] = knob(
         "exact",
         "exact: one real AdamW step per probe, weights updated out of place, fast reference pass; "
@@ -70,10 +73,7 @@ class ProbeConfig:
         gt=0,
     )
     chunk_size: int = knob(64, "probes per unit of work: resume and parallel scheduling happen per chunk", ge=1)
-    workers: int = knob(1, "parallel probe workers (processes, or Ray actors)", ge=1)
-    threads: int = knob(0, "torch threads per worker; 0: this process's setting (1 worker), cpu_count / workers", ge=0)
-    backend: Literal["local", "ray"] = knob("local", "where workers run: local processes, or Ray actors")
-    ray_address: str | None = knob(None, "Ray cluster address for backend ray; null: the running/auto-started one")
+    executor: ExecutorConfig = knob(ExecutorConfig(), "where the probe chunks run (docs/executor.md)")
     precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N (local workers use cuda:0..N-1 in turn)")
 

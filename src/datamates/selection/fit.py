@@ -19,7 +19,6 @@ z units and the MSE of the constant predictor (the training mean), plus a scatte
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,53 +152,52 @@ def fit(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: str | Pat
     output = _output(out, labels_digest, cfg_digest, pool, labels)
     if finished(output):
         return out
-    t0 = time.time()
-    tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
-    z = (y - mu) / sigma
-    device = resolve_device(cfg.device)
 
-    cache = TokenCache(pool, cfg.encoder, cache_dir)
-    cache.ensure(ids, desc="encoder tokens (labels)")
-    content = cache.get(ids)
-    bpath, bdigest = cache.backbone, backbone_hash(cache.backbone)
-    tok = cache.tok
-    log.info("fit %s: %d labels (%d train / %d validation), backbone %s, device %s", cfg.mode, len(ids),
-             len(tr), len(va), cfg.encoder.backbone, device)
+    def build(tmp: Path) -> dict[str, Any]:  # the fit itself runs under produce: its lock, its seconds
+        tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
+        z = (y - mu) / sigma
+        device = resolve_device(cfg.device)
 
-    torch.manual_seed(cfg.seed)
-    if cfg.mode == "finetune":
-        model, pred_va, extra = _fit_finetune(cfg, bpath, content, z, tr, va, tok, device)
-    else:
-        model, pred_va, extra = _fit_frozen(cfg, cache, bpath, bdigest, ids, z, tr, va, device, cache_dir)
+        cache = TokenCache(pool, cfg.encoder, cache_dir)
+        cache.ensure(ids, desc="encoder tokens (labels)")
+        content = cache.get(ids)
+        bpath, bdigest = cache.backbone, backbone_hash(cache.backbone)
+        tok = cache.tok
+        log.info("fit %s: %d labels (%d train / %d validation), backbone %s, device %s", cfg.mode, len(ids),
+                 len(tr), len(va), cfg.encoder.backbone, device)
 
-    m_z = regression_metrics(pred_va, z[va], const=0.0)
-    metrics = {
-        "mode": cfg.mode,
-        "n_labels": int(len(ids)), "n_train": int(len(tr)), "n_val": int(len(va)),
-        "val_spearman": m_z["spearman"], "val_pearson": m_z["pearson"],
-        "val_mse_z": m_z["mse"], "val_mse_z_constant": m_z["mse_constant"],
-        "label_mean": mu, "label_std": sigma,
-        "seconds": round(time.time() - t0, 2),
-        **extra,
-    }
-    log.info("fit %s: validation Spearman %.4f, Pearson %.4f, MSE %.4f (constant predictor %.4f) on %d labels",
-             cfg.mode, metrics["val_spearman"], metrics["val_pearson"], metrics["val_mse_z"],
-             metrics["val_mse_z_constant"], len(va))
+        torch.manual_seed(cfg.seed)
+        if cfg.mode == "finetune":
+            model, pred_va, extra = _fit_finetune(cfg, bpath, content, z, tr, va, tok, device)
+        else:
+            model, pred_va, extra = _fit_frozen(cfg, cache, bpath, bdigest, ids, z, tr, va, device, cache_dir)
 
-    # counted FLOPs (accounting.py): finetune = every training row each epoch + each validation pass
-    def n_tok(rows):
-        return encoder_tokens([content[i] for i in rows], cfg.encoder, tok)
+        m_z = regression_metrics(pred_va, z[va], const=0.0)
+        metrics = {
+            "mode": cfg.mode,
+            "n_labels": int(len(ids)), "n_train": int(len(tr)), "n_val": int(len(va)),
+            "val_spearman": m_z["spearman"], "val_pearson": m_z["pearson"],
+            "val_mse_z": m_z["mse"], "val_mse_z_constant": m_z["mse_constant"],
+            "label_mean": mu, "label_std": sigma,
+            **extra,
+        }
+        log.info("fit %s: validation Spearman %.4f, Pearson %.4f, MSE %.4f (constant predictor %.4f) on %d labels",
+                 cfg.mode, metrics["val_spearman"], metrics["val_pearson"], metrics["val_mse_z"],
+                 metrics["val_mse_z_constant"], len(va))
 
-    tokens = ({"encoder_train": cfg.epochs * n_tok(tr), "encoder_forward": len(extra["history"]) * n_tok(va)}
-              if cfg.mode == "finetune" else {"encoder_forward": extra["encoder_tokens_computed"]})
-    fe = flops_per_token(model.encoder, cfg.encoder.chunk_len) / 3  # 2 N + 2 L T d
-    meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
-                       labels_hash=labels_digest, pool_id=pool.pool_id, backbone=cfg.encoder.backbone,
-                       backbone_hash=bdigest, metrics=metrics, tokens=tokens,
-                       flops_per_token={"encoder_forward": fe, "encoder_train": 3 * fe})
-    from safetensors.torch import save_file
+        # counted FLOPs (accounting.py): finetune = every training row each epoch + each validation pass
+        def n_tok(rows):
+            return encoder_tokens([content[i] for i in rows], cfg.encoder, tok)
 
-    def build(tmp: Path) -> dict[str, Any]:
+        tokens = ({"encoder_train": cfg.epochs * n_tok(tr), "encoder_forward": len(extra["history"]) * n_tok(va)}
+                  if cfg.mode == "finetune" else {"encoder_forward": extra["encoder_tokens_computed"]})
+        fe = flops_per_token(model.encoder, cfg.encoder.chunk_len) / 3  # 2 N + 2 L T d
+        meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
+                           labels_hash=labels_digest, pool_id=pool.pool_id, backbone=cfg.encoder.backbone,
+                           backbone_hash=bdigest, metrics=metrics, tokens=tokens,
+                           flops_per_token={"encoder_forward": fe, "encoder_train": 3 * fe})
+        from safetensors.torch import save_file
+
         for h in extra.get("history", []):  # the validation curve: metrics.jsonl (+ TensorBoard / wandb)
             tracking.log_metrics(h["step"], {f"fit/{k}": v for k, v in h.items() if k != "step"}, folder=tmp)
         tracking.close(tmp)
@@ -275,56 +273,56 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
     output = _output(out, labels_digest, cfg_digest, pool, labels)
     if finished(output):
         return out
-    t0 = time.time()
-    tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
-    device = resolve_device(cfg.device)
-    direction = None
-    if "fo" in cfg.features:
-        if reference is None:
-            from datamates.core.reference import load_reference
 
-            pc = pm.get("config") or {}
-            reference = load_reference(pc.get("reference", "lambada_openai"), pool.tokenizer(),
-                                       size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
-                                       tokenizer_hash=pool.tokenizer_hash)
-        direction = head_direction(checkpoint, reference, device=device, pad_id=pool.eos_id)
-    featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size,
-                              prefix_tokens=cfg.prefix_tokens, exit_layer=cfg.exit_layer)
-    all_ids = np.concatenate([ids, *hist_ids]) if hist_ids else ids
-    X, n_enc_tokens = lm_feature_matrix(cfg, featurizer, pool, all_ids, cache_dir=cache_dir, device=device)
-    Xc, Xh = X[: len(ids)], X[len(ids):]
-    z = (y - mu) / sigma
-    Xtr, ztr, wtr = Xc[tr], z[tr], np.ones(len(tr))
-    if hist_ids:
-        Xtr = np.concatenate([Xtr, Xh])
-        ztr = np.concatenate([ztr, (np.concatenate(hist_y) - mu) / sigma])
-        wtr = np.concatenate([wtr, np.concatenate(hist_w)])
-    head = fit_head(Xtr, ztr, head=cfg.head, alphas=cfg.ridge_alphas, seed=cfg.seed, weights=wtr)
-    pred_va = predict_head(head, Xc[va])
-    m_z = regression_metrics(pred_va, z[va], const=0.0)
-    metrics = {
-        "mode": "lm", "features": list(cfg.features), "head": cfg.head,
-        "n_labels": int(len(ids)), "n_train": int(len(tr)), "n_val": int(len(va)),
-        "n_history": int(len(Xh)),
-        "val_spearman": m_z["spearman"], "val_pearson": m_z["pearson"],
-        "val_mse_z": m_z["mse"], "val_mse_z_constant": m_z["mse_constant"],
-        "label_mean": mu, "label_std": sigma, "seconds": round(time.time() - t0, 2),
-        "ridge_alpha": head.get("alpha"),
-    }
-    log.info("fit lm %s (%s): validation Spearman %.4f, Pearson %.4f on %d labels (+%d earlier-stage labels)",
-             "+".join(cfg.features), cfg.head, metrics["val_spearman"], metrics["val_pearson"], len(va), len(Xh))
-    # counted FLOPs: one (prefix, early-exit) LM forward per labelled sequence, priced by the featurizer
-    lm_kinds = [k for k in cfg.features if k != "encoder"]
-    T = featurizer.tokens_per_row(pool.seq_len)
-    fpt = featurizer.flops_per_token(lm_kinds, pool.seq_len) if lm_kinds else {}
-    tokens = {k: int(len(all_ids)) * (pool.seq_len if k == "lm_embed" else T) for k in fpt}
-    if n_enc_tokens:
-        tokens["encoder_forward"] = n_enc_tokens
-    meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
-                       labels_hash=labels_digest, pool_id=pool.pool_id, checkpoint=str(checkpoint),
-                       history=[[str(f), float(w)] for f, w in history], metrics=metrics, tokens=tokens,
-                       flops_per_token=fpt)
-    def build(tmp: Path) -> dict[str, Any]:
+    def build(tmp: Path) -> dict[str, Any]:  # the fit itself runs under produce: its lock, its seconds
+        tr, va, mu, sigma = _split_and_moments(labels, ids, y, cfg)
+        device = resolve_device(cfg.device)
+        direction, ref = None, reference
+        if "fo" in cfg.features:
+            if ref is None:
+                from datamates.core.reference import load_reference
+
+                pc = pm.get("config") or {}
+                ref = load_reference(pc.get("reference", "lambada_openai"), pool.tokenizer(),
+                                     size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
+                                     tokenizer_hash=pool.tokenizer_hash)
+            direction = head_direction(checkpoint, ref, device=device, pad_id=pool.eos_id)
+        featurizer = LMFeaturizer(checkpoint, device=device, direction=direction, batch_size=cfg.lm_batch_size,
+                                  prefix_tokens=cfg.prefix_tokens, exit_layer=cfg.exit_layer)
+        all_ids = np.concatenate([ids, *hist_ids]) if hist_ids else ids
+        X, n_enc_tokens = lm_feature_matrix(cfg, featurizer, pool, all_ids, cache_dir=cache_dir, device=device)
+        Xc, Xh = X[: len(ids)], X[len(ids):]
+        z = (y - mu) / sigma
+        Xtr, ztr, wtr = Xc[tr], z[tr], np.ones(len(tr))
+        if hist_ids:
+            Xtr = np.concatenate([Xtr, Xh])
+            ztr = np.concatenate([ztr, (np.concatenate(hist_y) - mu) / sigma])
+            wtr = np.concatenate([wtr, np.concatenate(hist_w)])
+        head = fit_head(Xtr, ztr, head=cfg.head, alphas=cfg.ridge_alphas, seed=cfg.seed, weights=wtr)
+        pred_va = predict_head(head, Xc[va])
+        m_z = regression_metrics(pred_va, z[va], const=0.0)
+        metrics = {
+            "mode": "lm", "features": list(cfg.features), "head": cfg.head,
+            "n_labels": int(len(ids)), "n_train": int(len(tr)), "n_val": int(len(va)),
+            "n_history": int(len(Xh)),
+            "val_spearman": m_z["spearman"], "val_pearson": m_z["pearson"],
+            "val_mse_z": m_z["mse"], "val_mse_z_constant": m_z["mse_constant"],
+            "label_mean": mu, "label_std": sigma,
+            "ridge_alpha": head.get("alpha"),
+        }
+        log.info("fit lm %s (%s): validation Spearman %.4f, Pearson %.4f on %d labels (+%d earlier-stage labels)",
+                 "+".join(cfg.features), cfg.head, metrics["val_spearman"], metrics["val_pearson"], len(va), len(Xh))
+        # counted FLOPs: one (prefix, early-exit) LM forward per labelled sequence, priced by the featurizer
+        lm_kinds = [k for k in cfg.features if k != "encoder"]
+        T = featurizer.tokens_per_row(pool.seq_len)
+        fpt = featurizer.flops_per_token(lm_kinds, pool.seq_len) if lm_kinds else {}
+        tokens = {k: int(len(all_ids)) * (pool.seq_len if k == "lm_embed" else T) for k in fpt}
+        if n_enc_tokens:
+            tokens["encoder_forward"] = n_enc_tokens
+        meta = meta_record("fit", config=to_dict(cfg), config_hash=cfg_digest, labels=[str(p) for p in labels],
+                           labels_hash=labels_digest, pool_id=pool.pool_id, checkpoint=str(checkpoint),
+                           history=[[str(f), float(w)] for f, w in history], metrics=metrics, tokens=tokens,
+                           flops_per_token=fpt)
         save_file(head_tensors(head, direction), str(tmp / LM_HEAD_FILE))
         digest = model_hash_of(tmp)
         enc = {}

@@ -13,9 +13,9 @@ What makes it fast (benchmarks/score.py measures each against MATES's way):
 
 Output: `shard_XXXXX.parquet` per `shard_size` candidates (seq_id, score) + meta.json
 (scores_io.py). Shards are the unit of resume (a killed run recomputes only missing shards) and of
-parallel work, through datamates.executor (docs/executor.md): backend `local` runs `workers`
-processes (one per GPU on CUDA), backend `ray` runs `workers` Ray actors that hold the model
-(`ray_cpus_per_actor` / `ray_gpus_per_actor` each), and inside `datamates run` under torchrun the
+parallel work, through datamates.executor (docs/executor.md; section `executor`): backend `local`
+runs `workers` processes (one per GPU on CUDA), backend `ray` runs `workers` Ray actors that hold
+the model (`ray_cpus` / `ray_gpus` each), and inside `datamates run` under torchrun the
 ranks share the shards; all give the same scores. With Ray on a small node leave CPUs free
 (ray-project/ray#44687). Ray runs its workers at niceness 15 (ray-project/ray#24928): on a machine
 shared with other jobs set RAY_worker_niceness=0 before Ray starts, or the actors get a fraction of
@@ -24,7 +24,7 @@ the CPU.
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from datamates.core.pool import Pool
 from datamates.errors import IncompatibleArtifacts
 from datamates.identity import hash_ids
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_write_json, meta_record, read_json
+from datamates.run_dir import meta_record, read_json
 from datamates.selection.encode import EmbeddingCache, TokenCache, encoder_tokens, load_encoder_tokenizer
 from datamates.selection.influence_model import (
     compute_precision,
@@ -127,10 +127,9 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
     output = Output(out, "scores", {"plan": plan}, inputs=(model_dir, pool.path))
     if finished(output):
         return out
-    t0 = time.time()
     n_shards = (len(ids) + cfg.shard_size - 1) // cfg.shard_size
 
-    def build(work: Path) -> None:  # resumed shard by shard (produce checks the partial's fingerprint)
+    def build(work: Path) -> dict[str, Any]:  # resumed shard by shard (produce checks the partial's fingerprint)
         np.save(work / "ids.npy", ids)
         todo, n_tokens = [], 0
         for i in range(n_shards):
@@ -149,25 +148,24 @@ def score(cfg: ScoreConfig, model_dir: str | Path, pool: Pool, ids: np.ndarray, 
             S = cfg.shard_size
             job = executor.Job("score", [work / shard_name(i) for i in range(n_shards)], task,
                                sizes=[len(ids[i * S : (i + 1) * S]) for i in range(n_shards)], unit="seq")
-            executor.run(job, backend="ray" if cfg.backend == "ray" else "local", workers=cfg.workers,
-                         device=cfg.device, threads=(cfg.threads_per_worker or 0) if cfg.workers > 1 else 0,
-                         ray_address=cfg.ray_address,
-                         ray_cpus=cfg.ray_cpus_per_actor, ray_gpus=cfg.ray_gpus_per_actor, progress="score")
-        seconds = time.time() - t0
+            ex = cfg.executor  # score's Ray defaults: 1 CPU per actor (CPUs left for Ray's read tasks), 0 GPUs
+            executor.run(job, replace(ex, threads=ex.threads if ex.workers > 1 else 0,
+                                      ray_cpus=1.0 if ex.ray_cpus is None else ex.ray_cpus),
+                         device=cfg.device, progress="score")
         ids_back, _ = _collect(work, n_shards, pool.pool_id, icfg["model_hash"])
         if len(ids_back) != len(ids) or not np.array_equal(np.sort(ids_back), np.sort(ids)):
             raise RuntimeError(f"{work}: score shards cover {len(ids_back)} ids, expected {len(ids)}")
         (work / "ids.npy").unlink()
-        atomic_write_json(work / "meta.json", meta_record(
+        log.info("scored %d sequences in %d shards -> %s", len(ids), n_shards, out)
+        return meta_record(  # produce adds the seconds this call took
             "score", sign=SIGN, **plan, mode=icfg["mode"], label_mean=icfg["label_mean"],
             label_std=icfg["label_std"], model_dir=str(model_dir), shards=[shard_name(i) for i in range(n_shards)],
-            backend=cfg.backend, workers=cfg.workers, config=to_dict(cfg), seconds_this_call=round(seconds, 2),
+            backend=cfg.executor.backend, workers=cfg.executor.workers, config=to_dict(cfg),
             scored_this_call=int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size) for i in todo)),
             **dict(zip(("tokens", "flops_per_token"), score_counts(  # counted FLOPs of this call
                 icfg, _fit_meta(model_dir), n_tokens, int(sum(min(cfg.shard_size, len(ids) - i * cfg.shard_size)
                                                              for i in todo)), pool.seq_len), strict=True)),
-        ))
-        log.info("scored %d sequences in %d shards (%.1f s) -> %s", len(ids), n_shards, seconds, out)
+        )
 
     return produce(output, build, resume=True)
 
@@ -249,24 +247,23 @@ def score_by_loss(checkpoint: str | Path, pool: Pool, ids: np.ndarray, out: str 
     output = Output(out, "scores", {"plan": plan}, inputs=(checkpoint, pool.path))
     if finished(output):
         return out
-    t0 = time.time()
-    model = load_model(checkpoint, device=resolve_device(device))
-    nll = np.empty(len(ids), dtype=np.float64)
-    step = 256
-    with torch.inference_mode(), progress_bar(total=len(ids), desc="loss scores", unit="seq") as bar:
-        for i in range(0, len(ids), step):
-            nll[i : i + step] = sequence_nll(model, pool.tokens(ids[i : i + step]), batch_size=batch_size)
-            bar.update(len(ids[i : i + step]))
-    mean_loss = nll / (pool.seq_len - 1)
-    def build(work: Path) -> None:
+
+    def build(work: Path) -> dict[str, Any]:  # the forwards run under produce: its lock, its seconds
+        model = load_model(checkpoint, device=resolve_device(device))
+        nll = np.empty(len(ids), dtype=np.float64)
+        step = 256
+        with torch.inference_mode(), progress_bar(total=len(ids), desc="loss scores", unit="seq") as bar:
+            for i in range(0, len(ids), step):
+                nll[i : i + step] = sequence_nll(model, pool.tokens(ids[i : i + step]), batch_size=batch_size)
+                bar.update(len(ids[i : i + step]))
+        mean_loss = nll / (pool.seq_len - 1)
         write_shard(work / shard_name(0), ids, -mean_loss, pool_id=pool.pool_id, model_hash=plan["model_hash"])
-        atomic_write_json(work / "meta.json", meta_record(
+        log.info("loss scores for %d sequences (mean loss %.4f) -> %s", len(ids), mean_loss.mean(), out)
+        return meta_record(
             "score", sign=SIGN, **plan, checkpoint=str(checkpoint), shards=[shard_name(0)],
-            mean_candidate_loss=float(mean_loss.mean()), seconds_this_call=round(time.time() - t0, 2),
+            mean_candidate_loss=float(mean_loss.mean()),
             tokens={"lm_forward": int(len(ids)) * pool.seq_len},  # counted FLOPs: one forward per candidate
-            flops_per_token={"lm_forward": flops_per_token(model, pool.seq_len) / 3}))
+            flops_per_token={"lm_forward": flops_per_token(model, pool.seq_len) / 3})
 
     produce(output, build)
-    log.info("loss scores for %d sequences (mean loss %.4f, %.1f s) -> %s", len(ids), mean_loss.mean(),
-             time.time() - t0, out)
     return out

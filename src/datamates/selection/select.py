@@ -62,7 +62,7 @@ from datamates.core.sources import write_selected
 from datamates.errors import ArtifactMissing, InputError
 from datamates.identity import hash_array, hash_config, hash_ids
 from datamates.log import get_logger, progress_bar
-from datamates.run_dir import atomic_write_json, meta_record
+from datamates.run_dir import meta_record
 from datamates.selection.scores_io import check_scores, iter_scores, scores_meta
 
 log = get_logger(__name__)
@@ -365,7 +365,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
     identity = {"select": cfg, "method": method, "k": int(k), "pool": pool.pool_id, "group": group,
                 "candidates": _candidates_identity(candidates)}
 
-    def build(tmp: Path) -> None:
+    def build(tmp: Path) -> dict[str, Any]:
         np.save(tmp / "ids.npy", chosen)
         if cfg.write_documents:
             meta["documents"] = write_documents(pool, chosen, tmp / "documents")
@@ -373,7 +373,7 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
             parts = [(np.asarray(i, np.int64), np.asarray(v, np.float64)) for i, v in factory()]
             meta["attributes"] = attributes(pool, np.concatenate([i for i, _ in parts]),
                                                   np.concatenate([v for _, v in parts]), chosen, tmp)
-        atomic_write_json(tmp / "meta.json", meta)
+        return meta  # produce writes it, with the seconds this took
 
     produce(Output(out, "selection", identity, inputs=(pool.path,) + ((candidates,) if isinstance(candidates, str | Path)
                                                                       else ())), build)
