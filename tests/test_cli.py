@@ -123,3 +123,32 @@ def test_adding_a_selector_to_a_finished_run_is_accepted(tmp_path):
     with pytest.raises(ConfigError) as e:  # anything else still refuses
         write_run_config(load_config("tiny_cpu", ["mates.selectors=[random]", "mates.stage_steps=3"]), rd)
     assert "mates.stage_steps" in str(e.value)
+
+
+def test_a_run_recorded_by_an_older_spelling_resumes(tmp_path):
+    """A run whose config.yaml an older datamates wrote (the flat executor keys before
+    `mates.probe.executor`, a knob added since missing) resumes under today's spelling of the same
+    settings; a real difference still refuses, naming the key."""
+    import yaml
+
+    from datamates.commands._common import write_run_config
+    from datamates.config.run import load_config
+    from datamates.errors import ConfigError
+    from datamates.run_dir import RunDir
+
+    rd = RunDir(tmp_path / "r")
+    rd.root.mkdir()
+    write_run_config(load_config("tiny_cpu"), rd)
+    data = yaml.safe_load(rd.config.read_text())
+    probe = data["mates"]["probe"]
+    ex = probe.pop("executor")
+    probe.update(workers=ex["workers"], threads=ex["threads"], backend=ex["backend"], ray_address=ex["ray_address"])
+    del data["mates"]["baselines"]["group"]["device"]  # a knob this older version did not have
+    rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
+    write_run_config(load_config("tiny_cpu"), rd)
+    assert "executor" in yaml.safe_load(rd.config.read_text())["mates"]["probe"]
+    probe["workers"] = ex["workers"] + 1
+    rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
+    with pytest.raises(ConfigError) as e:
+        write_run_config(load_config("tiny_cpu"), rd)
+    assert "mates.probe.executor.workers" in str(e.value)

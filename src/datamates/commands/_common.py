@@ -138,6 +138,27 @@ def read_ids(path: str | Path, n_pool: int | None = None, flag: str = "") -> np.
     return ids
 
 
+def _as_spelled_today(cls, old: dict) -> dict:
+    """A run's recorded settings as this version spells them (deprecated keys under their new names,
+    knobs added since at their defaults), so a run started by an older datamates resumes; as recorded
+    when they no longer load (the comparison then names the first difference). No deprecation
+    warnings: the user did not write these keys."""
+    import logging
+
+    from datamates.config.base import from_dict, to_dict
+    from datamates.errors import DatamatesError
+
+    logger = logging.getLogger("datamates")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return to_dict(from_dict(cls, {k: v for k, v in old.items() if k != "config_hash"}))
+    except (DatamatesError, TypeError, ValueError):
+        return old
+    finally:
+        logger.setLevel(level)
+
+
 def write_run_config(cfg, rd) -> None:
     """Record the resolved config in <run>/config.yaml; refuse to resume a run started with a
     different config (artifacts of two configs must not mix)."""
@@ -162,7 +183,7 @@ def write_run_config(cfg, rd) -> None:
                               "delete it to record this command's config for the run")
         skip = ("config_hash", "distributed", "log")  # how ranks wait / where metrics go, not what a run computes
         body = {k: v for k, v in data.items() if k not in skip}
-        old_body = {k: v for k, v in old.items() if k not in skip}
+        old_body = {k: v for k, v in _as_spelled_today(type(cfg), old).items() if k not in skip}
         # which selectors run: each is its own branch whose artifacts carry their own fingerprints, so
         # adding a selector to a finished run (or dropping one) never mixes two configs' artifacts
         for b in (body, old_body):
