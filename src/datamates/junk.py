@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from datamates.errors import InputError
 from datamates.run_dir import atomic_write_json, read_json
 
 JUNK_PREFIX = "junk_"
@@ -104,8 +105,6 @@ def junk_documents(texts: list[str], n_chars: dict[str, int], seed: int) -> list
     the shuffled kind)."""
     unknown = sorted(set(n_chars) - set(KINDS))
     if unknown:
-        from datamates.errors import InputError
-
         raise InputError(f"junk kind {unknown[0]!r} is not one of {', '.join(KINDS)}")
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
@@ -168,8 +167,6 @@ def plant(src: str | Path, out: str | Path, rate: float = 0.07, seed: int = 0,
     from `src/<web_domain>/`. Deterministic from `seed`; each file is written under a temporary
     name, then renamed. Returns {"real_chars", "kinds": {kind: {"docs", "chars"}}, "rate", "seed"}."""
     if not 0 < rate < 1:
-        from datamates.errors import InputError
-
         raise InputError(f"junk rate = {rate}: must be in (0, 1)")
     src, out = Path(src), Path(out)
     out.mkdir(parents=True, exist_ok=True)

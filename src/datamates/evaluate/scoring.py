@@ -235,7 +235,7 @@ def score_groups(
         # tokens are contiguous here: packs are laid out request after request)
         bounds = np.flatnonzero(np.diff(slot)) + 1
         starts = np.concatenate([[0], bounds])
-        sums = [float(x.sum()) for x in torch.tensor_split(tok_ll, torch.from_numpy(bounds))]
+        sums = [float(x.detach().sum()) for x in torch.tensor_split(tok_ll, torch.from_numpy(bounds))]
         ll[slot[starts]] += sums
         np.add.at(miss, slot, ~hit)
         np.add.at(ntok, slot, 1)

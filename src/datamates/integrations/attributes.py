@@ -38,6 +38,7 @@ from datamates.config.base import from_dict
 from datamates.config.core import PoolConfig
 from datamates.core.pool import Pool
 from datamates.core.sources import JSONL_SUFFIXES, iter_records, reopen, strip_suffix
+from datamates.errors import InputError
 
 CHUNK = 1 << 20  # sequences per Parquet write
 SCHEMA = pa.schema([("doc_id", pa.string()), ("doc_index", pa.int64()), ("seq_id", pa.int64()),
@@ -183,8 +184,6 @@ def write_hf_dataset(pool: Pool, seq_ids: np.ndarray, out: Path, scratch: Path) 
     try:
         import datasets
     except ImportError:
-        from datamates.errors import InputError
-
         raise InputError("export --format hf needs the `datasets` package (pip install 'datamates[io]')") from None
     # the pool goes by path: datasets fingerprints gen_kwargs by pickling them (a Pool's memory maps would be
     # pickled whole)

@@ -21,10 +21,18 @@ from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
 from datamates.config.run import RunConfig
 from datamates.core.pool import Pool
-from datamates.core.reference import load_reference
+from datamates.core.reference import (
+    CLEAN,
+    clean_reference,
+    combine_references,
+    load_reference,
+    reference_parts,
+)
 from datamates.core.train_loop import dist_setup, train
+from datamates.errors import ConfigError
 from datamates.evaluate import evaluate
 from datamates.executor import on_rank0, set_world
+from datamates.junk import junk_kind, junk_report
 from datamates.log import get_logger
 from datamates.pipelines.pool import run_pool
 from datamates.plan import make_plan, selector_reference
@@ -60,8 +68,6 @@ def run_mates(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
         with timed(br.base, "eval", br.final_eval):
             on_rank0(evaluate, cfg.eval, final, br.final_eval, examples=final_examples,
                      heldout_pools={"heldout": (pool, plan.heldout)})
-    from datamates.junk import junk_kind, junk_report
-
     kinds = [k for k in map(junk_kind, pool.domains) if k]
     if kinds:  # planted junk (datamates.junk): <run>/noise.json
         on_rank0(junk_report, rd.root, kinds)
@@ -106,9 +112,6 @@ def _probe_reference(cfg: RunConfig, pool: Pool, plan, spec: str | None = None):
     combined) from the plan: a text set's reference part, `clean` the plan's held-out clean
     sequences. None: a single pool reference, which the probe stage draws from sequences outside
     the candidates."""
-    from datamates.core.reference import CLEAN, clean_reference, combine_references, reference_parts
-    from datamates.errors import ConfigError
-
     p = cfg.mates.probe
     parts = reference_parts(spec or p.reference)
     sets = []

@@ -55,7 +55,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamates.errors import ConfigError
+from datamates.config.base import from_dict
+from datamates.config.core import TrainConfig
+from datamates.core.checkpoint import load_model, load_optimizer_state, trainer_state
+from datamates.core.lm import flops_per_token
+from datamates.core.reference import ReferenceBatches
+from datamates.core.train_loop import lr_at, make_optimizer
+from datamates.errors import ArtifactMissing, ConfigError
 
 FEATURE_KINDS = ("stats", "hidden", "fo", "embed")
 FORWARD_KINDS = ("stats", "hidden", "fo")  # the kinds of the (prefix, early-exit) forward
@@ -73,11 +79,6 @@ def check_kinds(kinds: Sequence[str]) -> list[str]:
 def next_step_lr_of(checkpoint: str | Path):
     """(train config, lr) of the step after `checkpoint`: the schedule's rate at the next global step
     (the step a probe simulates; the rule of selection/probe/oracle.next_step_lr)."""
-    from datamates.config.base import from_dict
-    from datamates.config.core import TrainConfig
-    from datamates.core.checkpoint import trainer_state
-    from datamates.core.train_loop import lr_at
-
     state = trainer_state(checkpoint)
     tcfg = from_dict(TrainConfig, state.get("train_config") or {})
     t = int(state.get("global_step", 0))
@@ -92,11 +93,6 @@ def head_direction(checkpoint: str | Path, reference, *, batch_size: int = 32, m
     per unit of candidate gradient, weighted by the reference gradient. One reference forward +
     backward of the checkpoint; `reference` a core.reference.ReferenceSet. lr is the schedule's rate
     at the next global step, the step a probe simulates (as selection/probe/oracle.next_step_lr)."""
-    from datamates.core.checkpoint import load_model, load_optimizer_state
-    from datamates.core.reference import ReferenceBatches
-    from datamates.core.train_loop import make_optimizer
-    from datamates.errors import ArtifactMissing
-
     if not (Path(checkpoint) / "optimizer.safetensors").exists():
         raise ArtifactMissing(f"{checkpoint}: no optimizer state (optimizer.safetensors); the 'fo' feature needs the "
                               "AdamW moments of a checkpoint written by `datamates train`, not an export")
@@ -154,8 +150,6 @@ def forward_flops_per_token(model: torch.nn.Module, context: int, *, head: bool 
     """Counted forward FLOPs per token of `model` as it is (truncated or not) at `context` tokens:
     2 N + 2 L T d as `core.lm.flops_per_token` / 3, with N the parameters the forward multiplies by
     (the input embedding is a lookup; the output head only when `head`)."""
-    from datamates.core.lm import flops_per_token
-
     f = flops_per_token(model, context) / 3
     if not head:
         f -= 2.0 * model.get_output_embeddings().weight.numel()
@@ -192,8 +186,6 @@ class LMFeaturizer:
 
     def __init__(self, checkpoint: str | Path, *, device: str | torch.device = "cpu", direction: torch.Tensor | None = None,
                  batch_size: int = 16, prefix_tokens: int | None = None, exit_layer: int | None = None):
-        from datamates.core.checkpoint import load_model
-
         self.device = torch.device(device)
         self.model = load_model(checkpoint, device=self.device)
         self.model.eval()
@@ -298,8 +290,6 @@ def feature_grid(checkpoint: str | Path, tokens: np.ndarray, views: dict[tuple[i
     are hooked, and a prefix of a causal LM's forward is the forward of the prefix; the head runs only
     for views whose kinds need the distribution. Equal to `LMFeaturizer(prefix_tokens=P,
     exit_layer=k).features` (tests/selection/test_features.py)."""
-    from datamates.core.checkpoint import load_model
-
     device = torch.device(device)
     model = load_model(checkpoint, device=device)
     model.eval()

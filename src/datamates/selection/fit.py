@@ -35,6 +35,7 @@ from datamates.config.influence import FitConfig
 from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.lm import autocast, flops_per_token, resolve_device
 from datamates.core.pool import Pool
+from datamates.core.reference import load_reference
 from datamates.core.regression import (  # noqa: F401  (fit_head, DEFAULT_ALPHAS re-exported)
     DEFAULT_ALPHAS,
     fit_head,
@@ -280,8 +281,6 @@ def _fit_lm(cfg: FitConfig, labels: Sequence[str | Path], pool: Pool, out: Path,
         direction, ref = None, reference
         if "fo" in cfg.features:
             if ref is None:
-                from datamates.core.reference import load_reference
-
                 pc = pm.get("config") or {}
                 ref = load_reference(pc.get("reference", "lambada_openai"), pool.tokenizer(),
                                      size=pc.get("reference_size", 1024), seed=pc.get("reference_seed", 1234),
