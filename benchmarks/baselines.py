@@ -80,8 +80,7 @@ def bench_dsir(pool, ids, tmp: Path, **_) -> dict:
     from data_selection import HashedNgramDSIR
 
     from datamates.baselines._common import reference_texts, sequence_texts
-    from datamates.baselines.dsir import HashedNgrams, dsir, log_diff
-    from datamates.config.baselines import DSIRConfig
+    from datamates.baselines.dsir import DSIRConfig, HashedNgrams, dsir, log_diff
 
     texts = sequence_texts(pool, ids)
     target = reference_texts("flan_cot", 2000, 1234)
@@ -177,9 +176,8 @@ def bench_rater(pool, ids, tmp: Path, enc, judgements=200, **_) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from datamates.baselines._common import sequence_texts
-    from datamates.baselines.quality import BUNDLE_LABELS, rate
+    from datamates.baselines.quality import BUNDLE_LABELS, RaterConfig, rate
     from datamates.config.base import data_dir
-    from datamates.config.baselines import RaterConfig
     from datamates.selection.encode import resolve_backbone
     from datamates.selection.scores_io import read_scores
 
@@ -219,8 +217,7 @@ def bench_rater(pool, ids, tmp: Path, enc, judgements=200, **_) -> dict:
 
 def bench_classifier(pool, ids, tmp: Path, **_) -> dict:
     from datamates.baselines._common import reference_texts, sequence_texts
-    from datamates.baselines.classifier import positive_probability, train_classifier
-    from datamates.config.baselines import ClassifierConfig
+    from datamates.baselines.classifier import ClassifierConfig, positive_probability, train_classifier
 
     cfg = ClassifierConfig()
     pos = reference_texts(cfg.reference, cfg.positives, 0)
@@ -246,8 +243,7 @@ def bench_perplexity(pool, ids, tmp: Path, lm=None, **_) -> dict:
     import torch
 
     from datamates.baselines._common import sequence_texts
-    from datamates.baselines.perplexity import load_reference_lm, log_perplexity
-    from datamates.config.baselines import PerplexityConfig
+    from datamates.baselines.perplexity import PerplexityConfig, load_reference_lm, log_perplexity
 
     if lm is None:
         from datamates.config.core import ModelConfig

@@ -26,13 +26,13 @@ from datamates.baselines._common import counts, digest, write_scores
 from datamates.baselines.classifier import classify
 from datamates.baselines.heuristic import heuristic
 from datamates.baselines.perplexity import perplexity_filter
-from datamates.baselines.prior import combine
+from datamates.baselines.prior import PriorConfig, combine
 from datamates.config.base import from_dict
-from datamates.config.baselines import PriorConfig
 from datamates.config.run import RunConfig
 from datamates.core.pool import Pool
 from datamates.selection.scores_io import read_scores
 from datamates.selection.select import read_selection, select
+from datamates.selectors import section
 
 
 def junk_kept(pool: Pool, ids: np.ndarray) -> dict[str, int]:
@@ -75,10 +75,10 @@ def main() -> None:
         scores = restored(run / args.branch / f"stage_{stage:02d}" / "scores", pool, work / "mates")
         block, _ = read_scores(scores)
         k = len(read_selection(run / "random" / f"stage_{stage:02d}" / "selected"))
-        priors = {"fasttext": classify(cfg.mates.baselines.classifier, pool, block, work / "fasttext"),
-                  "heuristic": heuristic(cfg.mates.baselines.heuristic, pool, block, work / "heuristic"),
+        priors = {"fasttext": classify(section(cfg.mates.baselines, "classifier"), pool, block, work / "fasttext"),
+                  "heuristic": heuristic(section(cfg.mates.baselines, "heuristic"), pool, block, work / "heuristic"),
                   # the stage's starting model (the shared warmup's last checkpoint), low perplexity first
-                  "perplexity": perplexity_filter(replace(cfg.mates.baselines.perplexity, device="cpu", model=str(
+                  "perplexity": perplexity_filter(replace(section(cfg.mates.baselines, "perplexity"), device="cpu", model=str(
                       run / "warmup" / f"stage_{stage - 1:02d}" / "checkpoint")), pool, block, work / "perplexity")}
         picks = {b: read_selection(run / b / f"stage_{stage:02d}" / "selected") for b in ("random", "loss", args.branch)
                  if (run / b / f"stage_{stage:02d}" / "selected").exists()}

@@ -73,14 +73,15 @@ import numpy as np
 
 from datamates.accounting import timed
 from datamates.baselines._common import encoder_embeddings
-from datamates.baselines.dsir import dsir
+from datamates.baselines.classifier import ClassifierConfig
+from datamates.baselines.dsir import DSIRConfig, dsir
 from datamates.baselines.heuristic import HeuristicConfig
-from datamates.baselines.perplexity import perplexity_filter
+from datamates.baselines.perplexity import PerplexityConfig, perplexity_filter
 from datamates.baselines.prior import PriorConfig, combine
-from datamates.baselines.quality import BUNDLE_LABELS, rate
-from datamates.baselines.rholoss import irreducible_model, reducible_loss
-from datamates.baselines.semdedup import semdedup
-from datamates.baselines.trak import dsdm
+from datamates.baselines.quality import BUNDLE_LABELS, RaterConfig, rate
+from datamates.baselines.rholoss import RhoLossConfig, irreducible_model, reducible_loss
+from datamates.baselines.semdedup import SemDeDupConfig, semdedup
+from datamates.baselines.trak import DsDmConfig, dsdm
 from datamates.config.base import data_dir, deprecated, resolve_owned
 from datamates.config.mates import MatesConfig
 from datamates.core.pool import Pool
@@ -90,7 +91,7 @@ from datamates.integrations.attributes import write_attributes
 from datamates.log import get_logger
 from datamates.run_dir import RunDir, read_json
 from datamates.selection.fit import fit
-from datamates.selection.group import group_order
+from datamates.selection.group import GroupConfig, group_order
 from datamates.selection.probe import probe, read_labels, sample_probe_set
 from datamates.selection.score import score, score_by_loss
 from datamates.selection.select import select, standardised_keys
@@ -110,7 +111,7 @@ class StageInputs:
     k: int
     cache_dir: Path
     reference: ReferenceSet | None = None  # the plan's reference part (probes); None: probe.reference*
-    group: object | None = None  # a GroupConfig: `_select` does group-level selection (group:NAME)
+    group: GroupConfig | None = None  # set:: `_select` does group-level selection (group:NAME)
 
 
 def _select(x: StageInputs, candidates, **kw) -> Path:
@@ -245,6 +246,11 @@ def _baselines(x: StageInputs):
     return x.mates.baselines
 
 
+def _section(x: StageInputs, name: str) -> Any:
+    """The run's section mates.baselines.<name> (`section`)."""
+    return section(x.mates.baselines, name)
+
+
 def _device(x: StageInputs, device: str) -> str:
     """A baseline's `device` knob; `auto` is the run's scoring device (mates.score.device)."""
     return x.mates.score.device if device == "auto" else device
@@ -277,7 +283,7 @@ def _scored(x: StageInputs, fn: Callable[..., Path], cfg, *args, **kw) -> Path:
 
 def score_dsir(x: StageInputs) -> Path:
 
-    return _scored(x, dsir, _baselines(x).dsir, target=_reference_texts(x))
+    return _scored(x, dsir, _section(x, "dsir"), target=_reference_texts(x))
 
 
 def _run_encoder(x: StageInputs, cfg):
@@ -287,26 +293,26 @@ def _run_encoder(x: StageInputs, cfg):
 
 def score_semdedup(x: StageInputs) -> Path:
 
-    return _scored(x, semdedup, _run_encoder(x, _baselines(x).semdedup), cache_dir=x.cache_dir)
+    return _scored(x, semdedup, _run_encoder(x, _section(x, "semdedup")), cache_dir=x.cache_dir)
 
 
 def score_qurating(x: StageInputs) -> Path:
 
-    cfg = _run_encoder(x, _baselines(x).rater)
+    cfg = _run_encoder(x, _section(x, "rater"))
     cfg = replace(cfg, labels=cfg.labels or str(data_dir() / BUNDLE_LABELS))
     return _scored(x, rate, cfg, cache_dir=x.cache_dir)
 
 
 def score_perplexity(x: StageInputs) -> Path:
 
-    cfg = _baselines(x).perplexity
+    cfg = _section(x, "perplexity")
     cfg = replace(cfg, model=cfg.model or str(x.checkpoint), device=_device(x, cfg.device))
     return _scored(x, perplexity_filter, cfg)
 
 
 def score_dsdm(x: StageInputs) -> Path:
 
-    cfg = _baselines(x).dsdm
+    cfg = _section(x, "dsdm")
     cfg = replace(cfg, device=_device(x, cfg.device))
     with timed(x.rd.stage(x.stage), "score", x.rd.scores(x.stage)):
         return dsdm(cfg, cfg.checkpoints or [x.checkpoint], x.pool, x.candidates, x.rd.scores(x.stage),
@@ -315,7 +321,7 @@ def score_dsdm(x: StageInputs) -> Path:
 
 def score_rholoss(x: StageInputs) -> Path:
 
-    cfg = _baselines(x).rholoss
+    cfg = _section(x, "rholoss")
     sd = x.rd.stage(x.stage)
     with timed(sd, "score", x.rd.scores(x.stage)):
         il = irreducible_model(cfg, x.pool, _stage_reference(x) if not cfg.model else None, x.checkpoint,
@@ -347,8 +353,8 @@ def score_mates_prior(x: StageInputs, *, prior: str) -> Path:
 class Scorer:
     """One entry of the registry: `datamates run` (mates.selectors), `datamates score-with` and the
     docs' tables read it. `section`: its knobs, mates.baselines.<section> (None: mates.* or none);
-    `config`: the dataclass of that section when the scorer's module declares it (None: a field of
-    config/baselines.BaselinesConfig);
+    `config`: the dataclass of that section, declared in the scorer's module (one scorer's line
+    names it; scorers sharing a section name the same one);
     `standalone`: the scoring function `score-with` calls as fn(section config, pool, ids, out, **kw)
     (None: the scorer needs a run's stage); `flags`: the score-with flags that set a knob of its
     section; `aliases`: older names still accepted; `in_all`: listed by `selectors: [all]`."""
@@ -372,12 +378,8 @@ class Scorer:
         return _scored(x, self.scoring_function(), self.section_config(_baselines(x)))
 
     def section_config(self, baselines: Any, prefix: str = "mates.baselines.") -> Any:
-        """This scorer's config section of `baselines` (a BaselinesConfig): a declared field, or
-        its own section (checked first if no verb did: resolve_config)."""
-        if self.config is None:
-            return getattr(baselines, self.section or "")
-        resolve_owned(baselines, SECTIONS, prefix=prefix)
-        return baselines.scorers[self.section]
+        """This scorer's config section of `baselines` (a BaselinesConfig; `section`)."""
+        return section(baselines, self.section or "", prefix)
 
     def scoring_function(self) -> Callable[..., Path]:
         import importlib
@@ -413,26 +415,37 @@ SCORERS: list[Scorer] = [
     Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
     Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
     Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",
-           "dsir:dsir", ("reference",)),
+           "dsir:dsir", ("reference",), config=DSIRConfig),
     Scorer("semdedup", score_semdedup, "SemDeDup's keep order on encoder embeddings", "semdedup",
-           "semdedup:semdedup", ("eps",), cache=True),
+           "semdedup:semdedup", ("eps",), cache=True, config=SemDeDupConfig),
     Scorer("qurating", score_qurating, "a quality rater fitted on judgements (QuRating)", "rater",
-           "quality:rate", ("labels",), aliases=("rater",), cache=True),
+           "quality:rate", ("labels",), aliases=("rater",), cache=True, config=RaterConfig),
     Scorer("fasttext", None, "a fastText classifier, reference positives vs pool negatives (DCLM)",
-           "classifier", "classifier:classify", ("reference", "model"), aliases=("classifier",)),
+           "classifier", "classifier:classify", ("reference", "model"), aliases=("classifier",),
+           config=ClassifierConfig),
     Scorer("perplexity", score_perplexity, "a reference LM's perplexity, low first (CCNet)", "perplexity",
-           "perplexity:perplexity_filter", ("model",)),
+           "perplexity:perplexity_filter", ("model",), config=PerplexityConfig),
     Scorer("heuristic", None, "Gopher / C4-style rules failed (word length, symbols, compression)",
            "heuristic", "heuristic:heuristic", config=HeuristicConfig),
-    Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm"),
-    Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss"),
+    Scorer("dsdm", score_dsdm, "DsDm: TRAK datamodel scores on the reference loss", "dsdm", config=DsDmConfig),
+    Scorer("rholoss", score_rholoss, "reducible loss: current loss - an irreducible model's loss", "rholoss",
+           config=RhoLossConfig),
     _prior("fasttext"),
     _prior("heuristic"),
 ]
 REGISTRY: dict[str, Scorer] = {s.name: s for s in SCORERS}
 ALIASES: dict[str, str] = {a: s.name for s in SCORERS for a in s.aliases}
-# mates.baselines.<name> -> the dataclass a scorer's module declares for it (Scorer.config)
-SECTIONS: dict[str, type] = {s.section: s.config for s in SCORERS if s.config is not None and s.section}
+# mates.baselines.<name> -> the dataclass a scorer's module declares for it (Scorer.config), and
+# group-level selection's (group:NAME composes any scorer; selection/group.py declares its section)
+SECTIONS: dict[str, type] = {**{s.section: s.config for s in SCORERS if s.config is not None and s.section},
+                             "group": GroupConfig}
+
+
+def section(baselines: Any, name: str, prefix: str = "mates.baselines.") -> Any:
+    """Section `name` of `baselines` (a BaselinesConfig), checked and filled in first if no verb
+    did (resolve_config): the one way code reads a baseline's knobs."""
+    resolve_owned(baselines, SECTIONS, prefix=prefix)
+    return baselines.scorers[name]
 
 
 def resolve_config(cfg: Any) -> Any:
@@ -460,7 +473,7 @@ def run_selector(x: StageInputs, name: str) -> Path:
 def select_group(inner: str) -> Callable[[StageInputs], Path]:
     """`group:NAME`: NAME's scoring, then group-level selection (selection/group.py)."""
     def run(x: StageInputs) -> Path:
-        return _select(replace(x, group=_baselines(x).group), REGISTRY[inner].stage_scores(x))
+        return _select(replace(x, group=_section(x, "group")), REGISTRY[inner].stage_scores(x))
 
     return run
 

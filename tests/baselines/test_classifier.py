@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from datamates.baselines._common import sequence_texts
-from datamates.baselines.classifier import classify, load_classifier, positive_probability
-from datamates.config.baselines import ClassifierConfig
+from datamates.baselines.classifier import ClassifierConfig, classify, load_classifier, positive_probability
 from datamates.errors import InputError
 from datamates.selection.scores_io import read_scores, scores_meta
 

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from datamates.baselines.trak import Projection, dsdm, featurize, kernel_scores, reference_feature, trainable
-from datamates.config.baselines import DsDmConfig
+from datamates.baselines.trak import (
+    DsDmConfig,
+    Projection,
+    dsdm,
+    featurize,
+    kernel_scores,
+    reference_feature,
+    trainable,
+)
 from datamates.core.checkpoint import load_model
 from datamates.core.reference import ReferenceBatches, load_reference
 from datamates.run_dir import read_json

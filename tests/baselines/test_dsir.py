@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from datamates.baselines._common import sequence_texts
-from datamates.baselines.dsir import HashedNgrams, dsir, log_diff
-from datamates.config.baselines import DSIRConfig
+from datamates.baselines.dsir import DSIRConfig, HashedNgrams, dsir, log_diff
 from datamates.config.influence import SelectConfig
 from datamates.errors import InputError
 from datamates.selection.scores_io import read_scores, scores_meta

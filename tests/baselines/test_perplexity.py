@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamates.baselines.perplexity import perplexity_filter
-from datamates.config.baselines import PerplexityConfig
+from datamates.baselines.perplexity import PerplexityConfig, perplexity_filter
 from datamates.core.checkpoint import load_model
 from datamates.errors import ConfigError, InputError
 from datamates.selection.scores_io import read_scores, scores_meta

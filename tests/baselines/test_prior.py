@@ -15,8 +15,8 @@ import pytest
 from datamates_testing import TINY_YAML
 
 from datamates.artifacts import read_marker, set_force
+from datamates.baselines.classifier import ClassifierConfig
 from datamates.baselines.prior import PriorConfig
-from datamates.config.baselines import ClassifierConfig
 from datamates.config.influence import FitConfig
 from datamates.config.mates import MatesConfig
 from datamates.config.probe import ProbeConfig
@@ -41,8 +41,8 @@ def test_registered_named_not_in_all():
 
 def _mates(weight: float) -> MatesConfig:
     m = MatesConfig(warmup_stages=1, stages=3)
-    b = replace(m.baselines, classifier=ClassifierConfig(positives=40, epoch=2, bucket=1000, dim=8),
-                scorers={"prior": PriorConfig(weight=weight)})
+    b = replace(m.baselines, scorers={"classifier": ClassifierConfig(positives=40, epoch=2, bucket=1000, dim=8),
+                                      "prior": PriorConfig(weight=weight)})
     return replace(m, probe=ProbeConfig(mode="first_order", n_probes=24, reference_size=16, chunk_size=64,
                                         device="cpu"),
                    fit=FitConfig(mode="lm", features=["stats", "fo"], val_fraction=0.25, device="cpu", min_labels=8),

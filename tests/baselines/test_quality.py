@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from datamates.baselines._common import sequence_texts
-from datamates.baselines.quality import fit_bradley_terry, fit_rater, rate, read_judgements
-from datamates.config.baselines import RaterConfig
+from datamates.baselines.quality import RaterConfig, fit_bradley_terry, fit_rater, rate, read_judgements
 from datamates.config.influence import EncoderConfig, SelectConfig
 from datamates.errors import InputError
 from datamates.selection.scores_io import read_scores, scores_meta

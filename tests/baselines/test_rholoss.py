@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamates.baselines.rholoss import irreducible_model, reducible_loss
-from datamates.config.baselines import RhoLossConfig
+from datamates.baselines.rholoss import RhoLossConfig, irreducible_model, reducible_loss
 from datamates.config.mates import MatesConfig
 from datamates.core.checkpoint import load_model
 from datamates.core.reference import load_reference
@@ -67,9 +66,9 @@ def test_irreducible_model_trained_once_per_branch(tiny_pool, tiny_ckpt, ref, tm
                   tmp_path / "later", init=tiny_ckpt)
     rd = RunDir(tmp_path / "run").branch("rholoss")
     mates = replace(MatesConfig(), score=replace(MatesConfig().score, device="cpu"))
-    import datamates.config.baselines as cb
+    from datamates.config.baselines import BaselinesConfig
 
-    small = cb.BaselinesConfig(rholoss=RhoLossConfig(steps=3, micro_batch_size=4))
+    small = BaselinesConfig(scorers={"rholoss": RhoLossConfig(steps=3, micro_batch_size=4)})
     mates.baselines = small  # the selector reads mates.baselines when the run config has it
     x = StageInputs(mates=mates, rd=rd, pool=tiny_pool, stage=2, checkpoint=tiny_ckpt, candidates=CAND,
                     probe_ids=np.zeros(0, np.int64), k=10, cache_dir=tmp_path / "cache", reference=ref)

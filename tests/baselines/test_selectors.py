@@ -75,11 +75,11 @@ def test_run_config_baselines_section_reaches_the_selectors():
     from types import SimpleNamespace
 
     from datamates.config.run import load_config
-    from datamates.selectors import _baselines
+    from datamates.selectors import _section
 
     cfg = load_config("tiny_cpu", ["mates.baselines.group.alpha=2.5", "mates.baselines.rholoss.steps=7"])
-    b = _baselines(SimpleNamespace(mates=cfg.mates))
-    assert b.group.alpha == 2.5 and b.rholoss.steps == 7
+    x = SimpleNamespace(mates=cfg.mates)
+    assert _section(x, "group").alpha == 2.5 and _section(x, "rholoss").steps == 7
 
 
 def test_a_knob_set_by_the_user_is_not_overridden_in_a_run():
@@ -88,13 +88,51 @@ def test_a_knob_set_by_the_user_is_not_overridden_in_a_run():
     from types import SimpleNamespace
 
     from datamates.config.run import load_config
-    from datamates.selectors import _device, _run_encoder
+    from datamates.selectors import _device, _run_encoder, section
 
     cfg = load_config("tiny_cpu", ["mates.baselines.semdedup.encoder.max_tokens=64",
                                    "mates.baselines.semdedup.encoder.chunk_len=64", "mates.score.device=cpu",
                                    "mates.baselines.perplexity.device=cuda:1"])
     x = SimpleNamespace(mates=cfg.mates)
-    assert _run_encoder(x, cfg.mates.baselines.semdedup).encoder.max_tokens == 64
-    assert _run_encoder(x, cfg.mates.baselines.rater).encoder == cfg.mates.fit.encoder
-    assert _device(x, cfg.mates.baselines.perplexity.device) == "cuda:1"
-    assert _device(x, cfg.mates.baselines.dsdm.device) == "cpu"
+    assert _run_encoder(x, section(cfg.mates.baselines, "semdedup")).encoder.max_tokens == 64
+    assert _run_encoder(x, section(cfg.mates.baselines, "rater")).encoder == cfg.mates.fit.encoder
+    assert _device(x, section(cfg.mates.baselines, "perplexity").device) == "cuda:1"
+    assert _device(x, section(cfg.mates.baselines, "dsdm").device) == "cpu"
+
+
+OWN_SECTIONS = {"dsir": "baselines.dsir", "semdedup": "baselines.semdedup", "rater": "baselines.quality",
+                "classifier": "baselines.classifier", "perplexity": "baselines.perplexity", "dsdm": "baselines.trak",
+                "rholoss": "baselines.rholoss", "group": "selection.group", "heuristic": "baselines.heuristic",
+                "prior": "baselines.prior"}
+
+
+def test_config_baselines_declares_no_method_section():
+    """Every baseline's section is declared in its own module and registered through `config=`
+    (group-level selection's in selection/group.py); config/baselines.py keeps only the holder."""
+    import dataclasses
+
+    from datamates.config.baselines import BaselinesConfig
+    from datamates.selectors import SCORERS, SECTIONS
+
+    assert [f.name for f in dataclasses.fields(BaselinesConfig)] == ["scorers"]
+    assert {n: c.__module__ for n, c in SECTIONS.items()} == {n: f"datamates.{m}" for n, m in OWN_SECTIONS.items()}
+    assert all(s.config is SECTIONS[s.section] for s in SCORERS if s.section)
+
+
+@pytest.mark.parametrize("name", sorted(OWN_SECTIONS))
+def test_every_section_keeps_its_address_and_its_one_line_error(name, capsys):
+    """A knob keeps its address (mates.baselines.<name>.<knob>, shown by `config show`); a bad key
+    there is the loader's one line naming it, exit 2."""
+    import dataclasses
+
+    from datamates.cli import main
+    from datamates.config.run import load_config
+    from datamates.selectors import SECTIONS, resolve_config, section
+
+    knob = next(f for f in dataclasses.fields(SECTIONS[name]) if type(f.default) in (int, float))
+    value = 3 if type(knob.default) is int else 0.5
+    cfg = resolve_config(load_config("tiny_cpu", [f"mates.baselines.{name}.{knob.name}={value}"]))
+    assert getattr(section(cfg.mates.baselines, name), knob.name) == value
+    assert main(["config", "show", "-c", "tiny_cpu", "--set", f"mates.baselines.{name}.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"unknown key 'mates.baselines.{name}.bogus'; allowed keys here: " in err[0], err

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamates.baselines.semdedup import eps_for_fraction, keep_order, semdedup, uniqueness
-from datamates.config.baselines import SemDeDupConfig
+from datamates.baselines.semdedup import SemDeDupConfig, eps_for_fraction, keep_order, semdedup, uniqueness
 from datamates.config.influence import EncoderConfig, SelectConfig
 from datamates.core.kmeans import spherical_kmeans
 from datamates.errors import ConfigError

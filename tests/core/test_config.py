@@ -69,7 +69,11 @@ def test_set_parsing():
 
 
 def test_every_knob_is_documented():
-    text = describe(RunConfig)
+    """Every knob, the scorers' own sections (mates.baselines.<name>, declared in their modules) included."""
+    from datamates.selectors import SECTIONS, resolve_config
+
+    text = describe(RunConfig, obj=resolve_config(RunConfig()))
+    assert all(f"\n    {name}:\n" in text for name in SECTIONS)
     for line in text.splitlines():
         if ":" in line and not line.strip().startswith("#") and not line.rstrip().endswith(":"):
             assert "#" in line, f"undocumented knob: {line}"

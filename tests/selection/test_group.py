@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamates.config.baselines import GroupConfig
 from datamates.config.influence import SelectConfig
 from datamates.errors import ConfigError
 from datamates.run_dir import read_json
-from datamates.selection.group import allocate, group_order
+from datamates.selection.group import GroupConfig, allocate, group_order
 from datamates.selection.select import read_selection, select, standardised_keys
 from datamates.selectors import get_selector, resolve_selectors
 

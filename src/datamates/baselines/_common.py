@@ -17,6 +17,7 @@ label_mean, label_std, shards, n):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from datamates import executor
 from datamates.artifacts import finished, produce
 from datamates.config.base import data_dir
+from datamates.config.influence import EncoderConfig
 from datamates.core.lm import resolve_device
 from datamates.core.pool import Pool
 from datamates.core.reference import REFERENCE_SETS, read_pairs
@@ -103,6 +105,12 @@ def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> lis
         pick = np.sort(np.random.default_rng(seed).permutation(len(texts))[:size])
         texts = [texts[i] for i in pick]
     return texts
+
+
+def with_encoder(cfg):
+    """A SemDeDup / rater config with its encoder filled in: null is the encoder defaults (a run
+    fills in its own encoder first, selectors.py)."""
+    return cfg if cfg.encoder is not None else dataclasses.replace(cfg, encoder=EncoderConfig())
 
 
 def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Path | None = None,

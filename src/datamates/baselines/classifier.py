@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,34 @@ from datamates.baselines._common import (
     sequence_texts,
     write_scores,
 )
-from datamates.config.base import to_dict, validate
-from datamates.config.baselines import ClassifierConfig
+from datamates.config.base import knob, to_dict, validate
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError, InputError
 from datamates.log import get_logger
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class ClassifierConfig:
+    """DCLM / FineWeb-Edu style filter: a fastText classifier, score = -P(positive)."""
+
+    model: str | None = knob(None, "an existing fastText .bin (e.g. the DCLM classifier); null: train one")
+    positive_label: str = knob("__label__hq", "the label whose probability is the quality (DCLM: __label__hq)")
+    reference: str = knob("flan_cot", "positives when training: a registered reference set or a JSONL file")
+    positives: int = knob(2000, "reference examples drawn as positives (seeded; fewer if the set is smaller)", ge=1)
+    negatives: int | None = knob(None, "pool sequences drawn as negatives; null: as many as positives", ge=1)
+    epoch: int = knob(25, "fastText epochs", ge=1)
+    lr: float = knob(0.5, "fastText learning rate", gt=0)
+    dim: int = knob(32, "fastText embedding size", ge=1)
+    bucket: int = knob(200000, "fastText hash buckets of word n-grams (its default, 2M, makes a 2M x dim "
+                               "model file: 256 MB at dim 32)", ge=1)
+    word_ngrams: int = knob(2, "fastText word n-grams (DCLM: 2)", ge=1)
+    min_count: int = knob(1, "fastText minimal word count", ge=1)
+    max_chars: int = knob(20000, "characters of a text given to fastText (DCLM reads whole documents)", ge=1)
+    seed: int = knob(0, "seed of the negative draw and of fastText (trained on one thread: reproducible)")
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
+
 
 NEGATIVE_LABEL = "__label__cc"
 _WS = re.compile(r"\s+")

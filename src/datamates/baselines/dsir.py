@@ -26,6 +26,7 @@ the same data (benchmarks/baselines.py).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,27 @@ from datamates.baselines._common import (
     sequence_texts,
     write_scores,
 )
-from datamates.config.base import to_dict, validate
-from datamates.config.baselines import DSIRConfig
+from datamates.config.base import knob, to_dict, validate
 from datamates.core.pool import Pool
 from datamates.errors import InputError
 from datamates.log import get_logger, progress_bar
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class DSIRConfig:
+    """DSIR (Xie et al. 2023, §3): hashed n-gram bag-of-words importance weights."""
+
+    reference: str = knob("lambada_openai", "target distribution: a registered reference set "
+                                            "(lambada_openai, flan_cot, dolly), a JSONL file or a pool folder")
+    reference_size: int | None = knob(None, "reference examples used (seeded draw); null: all", ge=1)
+    ngrams: int = knob(2, "n of the hashed n-grams: 2 = unigrams + bigrams (DSIR default)", ge=1)
+    num_buckets: int = knob(10000, "hash buckets of the n-gram features (DSIR default 10,000)", ge=2)
+    smoothing: float = knob(1e-8, "added to both bucket probabilities before the log (data-selection: 1e-8)", gt=0)
+    shard_size: int = knob(65536, "sequences per score shard (the unit of streaming and of resume)", ge=1)
+    seed: int = knob(1234, "seed of the reference subsample")
+
 
 # NLTK's WordPunctTokenizer pattern, compiled (as NLTK does) with the `regex` module: its \w differs
 # from `re`'s on some characters (re keeps "¹⁶c₂" as one word, regex and NLTK split it in three)

@@ -17,15 +17,15 @@ the median needs them all), scores are written by shard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from datamates.baselines._common import check_ids, counts, digest, file_digest, sequence_texts, write_scores
-from datamates.config.base import to_dict, validate
-from datamates.config.baselines import PerplexityConfig
+from datamates.config.base import knob, to_dict, validate
 from datamates.core.lm import resolve_device
 from datamates.core.loss import sequence_nll
 from datamates.core.pool import Pool
@@ -35,6 +35,20 @@ from datamates.log import get_logger, progress_bar
 from datamates.run_dir import read_json, train_summary
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class PerplexityConfig:
+    """Perplexity filter (Wenzek et al. 2020 CCNet; Ankner et al. 2024 "Perplexed by Perplexity")."""
+
+    model: str | None = knob(None, "reference LM: a datamates checkpoint or any Hugging Face causal LM folder/name")
+    keep: Literal["low", "middle", "high"] = knob(
+        "low", "low: low perplexity first (CCNet head); middle: closest to the median log-perplexity first "
+               "(Ankner et al.); high: high perplexity first")
+    max_tokens: int = knob(1024, "tokens of a sequence scored (re-tokenized text is cut to this)", ge=2)
+    batch_size: int = knob(8, "sequences per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N; auto in a run: the run's mates.score.device")
+    shard_size: int = knob(65536, "sequences per score shard", ge=1)
 
 
 def load_reference_lm(spec: str, device: torch.device):

@@ -22,6 +22,7 @@ standardised scores (`select_hint`: scale block). Score = -q (lower is better).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ from datamates.baselines._common import (
     digest,
     encoder_embeddings,
     text_embeddings,
+    with_encoder,
     write_scores,
 )
-from datamates.config.base import config_hash, to_dict, validate
-from datamates.config.baselines import RaterConfig, with_encoder
+from datamates.config.base import config_hash, knob, to_dict, validate
+from datamates.config.influence import EncoderConfig
 from datamates.core.jsonl import iter_jsonl
 from datamates.core.pool import Pool
 from datamates.core.regression import regression_metrics, ridge_loo, split_train_val
@@ -47,6 +49,30 @@ from datamates.run_dir import atomic_write_json, encoder_cache_dir, is_done, rea
 from datamates.selection.encode import backbone_hash, resolve_backbone
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class RaterConfig:
+    """QuRating-style quality rater (Wettig et al. 2024): frozen encoder + linear head on judgements."""
+
+    labels: str | None = knob(None, "JSONL(.gz) of judgements: {text, label} (pointwise) or "
+                                    "{text_a, text_b, prefer: a|b} (pairwise, Bradley-Terry)")
+    text_field: str = knob("text", "text field of pointwise records")
+    label_field: str = knob("label", "label field of pointwise records (a number; higher is better)")
+    encoder: EncoderConfig | None = knob(None, "encoder (frozen) whose mean-pooled embeddings the head reads; null: "
+                                               "in a run, the run's encoder (mates.fit.encoder), in score-with the "
+                                               "encoder defaults")
+    ridge_alphas: list[float] = knob([0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
+                                     "L2 penalties tried: pointwise by leave-one-out (core/regression.ridge_loo), pairwise by "
+                                     "the validation Bradley-Terry loss")
+    val_fraction: float = knob(0.1, "share of judgements held out to report the rater's quality", gt=0, lt=1)
+    split_seed: int = knob(1234, "seed of the train/validation split")
+    temperature: float = knob(2.0, "selection temperature on the standardised predicted quality "
+                                   "(QuRating: tau = 2, sampling rather than top-k)", ge=0)
+    batch_size: int = knob(64, "encoder chunks per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    min_labels: int = knob(8, "refuse to fit on fewer judgements", ge=4)
+
 
 # the data bundle's human quality labels (web domain; {text, label} with label 0 / 1)
 BUNDLE_LABELS = "pretrain/web/dclm_pool_quality_labeled_499.jsonl.gz"

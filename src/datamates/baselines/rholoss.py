@@ -31,14 +31,14 @@ the stage that trained it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from datamates.baselines._common import check_ids, counts, digest, write_scores
-from datamates.config.base import to_dict, validate
-from datamates.config.baselines import RhoLossConfig
+from datamates.config.base import knob, to_dict, validate
 from datamates.config.core import ModelConfig, PoolConfig, TokenizerConfig, TrainConfig
 from datamates.core.checkpoint import checkpoint_hash
 from datamates.core.pool import Pool, build_pool
@@ -52,6 +52,22 @@ from datamates.selection.score import score_by_loss
 from datamates.selection.scores_io import finished_scores, iter_scores
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class RhoLossConfig:
+    """RHO-LOSS (Mindermann et al. 2022): reducible loss = current loss - irreducible-model loss."""
+
+    model: str | None = knob(None, "irreducible-loss model: a datamates checkpoint; null: fine-tune one from the "
+                                   "first selection stage's starting checkpoint on the plan's reference part "
+                                   "(once per branch, cached in <branch>/irreducible_model)")
+    steps: int = knob(50, "optimizer steps of that fine-tune", ge=1)
+    lr: float = knob(5e-4, "constant learning rate of that fine-tune (AdamW, fresh optimizer state)", gt=0)
+    micro_batch_size: int = knob(8, "sequences per step of that fine-tune", ge=1)
+    seed: int = knob(0, "seed of the fine-tune's data order")
+    batch_size: int = knob(16, "sequences per forward when scoring", ge=1)
+
+
 SHARD = 65536
 
 

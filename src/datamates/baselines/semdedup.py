@@ -20,6 +20,7 @@ Scores are the rank in that order (0 = kept first), lower is better, so `select`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from datamates.baselines._common import (
     digest,
     encoder_embeddings,
     encoder_parameters,
+    with_encoder,
 )
-from datamates.config.base import config_hash, to_dict, validate
-from datamates.config.baselines import SemDeDupConfig, with_encoder
+from datamates.config.base import config_hash, knob, to_dict, validate
+from datamates.config.influence import EncoderConfig
 from datamates.core.kmeans import spherical_kmeans
 from datamates.core.pool import Pool
 from datamates.errors import ConfigError
@@ -44,6 +46,25 @@ from datamates.run_dir import meta_record
 from datamates.selection.scores_io import SIGN, finished_scores, scores_output, shard_name, write_shard
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class SemDeDupConfig:
+    """SemDeDup (Abbas et al. 2023, §3): k-means on embeddings, near-duplicates removed per cluster."""
+
+    encoder: EncoderConfig | None = knob(None, "encoder of the embeddings (frozen); null: in a run, the run's "
+                                               "encoder (mates.fit.encoder: its cached embeddings are reused), "
+                                               "in score-with the encoder defaults")
+    clusters: int = knob(100, "k-means clusters (the paper: 50,000 for LAION-440M; capped at n / 4)", ge=1)
+    kmeans_iters: int = knob(20, "k-means iterations (faiss)", ge=1)
+    eps: float | None = knob(None, "duplicate threshold: drop a sequence whose cosine similarity to an earlier "
+                                   "one of its cluster exceeds 1 - eps; null: chosen so `keep_fraction` is kept",
+                             gt=0, lt=1)
+    keep_fraction: float = knob(0.8, "share kept when eps is null (eps is then the largest value that keeps it)",
+                                gt=0, le=1)
+    batch_size: int = knob(64, "encoder chunks per forward", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
+    seed: int = knob(0, "seed of the k-means initialisation")
 
 
 def uniqueness(emb: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -59,15 +59,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from datamates.baselines._common import check_ids, counts, digest, write_scores
-from datamates.config.base import config_hash, to_dict, validate
-from datamates.config.baselines import DsDmConfig
+from datamates.config.base import config_hash, knob, to_dict, validate
 from datamates.core.checkpoint import checkpoint_hash, load_model
 from datamates.core.lm import flops_per_token, named_trainable, resolve_device
 from datamates.core.pool import Pool
@@ -79,6 +79,27 @@ from datamates.selection.probe.first_order import PerSampleGrads
 from datamates.selection.scores_io import finished_scores
 
 log = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class DsDmConfig:
+    """DsDm (Engstrom et al. 2024): TRAK datamodel scores of the candidates on the reference loss."""
+
+    dim: int = knob(2048, "d, dimensions of the random projection of per-example gradients (TRAK/DsDm: 2048)", ge=1)
+    projection: Literal["countsketch", "rademacher", "gaussian", "identity"] = knob(
+        "countsketch", "random projection P [n_params, d]: countsketch (one +-1 per parameter in a hashed column: "
+                       "O(n_params) per example, the CPU default), rademacher or gaussian (dense, entries +-1/sqrt(d) "
+                       "or N(0, 1/d), generated from the seed in row blocks, never stored), identity (no projection: "
+                       "d = n_params, tiny models and tests only)")
+    damping: float = knob(0.01, "lambda of the kernel (Phi^T Phi + lambda I)^-1, relative to the mean squared norm of a "
+                                "candidate's projected gradient", gt=0)
+    checkpoints: list[str] = knob([], "models the scores are averaged over (TRAK's ensemble); empty: the stage's "
+                                      "starting checkpoint")
+    batch_size: int = knob(16, "candidates per batched per-example-gradient pass", ge=1)
+    precision: str = knob("fp32", "precision of the gradient passes (fp32, bf16)", choices=("fp32", "bf16", "auto"))
+    seed: int = knob(0, "seed of the projection")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N; auto in a run: the run's mates.score.device")
+
 
 SHARD = 65536
 _BLOCK = 1 << 23  # entries of P generated at a time (dense kinds)

@@ -147,12 +147,13 @@ def _as_spelled_today(cls, old: dict) -> dict:
 
     from datamates.config.base import from_dict, to_dict
     from datamates.errors import DatamatesError
+    from datamates.selectors import resolve_config
 
     logger = logging.getLogger("datamates")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        return to_dict(from_dict(cls, {k: v for k, v in old.items() if k != "config_hash"}))
+        return to_dict(resolve_config(from_dict(cls, {k: v for k, v in old.items() if k != "config_hash"})))
     except (DatamatesError, TypeError, ValueError):
         return old
     finally:
@@ -167,8 +168,9 @@ def write_run_config(cfg, rd) -> None:
     from datamates.config.base import config_hash, to_dict
     from datamates.errors import ConfigError
     from datamates.run_dir import atomic_write_text
+    from datamates.selectors import resolve_config
 
-    data = to_dict(cfg)
+    data = to_dict(resolve_config(cfg))  # the scorers' own sections, defaults included (idempotent)
     data["config_hash"] = config_hash(cfg)
     if rd.config.exists():
         try:

@@ -349,8 +349,9 @@ def validate(obj: Any, *, prefix: str = "", where: str | Sources = "") -> None:
 
 def resolve_owned(obj: Any, sections: dict[str, type], *, prefix: str = "") -> None:
     """Check `obj`'s owned sections (from_dict kept them raw) against `sections` (name -> the
-    dataclass that declares it) and fill in the defaults of those not written, in place; a name no
-    module declares is refused as `from_dict` refuses an unknown key. Idempotent."""
+    dataclass that declares it) and fill in the defaults of those not written, in place, in the order
+    of `sections` (to_dict and describe list them so, however they were written); a name no module
+    declares is refused as `from_dict` refuses an unknown key. Idempotent."""
     name = _owned_field(type(obj))
     if name is None:
         return
@@ -369,6 +370,9 @@ def resolve_owned(obj: Any, sections: dict[str, type], *, prefix: str = "") -> N
             held[key] = _coerce(value.data, cls, value.key, value.where)
         elif value is None:
             held[key] = from_dict(cls, {}, prefix=f"{prefix}{key}.")
+    ordered = {key: held[key] for key in sections}
+    held.clear()
+    held.update(ordered)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -32,13 +32,29 @@ encoder cache: for `group:mates` the influence model already embedded the block)
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from datamates.config.baselines import GroupConfig
+from datamates.config.base import knob
 from datamates.core.kmeans import spherical_kmeans
 from datamates.errors import InputError
+
+
+@dataclass(kw_only=True)
+class GroupConfig:
+    """Group-level selection (Group-MATES style, 2025): cluster-wise greedy with a diversity bonus."""
+
+    clusters: int = knob(16, "k-means clusters of the candidate block (capped at n / 4)", ge=1)
+    alpha: float = knob(1.0, "diversity weight: goodness(x) * (1 + alpha * (1 - mean cosine to the selected))", ge=0)
+    allocation: Literal["size", "score"] = knob(
+        "size", "share of k per cluster: size (proportional to its members) or score (to its softmax(-z / tau) "
+                "mass; top-k: to its members in the plain top-k)")
+    kmeans_iters: int = knob(20, "k-means iterations (faiss)", ge=1)
+    seed: int = knob(0, "seed of the k-means initialisation")
+    batch_size: int = knob(64, "encoder chunks per forward (embeddings not yet cached)", ge=1)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N")
 
 
 def allocate(weights: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
