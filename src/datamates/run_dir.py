@@ -208,6 +208,17 @@ class RunDir:
     def gold(self, key: str) -> Path:
         return self.root / "gold" / key
 
+    def gold_root(self, natural: bool = False) -> Path:
+        """The ablation study's gold models (train_partition.gold_dir names one mixture's folder):
+        gold/ (units upsampled to equal weight, the paper), gold_natural/ (natural token proportions,
+        gold_balance 'both')."""
+        return self.root / ("gold_natural" if natural else "gold")
+
+    @property
+    def eval_cache(self) -> Path:
+        """The ablation study's evaluations of the seed, the proxies and the gold models (EvalCache)."""
+        return self.root / "ablation_cache" / "evals.jsonl"
+
     @property
     def ablation(self) -> Path:
         return self.root / "ablation"

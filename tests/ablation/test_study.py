@@ -220,3 +220,17 @@ def test_within_size_statistics_against_a_naive_loop():
         dg[k[keep] == s] -= dg[k[keep] == s].mean()
     assert c["n_within_size"] == 8
     assert c["pearson_within_size"] == pytest.approx(np.corrcoef(dp, dg)[0, 1])
+
+
+def test_the_study_paths_are_the_run_dirs(tmp_path):
+    """RunDir owns every path of the study (the evaluation cache, gold/ and gold_natural/), at the
+    places existing runs have them; the study builds none by hand."""
+    from pathlib import Path
+
+    import datamates.pipelines.ablation.study as study
+    from datamates.run_dir import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    assert rd.eval_cache == tmp_path / "run" / "ablation_cache" / "evals.jsonl"
+    assert (rd.gold_root(), rd.gold_root(natural=True)) == (tmp_path / "run" / "gold", tmp_path / "run" / "gold_natural")
+    assert "rd.root /" not in Path(study.__file__).read_text()

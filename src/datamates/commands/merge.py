@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         from datamates.artifacts import check_not_input
 
         check_not_input(out, [rd.unit(u) for g in groups for u in g])
-        path = macro_merge([[rd.unit(u) for u in g] for g in groups], out, group_dir=rd.root / "merged" / "groups",
+        path = macro_merge([[rd.unit(u) for u in g] for g in groups], out, group_dir=rd.merged("groups"),
                            within=rule, across=rule, out_dtype=mc.out_dtype)
         print(f"macro-merged checkpoint: {path}")
         return 0

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed_only:
         return 0
     units = [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None
-    out = train_partitions(manifest, pool, seed, rd.root / "units", cfg.train, cfg.model, cfg.ablation.branch,
+    out = train_partitions(manifest, pool, seed, rd.units, cfg.train, cfg.model, cfg.ablation.branch,
                            units=units, log_dir=rd.logs)
     for name, path in out.items():
         print(f"unit {name}: {path}")

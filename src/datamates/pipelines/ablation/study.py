@@ -99,7 +99,7 @@ class Study:
         if len(set(spec_names)) != len(spec_names):
             raise ConfigError(f"ablation.extra_proxies repeats a merge rule: {spec_names}")
         return cls(cfg, rd, manifest, units, unit_paths, seed, provenance, device, evs,
-                   EvalCache(rd.root / "ablation_cache" / "evals.jsonl"), specs,
+                   EvalCache(rd.eval_cache), specs,
                    [float(manifest.unit(u)["tokens"]) for u in units],
                    {u: weights_sha(p) for u, p in zip(units, unit_paths)},
                    {"proxy_evaluations": 0, "gold_trained": 0, **(this_run or {})},  # work of this call
@@ -212,7 +212,7 @@ class Study:
                       ) -> list[dict[str, Any]]:
         """Train the missing gold models of balance `bal` and evaluate every gold mixture (cached)."""
         cfg, rd, cache = self.cfg, self.rd, self.cache
-        gold_root = rd.root / ("gold_natural" if cfg.gold_balance == "both" and bal == "natural" else "gold")
+        gold_root = rd.gold_root(natural=cfg.gold_balance == "both" and bal == "natural")
         if gold_multi:
             needed = [g for g in gold_multi if not is_done(gold_dir(gold_root, g))]
             self.counts["gold_trained"] += len(needed)
