@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from datamates.accounting import timed
-from datamates.baselines._common import encoder_embeddings
+from datamates.baselines._common import embedding_tokens, encoder_embeddings
 from datamates.baselines.classifier import ClassifierConfig
 from datamates.baselines.dsir import DSIRConfig, dsir
 from datamates.baselines.heuristic import HeuristicConfig
@@ -130,8 +130,9 @@ def _select_group(x: StageInputs, candidates, out: Path) -> Path:
 
     g, scfg = x.group, x.mates.select
     ids, z, keys, info = standardised_keys(scfg, candidates, x.pool)
-    emb, tokens, n_enc = encoder_embeddings(x.pool, x.mates.fit.encoder, ids, cache_dir=x.cache_dir,
+    emb, _, n_enc = encoder_embeddings(x.pool, x.mates.fit.encoder, ids, cache_dir=x.cache_dir,
                                             batch_size=g.batch_size, device=g.device)
+    tokens = embedding_tokens(x.pool, x.mates.fit.encoder, ids, cache_dir=x.cache_dir)  # cached or not
     topk = info["method"] == "topk" or scfg.temperature == 0
     rank, ginfo = group_order(ids, z, keys, emb, x.k, g, temperature=scfg.temperature, topk=topk)
     ginfo.update({"protocol": {k: info[k] for k in ("method", "scale", "z_mean", "z_std")},

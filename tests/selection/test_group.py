@@ -147,3 +147,38 @@ def test_tiny_run_with_the_new_selectors(tiny_pool, tmp_path):
     assert read_json(rd.branch("group:mates").selected(2) / "meta.json")["method"] == "group"
     assert read_json(rd.branch("rholoss").scores(2) / "meta.json")["irreducible_trained_here"]
     assert not read_json(rd.branch("rholoss").scores(3) / "meta.json")["irreducible_trained_here"]
+
+
+def test_a_finished_group_run_resumes(tiny_pool, tmp_path):
+    """A finished run with a group selector, run again (as the arena does to add a selector), reuses its
+    selections: the group statistics in the selection's identity count the encoder cost of the block's
+    embeddings whether they were computed or found cached (the cached rerun once counted 0 tokens and
+    refused its own selection: 'made from other inputs (group.encoder_flops ...)')."""
+    import shutil
+
+    import yaml
+
+    from datamates.config import load_config
+    from datamates.pipelines import run_mates
+    from datamates.run_dir import RunDir
+
+    cfg = {"name": "g", "runs_root": str(tmp_path / "runs"),
+           "pool": {"seq_len": 64, "tokenizer": {"vocab_size": 512}},
+           "model": {"preset": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "context": 128},
+           "train": {"micro_batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1, "device": "cpu", "log_every": 100,
+                     "checkpoint_every": 2},
+           "eval": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 16},
+           "mates": {"selectors": ["random", "group:loss"], "stages": 2, "stage_steps": 2, "heldout_per_domain": 4,
+                     "decay_steps": 0, "curve_reference_size": 8,
+                     "fit": {"encoder": {"max_tokens": 64, "chunk_len": 64}}}}
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    shutil.copytree(tiny_pool.path, tmp_path / "runs" / "g" / "pool")
+    c = load_config(str(f))
+    rd = RunDir(c.run_dir)
+    run_mates(c, rd)
+    sel = rd.branch("group:loss").selected(2)
+    before = (sel / "meta.json").read_bytes()
+    assert read_json(sel / "meta.json")["group"]["encoder_tokens"] > 0
+    run_mates(c, rd)  # every embedding is cached now
+    assert (sel / "meta.json").read_bytes() == before

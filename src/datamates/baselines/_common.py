@@ -130,6 +130,14 @@ def encoder_embeddings(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Pat
     return emb, int(tokens), sum(p.numel() for p in model.encoder.parameters())
 
 
+def embedding_tokens(pool: Pool, enc, ids: np.ndarray, *, cache_dir: str | Path | None = None) -> int:
+    """Encoder tokens the embeddings of `ids` cost, whether `encoder_embeddings` computed them now or
+    found them cached: a group selection's statistics (part of its identity) come out the same when a
+    finished run is resumed."""
+    cache = TokenCache(pool, enc, cache_dir)
+    return encoder_tokens(cache.get(np.asarray(ids, dtype=np.int64)), enc, cache.tok)
+
+
 digest = hash_parts  # a baseline's fitted-model identity (identity.py)
 
 
