@@ -173,7 +173,13 @@ def fingerprint(**parts: Any) -> dict[str, str]:
     return flat
 
 
+# counted costs an older datamates put in fingerprints (a group selection's encoder cost): not inputs, so
+# a finished artifact that recorded them is compared without them
+FORMER_IDENTITY_KEYS = ("group.encoder_tokens", "group.encoder_flops")
+
+
 def _first_difference(old: dict[str, str], new: dict[str, str]) -> str | None:
+    old = {k: v for k, v in old.items() if k not in FORMER_IDENTITY_KEYS}
     for k in sorted(set(old) | set(new)):
         if old.get(k) != new.get(k):
             return f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"

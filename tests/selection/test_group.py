@@ -151,9 +151,10 @@ def test_tiny_run_with_the_new_selectors(tiny_pool, tmp_path):
 
 def test_a_finished_group_run_resumes(tiny_pool, tmp_path):
     """A finished run with a group selector, run again (as the arena does to add a selector), reuses its
-    selections: the group statistics in the selection's identity count the encoder cost of the block's
-    embeddings whether they were computed or found cached (the cached rerun once counted 0 tokens and
-    refused its own selection: 'made from other inputs (group.encoder_flops ...)')."""
+    selections: the group's counted encoder cost is accounting in meta.json, not part of the selection's
+    identity, and counts the block's embeddings whether computed or found cached (the cached rerun once
+    counted 0 tokens and refused its own selection: 'made from other inputs (group.encoder_flops ...)');
+    a selection whose older fingerprint holds that cost is reused too."""
     import shutil
 
     import yaml
@@ -181,4 +182,13 @@ def test_a_finished_group_run_resumes(tiny_pool, tmp_path):
     before = (sel / "meta.json").read_bytes()
     assert read_json(sel / "meta.json")["group"]["encoder_tokens"] > 0
     run_mates(c, rd)  # every embedding is cached now
+    assert (sel / "meta.json").read_bytes() == before
+    # a selection an older datamates finished, its fingerprint holding the (then cache-dependent) cost
+    import json
+
+    done = json.loads((sel / "DONE").read_text())
+    assert not any("encoder" in k for k in done["fingerprint"])  # accounting is not an input
+    done["fingerprint"].update({"group.encoder_tokens": "1", "group.encoder_flops": "2.0"})
+    (sel / "DONE").write_text(json.dumps(done))
+    run_mates(c, rd)
     assert (sel / "meta.json").read_bytes() == before

@@ -362,7 +362,9 @@ def select(cfg: SelectConfig, candidates: Candidates, pool: Pool, out: str | Pat
         kept_per_domain={d: int(kept[i]) for i, d in enumerate(pool.domains) if kept[i]},
         candidates_per_domain={d: int(cand_dom[i]) for i, d in enumerate(pool.domains) if cand_dom[i]},
     )
-    identity = {"select": cfg, "method": method, "k": int(k), "pool": pool.pool_id, "group": group,
+    counted = ("encoder_tokens", "encoder_flops")  # the group's accounting (meta.json), not an input
+    identity = {"select": cfg, "method": method, "k": int(k), "pool": pool.pool_id,
+                "group": None if group is None else {g: v for g, v in group.items() if g not in counted},
                 "candidates": _candidates_identity(candidates)}
 
     def build(tmp: Path) -> dict[str, Any]:
