@@ -108,33 +108,39 @@ def test_registry_composes_group_with_every_scorer():
             resolve_selectors([bad])
 
 
-@pytest.mark.slow  # a tiny MATES run of five selectors: ~4 min on 2 shared cores
-def test_tiny_run_with_the_new_selectors(tiny_pool, tmp_path):
+def _tiny_run(tiny_pool, tmp_path, name: str, mates: dict, n_layers: int = 2, limit: int = 8):
+    """(config, RunDir) of a tiny MATES run on the tiny pool (its pool copied in), `mates` its section."""
     import shutil
 
     import yaml
 
     from datamates.config import load_config
-    from datamates.pipelines import run_mates
     from datamates.run_dir import RunDir
 
-    cfg = {"name": "new", "runs_root": str(tmp_path / "runs"),
+    cfg = {"name": name, "runs_root": str(tmp_path / "runs"),
            "pool": {"seq_len": 64, "tokenizer": {"vocab_size": 512}},
-           "model": {"preset": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "context": 128},
+           "model": {"preset": "tiny", "n_layers": n_layers, "d_model": 32, "n_heads": 2, "context": 128},
            "train": {"micro_batch_size": 4, "lr": 3.0e-3, "warmup_steps": 2, "device": "cpu", "log_every": 100,
                      "checkpoint_every": 2},
-           "eval": {"tasks": ["arc_easy"], "limit": 8, "batch_size": 16},
-           "mates": {"selectors": ["random", "dsdm", "rholoss", "group:mates", "group:oracle"], "stages": 3,
-                     "stage_steps": 4, "heldout_per_domain": 8, "decay_steps": 2, "decay_half_life": 1.0,
-                     "curve_reference_size": 16,
-                     "probe": {"mode": "first_order", "n_probes": 32, "reference_size": 16, "chunk_size": 8},
-                     "fit": {"mode": "frozen", "encoder": {"max_tokens": 64, "chunk_len": 64}, "min_labels": 8},
-                     "select": {"temperature": 0.1}}}
-    f = tmp_path / "new.yaml"
+           "eval": {"tasks": ["arc_easy"], "limit": limit, "batch_size": 16},
+           "mates": mates}
+    f = tmp_path / f"{name}.yaml"
     f.write_text(yaml.safe_dump(cfg))
-    shutil.copytree(tiny_pool.path, tmp_path / "runs" / "new" / "pool")
+    shutil.copytree(tiny_pool.path, tmp_path / "runs" / name / "pool")
     c = load_config(str(f))
-    rd = RunDir(c.run_dir)
+    return c, RunDir(c.run_dir)
+
+
+@pytest.mark.slow  # a tiny MATES run of five selectors: ~4 min on 2 shared cores
+def test_tiny_run_with_the_new_selectors(tiny_pool, tmp_path):
+    from datamates.pipelines import run_mates
+
+    c, rd = _tiny_run(tiny_pool, tmp_path, "new", {
+        "selectors": ["random", "dsdm", "rholoss", "group:mates", "group:oracle"], "stages": 3, "stage_steps": 4,
+        "heldout_per_domain": 8, "decay_steps": 2, "decay_half_life": 1.0, "curve_reference_size": 16,
+        "probe": {"mode": "first_order", "n_probes": 32, "reference_size": 16, "chunk_size": 8},
+        "fit": {"mode": "frozen", "encoder": {"max_tokens": 64, "chunk_len": 64}, "min_labels": 8},
+        "select": {"temperature": 0.1}})
     m = run_mates(c, rd)
     for name in ("dsdm", "rholoss", "group:mates", "group:oracle"):
         br = rd.branch(name)
@@ -155,28 +161,12 @@ def test_a_finished_group_run_resumes(tiny_pool, tmp_path):
     identity, and counts the block's embeddings whether computed or found cached (the cached rerun once
     counted 0 tokens and refused its own selection: 'made from other inputs (group.encoder_flops ...)');
     a selection whose older fingerprint holds that cost is reused too."""
-    import shutil
-
-    import yaml
-
-    from datamates.config import load_config
     from datamates.pipelines import run_mates
-    from datamates.run_dir import RunDir
 
-    cfg = {"name": "g", "runs_root": str(tmp_path / "runs"),
-           "pool": {"seq_len": 64, "tokenizer": {"vocab_size": 512}},
-           "model": {"preset": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "context": 128},
-           "train": {"micro_batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1, "device": "cpu", "log_every": 100,
-                     "checkpoint_every": 2},
-           "eval": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 16},
-           "mates": {"selectors": ["random", "group:loss"], "stages": 2, "stage_steps": 2, "heldout_per_domain": 4,
-                     "decay_steps": 0, "curve_reference_size": 8,
-                     "fit": {"encoder": {"max_tokens": 64, "chunk_len": 64}}}}
-    f = tmp_path / "g.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    shutil.copytree(tiny_pool.path, tmp_path / "runs" / "g" / "pool")
-    c = load_config(str(f))
-    rd = RunDir(c.run_dir)
+    c, rd = _tiny_run(tiny_pool, tmp_path, "g", {
+        "selectors": ["random", "group:loss"], "stages": 2, "stage_steps": 2, "heldout_per_domain": 4,
+        "decay_steps": 0, "curve_reference_size": 8, "fit": {"encoder": {"max_tokens": 64, "chunk_len": 64}}},
+        n_layers=1, limit=4)
     run_mates(c, rd)
     sel = rd.branch("group:loss").selected(2)
     before = (sel / "meta.json").read_bytes()
