@@ -126,7 +126,9 @@ def view_name(p, e) -> str:
 
 
 def parse_variant(v: str):
-    """'[mlp:][distill>][pP][eK]:kinds' or 'kinds' -> (head, distill student?, prefix, exit, kinds)."""
+    """'[mlp:][distill>][proxy[SHAPE]][pP][eK]:kinds' or 'kinds' -> (head, distill student?, proxy shape or
+    None, prefix, exit, kinds). proxy[L2d32]: the features of a small proxy LM of that shape trained on the
+    warmup's stream (selection/proxy.py) instead of the LM's."""
     head = "ridge"
     if v.startswith("mlp:"):
         head, v = "mlp", v[4:]
@@ -135,8 +137,23 @@ def parse_variant(v: str):
     distill = v.startswith("distill>")
     if distill:
         v = v[len("distill>"):]
+    proxy = None
+    if v.startswith("proxy["):
+        proxy, v = v[len("proxy["):].split("]", 1)
+        v = v.lstrip(":")
     p, e, kinds = parse_view(v)
-    return head, distill, p, e, kinds
+    return head, distill, proxy, p, e, kinds
+
+
+def proxy_checkpoint(arena: Path, cfg, pool, shape: str, stage: int) -> Path:
+    """The proxy LM of `shape` trained on the arena's warmup stream, stages 1..stage (resumable, kept)."""
+    from datamates.selection.proxy import parse_shape, proxy_model_config, train_proxy
+    from datamates.selection.select import read_selection
+
+    n_layers, d_model, n_heads = parse_shape(shape)
+    pm = proxy_model_config(cfg.model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
+    stream = [(s, read_selection(arena / "warmup" / f"stage_{s:02d}" / "selected")) for s in range(1, stage + 1)]
+    return train_proxy(cfg, pm, pool, stream, HERE / "runs" / "proxy" / arena.name / shape)[-1]
 
 
 SHF = "stats+hidden+fo"
@@ -230,22 +247,46 @@ def main() -> None:
         parsed = [parse_variant(part) for v in variants for part in v.split("&")]
         views: dict = {(None, None): list(LM_KINDS)}  # the teacher and today's default
         dviews: dict = {(None, None): list(LM_KINDS)} if len(dist) else {}
-        for head_, distill, p, e, kinds in parsed:
+        pviews: dict = {}  # proxy shape -> its views
+        for head_, distill, px, p, e, kinds in parsed:
             lk = ["stats" if k == "loss" else k for k in kinds if k != "encoder"]
+            if px is not None:
+                vw = pviews.setdefault(px, {})
+                vw[(p, e)] = sorted(set(vw.get((p, e), [])) | set(lk), key=LM_KINDS.index)
+                continue
             for vw in (views, dviews) if distill else (views,):
                 if lk:
                     vw[(p, e)] = sorted(set(vw.get((p, e), [])) | set(lk), key=LM_KINDS.index)
         feats, t_lm = cached_grid(HERE / "runs" / "features" / f"{name}.npz", ckpt, pool, every[: len(every) - len(dist)],
                                   views, D)
+        stage = int(ckpt.parent.name.split("_")[1])
+        proxies, pfeats, t_px = {}, {}, {}
+        for px, vw in pviews.items():  # the proxy's own head direction (its reference gradient and AdamW state)
+            t0 = time.time()
+            proxies[px] = proxy_checkpoint(arena, cfg, pool, px, stage)
+            t_train = time.time() - t0
+            pfeats[px], t_f = cached_grid(HERE / "runs" / "features" / f"{name}_proxy_{px}.npz", proxies[px], pool,
+                                          every[: len(every) - len(dist)], vw,
+                                          head_direction(proxies[px], ref, pad_id=pool.eos_id))
+            t_px[px] = t_f
+            print(f"{name:7s} proxy {px}: {proxies[px]} (trained in {t_train:.0f} s; features {t_f:.0f} s)", flush=True)
         dfeats = cached_grid(HERE / "runs" / "features" / f"{name}_distill.npz", ckpt, pool, dist, dviews, D)[0] \
             if len(dist) else {}
         T = pool.seq_len
         lm = load_model(ckpt)
         L = lm.config.num_hidden_layers
 
-        def lm_flops(kinds, p, e) -> float:
+        def proxy_train_share(px) -> float | None:
+            """The proxy's training FLOPs per token over the LM's (it trains on every token the LM trains on)."""
+            from datamates.core.lm import flops_per_token
+
+            return None if px is None else flops_per_token(load_model(proxies[px]), T) / flops_per_token(lm, T)
+
+        def lm_flops(kinds, p, e, px=None) -> float:
             """Counted FLOPs of one candidate's LM features (features.feature_flops_per_token x tokens)."""
-            m = truncate_layers(load_model(ckpt), L if e is None else e)
+            src = ckpt if px is None else proxies[px]
+            m = load_model(src)
+            m = truncate_layers(m, m.config.num_hidden_layers if e is None else e)
             P = T if p is None else min(p, T)
             return P * sum(feature_flops_per_token(m, kinds, P).values())
 
@@ -268,9 +309,9 @@ def main() -> None:
         fidelity = (float(spearmanr([exact[i] for i in common], [lab[i] for i in common]).statistic)
                     if len(common) >= 5 else None)
 
-        def design(kinds, p, e, distill_rows=False):
-            """[rows of `every`, d] (or of `dist` with distill_rows) of the variant's features."""
-            src = dfeats if distill_rows else feats
+        def design(kinds, p, e, distill_rows=False, px=None):
+            """[rows of `every`, d] (or of `dist` with distill_rows) of the variant's features (of the proxy `px`)."""
+            src = dfeats if distill_rows else feats if px is None else pfeats[px]
             parts = []
             for k in kinds:
                 if k == "encoder":
@@ -286,13 +327,13 @@ def main() -> None:
         rows = []
         for v in variants:
             if "&" in v:
-                rows.append(_combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each))
+                rows.append(_combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each, proxy_train_share))
                 r = rows[-1]
                 print(f"{name:7s} {v:32s} rho {r['val_spearman']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]  "
                       f"score/cand {r['flops_score_one']:.3g} FLOPs", flush=True)
                 continue
-            head, distill, p, e, kinds = parse_variant(v)
-            X = design(kinds, p, e)
+            head, distill, px, p, e, kinds = parse_variant(v)
+            X = design(kinds, p, e, px=px)
             t0 = time.time()
             xtr, ztr = X[tr], (y[tr] - mu) / sd
             fit_extra = 0.0
@@ -312,9 +353,10 @@ def main() -> None:
                       if len(ex_rows) >= 5 else None)
             lm_k = [k for k in kinds if k != "encoder"]
             lm_k = ["stats" if k == "loss" else k for k in lm_k]
-            score_flops = (lm_flops(lm_k, p, e) if lm_k else 0.0) + (enc_fwd if "encoder" in kinds else 0.0)
-            wall = t_fit + (t_lm if lm_k else 0.0) + (t_enc if "encoder" in kinds else 0.0)
+            score_flops = (lm_flops(lm_k, p, e, px) if lm_k else 0.0) + (enc_fwd if "encoder" in kinds else 0.0)
+            wall = t_fit + ((t_lm if px is None else t_px[px]) if lm_k else 0.0) + (t_enc if "encoder" in kinds else 0.0)
             rows.append({"variant": v, "head": head, "prefix_tokens": p, "exit_layer": e, "kinds": kinds,
+                         "proxy": px, "proxy_train_share": proxy_train_share(px),
                          "distill_n": int(len(dist)) if distill else 0,
                          "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": rho_ex,
                          "n_exact_val": int(len(ex_rows)), "n_train": int(len(tr)), "n_val": int(len(va)),
@@ -356,19 +398,21 @@ def main() -> None:
     _table(results)
 
 
-def _combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each) -> dict:
+def _combo(v, design, lm_flops, y, tr, va, mu, sd, label_flops_each, proxy_train_share) -> dict:
     """A combination 'VIEW:kinds&VIEW:kinds': the views' features side by side, one ridge head."""
     from datamates.selection.fit import fit_head
     from datamates.selection.influence_model import predict_head
 
     parts = [parse_variant(p) for p in v.split("&")]
-    X = np.concatenate([design(kinds, p, e) for _, _, p, e, kinds in parts], axis=1)
+    X = np.concatenate([design(kinds, p, e, px=px) for _, _, px, p, e, kinds in parts], axis=1)
     model = fit_head(X[tr], (y[tr] - mu) / sd, head="ridge", seed=0)
     pred = predict_head(model, X[: len(y)][va])
     rho = float(spearmanr(pred, y[va]).statistic)
     lo, hi = bootstrap_ci(pred, y[va])
-    score = sum(lm_flops(["stats" if k == "loss" else k for k in kinds], p, e) for _, _, p, e, kinds in parts)
-    return {"variant": v, "head": "ridge", "views": [[p, e, kinds] for _, _, p, e, kinds in parts],
+    score = sum(lm_flops(["stats" if k == "loss" else k for k in kinds], p, e, px) for _, _, px, p, e, kinds in parts)
+    pxs = sorted({px for _, _, px, *_ in parts if px is not None})
+    return {"variant": v, "head": "ridge", "views": [[p, e, kinds] + ([px] if px else []) for _, _, px, p, e, kinds in parts],
+            "proxy": pxs[0] if pxs else None, "proxy_train_share": proxy_train_share(pxs[0] if pxs else None),
             "prefix_tokens": None, "exit_layer": None, "kinds": None, "distill_n": 0,
             "val_spearman": rho, "ci95": [lo, hi], "exact_spearman": None, "n_exact_val": 0,
             "n_train": int(len(tr)), "n_val": int(len(va)), "flops_labels": label_flops_each * len(tr),

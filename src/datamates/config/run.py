@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datamates.config.ablation import AblationConfig
@@ -53,6 +53,15 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_root) / self.name
+
+
+def stage_train_config(cfg: RunConfig, s: int) -> TrainConfig:
+    """Stage s trains stage_steps steps of one schedule that spans the run: its horizon is every
+    stage's steps (warmup and selection stages; the pre-evaluation decay is its own exp_decay),
+    so a cosine decays once over the run, not once per stage."""
+    m = cfg.mates
+    return replace(cfg.train, steps=m.stage_steps, seed=cfg.train.seed + s,
+                   total_steps=cfg.train.total_steps or m.stages * m.stage_steps)
 
 
 def config_search_path() -> list[Path]:

@@ -19,7 +19,7 @@ from typing import Any
 from datamates import run_progress
 from datamates.accounting import timed
 from datamates.config.evaluate import EvalConfig
-from datamates.config.run import RunConfig
+from datamates.config.run import RunConfig, stage_train_config
 from datamates.core.pool import Pool
 from datamates.core.reference import (
     CLEAN,
@@ -86,15 +86,6 @@ def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | No
         out = train(tcfg, cfg.model, pool, ids, br.checkpoint(s), init=ckpt, meta={"stage": s, "selector": selector})
     on_rank0(_curve_point, cfg, br.eval(s), out, plan)
     return out, ids
-
-
-def stage_train_config(cfg: RunConfig, s: int):
-    """Stage s trains stage_steps steps of one schedule that spans the run: its horizon is every
-    stage's steps (warmup and selection stages; the pre-evaluation decay is its own exp_decay),
-    so a cosine decays once over the run, not once per stage."""
-    m = cfg.mates
-    return replace(cfg.train, steps=m.stage_steps, seed=cfg.train.seed + s,
-                   total_steps=cfg.train.total_steps or m.stages * m.stage_steps)
 
 
 def _decay(cfg: RunConfig, br: RunDir, pool: Pool, ckpt: Path, ids) -> Path:

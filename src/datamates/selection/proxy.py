@@ -1,0 +1,68 @@
+"""A small proxy LM trained alongside the run on the same selected stream (issue 28; the
+SmallToLarge idea of Yang et al. 2024: a much smaller model's training dynamics stand in for the
+big one's). Its features (selection/features.py: loss statistics, hidden state, first-order head
+term against its own reference gradient) replace the big LM's in the influence model, so scoring a
+candidate costs a forward of the proxy, not of the model being trained
+(docs/influence_model.md#a-proxy-lm).
+
+The proxy is the run's model section with a smaller shape (`proxy_model_config`), trained by the
+same `train` with the run's stage schedule (`config.run.stage_train_config`: one cosine over the
+run, the stage's seed) on exactly the ids each stage of the big model trained on. Every stage is a
+checkpoint `<out>/stage_XX/checkpoint`; a killed stage resumes from its partial and gives the same
+bytes (core/train_loop.py), and a finished stage is kept.
+
+Its price: the proxy's own training on every trained token plus its forward on every candidate
+(`proxy_train_flops`), against the big LM's forward on every candidate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from datamates.config.core import ModelConfig
+from datamates.config.run import RunConfig, stage_train_config
+from datamates.core.lm import build_model, flops_per_token
+from datamates.core.pool import Pool
+from datamates.core.train_loop import train
+from datamates.errors import ConfigError
+
+
+def proxy_model_config(model: ModelConfig, *, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
+    """The run's model with a smaller shape: its vocabulary, context, rotary share, residual layout
+    and init kept; the MLP width back to 4 x d_model."""
+    if d_model % n_heads:
+        raise ConfigError(f"proxy d_model = {d_model}: must be divisible by its n_heads = {n_heads}")
+    return replace(model, preset=f"proxy-l{n_layers}-d{d_model}", n_layers=n_layers, d_model=d_model,
+                   n_heads=n_heads, d_ff=None)
+
+
+def parse_shape(spec: str) -> tuple[int, int, int]:
+    """'L2d32h2' -> (n_layers 2, d_model 32, n_heads 2); heads default to max(1, d_model // 32)."""
+    m = re.fullmatch(r"L(\d+)d(\d+)(?:h(\d+))?", spec)
+    if not m:
+        raise ConfigError(f"proxy shape {spec!r}: write L<layers>d<width>[h<heads>], e.g. L2d32h2")
+    n_layers, d_model = int(m.group(1)), int(m.group(2))
+    return n_layers, d_model, int(m.group(3) or max(1, d_model // 32))
+
+
+def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable[tuple[int, np.ndarray]],
+                out: str | Path, *, meta: dict | None = None, callback=None) -> list[Path]:
+    """Train `proxy` stage by stage on `stream` ((stage, the ids the big model trained on at that
+    stage), in order) with the run's stage schedule; returns every stage's checkpoint. Stage s
+    continues from stage s-1's checkpoint (weights, AdamW state, global step)."""
+    out, prev, done = Path(out), None, []
+    for s, ids in stream:
+        prev = train(stage_train_config(cfg, s), proxy, pool, np.asarray(ids, dtype=np.int64),
+                     out / f"stage_{s:02d}" / "checkpoint", init=prev, meta={"stage": s, "proxy": True, **(meta or {})}, callback=callback)
+        done.append(prev)
+    return done
+
+
+def proxy_train_flops(proxy: ModelConfig, vocab_size: int, seq_len: int) -> float:
+    """Training FLOPs per trained token of the proxy (6N + attention, the code's own count)."""
+    return flops_per_token(build_model(proxy, vocab_size, 0, seed=0), seq_len)
