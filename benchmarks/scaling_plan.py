@@ -89,7 +89,16 @@ class Plan:
     exit_frac: float | None = None
     distill_ratio: float = 0.0  # distillation: the teacher (full LM features) labels ratio x n_train candidates
     student: str | None = None  # None: the student is the lm view above; or an encoder name (minilm-l6)
-    views: tuple = ()  # a combination: ((kinds, prefix_frac, exit_frac), ...) priced as the sum of its views
+    views: tuple = ()  # a combination: ((kinds, prefix_frac, exit_frac, of the proxy?), ...) priced as the sum of its views
+    proxy: str | None = None  # a proxy LM (selection/proxy.py) of this preset: trained on every token the LM trains
+    #                           on, its features (the views marked proxy) in place of the LM's
+
+
+# the proxy LM at paper scale: the smallest Pythia (d 128, 6 blocks; 1/47 of 410m's training FLOPs per token,
+# 1/117 of 1b's). The bench's proxy (2 blocks, d 32, of the tiny LM's 4 x 128) is 1/6.4 of its LM: the bench
+# measures a proxy relatively larger than the one priced here (the tiny LM's 8,192-row head and embedding
+# dominate both), so its Spearman is an optimistic stand-in for pythia-14m's
+PROXY_PRESET = "pythia-14m"
 
 
 def lm_feature_cost(preset: str, T: int, kinds, prefix_frac: float | None, exit_frac: float | None) -> dict:
@@ -134,9 +143,10 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
         fit = (m.fit.epochs * n_train * plan.enc_max_tokens * 3 * fe + evals * n_val * plan.enc_max_tokens * fe)
     lm_view = None
     if plan.fit_mode == "lm":  # lm features: one (prefix, early-exit) LM forward per labelled sequence
-        lm_view = lm_feature_cost(plan.preset, T, plan.lm_kinds, plan.prefix_frac, plan.exit_frac)
+        lm_view = lm_feature_cost(plan.proxy or plan.preset, T, plan.lm_kinds, plan.prefix_frac, plan.exit_frac)
         if plan.views:  # a combination of views: their features side by side, their prices summed
-            parts = [lm_feature_cost(plan.preset, T, kinds, pf, ef) for kinds, pf, ef in plan.views]
+            parts = [lm_feature_cost(plan.proxy if on_proxy else plan.preset, T, kinds, pf, ef)
+                     for kinds, pf, ef, on_proxy in plan.views]
             lm_view = {"per_candidate": sum(p["per_candidate"] for p in parts), "views": parts}
         full = lm_feature_cost(plan.preset, T, LM_KINDS, None, None)["per_candidate"]
         n_dist = int(round(plan.distill_ratio * n_train))
@@ -150,7 +160,9 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
     # scoring, per round
     n_cand = int((m.candidates_per_stage or m.stage_steps * batch / m.select.fraction) * plan.candidate_factor)
     score = n_cand * per_cand
-    sel = rounds * (probe + fit + score)
+    # the proxy LM trains on every token the LM trains on (warmup, selection stages and the decay)
+    proxy_train = train_tokens * flops_per_token(lm_on_meta(plan.proxy, T), T) if plan.proxy else 0.0
+    sel = rounds * (probe + fit + score) + proxy_train
     rate = gpus * peak * 1e12 * mfu
 
     def hours(f: float) -> float:
@@ -163,7 +175,7 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
         "reference_tokens": int(pt.get("lm_forward", 0) / (2 if plan.probe_mode == "first_order" else 1 + plan.n_probes))
         if plan.probe_mode != "first_order" else None,
         "flops": {"train": train, "probe": rounds * probe, "fit": rounds * fit, "score": rounds * score,
-                  "selection": sel, "total": train + sel},
+                  "proxy_train": proxy_train, "selection": sel, "total": train + sel},
         "hours": {"train": hours(train), "probe": hours(rounds * probe), "fit": hours(rounds * fit),
                   "score": hours(rounds * score), "selection": hours(sel), "total": hours(train + sel)},
         "overhead_of_train": sel / train, "share_of_total": sel / (train + sel),
@@ -175,14 +187,16 @@ def bench_plan(row: dict, preset: str, bench_T: int, bench_L: int) -> Plan:
     """The paper-scale plan of one influence-bench variant (experiments/influence_bench/results.json):
     its prefix and exit as shares of the bench's tokens and blocks, its kinds, its distillation."""
     variant = row["variant"]
-    if row.get("views"):  # a combination 'VIEW&VIEW'
-        views = tuple((tuple("stats" if k == "loss" else k for k in kinds), None if p is None else p / bench_T,
-                       None if e is None else e / bench_L) for p, e, kinds in row["views"])
-        return Plan(variant, preset, probe_mode="first_order", fit_mode="lm", views=views)
+    proxy = PROXY_PRESET if row.get("proxy") else None
+    if row.get("views"):  # a combination 'VIEW&VIEW' (a view of the proxy carries its shape 4th)
+        views = tuple((tuple("stats" if k == "loss" else k for k in v[2]), None if v[0] is None else v[0] / bench_T,
+                       None if v[1] is None or v[3:] else v[1] / bench_L, bool(v[3:])) for v in row["views"])
+        return Plan(variant, preset, probe_mode="first_order", fit_mode="lm", views=views, proxy=proxy)
     kinds = tuple("stats" if k == "loss" else k for k in row["kinds"])
     p, e = row.get("prefix_tokens"), row.get("exit_layer")
-    plan = Plan(variant, preset, probe_mode="first_order", fit_mode="lm", lm_kinds=kinds,
-                prefix_frac=None if p is None else p / bench_T, exit_frac=None if e is None else e / bench_L)
+    plan = Plan(variant, preset, probe_mode="first_order", fit_mode="lm", lm_kinds=kinds, proxy=proxy,
+                prefix_frac=None if p is None else p / bench_T,
+                exit_frac=None if e is None or proxy else e / bench_L)
     if row.get("distill_n"):
         plan.distill_ratio = row["distill_n"] / row["n_train"]
     if "encoder" in kinds:  # the student (or the feature) is MiniLM-L6 at 512 tokens at paper scale

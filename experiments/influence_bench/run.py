@@ -142,6 +142,8 @@ def parse_variant(v: str):
         proxy, v = v[len("proxy["):].split("]", 1)
         v = v.lstrip(":")
     p, e, kinds = parse_view(v)
+    if proxy is not None and e is not None:
+        raise SystemExit(f"{v}: an early exit of the proxy is not priced (benchmarks/scaling_plan.py); use its full depth")
     return head, distill, proxy, p, e, kinds
 
 
@@ -248,7 +250,7 @@ def main() -> None:
         views: dict = {(None, None): list(LM_KINDS)}  # the teacher and today's default
         dviews: dict = {(None, None): list(LM_KINDS)} if len(dist) else {}
         pviews: dict = {}  # proxy shape -> its views
-        for head_, distill, px, p, e, kinds in parsed:
+        for _head, distill, px, p, e, kinds in parsed:
             lk = ["stats" if k == "loss" else k for k in kinds if k != "encoder"]
             if px is not None:
                 vw = pviews.setdefault(px, {})
