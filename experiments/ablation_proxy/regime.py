@@ -207,10 +207,18 @@ def analyse(root: Path, studies: list[str]) -> dict:
             "eval_precision": prec, "seed_models": per, "bootstrap": boot,
             "units": [{k: v for k, v in u.items() if k != "provenance"} for u in results[0]["units"]],  # no paths
             "gold_mixtures": len([g for g in results[0]["gold"] if g["k"] > 1])}
+    flat = [s for s in studies if plateaus[s]["on_plateau"]]
     with atomic_dir(root / "analysis") as tmp:
         atomic_write_json(tmp / "summary.json", _clean(summ))
         atomic_write_text(tmp / "claim.md", decisions_markdown(per, prec, plateaus, BASELINE, SEED_BASELINE)
+                          + "\n\n" + per_seed_markdown(per, studies, plateaus, BASELINE)
                           + "\n\n## Bootstrap over gold mixtures (stratified by seed model)\n\n" + claim_markdown(boot) + "\n")
+        if 2 <= len(flat) < len(studies):  # the same tables over the seed models that passed the plateau test
+            sub = [r for s, r in zip(studies, results, strict=True) if s in flat]
+            atomic_write_text(tmp / "claim_on_plateau.md",
+                              f"Only the seed models on their plateau: {', '.join(flat)}\n\n"
+                              + decisions_markdown(seed_model_table(sub), eval_precision(sub),
+                                                   {s: plateaus[s] for s in flat}, BASELINE, SEED_BASELINE) + "\n")
         atomic_write_text(tmp / "claim.csv", claim_csv(boot))
         for s in studies:
             png = root / s / "plateau" / "plateau.png"
@@ -276,6 +284,22 @@ def decisions_markdown(per: dict, prec: dict, plateaus: dict, BASELINE: str, SEE
         L.append(f"| {s} | {r['steps']} | {r.get('tokens') or 0:,} | {r['slope_per_step']:.2e} [{r['slope_ci'][0]:.2e}, "
                  f"{r['slope_ci'][1]:.2e}] | {r['change_over_window']:+.4f} | {r['drop']:+.4f} [{r['drop_ci'][0]:+.4f}, "
                  f"{r['drop_ci'][1]:+.4f}] | {r['drop_p']:.3f} | {'yes' if r['on_plateau'] else 'NO'} |")
+    return "\n".join(L)
+
+
+def per_seed_markdown(per: dict, studies: list[str], plateaus: dict, BASELINE: str) -> str:
+    """The headline numbers of each seed model on its own (a seed model off its plateau stands out)."""
+    cols = [("pearson_within_size", ".2f"), ("pearson", ".2f"), ("pairwise", ".2f"), ("regret", ".3f")]
+    L = ["## Each seed model on its own (proxy; mean-unit baseline in parentheses)", "",
+         "| eval set | " + " | ".join(f"{s}{'' if plateaus[s]['on_plateau'] else ' (off plateau)'}: within / pooled / "
+                                     "pairwise / regret" for s in studies) + " |",
+         "|---|" + "---|" * len(studies)]
+    for es, t in per.items():
+        cells = []
+        for i in range(len(studies)):
+            cells.append(" / ".join(f"{t['proxy'][k]['values'][i]:{f}} ({t[BASELINE][k]['values'][i]:{f}})"
+                                    for k, f in cols))
+        L.append(f"| {es} | " + " | ".join(cells) + " |")
     return "\n".join(L)
 
 
