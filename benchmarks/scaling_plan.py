@@ -25,6 +25,7 @@ Wall time = FLOPs / (gpus x peak x MFU).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -47,8 +48,10 @@ ENCODERS = {  # shapes of the scoring encoders (BertConfig defaults = bert-base-
 }
 
 
-def lm_on_meta(preset: str, seq_len: int, vocab: int = 50277):
-    mc = from_dict(ModelConfig, {"preset": preset, "context": seq_len})
+def lm_on_meta(preset: str | dict, seq_len: int, vocab: int = 50277):
+    """The LM of a preset name, or of a dict of ModelConfig fields (a proxy's shape), on the meta device."""
+    mc = from_dict(ModelConfig, {"preset": preset, "context": seq_len} if isinstance(preset, str)
+                   else {**preset, "context": seq_len})
     with torch.device("meta"):
         return GPTNeoXForCausalLM(hf_config(mc, vocab, 0))
 
@@ -90,15 +93,25 @@ class Plan:
     distill_ratio: float = 0.0  # distillation: the teacher (full LM features) labels ratio x n_train candidates
     student: str | None = None  # None: the student is the lm view above; or an encoder name (minilm-l6)
     views: tuple = ()  # a combination: ((kinds, prefix_frac, exit_frac, of the proxy?), ...) priced as the sum of its views
-    proxy: str | None = None  # a proxy LM (selection/proxy.py) of this preset: trained on every token the LM trains
-    #                           on, its features (the views marked proxy) in place of the LM's
+    proxy: str | dict | None = None  # a proxy LM (selection/proxy.py) of this preset or shape: trained on every
+    #                                  token the LM trains on, its features (the views marked proxy) in place of the LM's
 
 
-# the proxy LM at paper scale: the smallest Pythia (d 128, 6 blocks; 1/47 of 410m's training FLOPs per token,
-# 1/117 of 1b's). The bench's proxy (2 blocks, d 32, of the tiny LM's 4 x 128) is 1/6.4 of its LM: the bench
-# measures a proxy relatively larger than the one priced here (the tiny LM's 8,192-row head and embedding
-# dominate both), so its Spearman is an optimistic stand-in for pythia-14m's
-PROXY_PRESET = "pythia-14m"
+@functools.cache
+def proxy_shape_for_ratio(preset: str, T: int, ratio: float) -> tuple[tuple[str, object], ...]:
+    """The paper-scale proxy priced for a bench proxy: the GPT-NeoX shape (1-12 blocks, width 64-1024 by
+    64, heads of 64) whose training FLOPs per token over `preset`'s are closest to the bench proxy's own
+    ratio (a bench proxy that costs 1/6 of its LM is priced as a paper-scale proxy that costs 1/6 of its
+    LM); as ModelConfig items."""
+    big = flops_per_token(lm_on_meta(preset, T), T)
+    best = None
+    for n_layers in range(1, 13):
+        for d in range(64, 1025, 64):
+            shape = {"preset": "tiny", "n_layers": n_layers, "d_model": d, "n_heads": max(1, d // 64)}
+            gap = abs(math.log(flops_per_token(lm_on_meta(shape, T), T) / big / ratio))
+            if best is None or gap < best[0]:
+                best = (gap, shape)
+    return tuple(best[1].items())
 
 
 def lm_feature_cost(preset: str, T: int, kinds, prefix_frac: float | None, exit_frac: float | None) -> dict:
@@ -183,11 +196,11 @@ def cost(plan: Plan, cfg, examples, gpus: int, mfu: float, peak: float) -> dict:
     }
 
 
-def bench_plan(row: dict, preset: str, bench_T: int, bench_L: int) -> Plan:
+def bench_plan(row: dict, preset: str, bench_T: int, bench_L: int, T: int = 1024) -> Plan:
     """The paper-scale plan of one influence-bench variant (experiments/influence_bench/results.json):
     its prefix and exit as shares of the bench's tokens and blocks, its kinds, its distillation."""
     variant = row["variant"]
-    proxy = PROXY_PRESET if row.get("proxy") else None
+    proxy = dict(proxy_shape_for_ratio(preset, T, row["proxy_train_share"])) if row.get("proxy") else None
     if row.get("views"):  # a combination 'VIEW&VIEW' (a view of the proxy carries its shape 4th)
         views = tuple((tuple("stats" if k == "loss" else k for k in v[2]), None if v[0] is None else v[0] / bench_T,
                        None if v[1] is None or v[3:] else v[1] / bench_L, bool(v[3:])) for v in row["views"])
@@ -224,9 +237,12 @@ def bench_prices(path: str, cfg, examples, args) -> dict:
     for v, d in by_var.items():
         if len(d["rho"]) < len(sets):
             continue
-        c = {pre: cost(bench_plan(d["row"], pre, T, L), cfg, examples, args.gpus, args.mfu, args.peak_tflops)
-             for pre in ("pythia-410m", "pythia-1b")}
-        rows.append({"variant": v, "rho": d["rho"], "worst": min(d["rho"].values()),
+        plans = {pre: bench_plan(d["row"], pre, T, L, cfg.pool.seq_len) for pre in ("pythia-410m", "pythia-1b")}
+        c = {pre: cost(pl, cfg, examples, args.gpus, args.mfu, args.peak_tflops) for pre, pl in plans.items()}
+        px = {pre: pl.proxy for pre, pl in plans.items() if pl.proxy}
+        rows.append({"variant": v + "".join(f" [proxy at {pre[7:]}: {s['n_layers']} x {s['d_model']}]"
+                                            for pre, s in px.items()),
+                     "rho": d["rho"], "worst": min(d["rho"].values()),
                      "score_flops_per_candidate_410m": c["pythia-410m"]["score_flops_per_candidate"],
                      "overhead_410m": c["pythia-410m"]["overhead_of_train"],
                      "overhead_1b": c["pythia-1b"]["overhead_of_train"]})
