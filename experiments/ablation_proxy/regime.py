@@ -263,13 +263,15 @@ def decisions_markdown(per: dict, prec: dict, plateaus: dict, BASELINE: str, SEE
                    f"{_c(p['pairwise_same_size'])} | {_c(p['regret'], '.3f')} | {_c(p['picks_best'])} |")
     L += ["", "## Which mixture is best: the proxy against the two free baselines", "",
           "| eval set | pairwise: proxy / mean-unit / seed | regret (nats): proxy / mean-unit / seed (random pick) | "
+          "regret within a size: proxy / mean-unit / seed | "
           "Pearson pooled: proxy / mean-unit | Pearson within size: proxy / mean-unit | proxy beats both on pairwise |",
-          "|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|"]
     for s, t in per.items():
         p, b, sd = t["proxy"], t[BASELINE], t[SEED]
         beat = p["pairwise"]["mean"] > max(b["pairwise"]["mean"], sd["pairwise"]["mean"])
         L.append(f"| {s} | {_c(p['pairwise'])} / {_c(b['pairwise'])} / 0.50 | {_c(p['regret'], '.3f')} / "
-                 f"{_c(b['regret'], '.3f')} / {_c(sd['regret'], '.3f')} | {_c(p['pearson'])} / {_c(b['pearson'])} | "
+                 f"{_c(b['regret'], '.3f')} / {_c(sd['regret'], '.3f')} | {_c(p['regret_same_size'], '.3f')} / "
+                 f"{_c(b['regret_same_size'], '.3f')} / {_c(sd['regret_same_size'], '.3f')} | {_c(p['pearson'])} / {_c(b['pearson'])} | "
                  f"{_c(p['pearson_within_size'])} / {_c(b['pearson_within_size'])} | {'yes' if beat else 'no'} |")
     L += ["", "## Evaluation budget: standard error of a log PPL vs the spread between gold mixtures", "",
           "| eval set | SE of one log PPL | paired SE of a difference (median) | sd of gold log PPL | sd within size |",

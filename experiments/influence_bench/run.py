@@ -27,6 +27,9 @@ Cheaper views of the LM (issue 28; docs/influence_model.md#cheaper-features), `[
     distill>VIEW     distillation: the full stats+hidden+fo model (ridge on the training rows' labels)
                      labels --distill-n more pool candidates; the student VIEW (an LM view, or
                      `encoder`: frozen MiniLM) is fitted on the training labels + the teacher's labels
+    proxy[SHAPE]:VIEW  the features of a small proxy LM of SHAPE (L2d32h1: 2 blocks, d 32, 1 head; the run's
+                     model otherwise) trained on the warmup's stream up to the set's stage (selection/proxy.py;
+                     runs/proxy/), against its own reference gradient; no early exit
     keep 40%         the smaller candidate block is priced, not fitted: today's model on half the block
                      (benchmarks/scaling_plan.py)
 
@@ -174,6 +177,11 @@ COMBO = ["e0:hidden&p16e0:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden+fo", "
          "e0:hidden&p16e1:stats+fo", "e0:hidden&p32e1:stats+hidden+fo", "e0:hidden&p64e1:stats+hidden+fo",
          "e0:hidden&p16:stats+hidden+fo", "e0:hidden&p32:stats+hidden+fo", "e0:hidden&e1:stats+hidden+fo",
          "e0:hidden&fo", "e0:hidden&stats+fo", "e0:hidden&p64e0:stats+hidden+fo"]
+# a proxy LM (selection/proxy.py) trained on the warmup's stream: three shapes, its views and a combination
+PROXY = ["proxy[L2d32h1]:stats+hidden+fo", "proxy[L2d32h1]:hidden", "proxy[L2d32h1]:stats+fo",
+         "e0:hidden&proxy[L2d32h1]:stats+hidden+fo", "proxy[L2d32h1]:p64:stats+hidden+fo",
+         "proxy[L2d32h1]:p32:stats+hidden+fo", "proxy[L1d16h1]:stats+hidden+fo", "e0:hidden&proxy[L1d16h1]:stats+hidden+fo",
+         "proxy[L1d8h1]:stats+hidden+fo", "e0:hidden&proxy[L1d8h1]:stats+hidden+fo"]
 DISTILL = ["distill>e0:hidden", "distill>p32e0:hidden", "distill>p32e1:hidden", "distill>p64e1:hidden",
            "distill>p128e1:hidden", f"distill>p16e1:{SHF}", f"distill>p32e1:{SHF}", "distill>encoder"]
 
@@ -214,7 +222,7 @@ def main() -> None:
         predict_head,
     )
 
-    variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + COMBO + DISTILL))
+    variants = list(dict.fromkeys(args.variants.split(",") if args.variants else RIDGE + MLP + CHEAP + COMBO + DISTILL + PROXY))
     if not args.encoder and not args.variants:
         variants = [v for v in variants if "encoder" not in v]
     enc_cfg = EncoderConfig(backbone="minilm", max_tokens=128, chunk_len=128)  # the arena's encoder input

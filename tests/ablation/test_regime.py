@@ -84,6 +84,8 @@ def test_regret_and_pairwise_by_hand():
     assert d["pairwise"] == pytest.approx(0.5)
     assert d["pairwise_same_size"] == pytest.approx(0.5)  # (0,1) wrong, (2,3) right
     assert d["picks_best"] == 0.0 and d["regret"] == pytest.approx(0.2)
+    # within size 2 the proxy picks 0 (1.2; best 1.0), within size 3 it picks 2 (1.1, the best): (0.2 + 0) / 2
+    assert d["regret_same_size"] == pytest.approx(0.1)
     # a perfect predictor has no regret; a constant one scores a random pick: mean(gold) - min(gold)
     assert pick_regret(gold, gold) == 0.0
     assert pick_regret(np.zeros(4), gold) == pytest.approx(gold.mean() - 1.0)

@@ -269,10 +269,15 @@ def pick_regret(pred: np.ndarray, gold: np.ndarray) -> float:
 def decision_stats(pred: np.ndarray, gold: np.ndarray, sizes: np.ndarray) -> dict[str, float]:
     """One study's answer to "which mixture is best" and "which of two mixtures is better" for one
     predictor on one evaluation set: regret of its pick, whether it picks the gold best, pairwise
-    decision accuracy (all pairs, pairs of equal size), Pearson pooled, within size (demeaned) and per
+    decision accuracy (all pairs, pairs of equal size), the regret of the pick within each size (mean
+    over sizes: mixtures of one size train equally long), Pearson pooled, within size (demeaned) and per
     size, Spearman, mean |log error|."""
     pred, gold, sizes = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float), np.asarray(sizes)
+    ks = np.unique(sizes)
     out = {"n": len(gold), "regret": pick_regret(pred, gold),
+           # "which mixture of k units is best", at equal training steps: the pick within each size, averaged
+           "regret_same_size": float(np.mean([pick_regret(pred[sizes == k], gold[sizes == k]) for k in ks]))
+           if len(gold) else float("nan"),
            "picks_best": float(np.mean(gold[pred == pred.min()] == gold.min())) if len(gold) else float("nan"),
            "pairwise": pairwise_agreement(pred, gold) if len(gold) >= 2 else float("nan"),
            "pairwise_same_size": pairwise_agreement(pred, gold, sizes) if len(gold) >= 2 else float("nan"),
