@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datamates_testing import tiny_train_cfg
 
-from datamates.config.influence import FitConfig
+from datamates.config.influence import FitConfig, ScoreConfig
 from datamates.config.run import RunConfig, stage_train_config
 from datamates.core.checkpoint import load_model
 from datamates.core.lm import build_model, flops_per_token
@@ -19,6 +19,7 @@ from datamates.run_dir import read_json
 from datamates.selection.features import LMFeaturizer, head_direction
 from datamates.selection.fit import fit
 from datamates.selection.proxy import parse_shape, proxy_model_config, proxy_train_flops, train_proxy
+from datamates.selection.score import read_scores, score
 
 from .conftest import IM_ENCODER, write_labels
 
@@ -105,3 +106,11 @@ def test_proxy_features_fit_a_planted_signal(tiny_pool, tiny_model_cfg, tmp_path
     out = fit(fcfg, [labels], tiny_pool, tmp_path / "im", checkpoint=proxy, reference=ref)
     assert read_json(out / "metrics.json")["val_spearman"] > 0.9
     assert read_json(out / "meta.json")["checkpoint"] == str(proxy.resolve())
+    # scoring the pool with the proxy's influence model: the same scores with one shard and shards of 7
+    cand = np.arange(5, len(tiny_pool), 173)[:40]
+    runs = {}
+    for name, scfg in {"one": ScoreConfig(device="cpu"), "shards": ScoreConfig(device="cpu", shard_size=7)}.items():
+        sid, sc = read_scores(score(scfg, out, tiny_pool, cand, tmp_path / f"scores_{name}"))
+        runs[name] = sc[np.argsort(sid)]
+    np.testing.assert_array_equal(runs["one"], runs["shards"])
+    assert np.isfinite(runs["one"]).all() and runs["one"].std() > 0
