@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datamates.config.influence import EncoderConfig, FitConfig
+from datamates.config.influence import EncoderConfig, FitConfig, ScoreConfig
 from datamates.run_dir import atomic_dir, meta_record
+from datamates.selection.score import read_scores, score
 
 SIGN = "ref_loss_delta = L_ref(after) - L_ref(before); lower is better"
 
@@ -74,3 +75,12 @@ def im_frozen_model(tiny_pool, im_labels, im_cache, tmp_path_factory) -> Path:
 
     cfg = FitConfig(mode="frozen", encoder=IM_ENCODER, val_fraction=0.25, embed_batch_size=32, device="cpu")
     return fit(cfg, [im_labels], tiny_pool, tmp_path_factory.mktemp("im") / "influence_model", cache_dir=im_cache)
+
+
+def scores_one_and_sharded(model: Path, pool, cand: np.ndarray, tmp_path: Path) -> dict[str, np.ndarray]:
+    """Scores of `cand` by the influence model at `model`, with one shard and with shards of 7, in id order."""
+    runs = {}
+    for name, cfg in {"one": ScoreConfig(device="cpu"), "shards": ScoreConfig(device="cpu", shard_size=7)}.items():
+        sid, sc = read_scores(score(cfg, model, pool, cand, tmp_path / f"scores_{name}"))
+        runs[name] = sc[np.argsort(sid)]
+    return runs

@@ -21,7 +21,7 @@ from datamates.selection.features import LMFeaturizer, head_direction
 from datamates.selection.fit import fit
 from datamates.selection.score import read_scores, score
 
-from .conftest import IM_ENCODER, write_labels
+from .conftest import IM_ENCODER, scores_one_and_sharded, write_labels
 
 LM_FIT = FitConfig(mode="lm", features=["stats"], val_fraction=0.25, device="cpu", lm_batch_size=16,
                    encoder=IM_ENCODER, embed_batch_size=32)
@@ -348,11 +348,7 @@ def test_cheaper_scores_same_across_shards(tiny_ckpt, tiny_pool, ids, ref, tmp_p
     labels = write_labels(tmp_path / "probe", ids, y, tiny_pool.pool_id)
     model = fit(replace(LM_FIT, features=["stats", "hidden", "fo"], prefix_tokens=20, exit_layer=1), [labels],
                 tiny_pool, tmp_path / "im", checkpoint=tiny_ckpt, reference=ref)
-    cand = np.arange(5, len(tiny_pool), 173)[:60]
-    runs = {}
-    for name, cfg in {"one": ScoreConfig(device="cpu"), "shards": ScoreConfig(device="cpu", shard_size=7)}.items():
-        sid, sc = read_scores(score(cfg, model, tiny_pool, cand, tmp_path / f"scores_{name}"))
-        runs[name] = sc[np.argsort(sid)]
+    runs = scores_one_and_sharded(model, tiny_pool, np.arange(5, len(tiny_pool), 173)[:60], tmp_path)
     np.testing.assert_array_equal(runs["one"], runs["shards"])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datamates_testing import tiny_train_cfg
 
-from datamates.config.influence import FitConfig, ScoreConfig
+from datamates.config.influence import FitConfig
 from datamates.config.run import RunConfig, stage_train_config
 from datamates.core.checkpoint import load_model
 from datamates.core.lm import build_model, flops_per_token
@@ -19,9 +19,8 @@ from datamates.run_dir import read_json
 from datamates.selection.features import LMFeaturizer, head_direction
 from datamates.selection.fit import fit
 from datamates.selection.proxy import parse_shape, proxy_model_config, proxy_train_flops, train_proxy
-from datamates.selection.score import read_scores, score
 
-from .conftest import IM_ENCODER, write_labels
+from .conftest import IM_ENCODER, scores_one_and_sharded, write_labels
 
 STREAM = [(s, np.arange(s * 100, s * 100 + 96, 3)) for s in (1, 2, 3)]
 
@@ -108,9 +107,6 @@ def test_proxy_features_fit_a_planted_signal(tiny_pool, tiny_model_cfg, tmp_path
     assert read_json(out / "meta.json")["checkpoint"] == str(proxy.resolve())
     # scoring the pool with the proxy's influence model: the same scores with one shard and shards of 7
     cand = np.arange(5, len(tiny_pool), 173)[:40]
-    runs = {}
-    for name, scfg in {"one": ScoreConfig(device="cpu"), "shards": ScoreConfig(device="cpu", shard_size=7)}.items():
-        sid, sc = read_scores(score(scfg, out, tiny_pool, cand, tmp_path / f"scores_{name}"))
-        runs[name] = sc[np.argsort(sid)]
+    runs = scores_one_and_sharded(out, tiny_pool, cand, tmp_path)
     np.testing.assert_array_equal(runs["one"], runs["shards"])
     assert np.isfinite(runs["one"]).all() and runs["one"].std() > 0
