@@ -60,6 +60,7 @@ from datamates.run_dir import (
 )
 
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
+PROXY_DIR = "proxy"  # <branch>/proxy/stage_XX/checkpoint: a proxy LM's training (selection/proxy.py PROXY)
 # fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
 # FLOPs per token on top of the LM forward it shares
 # lm_embed: the `embed` feature's final norm on every token of a candidate (selection/features.py)
@@ -161,6 +162,25 @@ def stage_seconds(stage_dir: Path) -> dict[str, float]:
     return out
 
 
+def _proxy_training(branch_dir: Path, errors: list[str]) -> dict[str, dict[str, Any]]:
+    """`mates-proxy`'s proxy LM (selection/proxy.py): the counted training of `<branch>/proxy/stage_XX`
+    (on stage XX's data), keyed by the stage whose selection trains it lazily and uses it: stage_{XX+1}."""
+    out: dict[str, dict[str, Any]] = {}
+    for ck in sorted((Path(branch_dir) / PROXY_DIR).glob("stage_*/checkpoint")):
+        try:
+            c = counted(ck)
+        except ArtifactMissing as e:
+            errors.append(str(e))
+            c = {"flops": float("nan"), "tokens": {}}
+        if c is not None:
+            key = f"stage_{int(ck.parent.name.split('_')[1]) + 1:02d}"
+            acc = out.setdefault(key, {"flops": 0.0, "tokens": {}})
+            acc["flops"] += c["flops"]
+            for k, n in c["tokens"].items():
+                acc["tokens"][k] = acc["tokens"].get(k, 0) + n
+    return out
+
+
 def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eval: Path | None = None,
                      branch_dir: Path | None = None) -> dict[str, Any]:
     """Per-stage and total FLOPs, tokens and seconds of one selector's history (warmup stages
@@ -181,8 +201,13 @@ def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eva
         for c, v in s.items():
             tot_s[c] = tot_s.get(c, 0.0) + v
 
+    proxy = _proxy_training(branch_dir, errors) if branch_dir is not None else {}
     for sd in stages:
         f, t = stage_flops(sd, errors)
+        if Path(sd).name in proxy:  # the proxy LM trained for this stage's selection: part of its fit
+            f["fit"] += proxy[Path(sd).name]["flops"]
+            for k, n in proxy[Path(sd).name]["tokens"].items():
+                t["fit"][k] = t["fit"].get(k, 0) + n
         s = stage_seconds(sd)
         rows.append({"stage": Path(sd).name, "flops": f, "tokens": t, "seconds": s})
         add(f, t, s)
@@ -203,7 +228,7 @@ def summarize_branch(stages: list[Path], *, final: Path | None = None, final_eva
         for c, v in stage_seconds(branch_dir).items():
             tot_s[c] = tot_s.get(c, 0.0) + v
     selection = tot_f["probe"] + tot_f["fit"] + tot_f["score"]
-    sel_seconds = sum(tot_s.get(c, 0.0) for c in ("probe", "fit", "score", "select"))
+    sel_seconds = sum(tot_s.get(c, 0.0) for c in ("probe", "proxy", "fit", "score", "select"))
     return {
         "stages": rows,
         "flops": {**tot_f, "selection": selection, "total": selection + tot_f["train"]},

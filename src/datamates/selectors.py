@@ -18,6 +18,8 @@ stage modules in data-flow order; every step skips itself when its artifact is c
     mates-prefix        mates with issue 28's paper-scale pick whatever the run's fit: embed + stats + hidden +
                         fo of the first seq_len/16 tokens through the embedding and head only (exit_layer 0;
                         configs/arena_gpu.yaml, paper_410m.yaml), so CPU arenas can run it beside `mates`
+    mates-proxy         mates with the full LM-feature model of a small proxy LM trained on the branch's own
+                        stream (mates.baselines.proxy: its shape; selection/proxy.py) instead of the LM's
     oracle              probe labels on the block itself, Gumbel-top-k on them (the upper bound)
     loss                the current model's loss on each candidate, highest first (a model-aware
                         baseline without probes: one LM forward per candidate)
@@ -84,6 +86,7 @@ from datamates.baselines.semdedup import SemDeDupConfig, semdedup
 from datamates.baselines.trak import DsDmConfig, dsdm
 from datamates.config.base import data_dir, deprecated, resolve_owned
 from datamates.config.mates import MatesConfig
+from datamates.config.run import RunConfig
 from datamates.core.pool import Pool
 from datamates.core.reference import ReferenceSet, load_reference
 from datamates.errors import ConfigError
@@ -93,6 +96,7 @@ from datamates.run_dir import RunDir, read_json
 from datamates.selection.fit import fit
 from datamates.selection.group import GroupConfig, group_order
 from datamates.selection.probe import probe, read_labels, sample_probe_set
+from datamates.selection.proxy import PROXY, ProxyConfig, branch_proxy
 from datamates.selection.score import score, score_by_loss
 from datamates.selection.select import select, standardised_keys
 
@@ -112,6 +116,7 @@ class StageInputs:
     cache_dir: Path
     reference: ReferenceSet | None = None  # the plan's reference part (probes); None: probe.reference*
     group: GroupConfig | None = None  # set:: `_select` does group-level selection (group:NAME)
+    run: RunConfig | None = None  # the whole run (`mates-proxy` trains its proxy LM with its model and train sections)
 
 
 def _select(x: StageInputs, candidates, **kw) -> Path:
@@ -196,12 +201,13 @@ def _deprecated(flag: str, selector: str) -> None:
 
 
 def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False, static: bool = False,
-                full: bool = False, prefix: bool = False, aliases: bool = False) -> Path:
+                full: bool = False, prefix: bool = False, proxy: bool = False, aliases: bool = False) -> Path:
     """probe -> fit -> score. `static` (`mates-static`): the influence
     model of the first selection stage scores every later stage (MATES's ablation, Fig. 5);
     mates.label_history: the fit also uses the last stages' labels, weighted label_history_decay^(stages back);
     `full` (`mates-full`): the full-forward LM-feature model (full_lm_fit); `prefix` (`mates-prefix`):
-    issue 28's cheap pick (prefix_lm_fit)."""
+    issue 28's cheap pick (prefix_lm_fit); `proxy` (`mates-proxy`): the full-forward model's features of the
+    branch's proxy LM (selection/proxy.py) instead of the LM's."""
     if aliases:  # `mates` only: the config flags mates.parity / mates.static_influence, deprecated aliases
         for flag, selector in (("parity", "mates-parity"), ("static_influence", "mates-static")):
             if getattr(x.mates, flag):
@@ -212,6 +218,13 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
         fcfg = full_lm_fit(fcfg)
     if prefix and not parity:
         fcfg = prefix_lm_fit(fcfg, x.pool.seq_len)
+    lm = x.checkpoint  # the LM whose features the influence model uses
+    if proxy and not parity:
+        if x.run is None:
+            raise ConfigError("mates-proxy needs the run's config (StageInputs.run): run it through `datamates run`")
+        # its training's seconds: the stage's `proxy` (accounting counts them into the selection's seconds)
+        with timed(x.rd.stage(x.stage), "proxy", x.rd.base / PROXY / f"stage_{x.stage - 1:02d}" / "checkpoint"):
+            fcfg, lm = full_lm_fit(fcfg), branch_proxy(x.run, _section(x, "proxy"), x.rd, x.pool, x.stage)
     first = x.mates.warmup_stages + 1
     if static and x.stage > first:
         model = x.rd.influence_model(first)  # fitted once, at the branch's first selection stage
@@ -227,7 +240,7 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
                 if x.stage - back >= first and (x.rd.probe(x.stage - back) / "DONE").exists():
                     history.append((x.rd.probe(x.stage - back), x.mates.label_history_decay ** back))
         model = fit(fcfg, [labels], x.pool, x.rd.influence_model(x.stage), cache_dir=x.cache_dir,
-                    checkpoint=x.checkpoint, reference=x.reference, history=history)
+                    checkpoint=lm, reference=x.reference, history=history)
     # probe, fit and score are timed by produce (their meta.json `seconds`; accounting.stage_seconds)
     return score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
 
@@ -413,6 +426,9 @@ SCORERS: list[Scorer] = [
                          "candidate, every block), whatever the run's prefix and exit", full=True),
     _mates("mates-prefix", "mates with issue 28's cheap pick (embed + stats + hidden + fo of a seq_len/16-token "
                            "prefix, embedding and head only), whatever the run's fit", prefix=True),
+    Scorer("mates-proxy", functools.partial(score_mates, proxy=True),
+           "mates with the features of a small proxy LM trained on the branch's own stream", "proxy",
+           config=ProxyConfig),
     Scorer("oracle", score_oracle, "probe labels on the block itself (the upper bound)"),
     Scorer("loss", score_loss, "the current model's loss on each candidate, highest first"),
     Scorer("dsir", score_dsir, "DSIR importance weights against the plan's reference part", "dsir",

@@ -103,7 +103,7 @@ def test_a_knob_set_by_the_user_is_not_overridden_in_a_run():
 OWN_SECTIONS = {"dsir": "baselines.dsir", "semdedup": "baselines.semdedup", "rater": "baselines.quality",
                 "classifier": "baselines.classifier", "perplexity": "baselines.perplexity", "dsdm": "baselines.trak",
                 "rholoss": "baselines.rholoss", "group": "selection.group", "heuristic": "baselines.heuristic",
-                "prior": "baselines.prior"}
+                "prior": "baselines.prior", "proxy": "selection.proxy"}
 
 
 def test_config_baselines_declares_no_method_section():
@@ -129,8 +129,9 @@ def test_every_section_keeps_its_address_and_its_one_line_error(name, capsys):
     from datamates.config.run import load_config
     from datamates.selectors import SECTIONS, resolve_config, section
 
-    knob = next(f for f in dataclasses.fields(SECTIONS[name]) if type(f.default) in (int, float))
-    value = 3 if type(knob.default) is int else 0.5
+    knob = next(f for f in dataclasses.fields(SECTIONS[name])
+                if type(f.default) in (int, float) or (f.default is None and str(f.type) == "int | None"))
+    value = 0.5 if type(knob.default) is float else 3
     cfg = resolve_config(load_config("tiny_cpu", [f"mates.baselines.{name}.{knob.name}={value}"]))
     assert getattr(section(cfg.mates.baselines, name), knob.name) == value
     assert main(["config", "show", "-c", "tiny_cpu", "--set", f"mates.baselines.{name}.bogus=1"]) == 2

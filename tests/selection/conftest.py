@@ -4,15 +4,18 @@ so they cannot collide with the probe tests' fixtures."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from datamates.config import load_config
 from datamates.config.influence import EncoderConfig, FitConfig, ScoreConfig
-from datamates.run_dir import atomic_dir, meta_record
+from datamates.run_dir import RunDir, atomic_dir, meta_record
 from datamates.selection.score import read_scores, score
 
 SIGN = "ref_loss_delta = L_ref(after) - L_ref(before); lower is better"
@@ -84,3 +87,19 @@ def scores_one_and_sharded(model: Path, pool, cand: np.ndarray, tmp_path: Path) 
         sid, sc = read_scores(score(cfg, model, pool, cand, tmp_path / f"scores_{name}"))
         runs[name] = sc[np.argsort(sid)]
     return runs
+
+
+def tiny_run(tiny_pool, tmp_path, name: str, mates: dict, n_layers: int = 2, limit: int = 8):
+    """(config, RunDir) of a tiny MATES run on the tiny pool (its pool copied in), `mates` its section."""
+    cfg = {"name": name, "runs_root": str(tmp_path / "runs"),
+           "pool": {"seq_len": 64, "tokenizer": {"vocab_size": 512}},
+           "model": {"preset": "tiny", "n_layers": n_layers, "d_model": 32, "n_heads": 2, "context": 128},
+           "train": {"micro_batch_size": 4, "lr": 3.0e-3, "warmup_steps": 2, "device": "cpu", "log_every": 100,
+                     "checkpoint_every": 2},
+           "eval": {"tasks": ["arc_easy"], "limit": limit, "batch_size": 16},
+           "mates": mates}
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    shutil.copytree(tiny_pool.path, tmp_path / "runs" / name / "pool")
+    c = load_config(str(f))
+    return c, RunDir(c.run_dir)

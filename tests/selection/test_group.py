@@ -16,6 +16,8 @@ from datamates.selection.group import GroupConfig, allocate, group_order
 from datamates.selection.select import read_selection, select, standardised_keys
 from datamates.selectors import get_selector, resolve_selectors
 
+from .conftest import tiny_run
+
 
 def _planted(n_clusters=4, per=10, H=16, seed=0):
     """Unit centres plus 1e-3 noise: every pair inside a cluster has cosine > 0.99."""
@@ -108,34 +110,11 @@ def test_registry_composes_group_with_every_scorer():
             resolve_selectors([bad])
 
 
-def _tiny_run(tiny_pool, tmp_path, name: str, mates: dict, n_layers: int = 2, limit: int = 8):
-    """(config, RunDir) of a tiny MATES run on the tiny pool (its pool copied in), `mates` its section."""
-    import shutil
-
-    import yaml
-
-    from datamates.config import load_config
-    from datamates.run_dir import RunDir
-
-    cfg = {"name": name, "runs_root": str(tmp_path / "runs"),
-           "pool": {"seq_len": 64, "tokenizer": {"vocab_size": 512}},
-           "model": {"preset": "tiny", "n_layers": n_layers, "d_model": 32, "n_heads": 2, "context": 128},
-           "train": {"micro_batch_size": 4, "lr": 3.0e-3, "warmup_steps": 2, "device": "cpu", "log_every": 100,
-                     "checkpoint_every": 2},
-           "eval": {"tasks": ["arc_easy"], "limit": limit, "batch_size": 16},
-           "mates": mates}
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    shutil.copytree(tiny_pool.path, tmp_path / "runs" / name / "pool")
-    c = load_config(str(f))
-    return c, RunDir(c.run_dir)
-
-
 @pytest.mark.slow  # a tiny MATES run of five selectors: ~4 min on 2 shared cores
 def test_tiny_run_with_the_new_selectors(tiny_pool, tmp_path):
     from datamates.pipelines import run_mates
 
-    c, rd = _tiny_run(tiny_pool, tmp_path, "new", {
+    c, rd = tiny_run(tiny_pool, tmp_path, "new", {
         "selectors": ["random", "dsdm", "rholoss", "group:mates", "group:oracle"], "stages": 3, "stage_steps": 4,
         "heldout_per_domain": 8, "decay_steps": 2, "decay_half_life": 1.0, "curve_reference_size": 16,
         "probe": {"mode": "first_order", "n_probes": 32, "reference_size": 16, "chunk_size": 8},
@@ -163,7 +142,7 @@ def test_a_finished_group_run_resumes(tiny_pool, tmp_path):
     a selection whose older fingerprint holds that cost is reused too."""
     from datamates.pipelines import run_mates
 
-    c, rd = _tiny_run(tiny_pool, tmp_path, "g", {
+    c, rd = tiny_run(tiny_pool, tmp_path, "g", {
         "selectors": ["random", "group:loss"], "stages": 2, "stage_steps": 2, "heldout_per_domain": 4,
         "decay_steps": 0, "curve_reference_size": 8, "fit": {"encoder": {"max_tokens": 64, "chunk_len": 64}}},
         n_layers=1, limit=4)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from datamates_testing import tiny_train_cfg
 
+from datamates.accounting import counted
 from datamates.config.influence import FitConfig
 from datamates.config.run import RunConfig, stage_train_config
 from datamates.core.checkpoint import load_model
@@ -15,12 +16,14 @@ from datamates.core.lm import build_model, flops_per_token
 from datamates.core.reference import load_reference
 from datamates.core.train_loop import read_train_log, train
 from datamates.errors import ConfigError
+from datamates.pipelines import run_mates
 from datamates.run_dir import read_json
 from datamates.selection.features import LMFeaturizer, head_direction
 from datamates.selection.fit import fit
 from datamates.selection.proxy import parse_shape, proxy_model_config, proxy_train_flops, train_proxy
+from datamates.selection.select import read_selection
 
-from .conftest import IM_ENCODER, scores_one_and_sharded, write_labels
+from .conftest import IM_ENCODER, scores_one_and_sharded, tiny_run, write_labels
 
 STREAM = [(s, np.arange(s * 100, s * 100 + 96, 3)) for s in (1, 2, 3)]
 
@@ -110,3 +113,36 @@ def test_proxy_features_fit_a_planted_signal(tiny_pool, tiny_model_cfg, tmp_path
     runs = scores_one_and_sharded(out, tiny_pool, cand, tmp_path)
     np.testing.assert_array_equal(runs["one"], runs["shards"])
     assert np.isfinite(runs["one"]).all() and runs["one"].std() > 0
+
+
+def test_mates_proxy_in_a_run(tiny_pool, tmp_path, one_thread):
+    """`mates-proxy` in a tiny run: its influence model uses the branch's proxy LM (half the blocks, a
+    quarter of the width), trained on exactly the warmup's then the branch's selections (checked against
+    train_proxy by hand, byte for byte); accounting charges the proxy's training to the branch's fit; a
+    second run reuses everything."""
+    c, rd = tiny_run(tiny_pool, tmp_path, "px", {
+        "selectors": ["random", "mates-proxy"], "stages": 3, "warmup_stages": 1, "stage_steps": 2,
+        "heldout_per_domain": 4, "decay_steps": 0, "curve_reference_size": 8,
+        "probe": {"mode": "first_order", "n_probes": 32, "reference_size": 16, "chunk_size": 8},
+        "fit": {"min_labels": 8}}, limit=4)
+    m = run_mates(c, rd)
+    br = rd.branch("mates-proxy")
+    proxies = [br.base / "proxy" / f"stage_{t:02d}" / "checkpoint" for t in (1, 2)]
+    for s, ck in ((2, proxies[0]), (3, proxies[1])):
+        meta = read_json(br.influence_model(s) / "meta.json")
+        assert meta["checkpoint"] == str(ck.resolve()) and meta["config"]["features"] == ["stats", "hidden", "fo"]
+    small = load_model(proxies[1]).config
+    assert (small.num_hidden_layers, small.hidden_size) == (1, 16)  # the LM: 2 x 32
+    pm = proxy_model_config(c.model, n_layers=1, d_model=16, n_heads=1)
+    stream = [(1, read_selection(rd.branch("warmup").selected(1))), (2, read_selection(br.selected(2)))]
+    by_hand = train_proxy(c, pm, tiny_pool, stream, tmp_path / "by_hand")
+    for a, b in zip(proxies, by_hand, strict=True):
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    acc = m["selectors"]["mates-proxy"]["accounting"]
+    fit_flops = sum(counted(br.influence_model(s))["flops"] for s in (2, 3))
+    proxy_flops = sum(counted(p)["flops"] for p in proxies)
+    assert proxy_flops > 0 and acc["flops"]["fit"] == pytest.approx(fit_flops + proxy_flops, rel=1e-12)
+    assert m["selectors"]["random"]["accounting"]["flops"]["fit"] == 0
+    before = [(br.selected(s) / "ids.npy").read_bytes() for s in (2, 3)]
+    run_mates(c, rd)
+    assert [(br.selected(s) / "ids.npy").read_bytes() for s in (2, 3)] == before

@@ -79,7 +79,7 @@ def _stage(cfg: RunConfig, br: RunDir, pool: Pool, plan, s: int, ckpt: Path | No
     log.info("== %s: stage %d of %d (%s)", br.branch_name, s, cfg.mates.stages, selector)
     run_progress.stage(s, selector, warmup=br.branch_name == WARMUP)
     x = StageInputs(cfg.mates, br, pool, s, ckpt, plan.block(s), plan.probe, plan.k, encoder_cache_dir(pool.path),
-                    reference=_probe_reference(cfg, pool, plan, selector_reference(cfg, selector)))
+                    reference=_probe_reference(cfg, pool, plan, selector_reference(cfg, selector)), run=cfg)
     ids = read_selection(on_rank0(get_selector(selector), x))
     tcfg = stage_train_config(cfg, s)
     with timed(br.stage(s), "train", br.checkpoint(s)):

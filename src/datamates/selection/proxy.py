@@ -12,24 +12,51 @@ checkpoint `<out>/stage_XX/checkpoint`; a killed stage resumes from its partial 
 bytes (core/train_loop.py), and a finished stage is kept.
 
 Its price: the proxy's own training on every trained token plus its forward on every candidate
-(`proxy_train_flops`), against the big LM's forward on every candidate.
+(`proxy_train_flops`), against the big LM's forward on every candidate. In a run, the selector
+`mates-proxy` trains its branch's proxy lazily (`branch_proxy`: before stage s, on the warmup's and
+the branch's selections of stages 1..s-1) in `<branch>/proxy/stage_XX/checkpoint`; accounting charges
+that training to the branch's `fit` (accounting.summarize_branch).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from datamates.accounting import PROXY_DIR
+from datamates.config.base import knob
 from datamates.config.core import ModelConfig
 from datamates.config.run import RunConfig, stage_train_config
 from datamates.core.lm import build_model, flops_per_token
 from datamates.core.pool import Pool
 from datamates.core.train_loop import train
 from datamates.errors import ConfigError
+from datamates.run_dir import WARMUP, RunDir
+from datamates.selection.select import read_selection
+
+PROXY = PROXY_DIR  # <branch>/proxy/stage_XX/checkpoint (accounting charges it to the branch's fit)
+
+
+@dataclass(kw_only=True)
+class ProxyConfig:
+    """mates.baselines.proxy: the shape of `mates-proxy`'s proxy LM (docs/influence_model.md#a-proxy-lm).
+    The defaults halve the LM's blocks and quarter its width: the tiny LM (4 x 128) gets the 2 x 32 proxy
+    of the influence bench; at paper scale set a smaller one (the bench's price table)."""
+
+    n_layers: int | None = knob(None, "proxy blocks; null: half the LM's, at least 1", ge=1)
+    d_model: int | None = knob(None, "proxy width; null: a quarter of the LM's, at least 16", ge=8)
+    n_heads: int | None = knob(None, "proxy attention heads; null: d_model // 64, at least 1", ge=1)
+
+
+def proxy_shape(cfg: ProxyConfig, model: ModelConfig) -> tuple[int, int, int]:
+    """(n_layers, d_model, n_heads) of the proxy for the run's `model`."""
+    n_layers = cfg.n_layers or max(1, model.n_layers // 2)
+    d_model = cfg.d_model or max(16, model.d_model // 4)
+    return n_layers, d_model, cfg.n_heads or max(1, d_model // 64)
 
 
 def proxy_model_config(model: ModelConfig, *, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
@@ -51,11 +78,12 @@ def parse_shape(spec: str) -> tuple[int, int, int]:
 
 
 def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable[tuple[int, np.ndarray]],
-                out: str | Path, *, meta: dict | None = None, callback=None) -> list[Path]:
+                out: str | Path, *, init: str | Path | None = None, meta: dict | None = None,
+                callback=None) -> list[Path]:
     """Train `proxy` stage by stage on `stream` ((stage, the ids the big model trained on at that
     stage), in order) with the run's stage schedule; returns every stage's checkpoint. Stage s
     continues from stage s-1's checkpoint (weights, AdamW state, global step)."""
-    out, prev, done = Path(out), None, []
+    out, prev, done = Path(out), init, []
     for s, ids in stream:
         prev = train(stage_train_config(cfg, s), proxy, pool, np.asarray(ids, dtype=np.int64),
                      out / f"stage_{s:02d}" / "checkpoint", init=prev, meta={"stage": s, "proxy": True, **(meta or {})}, callback=callback)
@@ -66,3 +94,18 @@ def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable
 def proxy_train_flops(proxy: ModelConfig, vocab_size: int, seq_len: int) -> float:
     """Training FLOPs per trained token of the proxy (6N + attention, the code's own count)."""
     return flops_per_token(build_model(proxy, vocab_size, 0, seed=0), seq_len)
+
+
+def branch_proxy(run: RunConfig, cfg: ProxyConfig, rd: RunDir, pool: Pool, stage: int) -> Path:
+    """The branch's proxy LM before `stage`: trained on what the branch's LM trained on at stages
+    1..stage-1 (the warmup's selections, then the branch's own), in `<branch>/proxy/stage_XX/checkpoint`
+    (finished stages kept, a killed one resumed)."""
+    if stage < 2:
+        raise ConfigError(f"mates-proxy at stage {stage}: the proxy needs at least one trained stage before it "
+                          "(mates.warmup_stages >= 1)")
+    n_layers, d_model, n_heads = proxy_shape(cfg, run.model)
+    pm = proxy_model_config(run.model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
+    warm = rd.branch(WARMUP)
+    stream = [(t, read_selection((warm if t <= run.mates.warmup_stages else rd).selected(t))) for t in range(1, stage)]
+    return train_proxy(run, pm, pool, stream, rd.base / PROXY)[-1]
+
