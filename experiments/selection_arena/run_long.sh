@@ -10,5 +10,6 @@ $PY experiments/selection_arena/run.py --config configs/arena_long_cpu.yaml --se
 $PY experiments/selection_arena/pairs.py experiments/selection_arena/runs/arena_long_cpu_s{0,1,2,3,4} \
     --pair mates:loss --pair mates:random --pair mates:mates-parity --pair mates:mates-static \
     --pair group:mates:mates --pair mates-prefix:mates --pair mates-prefix:loss --pair mates-prefix:random \
-    --share mates-prefix --share mates --share mates-parity --share dsdm --share loss \
+    --pair mates-proxy:mates --pair mates-proxy:loss --pair mates-proxy:random \
+    --share mates-prefix --share mates-proxy --share mates --share mates-parity --share dsdm --share loss \
     --out experiments/selection_arena/arena_long_cpu_pairs.json --md experiments/selection_arena/arena_long_cpu_pairs.md
