@@ -147,8 +147,29 @@ def test_a_run_recorded_by_an_older_spelling_resumes(tmp_path):
     rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
     write_run_config(load_config("tiny_cpu"), rd)
     assert "executor" in yaml.safe_load(rd.config.read_text())["mates"]["probe"]
-    probe["workers"] = ex["workers"] + 1
+    probe["n_probes"] = probe["n_probes"] + 1
     rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
     with pytest.raises(ConfigError) as e:
         write_run_config(load_config("tiny_cpu"), rd)
-    assert "mates.probe.executor.workers" in str(e.value)
+    assert "mates.probe.n_probes" in str(e.value)
+
+
+def test_how_a_stage_spreads_its_work_is_not_the_runs_identity(tmp_path):
+    """Every `executor` section (workers, threads, Ray's claims) may change between a run and its resume:
+    the outputs are the same across workers and shards. The longer arena, recorded when Ray's CPUs per
+    scoring actor defaulted to 1.0 (today null, the same 1), was refused by the version that changed it."""
+    import yaml
+
+    from datamates.commands._common import write_run_config
+    from datamates.config.run import load_config
+    from datamates.run_dir import RunDir
+
+    rd = RunDir(tmp_path / "r")
+    rd.root.mkdir()
+    write_run_config(load_config("tiny_cpu"), rd)
+    data = yaml.safe_load(rd.config.read_text())
+    data["mates"]["score"]["executor"]["ray_cpus"] = 1.0
+    data["mates"]["probe"]["executor"]["workers"] = 3
+    rd.config.write_text(yaml.safe_dump({**data, "config_hash": "0" * 16}, sort_keys=False))
+    write_run_config(load_config("tiny_cpu", ["mates.score.executor.workers=2"]), rd)
+    assert yaml.safe_load(rd.config.read_text())["mates"]["score"]["executor"]["workers"] == 2

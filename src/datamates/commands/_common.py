@@ -184,8 +184,11 @@ def write_run_config(cfg, rd) -> None:
             raise ConfigError(f"{rd.config}: the run's recorded config is not a mapping of settings; restore it, or "
                               "delete it to record this command's config for the run")
         skip = ("config_hash", "distributed", "log")  # how ranks wait / where metrics go, not what a run computes
-        body = {k: v for k, v in data.items() if k not in skip}
-        old_body = {k: v for k, v in _as_spelled_today(type(cfg), old).items() if k not in skip}
+        # nor how a stage spreads its work (every `executor` section: workers, threads, Ray's claims): the
+        # stages' outputs are the same across workers and shards (tests), and a changed default there (Ray's
+        # CPUs per scoring actor: 1 -> null, "the stage's default", the same 1) must not lock a finished run
+        body = _without_executor({k: v for k, v in data.items() if k not in skip})
+        old_body = _without_executor({k: v for k, v in _as_spelled_today(type(cfg), old).items() if k not in skip})
         # which selectors run: each is its own branch whose artifacts carry their own fingerprints, so
         # adding a selector to a finished run (or dropping one) never mixes two configs' artifacts
         for b in (body, old_body):
@@ -201,6 +204,13 @@ def write_run_config(cfg, rd) -> None:
                 f"(--set name=...) or delete {rd.root}"
             )
     atomic_write_text(rd.config, yaml.safe_dump(data, sort_keys=False))
+
+
+def _without_executor(d):
+    """A recorded config without its `executor` sections (at any depth)."""
+    if isinstance(d, dict):
+        return {k: _without_executor(v) for k, v in d.items() if k != "executor"}
+    return d
 
 
 def _first_diff(a, b, prefix: str = "") -> str:
