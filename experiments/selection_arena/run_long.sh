@@ -11,5 +11,6 @@ $PY experiments/selection_arena/pairs.py experiments/selection_arena/runs/arena_
     --pair mates:loss --pair mates:random --pair mates:mates-parity --pair mates:mates-static \
     --pair group:mates:mates --pair mates-prefix:mates --pair mates-prefix:loss --pair mates-prefix:random \
     --pair mates-proxy:mates --pair mates-proxy:loss --pair mates-proxy:random \
+    --pair loss:random --pair oracle:random --pair dsdm:random --pair fasttext:random --pair mates-parity:random \
     --share mates-prefix --share mates-proxy --share mates --share mates-parity --share dsdm --share loss \
     --out experiments/selection_arena/arena_long_cpu_pairs.json --md experiments/selection_arena/arena_long_cpu_pairs.md
