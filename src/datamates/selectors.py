@@ -92,13 +92,13 @@ from datamates.core.reference import ReferenceSet, load_reference
 from datamates.errors import ConfigError
 from datamates.integrations.attributes import write_attributes
 from datamates.log import get_logger
-from datamates.run_dir import RunDir, read_json
+from datamates.run_dir import WARMUP, RunDir, read_json
 from datamates.selection.fit import fit
 from datamates.selection.group import GroupConfig, group_order
 from datamates.selection.probe import probe, read_labels, sample_probe_set
-from datamates.selection.proxy import PROXY, ProxyConfig, branch_proxy
+from datamates.selection.proxy import PROXY, ProxyConfig, proxy_model_config, proxy_shape, train_proxy
 from datamates.selection.score import score, score_by_loss
-from datamates.selection.select import select, standardised_keys
+from datamates.selection.select import read_selection, select, standardised_keys
 
 log = get_logger(__name__)
 
@@ -243,6 +243,20 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
                     checkpoint=lm, reference=x.reference, history=history)
     # probe, fit and score are timed by produce (their meta.json `seconds`; accounting.stage_seconds)
     return score(x.mates.score, model, x.pool, x.candidates, x.rd.scores(x.stage), cache_dir=x.cache_dir)
+
+
+def branch_proxy(run: RunConfig, cfg: ProxyConfig, rd: RunDir, pool: Pool, stage: int) -> Path:
+    """The branch's proxy LM before `stage`: trained on what the branch's LM trained on at stages
+    1..stage-1 (the warmup's selections, then the branch's own), in `<branch>/proxy/stage_XX/checkpoint`
+    (finished stages kept, a killed one resumed)."""
+    if stage < 2:
+        raise ConfigError(f"mates-proxy at stage {stage}: the proxy needs at least one trained stage before it "
+                          "(mates.warmup_stages >= 1)")
+    n_layers, d_model, n_heads = proxy_shape(cfg, run.model)
+    pm = proxy_model_config(run.model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
+    warm = rd.branch(WARMUP)
+    stream = [(t, read_selection((warm if t <= run.mates.warmup_stages else rd).selected(t))) for t in range(1, stage)]
+    return train_proxy(run, pm, pool, stream, rd.base / PROXY)[-1]
 
 
 def score_oracle(x: StageInputs):

@@ -13,8 +13,8 @@ bytes (core/train_loop.py), and a finished stage is kept.
 
 Its price: the proxy's own training on every trained token plus its forward on every candidate
 (`proxy_train_flops`), against the big LM's forward on every candidate. In a run, the selector
-`mates-proxy` trains its branch's proxy lazily (`branch_proxy`: before stage s, on the warmup's and
-the branch's selections of stages 1..s-1) in `<branch>/proxy/stage_XX/checkpoint`; accounting charges
+`mates-proxy` trains its branch's proxy lazily (`selectors.branch_proxy`: before stage s, on the warmup's
+and the branch's selections of stages 1..s-1) in `<branch>/proxy/stage_XX/checkpoint`; accounting charges
 that training to the branch's `fit` (accounting.summarize_branch).
 """
 
@@ -35,8 +35,6 @@ from datamates.core.lm import build_model, flops_per_token
 from datamates.core.pool import Pool
 from datamates.core.train_loop import train
 from datamates.errors import ConfigError
-from datamates.run_dir import WARMUP, RunDir
-from datamates.selection.select import read_selection
 
 PROXY = PROXY_DIR  # <branch>/proxy/stage_XX/checkpoint (accounting charges it to the branch's fit)
 
@@ -94,18 +92,3 @@ def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable
 def proxy_train_flops(proxy: ModelConfig, vocab_size: int, seq_len: int) -> float:
     """Training FLOPs per trained token of the proxy (6N + attention, the code's own count)."""
     return flops_per_token(build_model(proxy, vocab_size, 0, seed=0), seq_len)
-
-
-def branch_proxy(run: RunConfig, cfg: ProxyConfig, rd: RunDir, pool: Pool, stage: int) -> Path:
-    """The branch's proxy LM before `stage`: trained on what the branch's LM trained on at stages
-    1..stage-1 (the warmup's selections, then the branch's own), in `<branch>/proxy/stage_XX/checkpoint`
-    (finished stages kept, a killed one resumed)."""
-    if stage < 2:
-        raise ConfigError(f"mates-proxy at stage {stage}: the proxy needs at least one trained stage before it "
-                          "(mates.warmup_stages >= 1)")
-    n_layers, d_model, n_heads = proxy_shape(cfg, run.model)
-    pm = proxy_model_config(run.model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
-    warm = rd.branch(WARMUP)
-    stream = [(t, read_selection((warm if t <= run.mates.warmup_stages else rd).selected(t))) for t in range(1, stage)]
-    return train_proxy(run, pm, pool, stream, rd.base / PROXY)[-1]
-
