@@ -181,7 +181,8 @@ COMBO = ["e0:hidden&p16e0:stats+hidden+fo", "e0:hidden&p16e1:stats+hidden+fo", "
 PROXY = ["proxy[L2d32h1]:stats+hidden+fo", "proxy[L2d32h1]:hidden", "proxy[L2d32h1]:stats+fo",
          "e0:hidden&proxy[L2d32h1]:stats+hidden+fo", "proxy[L2d32h1]:p64:stats+hidden+fo",
          "proxy[L2d32h1]:p32:stats+hidden+fo", "proxy[L1d16h1]:stats+hidden+fo", "e0:hidden&proxy[L1d16h1]:stats+hidden+fo",
-         "proxy[L1d8h1]:stats+hidden+fo", "e0:hidden&proxy[L1d8h1]:stats+hidden+fo"]
+         "proxy[L1d8h1]:stats+hidden+fo", "e0:hidden&proxy[L1d8h1]:stats+hidden+fo",
+         "proxy[L1d4h1]:stats+hidden+fo", "e0:hidden&proxy[L1d4h1]:stats+hidden+fo"]
 DISTILL = ["distill>e0:hidden", "distill>p32e0:hidden", "distill>p32e1:hidden", "distill>p64e1:hidden",
            "distill>p128e1:hidden", f"distill>p16e1:{SHF}", f"distill>p32e1:{SHF}", "distill>encoder"]
 
