@@ -31,6 +31,7 @@ from datamates.config.influence import EncoderConfig
 from datamates.core.lm import resolve_device
 from datamates.core.pool import Pool
 from datamates.core.reference import REFERENCE_SETS, read_pairs
+from datamates.core.tokenizer import decode_documents
 from datamates.errors import InputError
 from datamates.identity import hash_file, hash_ids, hash_parts
 from datamates.log import get_logger
@@ -69,22 +70,7 @@ def sequence_texts(pool: Pool, ids: np.ndarray, tok=None) -> list[str]:
     """The text of each pool sequence: its tokens split at EOS, each piece decoded, pieces joined
     by a blank line (as the encoder cache decodes them, selection/encode.py)."""
     tok = tok or pool.tokenizer()
-    eos = pool.eos_id
-    rows = pool.tokens(ids)
-    pieces: list[list[int]] = []
-    owner: list[int] = []
-    for i, row in enumerate(rows):
-        start = 0
-        for c in [*np.nonzero(row == eos)[0].tolist(), len(row)]:
-            if c > start:
-                pieces.append(row[start:c].tolist())
-                owner.append(i)
-            start = c + 1
-    decoded = tok.decode_batch(pieces, skip_special_tokens=True) if pieces else []
-    out: list[list[str]] = [[] for _ in range(len(rows))]
-    for o, t in zip(owner, decoded):
-        out[o].append(t)
-    return ["\n\n".join(p) for p in out]
+    return ["\n\n".join(p) for p in decode_documents(tok, pool.tokens(ids), pool.eos_id)]
 
 
 def reference_texts(spec: str, size: int | None = None, seed: int = 1234) -> list[str]:

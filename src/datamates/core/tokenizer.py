@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from datamates.errors import ConfigError, InputError
@@ -81,3 +82,22 @@ def save_hf_tokenizer(tok: Tokenizer, out_dir: str | Path, eos_token: str) -> No
         tokenizer_object=tok, eos_token=eos_token, bos_token=eos_token, unk_token=eos_token
     )
     hf.save_pretrained(str(out_dir))
+
+
+def decode_documents(tok, rows: np.ndarray, eos: int) -> list[list[str]]:
+    """Each token row split at `eos` into its documents' pieces, every piece decoded in one batched
+    call (special tokens skipped): per row, its decoded pieces in order (empty pieces left out)."""
+    pieces: list[list[int]] = []
+    owner: list[int] = []
+    for i, row in enumerate(rows):
+        start = 0
+        for c in [*np.nonzero(row == eos)[0].tolist(), len(row)]:
+            if c > start:
+                pieces.append(row[start:c].tolist())
+                owner.append(i)
+            start = c + 1
+    decoded = tok.decode_batch(pieces, skip_special_tokens=True) if pieces else []
+    out: list[list[str]] = [[] for _ in range(len(rows))]
+    for o, t in zip(owner, decoded, strict=True):
+        out[o].append(t)
+    return out

@@ -34,6 +34,7 @@ from datamates.artifacts import Output, produce
 from datamates.config.base import validate
 from datamates.config.influence import EncoderConfig
 from datamates.core.pool import Pool
+from datamates.core.tokenizer import decode_documents
 from datamates.errors import ArtifactMissing, ConfigError
 from datamates.identity import hash_config, hash_dir, hash_ids
 from datamates.log import get_logger, progress_bar
@@ -321,24 +322,8 @@ class TokenCache:
         return len(missing)
 
     def _tokenize(self, lm_tok, ids: np.ndarray) -> list[np.ndarray]:
-        rows = self.pool.tokens(ids)  # [n, seq_len]
-        eos = self.pool.eos_id
-        pieces: list[list[int]] = []
-        owner: list[int] = []
-        for i, row in enumerate(rows):
-            cut = np.nonzero(row == eos)[0]
-            start = 0
-            for c in [*cut.tolist(), len(row)]:
-                if c > start:
-                    pieces.append(row[start:c].tolist())
-                    owner.append(i)
-                start = c + 1
-        texts = lm_tok.decode_batch(pieces, skip_special_tokens=True) if pieces else []
-        parts: list[list[str]] = [[] for _ in range(len(rows))]
-        for o, t in zip(owner, texts):
-            if t.strip():
-                parts[o].append(t.strip())
-        joined = ["\n\n".join(p) for p in parts]
+        docs = decode_documents(lm_tok, self.pool.tokens(ids), self.pool.eos_id)  # [n] rows of pieces
+        joined = ["\n\n".join(t.strip() for t in p if t.strip()) for p in docs]
         encs = self.tok.backend.encode_batch(joined, add_special_tokens=False)
         return [np.asarray(e.ids[: self.budget], dtype=np.int64) for e in encs]
 
