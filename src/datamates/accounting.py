@@ -60,7 +60,7 @@ from datamates.run_dir import (
 )
 
 COMPONENTS = ("train", "probe", "fit", "score", "select", "eval")
-PROXY_DIR = "proxy"  # <branch>/proxy/stage_XX/checkpoint: a proxy LM's training (selection/proxy.py PROXY)
+PROXY_DIR = "proxy"  # <branch>/proxy/stage_XX/checkpoint: a proxy LM's training (selectors.branch_proxy)
 # fo_head: the LM-feature influence model's first-order head term (selection/features.py), 2 H V
 # FLOPs per token on top of the LM forward it shares
 # lm_embed: the `embed` feature's final norm on every token of a candidate (selection/features.py)

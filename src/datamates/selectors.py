@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from datamates.accounting import timed
+from datamates.accounting import PROXY_DIR, timed
 from datamates.baselines._common import embedding_tokens, encoder_embeddings
 from datamates.baselines.classifier import ClassifierConfig
 from datamates.baselines.dsir import DSIRConfig, dsir
@@ -96,7 +96,7 @@ from datamates.run_dir import WARMUP, RunDir, read_json
 from datamates.selection.fit import fit
 from datamates.selection.group import GroupConfig, group_order
 from datamates.selection.probe import probe, read_labels, sample_probe_set
-from datamates.selection.proxy import PROXY, ProxyConfig, proxy_model_config, proxy_shape, train_proxy
+from datamates.selection.proxy import ProxyConfig, proxy_model_config, proxy_shape, train_proxy
 from datamates.selection.score import score, score_by_loss
 from datamates.selection.select import read_selection, select, standardised_keys
 
@@ -223,7 +223,7 @@ def score_mates(x: StageInputs, *, mode: str | None = None, parity: bool = False
         if x.run is None:
             raise ConfigError("mates-proxy needs the run's config (StageInputs.run): run it through `datamates run`")
         # its training's seconds: the stage's `proxy` (accounting counts them into the selection's seconds)
-        with timed(x.rd.stage(x.stage), "proxy", x.rd.base / PROXY / f"stage_{x.stage - 1:02d}" / "checkpoint"):
+        with timed(x.rd.stage(x.stage), "proxy", x.rd.base / PROXY_DIR / f"stage_{x.stage - 1:02d}" / "checkpoint"):
             fcfg, lm = full_lm_fit(fcfg), branch_proxy(x.run, _section(x, "proxy"), x.rd, x.pool, x.stage)
     first = x.mates.warmup_stages + 1
     if static and x.stage > first:
@@ -256,7 +256,7 @@ def branch_proxy(run: RunConfig, cfg: ProxyConfig, rd: RunDir, pool: Pool, stage
     pm = proxy_model_config(run.model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
     warm = rd.branch(WARMUP)
     stream = [(t, read_selection((warm if t <= run.mates.warmup_stages else rd).selected(t))) for t in range(1, stage)]
-    return train_proxy(run, pm, pool, stream, rd.base / PROXY)[-1]
+    return train_proxy(run, pm, pool, stream, rd.base / PROXY_DIR)[-1]
 
 
 def score_oracle(x: StageInputs):

@@ -11,8 +11,8 @@ run, the stage's seed) on exactly the ids each stage of the big model trained on
 checkpoint `<out>/stage_XX/checkpoint`; a killed stage resumes from its partial and gives the same
 bytes (core/train_loop.py), and a finished stage is kept.
 
-Its price: the proxy's own training on every trained token plus its forward on every candidate
-(`proxy_train_flops`), against the big LM's forward on every candidate. In a run, the selector
+Its price: the proxy's own training on every trained token plus its forward on every candidate,
+against the big LM's forward on every candidate. In a run, the selector
 `mates-proxy` trains its branch's proxy lazily (`selectors.branch_proxy`: before stage s, on the warmup's
 and the branch's selections of stages 1..s-1) in `<branch>/proxy/stage_XX/checkpoint`; accounting charges
 that training to the branch's `fit` (accounting.summarize_branch).
@@ -27,16 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from datamates.accounting import PROXY_DIR
 from datamates.config.base import knob
 from datamates.config.core import ModelConfig
 from datamates.config.run import RunConfig, stage_train_config
-from datamates.core.lm import build_model, flops_per_token
 from datamates.core.pool import Pool
 from datamates.core.train_loop import train
 from datamates.errors import ConfigError
-
-PROXY = PROXY_DIR  # <branch>/proxy/stage_XX/checkpoint (accounting charges it to the branch's fit)
 
 
 @dataclass(kw_only=True)
@@ -67,12 +63,13 @@ def proxy_model_config(model: ModelConfig, *, n_layers: int, d_model: int, n_hea
 
 
 def parse_shape(spec: str) -> tuple[int, int, int]:
-    """'L2d32h2' -> (n_layers 2, d_model 32, n_heads 2); heads default to max(1, d_model // 32)."""
+    """'L2d32h2' -> (n_layers 2, d_model 32, n_heads 2); heads default as in `proxy_shape` (d_model // 64, at least 1)."""
     m = re.fullmatch(r"L(\d+)d(\d+)(?:h(\d+))?", spec)
     if not m:
         raise ConfigError(f"proxy shape {spec!r}: write L<layers>d<width>[h<heads>], e.g. L2d32h2")
     n_layers, d_model = int(m.group(1)), int(m.group(2))
-    return n_layers, d_model, int(m.group(3) or max(1, d_model // 32))
+    return proxy_shape(ProxyConfig(n_layers=n_layers, d_model=d_model, n_heads=int(m.group(3) or 0) or None),
+                       ModelConfig())
 
 
 def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable[tuple[int, np.ndarray]],
@@ -87,8 +84,3 @@ def train_proxy(cfg: RunConfig, proxy: ModelConfig, pool: Pool, stream: Iterable
                      out / f"stage_{s:02d}" / "checkpoint", init=prev, meta={"stage": s, "proxy": True, **(meta or {})}, callback=callback)
         done.append(prev)
     return done
-
-
-def proxy_train_flops(proxy: ModelConfig, vocab_size: int, seq_len: int) -> float:
-    """Training FLOPs per trained token of the proxy (6N + attention, the code's own count)."""
-    return flops_per_token(build_model(proxy, vocab_size, 0, seed=0), seq_len)
